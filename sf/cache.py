@@ -1,0 +1,45 @@
+"""Short-TTL JSON cache in Redis for hot public reads, shared by every API node.
+
+Entries are keyed by what they depend on and deleted by the writes that change them; the TTL
+bounds staleness for anything an invalidation misses (e.g. live viewer counts).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from redis.asyncio import Redis
+
+PREFIX = "sf:cache:"
+
+
+class Cache:
+    """get-or-compute with a TTL, plus explicit and generation-based invalidation."""
+
+    def __init__(self, redis: Redis, ttl: int) -> None:
+        self.redis = redis
+        self.ttl = ttl
+
+    async def get_or_set(self, key: str, compute: Callable[[], Awaitable[Any]]) -> Any:
+        if self.ttl <= 0:
+            return await compute()
+        raw = await self.redis.get(PREFIX + key)
+        if raw is not None:
+            return json.loads(raw)
+        value = await compute()
+        await self.redis.set(PREFIX + key, json.dumps(value, separators=(",", ":")), ex=self.ttl)
+        return value
+
+    async def delete(self, *keys: str) -> None:
+        if keys:
+            await self.redis.delete(*(PREFIX + key for key in keys))
+
+    async def generation(self, namespace: str) -> int:
+        """The current version of a namespace; bumping it invalidates all its entries at once."""
+        raw = await self.redis.get(f"{PREFIX}gen:{namespace}")
+        return int(raw or 0)
+
+    async def bump(self, namespace: str) -> None:
+        await self.redis.incr(f"{PREFIX}gen:{namespace}")

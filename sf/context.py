@@ -1,0 +1,58 @@
+"""The services one API node holds (pool, Redis, sessions, limits...), built once at start-up."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from redis.asyncio import Redis
+
+from sf.accounts import AccountService
+from sf.cache import Cache
+from sf.config import Config
+from sf.db.pool import create_pool
+from sf.ratelimit import RateLimiter
+from sf.security import PasswordHasher, StreamKeyCipher, TokenService
+from sf.sessions import SessionStore
+
+
+@dataclass
+class Services:
+    """Everything handlers reach through `self.services`; owned by the loop thread."""
+
+    config: Config
+    db: asyncpg.Pool
+    redis: Redis
+    tokens: TokenService
+    hasher: PasswordHasher
+    sessions: SessionStore
+    limiter: RateLimiter
+    accounts: AccountService
+    cipher: StreamKeyCipher
+    cache: Cache
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    async def on_user_changed(self, username: str) -> None:
+        """Forget cached public views of a user after their profile changed."""
+        await self.cache.delete(f"user:{username.lower()}")
+
+    async def close(self) -> None:
+        """Release connections (actors are stopped by their owner before this)."""
+        await self.redis.aclose()
+        await self.db.close()
+
+
+async def start_services(config: Config, database_url: str | None = None) -> Services:
+    """Connect to PostgreSQL and Redis and wire the services together."""
+    db = await create_pool(config, database_url)
+    redis = Redis.from_url(config.redis_url, decode_responses=False,
+                           max_connections=256, health_check_interval=30)
+    await redis.ping()
+    tokens = TokenService(config)
+    hasher = PasswordHasher(config.bcrypt_rounds)
+    sessions = SessionStore(redis, tokens)
+    accounts = AccountService(db, hasher, sessions)
+    cipher = StreamKeyCipher(config.stream_key_encryption_keys, config.stream_key_lookup_secret)
+    return Services(config, db, redis, tokens, hasher, sessions, RateLimiter(redis), accounts,
+                    cipher, Cache(redis, config.cache_ttl))

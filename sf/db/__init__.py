@@ -1,0 +1,1 @@
+"""Data access: the asyncpg pool, migrations, and one repository module per aggregate."""

@@ -1,0 +1,111 @@
+"""Users repository: accounts and profiles."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from sf.errors import Conflict, NotFound
+
+Executor = asyncpg.Connection | asyncpg.Pool
+
+
+@dataclass(frozen=True)
+class User:
+    """A user row plus `is_live` (whether one of their streams is live now)."""
+
+    id: int
+    username: str
+    email: str
+    password_hash: str
+    avatar: str | None
+    bio: str
+    followers_count: int
+    created_at: datetime
+    updated_at: datetime
+    is_live: bool
+
+
+USER_COLUMNS = """u.id, u.username, u.email, u.password_hash, u.avatar, u.bio, u.followers_count,
+    u.created_at, u.updated_at,
+    EXISTS (SELECT 1 FROM streams s WHERE s.user_id = u.id AND s.is_live) AS is_live"""
+
+
+def user_from_row(row: asyncpg.Record) -> User:
+    return User(**{key: row[key] for key in User.__dataclass_fields__})
+
+
+def _conflict(exc: asyncpg.UniqueViolationError) -> Conflict:
+    constraint = exc.constraint_name or ""
+    field = "email" if "email" in constraint else "username"
+    return Conflict(f"That {field} is already taken", fields={field: ["already taken"]})
+
+
+async def create_user(db: Executor, username: str, email: str, password_hash: str) -> User:
+    """Insert a user; Conflict (409) when the username or email is taken (case-insensitively)."""
+    try:
+        row = await db.fetchrow(
+            "INSERT INTO users (username, email, password_hash) VALUES ($1, $2, $3)"
+            " RETURNING *, false AS is_live",
+            username, email, password_hash,
+        )
+    except asyncpg.UniqueViolationError as exc:
+        raise _conflict(exc) from None
+    return user_from_row(row)
+
+
+async def get_user(db: Executor, user_id: int) -> User:
+    row = await db.fetchrow(f"SELECT {USER_COLUMNS} FROM users u WHERE u.id = $1", user_id)
+    if row is None:
+        raise NotFound("User not found")
+    return user_from_row(row)
+
+
+async def get_user_by_username(db: Executor, username: str) -> User:
+    row = await db.fetchrow(
+        f"SELECT {USER_COLUMNS} FROM users u WHERE lower(u.username) = lower($1)", username
+    )
+    if row is None:
+        raise NotFound("User not found")
+    return user_from_row(row)
+
+
+async def find_user_for_login(db: Executor, login: str) -> User | None:
+    """The user whose username or email is `login` (case-insensitive), or None."""
+    column = "email" if "@" in login else "username"
+    row = await db.fetchrow(
+        f"SELECT {USER_COLUMNS} FROM users u WHERE lower(u.{column}) = lower($1)", login
+    )
+    return user_from_row(row) if row else None
+
+
+_UNSET = object()
+
+
+async def update_profile(db: Executor, user_id: int, *, email: object = _UNSET, bio: object = _UNSET,
+                         avatar: object = _UNSET) -> User:
+    """Change the given profile fields (others stay); Conflict when the email is taken."""
+    changes = {name: value for name, value in (("email", email), ("bio", bio), ("avatar", avatar))
+               if value is not _UNSET}
+    if not changes:
+        return await get_user(db, user_id)
+    assignments = ", ".join(f"{name} = ${index}" for index, name in enumerate(changes, start=2))
+    try:
+        result = await db.execute(
+            f"UPDATE users SET {assignments}, updated_at = now() WHERE id = $1",
+            user_id, *changes.values(),
+        )
+    except asyncpg.UniqueViolationError as exc:
+        raise _conflict(exc) from None
+    if result.endswith(" 0"):
+        raise NotFound("User not found")
+    return await get_user(db, user_id)
+
+
+async def set_password_hash(db: Executor, user_id: int, password_hash: str) -> None:
+    await db.execute(
+        "UPDATE users SET password_hash = $2, updated_at = now() WHERE id = $1",
+        user_id, password_hash,
+    )

@@ -1,0 +1,167 @@
+"""Register, login, logout and refresh (API.md "Auth")."""
+
+from __future__ import annotations
+
+import hmac
+import json
+
+from sf.accounts import LoginResult
+from sf.errors import Unauthorized
+from sf.handlers.base import APIHandler
+from sf.ratelimit import Limit
+from sf.schemas import LoginSchema, RefreshSchema, RegisterSchema, user_private
+
+REFRESH_COOKIE = "sf_refresh"
+CSRF_COOKIE = "sf_csrf"
+
+
+class AuthHandler(APIHandler):
+    """Shared answer of every call that hands out a token pair."""
+
+    rate_bucket = "auth"
+
+    def extra_limits(self) -> list[Limit]:
+        return [Limit("auth-ip", self.client_ip, self.config.rate_limit_auth_ip,
+                      self.config.rate_limit_window)]
+
+    def write_tokens(self, result: LoginResult, status: int = 200) -> None:
+        tokens = result.tokens
+        cookie_options = {"httponly": True, "secure": self.is_https, "samesite": "Strict",
+                          "path": "/api", "expires_days": None,
+                          "max_age": self.config.refresh_token_ttl}
+        self.set_cookie(REFRESH_COOKIE, tokens.refresh_token, **cookie_options)
+        cookie_options["httponly"] = False
+        self.set_cookie(CSRF_COOKIE, self.services.tokens.csrf_token(tokens.session_id),
+                        **cookie_options)
+        self.write_json({
+            "access_token": tokens.access_token,
+            "refresh_token": tokens.refresh_token,
+            "token_type": "Bearer",
+            "expires_in": tokens.expires_in,
+            "user": user_private.dump(result.user),
+        }, status)
+
+
+class RegisterHandler(AuthHandler):
+    auth = "public"
+
+    async def post(self) -> None:
+        """Create an account and log it in.
+        ---
+        summary: Register
+        tags: [auth]
+        requestBody: {required: true, content: {application/json: {schema: RegisterSchema}}}
+        responses:
+          201: {description: Account created, content: {application/json: {schema: TokenPairSchema}}}
+          409: {description: Username or email taken, content: {application/json: {schema: ErrorSchema}}}
+          422: {description: Invalid fields, content: {application/json: {schema: ErrorSchema}}}
+          429: {description: Rate limited, content: {application/json: {schema: ErrorSchema}}}
+        """
+        body = self.parse_json(RegisterSchema())
+        result = await self.services.accounts.register(body["username"], body["email"],
+                                                       body["password"])
+        self.write_tokens(result, 201)
+
+
+class LoginHandler(AuthHandler):
+    auth = "public"
+
+    def extra_limits(self) -> list[Limit]:
+        limits = super().extra_limits()
+        try:
+            body = json.loads(self.request.body or b"{}")
+            login = body.get("username") or body.get("email") if isinstance(body, dict) else None
+        except ValueError:
+            login = None
+        if isinstance(login, str) and login:
+            limits.append(Limit("auth-account", login.lower()[:254],
+                                self.config.rate_limit_auth_account, self.config.rate_limit_window))
+        return limits
+
+    async def post(self) -> None:
+        """Log in by username or email.
+        ---
+        summary: Login
+        tags: [auth]
+        requestBody: {required: true, content: {application/json: {schema: LoginSchema}}}
+        responses:
+          200: {description: Logged in, content: {application/json: {schema: TokenPairSchema}}}
+          401: {description: Wrong credentials (same answer for an unknown user), content: {application/json: {schema: ErrorSchema}}}
+          429: {description: Rate limited, content: {application/json: {schema: ErrorSchema}}}
+        """
+        body = self.parse_json(LoginSchema())
+        login = body.get("username") or body["email"]
+        self.write_tokens(await self.services.accounts.login(login, body["password"]))
+
+
+class LogoutHandler(AuthHandler):
+    auth = "required"
+
+    async def post(self) -> None:
+        """Revoke the access token and its refresh session.
+        ---
+        summary: Logout
+        tags: [auth]
+        security: [{bearer: []}]
+        responses:
+          204: {description: Logged out}
+          401: {description: Not authenticated, content: {application/json: {schema: ErrorSchema}}}
+        """
+        assert self.claims is not None
+        await self.services.accounts.logout(self.claims)
+        self.clear_cookie(REFRESH_COOKIE, path="/api")
+        self.clear_cookie(CSRF_COOKIE, path="/api")
+        self.set_status(204)
+        self.finish()
+
+
+class RefreshHandler(AuthHandler):
+    auth = "public"
+
+    def _token_from_request(self) -> str:
+        header = self.request.headers.get("X-Refresh-Token")
+        if header:
+            return header.strip()
+        cookie = self.get_cookie(REFRESH_COOKIE)
+        if not cookie:
+            raise Unauthorized("No refresh token: send X-Refresh-Token or the sf_refresh cookie")
+        claims = self.services.tokens.verify(cookie, "refresh")
+        expected = self.services.tokens.csrf_token(claims.session_id)
+        if not hmac.compare_digest(self.request.headers.get("X-CSRF-Token", ""), expected):
+            raise Unauthorized("Missing or wrong X-CSRF-Token for the cookie refresh")
+        return cookie
+
+    async def get(self) -> None:
+        """Rotate the refresh token (header, or cookie + X-CSRF-Token).
+        ---
+        summary: Refresh tokens
+        tags: [auth]
+        parameters:
+          - {in: header, name: X-Refresh-Token, schema: {type: string}, required: false}
+          - {in: header, name: X-CSRF-Token, schema: {type: string}, required: false, description: required with the sf_refresh cookie}
+        responses:
+          200: {description: New token pair; the old refresh token stops working, content: {application/json: {schema: TokenPairSchema}}}
+          401: {description: Invalid, expired, revoked or reused refresh token, content: {application/json: {schema: ErrorSchema}}}
+        """
+        self.write_tokens(await self.services.accounts.refresh(self._token_from_request()))
+
+    async def post(self) -> None:
+        """Rotate the refresh token given in the body.
+        ---
+        summary: Refresh tokens
+        tags: [auth]
+        requestBody: {required: true, content: {application/json: {schema: RefreshSchema}}}
+        responses:
+          200: {description: New token pair, content: {application/json: {schema: TokenPairSchema}}}
+          401: {description: Invalid, expired, revoked or reused refresh token, content: {application/json: {schema: ErrorSchema}}}
+        """
+        body = self.parse_json(RefreshSchema())
+        self.write_tokens(await self.services.accounts.refresh(body["refresh_token"]))
+
+
+routes = [
+    (r"/api/auth/register", RegisterHandler),
+    (r"/api/auth/login", LoginHandler),
+    (r"/api/auth/logout", LogoutHandler),
+    (r"/api/auth/refresh-token", RefreshHandler),
+]

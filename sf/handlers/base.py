@@ -1,0 +1,292 @@
+"""The API edge: one base handler that parses, authenticates, rate-limits, and writes errors.
+
+Every API handler declares its auth mode (`auth = "required" | "optional" | "public"`, or a
+dict per HTTP method); `sf.app.make_app` refuses to start if one forgets.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import time
+import uuid
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import tornado.web
+from marshmallow import Schema, ValidationError
+
+from sf.errors import (
+    BadRequest,
+    DomainError,
+    PayloadTooLarge,
+    RateLimited,
+    Unauthorized,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
+from sf.ratelimit import Limit
+from sf.schemas import flatten_messages
+from sf.security import TokenClaims
+
+if TYPE_CHECKING:
+    from sf.context import Services
+
+log = logging.getLogger("sf.api")
+
+AUTH_MODES = ("required", "optional", "public")
+_STATUS_CODES = {
+    400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+    405: "bad_request", 409: "conflict", 413: "payload_too_large",
+    415: "unsupported_media_type", 422: "validation_error", 429: "rate_limited",
+}
+CSP_API = "default-src 'none'; frame-ancestors 'none'"
+
+
+def client_ip(request: tornado.httputil.HTTPServerRequest, trusted: tuple[Any, ...]) -> str:
+    """The client's address: X-Forwarded-For is read right to left, trusted proxies skipped."""
+    remote = request.remote_ip or "0.0.0.0"
+
+    def is_trusted(address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in trusted)
+
+    if not is_trusted(remote):
+        return remote
+    forwarded = request.headers.get("X-Forwarded-For", "")
+    hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
+    for hop in reversed(hops):
+        if not is_trusted(hop):
+            try:
+                return str(ipaddress.ip_address(hop))
+            except ValueError:
+                return remote
+    return hops[0] if hops else remote
+
+
+class BaseHandler(tornado.web.RequestHandler):
+    """Typed access to the node's services plus the shared response policy."""
+
+    auth: ClassVar[str | dict[str, str] | None] = None
+
+    @property
+    def services(self) -> Services:
+        return self.settings["services"]  # type: ignore[no-any-return]
+
+    @property
+    def config(self) -> Any:
+        return self.services.config
+
+    @property
+    def db(self) -> Any:
+        return self.services.db
+
+    @property
+    def redis(self) -> Any:
+        return self.services.redis
+
+    def initialize(self) -> None:
+        self.claims: TokenClaims | None = None
+        self.started = time.perf_counter()
+
+    @property
+    def client_ip(self) -> str:
+        if not hasattr(self, "_client_ip"):
+            self._client_ip = client_ip(self.request, self.config.trusted_proxies)
+        return self._client_ip
+
+    @property
+    def is_https(self) -> bool:
+        if self.request.protocol == "https":
+            return True
+        return (self.client_ip != (self.request.remote_ip or "")
+                and self.request.headers.get("X-Forwarded-Proto") == "https")
+
+    def set_default_headers(self) -> None:
+        incoming = self.request.headers.get("X-Request-ID", "")
+        self.request_id = incoming if 8 <= len(incoming) <= 64 and incoming.isalnum() else uuid.uuid4().hex
+        self.set_header("X-Request-ID", self.request_id)
+        self.set_header("API-Version", "1")
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Referrer-Policy", "no-referrer")
+        self.set_header("X-Frame-Options", "DENY")
+        self.set_header("Content-Security-Policy", CSP_API)
+        self.set_header("Cache-Control", "no-store")
+        if self.is_https:
+            self.set_header("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
+
+    def auth_mode(self) -> str:
+        mode = self.auth
+        if isinstance(mode, dict):
+            mode = mode.get(self.request.method or "", "required")
+        return mode or "required"
+
+    def write_json(self, payload: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        # Tornado's json_encode escapes "</", so no text field can close a script tag.
+        self.finish(tornado.escape.json_encode(payload))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        body: dict[str, Any]
+        if isinstance(exc, DomainError):
+            body = {"code": exc.code, "message": exc.message}
+            if exc.fields:
+                body["fields"] = exc.fields
+            if isinstance(exc, RateLimited):
+                self.set_header("Retry-After", str(exc.retry_after))
+            if isinstance(exc, Unauthorized):
+                self.set_header("WWW-Authenticate", 'Bearer realm="sf"')
+        elif status_code >= 500:
+            body = {"code": "internal_error", "message": "Internal server error"}
+        else:
+            reason = self._reason if isinstance(exc, tornado.web.HTTPError) else "Error"
+            body = {"code": _STATUS_CODES.get(status_code, "bad_request"), "message": reason}
+            if status_code == 401:
+                self.set_header("WWW-Authenticate", 'Bearer realm="sf"')
+        self.clear_header("Content-Disposition")
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(json.dumps({"error": body}))
+
+    def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, DomainError):
+            status_code = exc.status
+        super().send_error(status_code, **kwargs)
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, DomainError | tornado.web.HTTPError):
+            return
+        log.error("unhandled error in %s %s", self.request.method, self.request.path,
+                  exc_info=(typ, value, tb), extra={"request_id": self.request_id})
+
+    def get_current_user(self) -> int | None:
+        return self.claims.user_id if self.claims else None
+
+    @property
+    def user_id(self) -> int:
+        """The authenticated user's id (only on handlers whose auth is `required`)."""
+        if self.claims is None:
+            raise Unauthorized("Authentication required")
+        return self.claims.user_id
+
+
+class APIHandler(BaseHandler):
+    """JSON API handler: CORS, body limits, Bearer auth and rate limits run in `prepare`."""
+
+    max_body_setting: ClassVar[str] = "max_body_bytes"
+    rate_bucket: ClassVar[str] = "api"
+
+    def extra_limits(self) -> list[Limit]:
+        """Limits beyond the per-IP/per-user one (login, register, key reset add theirs)."""
+        return []
+
+    def _apply_cors(self) -> None:
+        origin = self.request.headers.get("Origin")
+        if origin and origin.rstrip("/") in self.config.cors_origins:
+            self.set_header("Access-Control-Allow-Origin", origin)
+            self.set_header("Access-Control-Allow-Credentials", "true")
+            self.set_header("Access-Control-Expose-Headers",
+                            "API-Version, X-RateLimit-Limit, X-RateLimit-Remaining, Retry-After, "
+                            "X-Request-ID")
+        self.add_header("Vary", "Origin")
+
+    def _check_body_size(self) -> None:
+        limit = getattr(self.config, self.max_body_setting)
+        length = self.request.headers.get("Content-Length")
+        size = len(self.request.body or b"")
+        if length and length.isdigit():
+            size = max(size, int(length))
+        if size > limit:
+            raise PayloadTooLarge(f"Request body exceeds {limit} bytes")
+
+    async def _authenticate(self) -> None:
+        header = self.request.headers.get("Authorization", "")
+        mode = self.auth_mode()
+        if not header:
+            if mode == "required":
+                raise Unauthorized("Authentication required")
+            return
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized("Expected 'Authorization: Bearer <token>'")
+        if mode == "public":
+            return
+        self.claims = await self.services.sessions.authenticate(token.strip())
+
+    async def _rate_limit(self) -> None:
+        config = self.config
+        if self.claims is not None:
+            main = Limit(self.rate_bucket, f"u{self.claims.user_id}", config.rate_limit_user,
+                         config.rate_limit_window)
+        else:
+            main = Limit(self.rate_bucket, f"ip{self.client_ip}", config.rate_limit_anonymous,
+                         config.rate_limit_window)
+        verdict = await self.services.limiter.hit([main, *self.extra_limits()])
+        self.set_header("X-RateLimit-Limit", str(verdict.limit))
+        self.set_header("X-RateLimit-Remaining", str(verdict.remaining))
+        if not verdict.allowed:
+            raise RateLimited(verdict.retry_after)
+
+    async def prepare(self) -> None:
+        self._apply_cors()
+        if self.request.method == "OPTIONS":
+            return
+        self._check_body_size()
+        await self._authenticate()
+        await self._rate_limit()
+
+    def options(self, *args: Any, **kwargs: Any) -> None:
+        """CORS preflight."""
+        if "Access-Control-Allow-Origin" in self._headers:
+            self.set_header("Access-Control-Allow-Methods", "GET, POST, PUT, DELETE, OPTIONS")
+            self.set_header("Access-Control-Allow-Headers",
+                            "Authorization, Content-Type, X-CSRF-Token, X-Refresh-Token, X-Request-ID")
+            self.set_header("Access-Control-Max-Age", "600")
+        self.set_status(204)
+        self.finish()
+
+    # --- input ---------------------------------------------------------------------------------
+
+    def _load(self, schema: Schema, data: Any) -> dict[str, Any]:
+        try:
+            return schema.load(data)  # type: ignore[no-any-return]
+        except ValidationError as exc:
+            raise ValidationFailed("Invalid input", fields=flatten_messages(exc.messages)) from None
+
+    def parse_json(self, schema: Schema) -> dict[str, Any]:
+        """The body as JSON, validated by `schema`: 415, 400 or 422 when it is not right."""
+        content_type = self.request.headers.get("Content-Type", "")
+        if content_type.split(";")[0].strip().lower() != "application/json":
+            raise UnsupportedMediaType("Expected Content-Type: application/json")
+        try:
+            data = json.loads(self.request.body or b"")
+        except (ValueError, UnicodeDecodeError):
+            raise BadRequest("Request body is not valid JSON") from None
+        if not isinstance(data, dict):
+            raise ValidationFailed("Invalid input", fields={"_body": ["expected a JSON object"]})
+        return self._load(schema, data)
+
+    def parse_query(self, schema: Schema) -> dict[str, Any]:
+        """The query string, validated by `schema` (repeated parameters are an error)."""
+        data: dict[str, Any] = {}
+        for name, values in self.request.query_arguments.items():
+            if len(values) > 1:
+                raise ValidationFailed("Invalid input", fields={name: ["given more than once"]})
+            data[name] = values[0].decode("utf-8", "replace")
+        return self._load(schema, data)
+
+
+class NotFoundHandler(APIHandler):
+    """Every unknown route: 404 in the API error shape."""
+
+    auth = "public"
+
+    async def prepare(self) -> None:
+        raise tornado.web.HTTPError(404, reason="No such route")
+

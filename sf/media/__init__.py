@@ -1,0 +1,1 @@
+"""Media plumbing: nginx configuration, FFmpeg command building and supervision, HLS paths."""

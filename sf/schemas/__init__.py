@@ -1,0 +1,155 @@
+"""marshmallow schemas: every request body and query is loaded through one, every answer
+dumped through one; the OpenAPI document is generated from them."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+
+USERNAME_RE = re.compile(r"^[A-Za-z0-9_]{3,30}$")
+# Control characters (other than tab/newline) have no place in text fields.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+class UTCDateTime(fields.DateTime):
+    """ISO 8601 in UTC with a `Z` suffix."""
+
+    def _serialize(self, value: Any, attr: Any, obj: Any, **kwargs: Any) -> str | None:
+        if value is None:
+            return None
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def utc_iso(value: datetime | None) -> str | None:
+    """The API's time format, for code that builds answers without a schema."""
+    return None if value is None else value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def no_control_chars(value: str) -> None:
+    if _CONTROL.search(value):
+        raise ValidationError("must not contain control characters")
+
+
+def Text(max_length: int, required: bool = False, min_length: int = 0, **kwargs: Any) -> fields.String:
+    """A trimmed text field with length bounds and no control characters."""
+    return fields.String(
+        required=required,
+        validate=[validate.Length(min=min_length, max=max_length), no_control_chars],
+        **kwargs,
+    )
+
+
+class StrictSchema(Schema):
+    """Rejects unknown fields (422)."""
+
+    class Meta:
+        unknown = RAISE
+
+
+# --- requests ----------------------------------------------------------------------------------
+
+class RegisterSchema(StrictSchema):
+    username = fields.String(required=True, validate=validate.Regexp(
+        USERNAME_RE, error="3-30 characters: letters, digits, underscore"))
+    email = fields.Email(required=True, validate=validate.Length(max=254))
+    password = fields.String(required=True, validate=validate.Length(min=8, max=128), load_only=True)
+
+
+class LoginSchema(StrictSchema):
+    username = fields.String(validate=validate.Length(min=1, max=254))
+    email = fields.String(validate=validate.Length(min=1, max=254))
+    password = fields.String(required=True, validate=validate.Length(min=1, max=128), load_only=True)
+
+    @validates_schema
+    def one_identifier(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if ("username" in data) == ("email" in data):
+            raise ValidationError("give exactly one of username or email", "username")
+
+
+class RefreshSchema(StrictSchema):
+    refresh_token = fields.String(required=True, validate=validate.Length(min=1, max=4096))
+
+
+class ProfileUpdateSchema(StrictSchema):
+    email = fields.Email(validate=validate.Length(max=254))
+    bio = Text(1000)
+    avatar = fields.URL(allow_none=True, schemes={"http", "https"}, require_tld=False,
+                        validate=validate.Length(max=2048))
+
+
+class ChangePasswordSchema(StrictSchema):
+    current_password = fields.String(required=True, validate=validate.Length(min=1, max=128))
+    new_password = fields.String(required=True, validate=validate.Length(min=8, max=128))
+
+
+class PageQuerySchema(StrictSchema):
+    limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
+    cursor = fields.String(load_default=None, validate=validate.Length(max=200))
+
+
+# --- answers -----------------------------------------------------------------------------------
+
+class ErrorBodySchema(Schema):
+    code = fields.String(required=True)
+    message = fields.String(required=True)
+    fields = fields.Dict(keys=fields.String(), values=fields.List(fields.String()))
+
+
+class ErrorSchema(Schema):
+    error = fields.Nested(ErrorBodySchema, required=True)
+
+
+class UserPublicSchema(Schema):
+    id = fields.Integer()
+    username = fields.String()
+    avatar = fields.String(allow_none=True)
+    bio = fields.String()
+    followers_count = fields.Integer()
+    created_at = UTCDateTime()
+    is_live = fields.Boolean()
+
+
+class UserPrivateSchema(UserPublicSchema):
+    email = fields.String()
+    updated_at = UTCDateTime()
+
+
+class TokenPairSchema(Schema):
+    access_token = fields.String()
+    refresh_token = fields.String()
+    token_type = fields.String()
+    expires_in = fields.Integer()
+    user = fields.Nested(UserPrivateSchema)
+
+
+class PaginationSchema(Schema):
+    next_cursor = fields.String(allow_none=True)
+
+
+class UserListSchema(Schema):
+    data = fields.List(fields.Nested(UserPublicSchema))
+    pagination = fields.Nested(PaginationSchema)
+
+
+def flatten_messages(messages: Any, prefix: str = "") -> dict[str, list[str]]:
+    """marshmallow's nested error dict as {"field" or "a.b": ["message", ...]}."""
+    flat: dict[str, list[str]] = {}
+    if isinstance(messages, dict):
+        for key, value in messages.items():
+            name = "_body" if key == "_schema" else str(key)
+            flat.update(flatten_messages(value, f"{prefix}{name}" if not prefix else f"{prefix}.{name}"))
+    elif isinstance(messages, list) and all(isinstance(m, str) for m in messages):
+        flat[prefix or "_body"] = [str(m) for m in messages]
+    elif isinstance(messages, list):
+        for index, value in enumerate(messages):
+            flat.update(flatten_messages(value, f"{prefix}.{index}"))
+    else:
+        flat[prefix or "_body"] = [str(messages)]
+    return flat
+
+
+user_public = UserPublicSchema()
+user_private = UserPrivateSchema()

@@ -1,0 +1,162 @@
+"""Password hashing, JWTs and stream-key cryptography.
+
+bcrypt is CPU-bound (~0.2 s at 12 rounds), so callers run `PasswordHasher` methods in an
+executor, never on the loop thread.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import bcrypt
+import jwt
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from sf.config import Config, parse_encryption_keys
+from sf.errors import Unauthorized
+
+JWT_ALGORITHM = "HS256"
+JWT_ISSUER = "sf"
+
+
+class PasswordHasher:
+    """bcrypt over a SHA-256 pre-hash, so passwords longer than bcrypt's 72 bytes still count."""
+
+    def __init__(self, rounds: int) -> None:
+        self.rounds = rounds
+        # Verified against when the user does not exist, so both paths cost the same.
+        self._dummy_hash = self.hash(secrets.token_urlsafe(16))
+
+    @staticmethod
+    def _prehash(password: str) -> bytes:
+        return base64.b64encode(hashlib.sha256(password.encode("utf-8")).digest())
+
+    def hash(self, password: str) -> str:
+        return bcrypt.hashpw(self._prehash(password), bcrypt.gensalt(self.rounds)).decode()
+
+    def verify(self, password: str, password_hash: str | None) -> bool:
+        """Check a password; with no hash (unknown user) spend the same time and say no."""
+        candidate = (password_hash or self._dummy_hash).encode()
+        try:
+            ok = bcrypt.checkpw(self._prehash(password), candidate)
+        except ValueError:
+            ok = False
+        return ok and password_hash is not None
+
+
+@dataclass(frozen=True)
+class TokenClaims:
+    """The verified claims of an access or refresh token."""
+
+    user_id: int
+    session_id: str
+    token_id: str
+    token_type: str
+    expires_at: int
+
+
+class TokenService:
+    """Issues and verifies HS256 JWTs: short-lived access tokens and rotating refresh tokens."""
+
+    def __init__(self, config: Config) -> None:
+        self._secret = config.jwt_secret
+        self.access_ttl = config.access_token_ttl
+        self.refresh_ttl = config.refresh_token_ttl
+
+    def _encode(self, user_id: int, session_id: str, token_type: str, ttl: int,
+                token_id: str | None = None) -> tuple[str, TokenClaims]:
+        now = int(time.time())
+        claims = TokenClaims(user_id, session_id, token_id or uuid.uuid4().hex, token_type, now + ttl)
+        payload: dict[str, Any] = {
+            "iss": JWT_ISSUER, "sub": str(user_id), "sid": session_id, "jti": claims.token_id,
+            "typ": token_type, "iat": now, "exp": claims.expires_at,
+        }
+        return jwt.encode(payload, self._secret, algorithm=JWT_ALGORITHM), claims
+
+    def issue_access(self, user_id: int, session_id: str) -> tuple[str, TokenClaims]:
+        return self._encode(user_id, session_id, "access", self.access_ttl)
+
+    def issue_refresh(self, user_id: int, session_id: str, token_id: str) -> tuple[str, TokenClaims]:
+        return self._encode(user_id, session_id, "refresh", self.refresh_ttl, token_id)
+
+    def verify(self, token: str, token_type: str) -> TokenClaims:
+        """Decode and check signature, expiry, issuer and type; Unauthorized otherwise."""
+        try:
+            payload = jwt.decode(
+                token, self._secret, algorithms=[JWT_ALGORITHM], issuer=JWT_ISSUER,
+                options={"require": ["exp", "iat", "sub", "jti", "sid", "typ"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("Token expired") from None
+        except jwt.PyJWTError:
+            raise Unauthorized("Invalid token") from None
+        if payload.get("typ") != token_type:
+            raise Unauthorized("Invalid token type")
+        try:
+            user_id = int(payload["sub"])
+        except (TypeError, ValueError):
+            raise Unauthorized("Invalid token") from None
+        return TokenClaims(user_id, str(payload["sid"]), str(payload["jti"]), token_type,
+                           int(payload["exp"]))
+
+    def csrf_token(self, session_id: str) -> str:
+        """The CSRF token bound to a refresh session (double-submit for the cookie path)."""
+        return hmac.new(self._secret.encode(), f"csrf:{session_id}".encode(), "sha256").hexdigest()
+
+
+STREAM_KEY_PREFIX = "live_"
+
+
+@dataclass(frozen=True)
+class EncryptedKey:
+    """A stream key at rest: AES-GCM ciphertext (nonce first), its key id, its lookup digest."""
+
+    key_id: str
+    ciphertext: bytes
+    digest: bytes
+
+
+class StreamKeyCipher:
+    """Encrypts stream keys (AES-256-GCM, rotatable key ids) and digests them for lookup."""
+
+    def __init__(self, encryption_keys: str, lookup_secret: str) -> None:
+        keys = parse_encryption_keys(encryption_keys)
+        self.current_key_id = keys[0][0]
+        self._keys = {key_id: AESGCM(key) for key_id, key in keys}
+        self._lookup_secret = lookup_secret.encode()
+
+    @staticmethod
+    def new_key(user_id: int) -> str:
+        """A fresh stream key: `live_<user id>_<256 random bits>`."""
+        return f"{STREAM_KEY_PREFIX}{user_id}_{secrets.token_urlsafe(32)}"
+
+    def digest(self, stream_key: str) -> bytes:
+        return hmac.new(self._lookup_secret, stream_key.encode(), "sha256").digest()
+
+    def matches(self, stream_key: str, digest: bytes) -> bool:
+        """Constant-time check that a presented key has this digest."""
+        return hmac.compare_digest(self.digest(stream_key), digest)
+
+    def encrypt(self, stream_key: str, user_id: int) -> EncryptedKey:
+        nonce = secrets.token_bytes(12)
+        aad = f"sf-stream-key:{user_id}".encode()
+        ciphertext = self._keys[self.current_key_id].encrypt(nonce, stream_key.encode(), aad)
+        return EncryptedKey(self.current_key_id, nonce + ciphertext, self.digest(stream_key))
+
+    def decrypt(self, key_id: str, blob: bytes, user_id: int) -> str:
+        cipher = self._keys.get(key_id)
+        if cipher is None:
+            raise KeyError(f"stream key encryption key {key_id!r} is not configured")
+        aad = f"sf-stream-key:{user_id}".encode()
+        return cipher.decrypt(blob[:12], blob[12:], aad).decode()
+
+
+def new_session_id() -> str:
+    return uuid.uuid4().hex

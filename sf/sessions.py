@@ -1,0 +1,127 @@
+"""Refresh sessions and access-token revocation, kept in Redis with expiry.
+
+A session is one login: it owns one current refresh token id. Refreshing swaps that id
+atomically; presenting an older one means the token was stolen or replayed, so the whole
+session is dropped (every access and refresh token of it stops working at once).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from sf.errors import Unauthorized
+from sf.security import TokenClaims, TokenService, new_session_id
+
+_ROTATE = """
+local current = redis.call('HGET', KEYS[1], 'jti')
+if not current then return 0 end
+if current == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'jti', ARGV[2])
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+  return 1
+end
+redis.call('DEL', KEYS[1])
+return -1
+"""
+
+
+def _session_key(session_id: str) -> str:
+    return f"sf:sess:{session_id}"
+
+
+def _user_sessions_key(user_id: int) -> str:
+    return f"sf:usess:{user_id}"
+
+
+def _revoked_key(token_id: str) -> str:
+    return f"sf:revoked:{token_id}"
+
+
+@dataclass(frozen=True)
+class IssuedTokens:
+    """A fresh access + refresh token pair of one session."""
+
+    access_token: str
+    refresh_token: str
+    expires_in: int
+    session_id: str
+    user_id: int
+
+
+class SessionStore:
+    """Creates, rotates, checks and revokes sessions."""
+
+    def __init__(self, redis: Redis, tokens: TokenService) -> None:
+        self.redis = redis
+        self.tokens = tokens
+        self._rotate = redis.register_script(_ROTATE)
+
+    def _issue(self, user_id: int, session_id: str, refresh_id: str) -> IssuedTokens:
+        access, _ = self.tokens.issue_access(user_id, session_id)
+        refresh, _ = self.tokens.issue_refresh(user_id, session_id, refresh_id)
+        return IssuedTokens(access, refresh, self.tokens.access_ttl, session_id, user_id)
+
+    async def create(self, user_id: int) -> IssuedTokens:
+        """Open a new session for a user who just proved who they are."""
+        session_id, refresh_id = new_session_id(), uuid.uuid4().hex
+        ttl = self.tokens.refresh_ttl
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(_session_key(session_id), mapping={
+                "uid": user_id, "jti": refresh_id, "created": int(time.time())})
+            pipe.expire(_session_key(session_id), ttl)
+            pipe.sadd(_user_sessions_key(user_id), session_id)
+            pipe.expire(_user_sessions_key(user_id), ttl)
+            await pipe.execute()
+        return self._issue(user_id, session_id, refresh_id)
+
+    async def rotate(self, refresh_token: str) -> IssuedTokens:
+        """Swap a refresh token for a new pair; a reused old token revokes its session."""
+        claims = self.tokens.verify(refresh_token, "refresh")
+        new_id = uuid.uuid4().hex
+        outcome = await self._rotate(
+            keys=[_session_key(claims.session_id)],
+            args=[claims.token_id, new_id, self.tokens.refresh_ttl],
+        )
+        if outcome == -1:
+            await self.redis.srem(_user_sessions_key(claims.user_id), claims.session_id)
+            raise Unauthorized("Refresh token reuse detected; the session was revoked")
+        if outcome != 1:
+            raise Unauthorized("Session expired or revoked")
+        return self._issue(claims.user_id, claims.session_id, new_id)
+
+    async def authenticate(self, access_token: str) -> TokenClaims:
+        """Verify an access token and that neither it nor its session was revoked."""
+        claims = self.tokens.verify(access_token, "access")
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.exists(_session_key(claims.session_id))
+            pipe.exists(_revoked_key(claims.token_id))
+            session_alive, revoked = await pipe.execute()
+        if not session_alive or revoked:
+            raise Unauthorized("Token revoked")
+        return claims
+
+    async def revoke(self, claims: TokenClaims) -> None:
+        """Log out: drop the session and deny its access token until it expires anyway."""
+        remaining = max(1, claims.expires_at - int(time.time()))
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(_session_key(claims.session_id))
+            pipe.srem(_user_sessions_key(claims.user_id), claims.session_id)
+            pipe.set(_revoked_key(claims.token_id), 1, ex=remaining)
+            await pipe.execute()
+
+    async def revoke_all(self, user_id: int, keep_session: str | None = None) -> int:
+        """Drop every session of a user but `keep_session`; return how many were dropped."""
+        sessions = await self.redis.smembers(_user_sessions_key(user_id))
+        doomed = [s.decode() if isinstance(s, bytes) else s for s in sessions]
+        doomed = [s for s in doomed if s != keep_session]
+        if not doomed:
+            return 0
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(*[_session_key(s) for s in doomed])
+            pipe.srem(_user_sessions_key(user_id), *doomed)
+            await pipe.execute()
+        return len(doomed)
