@@ -105,9 +105,18 @@ class BaseHandler(tornado.web.RequestHandler):
         return (self.client_ip != (self.request.remote_ip or "")
                 and self.request.headers.get("X-Forwarded-Proto") == "https")
 
+    def set_sticky_header(self, name: str, value: str) -> None:
+        """A header that survives `clear()`, which Tornado runs before writing an error."""
+        if not hasattr(self, "_sticky_headers"):
+            self._sticky_headers: dict[str, str] = {}
+        self._sticky_headers[name] = value
+        self.set_header(name, value)
+
     def set_default_headers(self) -> None:
-        incoming = self.request.headers.get("X-Request-ID", "")
-        self.request_id = incoming if 8 <= len(incoming) <= 64 and incoming.isalnum() else uuid.uuid4().hex
+        if not getattr(self, "request_id", ""):
+            incoming = self.request.headers.get("X-Request-ID", "")
+            valid = 8 <= len(incoming) <= 64 and incoming.replace("-", "").isalnum()
+            self.request_id = incoming if valid else uuid.uuid4().hex
         self.set_header("X-Request-ID", self.request_id)
         self.set_header("API-Version", "1")
         self.set_header("X-Content-Type-Options", "nosniff")
@@ -117,6 +126,8 @@ class BaseHandler(tornado.web.RequestHandler):
         self.set_header("Cache-Control", "no-store")
         if self.is_https:
             self.set_header("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
+        for name, value in getattr(self, "_sticky_headers", {}).items():
+            self.set_header(name, value)
 
     def auth_mode(self) -> str:
         mode = self.auth
@@ -189,12 +200,12 @@ class APIHandler(BaseHandler):
     def _apply_cors(self) -> None:
         origin = self.request.headers.get("Origin")
         if origin and origin.rstrip("/") in self.config.cors_origins:
-            self.set_header("Access-Control-Allow-Origin", origin)
-            self.set_header("Access-Control-Allow-Credentials", "true")
-            self.set_header("Access-Control-Expose-Headers",
+            self.set_sticky_header("Access-Control-Allow-Origin", origin)
+            self.set_sticky_header("Access-Control-Allow-Credentials", "true")
+            self.set_sticky_header("Access-Control-Expose-Headers",
                             "API-Version, X-RateLimit-Limit, X-RateLimit-Remaining, Retry-After, "
                             "X-Request-ID")
-        self.add_header("Vary", "Origin")
+        self.set_sticky_header("Vary", "Origin")
 
     def _check_body_size(self) -> None:
         limit = getattr(self.config, self.max_body_setting)
@@ -228,8 +239,8 @@ class APIHandler(BaseHandler):
             main = Limit(self.rate_bucket, f"ip{self.client_ip}", config.rate_limit_anonymous,
                          config.rate_limit_window)
         verdict = await self.services.limiter.hit([main, *self.extra_limits()])
-        self.set_header("X-RateLimit-Limit", str(verdict.limit))
-        self.set_header("X-RateLimit-Remaining", str(verdict.remaining))
+        self.set_sticky_header("X-RateLimit-Limit", str(verdict.limit))
+        self.set_sticky_header("X-RateLimit-Remaining", str(verdict.remaining))
         if not verdict.allowed:
             raise RateLimited(verdict.retry_after)
 

@@ -1,0 +1,62 @@
+"""Configuration: defaults from conf/sf.toml, SF_* overrides, clear errors on bad values."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from sf.config import ConfigError, load_config, new_encryption_key_spec
+
+
+def env(**overrides):
+    return {**os.environ, **{f"SF_{k.upper()}": str(v) for k, v in overrides.items()}}
+
+
+def test_defaults_and_overrides():
+    config = load_config(env(api_port=9123, ladder="720,480,1080", source_passthrough="yes"))
+    assert config.api_port == 9123
+    assert config.ladder == (1080, 720, 480)
+    assert config.source_passthrough is True
+    assert config.http_port == 8080 and config.rtmp_port == 1935
+
+
+@pytest.mark.parametrize("name,value,fragment", [
+    ("api_port", "abc", "SF_API_PORT: expected an integer"),
+    ("api_port", "70000", "SF_API_PORT: 70000 is outside 1..65535"),
+    ("bcrypt_rounds", "2", "SF_BCRYPT_ROUNDS"),
+    ("source_passthrough", "maybe", "SF_SOURCE_PASSTHROUGH: expected true/false"),
+    ("env", "staging", "SF_ENV"),
+    ("ladder", "1080,999", "SF_LADDER"),
+    ("trusted_proxies", "not-an-ip", "SF_TRUSTED_PROXIES"),
+    ("cors_origins", "evil.example", "SF_CORS_ORIGINS"),
+    ("database_url", "mysql://x/y", "SF_DATABASE_URL"),
+    ("jwt_secret", "short", "SF_JWT_SECRET"),
+    ("stream_key_encryption_keys", "k1:notbase64", "SF_STREAM_KEY_ENCRYPTION_KEYS"),
+    ("tls_cert", "/nonexistent.pem", "SF_TLS_CERT"),
+])
+def test_bad_values_fail_with_the_variable_named(name, value, fragment):
+    with pytest.raises(ConfigError) as info:
+        load_config(env(**{name: value}))
+    assert fragment in str(info.value)
+
+
+def test_missing_secret_file_explains_what_to_do(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_config({**{k: v for k, v in os.environ.items() if not k.startswith("SF_")},
+                     "SF_VAR_DIR": str(tmp_path)})
+    assert "sf secrets init" in str(info.value)
+
+
+def test_unknown_sf_variables_are_reported():
+    config = load_config(env(api_prot="1"))
+    assert "SF_API_PROT" in config.extra
+
+
+def test_encryption_keys_rotate_with_ids():
+    spec = ",".join([new_encryption_key_spec("k2"), new_encryption_key_spec("k1")])
+    config = load_config(env(stream_key_encryption_keys=spec))
+    assert config.stream_key_encryption_keys.startswith("k2:")
+    with pytest.raises(ConfigError):
+        load_config(env(stream_key_encryption_keys=new_encryption_key_spec("k1") + ","
+                        + new_encryption_key_spec("k1")))

@@ -1,0 +1,168 @@
+"""The API edge: error shapes, limits, headers, CORS, versioning, docs, health, logging."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytestmark = pytest.mark.gen_test(timeout=60)
+
+
+async def test_body_that_is_not_json_is_400(api):
+    response = await api.post("/api/auth/register", body=b"{not json",
+                              headers={"Content-Type": "application/json"})
+    assert response.status == 400
+    assert response.json == {"error": {"code": "bad_request",
+                                       "message": "Request body is not valid JSON"}}
+
+
+async def test_json_that_is_not_an_object_is_422(api):
+    response = await api.post("/api/auth/register", body=b"[1, 2]",
+                              headers={"Content-Type": "application/json"})
+    assert response.status == 422 and response.json["error"]["code"] == "validation_error"
+
+
+async def test_wrong_content_type_is_415(api):
+    response = await api.post("/api/auth/register", body=b"username=a",
+                              headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert response.status == 415
+    assert response.json["error"]["code"] == "unsupported_media_type"
+
+
+async def test_body_over_limit_is_413(api, services):
+    big = json.dumps({"username": "a" * services.config.max_body_bytes}).encode()
+    response = await api.post("/api/auth/register", body=big,
+                              headers={"Content-Type": "application/json"})
+    assert response.status == 413
+    assert response.json["error"]["code"] == "payload_too_large"
+
+
+async def test_unknown_route_is_404_in_error_shape(api):
+    response = await api.get("/api/does-not-exist")
+    assert response.status == 404
+    assert response.json["error"]["code"] == "not_found"
+    assert response.headers["API-Version"] == "1"
+
+
+async def test_wrong_method_is_405_in_error_shape(api):
+    response = await api.delete("/api/auth/register")
+    assert response.status == 405
+    assert "error" in response.json
+
+
+async def test_internal_error_is_500_without_traceback(api, services, captured_logs):
+    await api.register("alice")
+    await services.db.close()  # the database "goes away"
+    response = await api.get("/api/users/alice")
+    assert response.status == 500
+    assert response.json == {"error": {"code": "internal_error",
+                                       "message": "Internal server error"}}
+    assert b"Traceback" not in response.body and b"asyncpg" not in response.body
+    assert "unhandled error" in captured_logs.read_text()
+
+
+async def test_every_response_has_version_and_security_headers(api):
+    for response in (await api.get("/healthz"), await api.get("/api/users/nobody"),
+                     await api.get("/api/v1/users/profile")):
+        assert response.headers["API-Version"] == "1"
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert response.headers["Referrer-Policy"] == "no-referrer"
+        assert response.headers["X-Frame-Options"] == "DENY"
+        assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
+        assert response.headers["X-Request-ID"]
+
+
+async def test_hsts_only_over_https(api):
+    plain = await api.get("/healthz")
+    assert "Strict-Transport-Security" not in plain.headers
+    proxied = await api.get("/healthz", headers={"X-Forwarded-For": "203.0.113.9",
+                                                 "X-Forwarded-Proto": "https"})
+    assert "max-age=" in proxied.headers["Strict-Transport-Security"]
+
+
+async def test_v1_is_canonical_and_api_is_an_alias(api):
+    await api.register("bob")
+    v1 = await api.get("/api/v1/users/bob")
+    alias = await api.get("/api/users/bob")
+    assert v1.status == alias.status == 200 and v1.json == alias.json
+    login = await api.post("/api/v1/auth/login", {"username": "bob", "password": "password123"})
+    assert login.status == 200
+
+
+async def test_rate_limit_headers_on_every_api_response(api):
+    response = await api.get("/api/users/nobody")
+    assert int(response.headers["X-RateLimit-Limit"]) > 0
+    assert int(response.headers["X-RateLimit-Remaining"]) >= 0
+
+
+async def test_cors_allow_list(api, services):
+    allowed = services.config.cors_origins[0]
+    ok = await api.get("/api/users/nobody", headers={"Origin": allowed})
+    assert ok.headers["Access-Control-Allow-Origin"] == allowed
+    assert ok.headers["Access-Control-Allow-Credentials"] == "true"
+    foreign = await api.get("/api/users/nobody", headers={"Origin": "https://evil.example"})
+    assert "Access-Control-Allow-Origin" not in foreign.headers
+    preflight = await api.request("OPTIONS", "/api/users/profile", headers={
+        "Origin": allowed, "Access-Control-Request-Method": "PUT"})
+    assert preflight.status == 204
+    assert "PUT" in preflight.headers["Access-Control-Allow-Methods"]
+    assert "Authorization" in preflight.headers["Access-Control-Allow-Headers"]
+
+
+async def test_openapi_document_covers_the_routes(api):
+    response = await api.get("/api/openapi.json")
+    assert response.status == 200
+    spec = response.json
+    assert spec["openapi"].startswith("3.")
+    for path in ("/api/v1/auth/register", "/api/v1/auth/login", "/api/v1/auth/logout",
+                 "/api/v1/auth/refresh-token", "/api/v1/users/profile",
+                 "/api/v1/users/profile/avatar", "/api/v1/users/change-password",
+                 "/api/v1/users/{username}"):
+        assert path in spec["paths"], path
+    assert set(spec["paths"]["/api/v1/auth/refresh-token"]) >= {"get", "post"}
+    schemas = spec["components"]["schemas"]
+    assert "RegisterSchema" in schemas and "TokenPairSchema" in schemas
+    assert schemas["RegisterSchema"]["properties"]["username"]["type"] == "string"
+
+
+async def test_swagger_ui_is_served_locally(api):
+    page = await api.get("/api/docs")
+    assert page.status == 200 and b"swagger-ui-bundle.js" in page.body
+    assert b"http" not in page.body.split(b"<body>")[1]  # no CDN
+    asset = await api.get("/api/docs/static/swagger-ui-bundle.js")
+    assert asset.status == 200 and len(asset.body) > 100_000
+
+
+async def test_health_readiness_and_metrics(api):
+    assert (await api.get("/healthz")).json == {"status": "ok"}
+    ready = await api.get("/readyz")
+    assert ready.status == 200
+    assert ready.json["checks"] == {"postgres": "ok", "redis": "ok"}
+    metrics = await api.get("/metrics")
+    assert metrics.status == 200 and b"sf_http_requests_total" in metrics.body
+
+
+async def test_readiness_fails_when_a_dependency_is_down(api, services):
+    from redis.asyncio import Redis
+
+    await services.redis.aclose()
+    services.redis = Redis(host="127.0.0.1", port=1)  # nothing listens there
+    ready = await api.get("/readyz")
+    assert ready.status == 503 and ready.json["checks"]["redis"].startswith("error")
+
+
+async def test_one_json_access_log_line_per_request_without_secrets(api, captured_logs):
+    tokens = await api.register("carol", password="hunter2hunter2")
+    await api.get("/api/users/profile?access_token=" + tokens["access_token"],
+                  token=tokens["access_token"])
+    lines = [json.loads(line) for line in captured_logs.read_text().splitlines()]
+    access = [line for line in lines if line.get("name", line.get("logger")) == "sf.access"]
+    profile = [line for line in access if line.get("path") == "/api/users/profile"][-1]
+    assert profile["status"] == 200 and profile["method"] == "GET"
+    assert profile["user_id"] == tokens["user"]["id"]
+    assert profile["client_ip"] == "127.0.0.1"
+    assert profile["duration_ms"] >= 0 and profile["request_id"]
+    text = captured_logs.read_text()
+    assert "hunter2hunter2" not in text
+    assert tokens["access_token"] not in text and tokens["refresh_token"] not in text

@@ -1,0 +1,206 @@
+"""Profiles: read, partial update, avatar upload, password change, public users."""
+
+from __future__ import annotations
+
+import io
+import uuid
+
+import pytest
+from PIL import Image
+
+pytestmark = pytest.mark.gen_test(timeout=60)
+
+
+def image_bytes(fmt: str, size=(800, 600), exif: bool = False) -> bytes:
+    image = Image.new("RGB", size, (200, 30, 30))
+    out = io.BytesIO()
+    kwargs = {}
+    if exif:
+        data = Image.Exif()
+        data[0x010F] = "SecretCameraMaker"  # Make
+        data[0x0110] = "Model-GPS-Leak"    # Model
+        kwargs["exif"] = data.tobytes()
+    image.save(out, fmt, **kwargs)
+    return out.getvalue()
+
+
+def multipart(field: str, filename: str, content: bytes, content_type: str) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; "
+            f"filename=\"{filename}\"\r\nContent-Type: {content_type}\r\n\r\n").encode()
+    body += content + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+async def test_profile_requires_auth(api):
+    response = await api.get("/api/users/profile")
+    assert response.status == 401
+    assert response.json == {"error": {"code": "unauthorized",
+                                       "message": "Authentication required"}}
+
+
+async def test_partial_profile_update(api):
+    tokens = await api.register("alice")
+    token = tokens["access_token"]
+    response = await api.put("/api/users/profile", {"bio": "I stream chess"}, token=token)
+    assert response.status == 200
+    assert response.json["bio"] == "I stream chess"
+    assert response.json["email"] == "alice@example.com"
+    response = await api.put("/api/users/profile", {"email": "new@example.com"}, token=token)
+    assert response.json["bio"] == "I stream chess" and response.json["email"] == "new@example.com"
+    response = await api.put("/api/users/profile", {"avatar": "https://cdn.example.com/a.png"},
+                             token=token)
+    assert response.json["avatar"] == "https://cdn.example.com/a.png"
+    response = await api.put("/api/users/profile", {"avatar": None}, token=token)
+    assert response.status == 200 and response.json["avatar"] is None
+    assert response.json["updated_at"] >= tokens["user"]["updated_at"]
+
+
+@pytest.mark.parametrize("body,field", [
+    ({"email": "nope"}, "email"),
+    ({"bio": "x" * 1001}, "bio"),
+    ({"bio": "bell\x07"}, "bio"),
+    ({"avatar": "javascript:alert(1)"}, "avatar"),
+    ({"avatar": "ftp://host/a.png"}, "avatar"),
+    ({"username": "rename"}, "username"),
+    ({"followers_count": 10**6}, "followers_count"),
+])
+async def test_profile_update_rejects_bad_fields(api, body, field):
+    token = (await api.register("bob"))["access_token"]
+    response = await api.put("/api/users/profile", body, token=token)
+    assert response.status == 422
+    assert field in response.json["error"]["fields"]
+    profile = await api.get("/api/users/profile", token=token)
+    assert profile.json["bio"] == "" and profile.json["followers_count"] == 0
+
+
+async def test_email_change_to_taken_email_conflicts(api):
+    await api.register("carol")
+    token = (await api.register("dave"))["access_token"]
+    response = await api.put("/api/users/profile", {"email": "CAROL@example.com"}, token=token)
+    assert response.status == 409 and "email" in response.json["error"]["fields"]
+
+
+async def test_script_in_bio_is_never_reflected_as_markup(api):
+    token = (await api.register("eve"))["access_token"]
+    payload = "</script><script>alert(1)</script><img src=x onerror=alert(1)>"
+    response = await api.put("/api/users/profile", {"bio": payload}, token=token)
+    assert response.status == 200
+    assert response.json["bio"] == payload  # stored verbatim, it is data
+    public = await api.get("/api/users/eve")
+    for raw in (response.body, public.body):
+        assert b"</script>" not in raw  # json encoding escapes "</"
+    assert public.headers["Content-Type"].startswith("application/json")
+    assert public.headers["X-Content-Type-Options"] == "nosniff"
+    assert "default-src 'none'" in public.headers["Content-Security-Policy"]
+
+
+async def test_public_user(api):
+    await api.register("Frank")
+    response = await api.get("/api/users/frank")
+    assert response.status == 200
+    assert set(response.json) == {"id", "username", "avatar", "bio", "followers_count",
+                                  "created_at", "is_live"}
+    assert response.json["username"] == "Frank"
+    assert (await api.get("/api/users/nobody_here")).status == 404
+    assert (await api.get("/api/users/bad-name!")).status == 404
+
+
+async def test_public_user_cache_is_invalidated_by_profile_update(api):
+    token = (await api.register("gina"))["access_token"]
+    assert (await api.get("/api/users/gina")).json["bio"] == ""
+    await api.put("/api/users/profile", {"bio": "updated"}, token=token)
+    assert (await api.get("/api/users/gina")).json["bio"] == "updated"
+
+
+@pytest.mark.parametrize("fmt,content_type", [("PNG", "image/png"), ("JPEG", "image/jpeg"),
+                                              ("WEBP", "image/webp")])
+async def test_avatar_upload_is_reencoded_resized_and_stripped(api, services, fmt, content_type):
+    token = (await api.register("hank"))["access_token"]
+    data = image_bytes(fmt, exif=(fmt == "JPEG"))
+    response = await api.put("/api/users/profile/avatar", token=token, body=data,
+                             headers={"Content-Type": content_type})
+    assert response.status == 200, response
+    url = response.json["avatar"]
+    assert url.startswith("/media/avatars/") and url.endswith(".webp")
+    stored = services.config.media_dir / url.removeprefix("/media/")
+    with Image.open(stored) as image:
+        assert image.format == "WEBP"
+        assert max(image.size) == services.config.avatar_size
+        assert image.size == (256, 192)  # aspect ratio kept
+        assert not image.getexif()
+    assert b"SecretCameraMaker" not in stored.read_bytes()
+    served = await api.get(url)
+    assert served.status == 200 and served.body == stored.read_bytes()
+
+
+async def test_avatar_multipart_upload_replaces_previous_file(api, services):
+    token = (await api.register("ivy"))["access_token"]
+    body, content_type = multipart("avatar", "me.png", image_bytes("PNG", (64, 64)), "image/png")
+    first = await api.put("/api/users/profile/avatar", token=token, body=body,
+                          headers={"Content-Type": content_type})
+    assert first.status == 200
+    first_file = services.config.media_dir / first.json["avatar"].removeprefix("/media/")
+    assert first_file.exists()
+    body, content_type = multipart("avatar", "me2.png", image_bytes("PNG", (32, 32)), "image/png")
+    second = await api.put("/api/users/profile/avatar", token=token, body=body,
+                           headers={"Content-Type": content_type})
+    assert second.status == 200 and second.json["avatar"] != first.json["avatar"]
+    assert not first_file.exists()
+
+
+async def test_avatar_rejects_non_images_and_oversize(api, services):
+    token = (await api.register("jack"))["access_token"]
+    not_image = await api.put("/api/users/profile/avatar", token=token,
+                              body=b"<svg onload=alert(1)>", headers={"Content-Type": "image/png"})
+    assert not_image.status == 415
+    assert not_image.json["error"]["code"] == "unsupported_media_type"
+    gif = io.BytesIO()
+    Image.new("RGB", (10, 10)).save(gif, "GIF")
+    gif_response = await api.put("/api/users/profile/avatar", token=token, body=gif.getvalue(),
+                                 headers={"Content-Type": "image/png"})
+    assert gif_response.status == 415
+    wrong_type = await api.put("/api/users/profile/avatar", token=token, body=b"x",
+                               headers={"Content-Type": "text/plain"})
+    assert wrong_type.status == 415
+    huge = b"\x89PNG" + b"0" * (services.config.max_avatar_bytes + 10)
+    too_big = await api.put("/api/users/profile/avatar", token=token, body=huge,
+                            headers={"Content-Type": "image/png"})
+    assert too_big.status == 413 and too_big.json["error"]["code"] == "payload_too_large"
+    profile = await api.get("/api/users/profile", token=token)
+    assert profile.json["avatar"] is None
+
+
+async def test_avatar_rejects_pixel_bombs(api, services):
+    token = (await api.register("kate"))["access_token"]
+    out = io.BytesIO()
+    Image.new("1", (6000, 6000)).save(out, "PNG")  # tiny file, 36 Mpx
+    response = await api.put("/api/users/profile/avatar", token=token, body=out.getvalue(),
+                             headers={"Content-Type": "image/png"})
+    assert response.status in (415, 422)
+    assert response.json["error"]["code"] in ("validation_error", "unsupported_media_type")
+
+
+async def test_change_password_revokes_other_sessions(api):
+    first = await api.register("liam", password="password123")
+    second = (await api.post("/api/auth/login", {"username": "liam",
+                                                 "password": "password123"})).json
+    wrong = await api.post("/api/users/change-password", {
+        "current_password": "not-it-at-all", "new_password": "newpassword456"},
+        token=first["access_token"])
+    assert wrong.status == 422 and "current_password" in wrong.json["error"]["fields"]
+    short = await api.post("/api/users/change-password", {
+        "current_password": "password123", "new_password": "short"}, token=first["access_token"])
+    assert short.status == 422 and "new_password" in short.json["error"]["fields"]
+    ok = await api.post("/api/users/change-password", {
+        "current_password": "password123", "new_password": "newpassword456"},
+        token=first["access_token"])
+    assert ok.status == 204
+    assert (await api.get("/api/users/profile", token=first["access_token"])).status == 200
+    assert (await api.get("/api/users/profile", token=second["access_token"])).status == 401
+    assert (await api.post("/api/auth/refresh-token",
+                           {"refresh_token": second["refresh_token"]})).status == 401
+    old = await api.post("/api/auth/login", {"username": "liam", "password": "password123"})
+    assert old.status == 401
+    new = await api.post("/api/auth/login", {"username": "liam", "password": "newpassword456"})
+    assert new.status == 200
