@@ -1,0 +1,280 @@
+"""API latency benchmark: a constant request rate from a separate process on the other core.
+
+Starts an isolated stack (its own database `sf_bench`, Redis db 8, an API node pinned to CPU 0
+behind nginx on port 18080), seeds users (and streams/categories for the stream scenarios), then
+a load generator pinned to CPU 1 sends requests on an open-loop schedule: latency is measured
+from the moment a request was *due*, so a stalled server cannot hide its queueing delay.
+
+    .venv/bin/python bench/api.py [--rate 500] [--seconds 20] [--scenario NAME ...]
+
+Prints one line per scenario: achieved rate, p50/p95/p99 latency, errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import asyncpg  # noqa: E402
+
+from sf import localservices  # noqa: E402
+from sf.config import bootstrap_var_dir, ensure_secrets, load_config  # noqa: E402
+from sf.db.migrate import migrate  # noqa: E402
+from sf.media import nginx  # noqa: E402
+
+HTTP_PORT, API_PORT = 18080, 18081
+BENCH_DB = "sf_bench"
+USERS = 200
+PASSWORD = "bench-password-1"
+
+
+def bench_env(config: Any) -> dict[str, str]:
+    parts = urlsplit(config.database_url)
+    redis = urlsplit(config.redis_url)
+    return {
+        **os.environ,
+        "SF_DATABASE_URL": urlunsplit((parts.scheme, parts.netloc, "/" + BENCH_DB, "", "")),
+        "SF_REDIS_URL": urlunsplit((redis.scheme, redis.netloc, "/8", "", "")),
+        "SF_API_PORT": str(API_PORT), "SF_HTTP_PORT": str(HTTP_PORT),
+        "SF_RATE_LIMIT_ANONYMOUS": "100000000", "SF_RATE_LIMIT_USER": "100000000",
+        "SF_RATE_LIMIT_AUTH_IP": "100000000", "SF_RATE_LIMIT_AUTH_ACCOUNT": "100000000",
+        "SF_LOG_LEVEL": "WARNING", "SF_ENV": "production",
+    }
+
+
+async def prepare_database(config: Any, env: dict[str, str]) -> None:
+    admin = await asyncpg.connect(config.database_url)
+    await admin.execute(f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)')
+    await admin.execute(f'CREATE DATABASE "{BENCH_DB}"')
+    await admin.close()
+    await migrate(env["SF_DATABASE_URL"])
+
+
+# --- a minimal keep-alive HTTP/1.1 client (the generator must be cheaper than the server) -----
+
+class Connection:
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(self, method: str, path: str, headers: dict[str, str],
+                      body: bytes = b"") -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        lines = [f"{method} {path} HTTP/1.1", f"Host: {self.host}:{self.port}",
+                 f"Content-Length: {len(body)}"]
+        lines += [f"{k}: {v}" for k, v in headers.items()]
+        self.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+        status_line = await self.reader.readline()
+        status = int(status_line.split()[1])
+        length, chunked = 0, False
+        while True:
+            line = await self.reader.readline()
+            if line in (b"\r\n", b""):
+                break
+            name, _, value = line.decode().partition(":")
+            if name.lower() == "content-length":
+                length = int(value)
+            elif name.lower() == "transfer-encoding" and "chunked" in value:
+                chunked = True
+        if chunked:
+            data = b""
+            while True:
+                size = int((await self.reader.readline()).strip(), 16)
+                chunk = await self.reader.readexactly(size + 2)
+                if size == 0:
+                    break
+                data += chunk[:-2]
+            return status, data
+        return status, await self.reader.readexactly(length)
+
+
+async def drive(requests: list[tuple[str, str, dict[str, str], bytes]], rate: float,
+                connections: int) -> dict[str, Any]:
+    """Send `requests` at `rate`/s on an open-loop schedule; return latency figures."""
+    pool: asyncio.Queue[Connection] = asyncio.Queue()
+    for _ in range(connections):
+        pool.put_nowait(Connection("127.0.0.1", HTTP_PORT))
+    latencies: list[float] = []
+    errors: dict[int, int] = {}
+    start = time.perf_counter() + 0.2
+
+    async def one(index: int, request: tuple[str, str, dict[str, str], bytes]) -> None:
+        due = start + index / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        connection = await pool.get()
+        try:
+            status, _ = await connection.request(*request)
+        except (OSError, asyncio.IncompleteReadError, ValueError):
+            connection.writer = None
+            status = 599
+        pool.put_nowait(connection)
+        latencies.append(time.perf_counter() - due)
+        if status >= 400:
+            errors[status] = errors.get(status, 0) + 1
+
+    await asyncio.gather(*(one(i, r) for i, r in enumerate(requests)))
+    elapsed = time.perf_counter() - start
+    ordered = sorted(latencies)
+
+    def pct(p: float) -> float:
+        return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] * 1000
+
+    return {"requests": len(requests), "achieved_rps": len(requests) / elapsed,
+            "p50_ms": pct(50), "p95_ms": pct(95), "p99_ms": pct(99),
+            "mean_ms": statistics.fmean(ordered) * 1000, "errors": errors}
+
+
+def generator_process(scenario: str, requests: list[Any], rate: float, connections: int,
+                      out: Any) -> None:
+    os.sched_setaffinity(0, {1})
+    out.put((scenario, asyncio.run(drive(requests, rate, connections))))
+
+
+def run_generator(scenario: str, requests: list[Any], rate: float,
+                  connections: int = 64) -> dict[str, Any]:
+    queue: multiprocessing.Queue[Any] = multiprocessing.Queue()
+    process = multiprocessing.Process(target=generator_process,
+                                      args=(scenario, requests, rate, connections, queue))
+    process.start()
+    _, result = queue.get()
+    process.join()
+    return result  # type: ignore[no-any-return]
+
+
+# --- seeding and scenarios -----------------------------------------------------------------------
+
+async def api_call(method: str, path: str, body: Any = None,
+                   token: str | None = None) -> tuple[int, Any]:
+    connection = Connection("127.0.0.1", HTTP_PORT)
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    status, data = await connection.request(method, path, headers,
+                                            json.dumps(body).encode() if body is not None else b"")
+    assert connection.writer is not None
+    connection.writer.close()
+    return status, json.loads(data) if data else None
+
+
+async def seed_users() -> list[str]:
+    tokens = []
+    for index in range(USERS):
+        status, body = await api_call("POST", "/api/auth/register", {
+            "username": f"bench_{index}", "email": f"bench{index}@example.com",
+            "password": PASSWORD})
+        assert status == 201, body
+        tokens.append(body["access_token"])
+    return tokens
+
+
+SCENARIOS: dict[str, Any] = {}
+
+
+def scenario(name: str) -> Any:
+    def register(function: Any) -> Any:
+        SCENARIOS[name] = function
+        return function
+    return register
+
+
+@scenario("profile")
+def profile_requests(ctx: dict[str, Any], count: int) -> list[Any]:
+    return [("GET", "/api/v1/users/profile",
+             {"Authorization": f"Bearer {random.choice(ctx['tokens'])}"}, b"")
+            for _ in range(count)]
+
+
+@scenario("public_user")
+def public_user_requests(ctx: dict[str, Any], count: int) -> list[Any]:
+    return [("GET", f"/api/v1/users/bench_{random.randrange(USERS)}", {}, b"")
+            for _ in range(count)]
+
+
+@scenario("mixed_reads")
+def mixed_requests(ctx: dict[str, Any], count: int) -> list[Any]:
+    return [random.choice([profile_requests, public_user_requests])(ctx, 1)[0]
+            for _ in range(count)]
+
+
+@scenario("login")
+def login_requests(ctx: dict[str, Any], count: int) -> list[Any]:
+    return [("POST", "/api/v1/auth/login", {"Content-Type": "application/json"},
+             json.dumps({"username": f"bench_{random.randrange(USERS)}",
+                         "password": PASSWORD}).encode())
+            for _ in range(count)]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rate", type=float, default=500, help="requests/s for read scenarios")
+    parser.add_argument("--login-rate", type=float, default=4,
+                        help="logins/s (bcrypt at the configured rounds bounds this)")
+    parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--scenario", nargs="*", default=None)
+    args = parser.parse_args()
+    ensure_secrets(bootstrap_var_dir())
+    config = load_config()
+    localservices.start_all(config)
+    env = bench_env(config)
+    asyncio.run(prepare_database(config, env))
+    bench_config = load_config(env)
+    conf = nginx.render(bench_config)
+    nginx_process = nginx.start(bench_config, conf)
+    server = subprocess.Popen([str(ROOT / ".venv" / "bin" / "sf"), "serve"], env=env,
+                              preexec_fn=nginx.die_with_parent)
+    try:
+        os.sched_setaffinity(server.pid, {0})
+        for _ in range(100):
+            try:
+                status, _ = asyncio.run(api_call("GET", "/readyz"))
+                if status == 200:
+                    break
+            except (OSError, ValueError):  # not up yet: refused, or nginx's 502 page
+                pass
+            time.sleep(0.1)
+        ctx: dict[str, Any] = {"tokens": asyncio.run(seed_users())}
+        for hook in SEED_HOOKS:
+            hook(ctx)
+        names = args.scenario or list(SCENARIOS)
+        print(f"# SF API benchmark: {os.cpu_count()} cores, server pinned to CPU 0, load generator "
+              f"to CPU 1; open-loop schedule; via nginx :{HTTP_PORT}")
+        for name in names:
+            rate = args.login_rate if name == "login" else args.rate
+            count = max(1, int(rate * args.seconds))
+            run_generator(name, SCENARIOS[name](ctx, min(count, 200)), rate)  # warm-up
+            result = run_generator(name, SCENARIOS[name](ctx, count), rate)
+            print(f"{name:<24} target {rate:>6.0f}/s achieved {result['achieved_rps']:>7.1f}/s  "
+                  f"p50 {result['p50_ms']:7.2f} ms  p95 {result['p95_ms']:7.2f} ms  "
+                  f"p99 {result['p99_ms']:7.2f} ms  errors {result['errors'] or 0}")
+            sys.stdout.flush()
+    finally:
+        server.terminate()
+        server.wait()
+        nginx.stop(nginx_process)
+    return 0
+
+
+# Later scenarios (streams, categories) add seeding steps here.
+SEED_HOOKS: list[Any] = []
+
+if __name__ == "__main__":
+    sys.exit(main())
