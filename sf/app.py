@@ -17,14 +17,17 @@ import tornado.netutil
 import tornado.process
 import tornado.web
 
+from sf import admin
 from sf.config import Config, ConfigError, bootstrap_var_dir, ensure_secrets, load_config
-from sf.handlers import auth, docs, health, users
+from sf.handlers import auth, categories, docs, follows, health, stream_keys, streams, users
 from sf.handlers.base import AUTH_MODES, NotFoundHandler
 from sf.observability import configure_logging, log_request
 
 log = logging.getLogger("sf")
 
-HANDLER_MODULES: list[ModuleType] = [health, docs, auth, users]
+HANDLER_MODULES: list[ModuleType] = [
+    health, docs, auth, users, follows, stream_keys, streams, categories,
+]
 
 
 class MediaFileHandler(tornado.web.StaticFileHandler):
@@ -173,8 +176,9 @@ COMMANDS: dict[str, Callable[[Config, argparse.Namespace], int]] = {
     "migrate": cmd_migrate,
     "services": cmd_services,
     "tls-cert": cmd_tls_cert,
+    "categories": admin.cmd_categories,
+    "keys": admin.cmd_keys,
 }
-EXTRA_PARSERS: list[Callable[[Any], None]] = []
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -189,8 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     secrets_parser = sub.add_parser("secrets", help="generate missing secrets under var/secrets")
     secrets_parser.add_argument("action", choices=["init"])
     sub.add_parser("tls-cert", help="create a self-signed certificate for local HTTPS")
-    for extend in EXTRA_PARSERS:
-        extend(sub)
+    admin.add_parsers(sub)
     return parser
 
 

@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 
 from sf.accounts import AccountService
 from sf.cache import Cache
+from sf.channels import ChannelService
 from sf.config import Config
 from sf.db.pool import create_pool
 from sf.ratelimit import RateLimiter
@@ -31,11 +32,12 @@ class Services:
     accounts: AccountService
     cipher: StreamKeyCipher
     cache: Cache
+    channels: ChannelService
     extras: dict[str, Any] = field(default_factory=dict)
 
     async def on_user_changed(self, username: str) -> None:
         """Forget cached public views of a user after their profile changed."""
-        await self.cache.delete(f"user:{username.lower()}")
+        await self.channels.changed(username)
 
     async def close(self) -> None:
         """Release connections (actors are stopped by their owner before this)."""
@@ -52,7 +54,9 @@ async def start_services(config: Config, database_url: str | None = None) -> Ser
     tokens = TokenService(config)
     hasher = PasswordHasher(config.bcrypt_rounds)
     sessions = SessionStore(redis, tokens)
-    accounts = AccountService(db, hasher, sessions)
     cipher = StreamKeyCipher(config.stream_key_encryption_keys, config.stream_key_lookup_secret)
+    cache = Cache(redis, config.cache_ttl)
+    channels = ChannelService(db, cipher, cache)
+    accounts = AccountService(db, hasher, sessions, on_user_created=[channels.create_for_new_user])
     return Services(config, db, redis, tokens, hasher, sessions, RateLimiter(redis), accounts,
-                    cipher, Cache(redis, config.cache_ttl))
+                    cipher, cache, channels)

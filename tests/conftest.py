@@ -24,7 +24,7 @@ from sf import localservices
 from sf.app import make_app
 from sf.config import Config, bootstrap_var_dir, ensure_secrets, load_config
 from sf.context import Services, start_services
-from sf.db.migrate import migrate
+from sf.db.migrate import MIGRATIONS_DIR, migrate
 from sf.observability import RedactingJsonFormatter
 
 TEST_REDIS_DB = 9
@@ -94,9 +94,14 @@ def config(base_config: Config) -> Config:
     return base_config
 
 
+SEED_CATEGORIES = (MIGRATIONS_DIR / "003_seed_categories.sql").read_text()
+
+
 async def reset_state(services: Services) -> None:
+    """Empty tables (categories back to the seeded set) and an empty Redis database."""
     await services.db.execute(
-        "TRUNCATE users, streams, follows RESTART IDENTITY CASCADE")
+        "TRUNCATE users, streams, follows, categories RESTART IDENTITY CASCADE")
+    await services.db.execute(SEED_CATEGORIES)
     await services.redis.flushdb()
 
 

@@ -153,3 +153,110 @@ def flatten_messages(messages: Any, prefix: str = "") -> dict[str, list[str]]:
 
 user_public = UserPublicSchema()
 user_private = UserPrivateSchema()
+
+
+# --- channel: stream key, settings, streams, categories ----------------------------------------
+
+class StreamKeySchema(Schema):
+    stream_key = fields.String()
+    rtmp_url = fields.String()
+    updated_at = UTCDateTime()
+
+
+class StreamSettingsSchema(StrictSchema):
+    title = Text(140)
+    description = Text(5000)
+    category_id = fields.Integer(allow_none=True, validate=validate.Range(min=1, max=2**62))
+    is_private = fields.Boolean()
+    updated_at = UTCDateTime(dump_only=True)
+
+
+class StreamCreateSchema(StrictSchema):
+    title = Text(140, required=True, min_length=1)
+    description = Text(5000)
+    category_id = fields.Integer(allow_none=True, validate=validate.Range(min=1, max=2**62))
+    is_private = fields.Boolean()
+
+
+class StreamUpdateSchema(StrictSchema):
+    title = Text(140, min_length=1)
+    description = Text(5000)
+    category_id = fields.Integer(allow_none=True, validate=validate.Range(min=1, max=2**62))
+    is_private = fields.Boolean()
+
+
+class StreamListQuerySchema(PageQuerySchema):
+    category_id = fields.Integer(validate=validate.Range(min=1, max=2**62))
+    username = fields.String(validate=validate.Length(min=1, max=30))
+    q = fields.String(validate=validate.Length(min=1, max=100))
+    is_live = fields.Boolean(load_default=True)
+    sort = fields.String(load_default="viewers",
+                         validate=validate.OneOf(["viewers", "started_at", "created_at"]))
+
+
+class CategoryRefSchema(Schema):
+    id = fields.Integer()
+    name = fields.String()
+
+
+class PlaybackSchema(Schema):
+    hls = fields.String()
+
+
+class StreamSchema(Schema):
+    id = fields.Integer()
+    user = fields.Method("dump_user")
+    title = fields.String()
+    description = fields.String()
+    thumbnail = fields.String(allow_none=True)
+    category = fields.Method("dump_category")
+    is_live = fields.Boolean()
+    viewers_count = fields.Integer()
+    is_private = fields.Boolean()
+    started_at = UTCDateTime(allow_none=True)
+    ended_at = UTCDateTime(allow_none=True)
+    created_at = UTCDateTime()
+    updated_at = UTCDateTime()
+    playback = fields.Method("dump_playback")
+
+    def dump_user(self, stream: Any) -> dict[str, Any]:
+        return {"id": stream.user_id, "username": stream.username, "avatar": stream.user_avatar,
+                "bio": stream.user_bio, "followers_count": stream.user_followers_count,
+                "created_at": utc_iso(stream.user_created_at), "is_live": stream.user_is_live}
+
+    def dump_category(self, stream: Any) -> dict[str, Any] | None:
+        if stream.category_id is None:
+            return None
+        return {"id": stream.category_id, "name": stream.category_name}
+
+    def dump_playback(self, stream: Any) -> dict[str, str] | None:
+        return {"hls": f"/hls/{stream.id}/master.m3u8"} if stream.is_live else None
+
+
+class StreamListSchema(Schema):
+    data = fields.List(fields.Nested(StreamSchema))
+    pagination = fields.Nested(PaginationSchema)
+
+
+class CategorySchema(Schema):
+    id = fields.Integer()
+    name = fields.String()
+    description = fields.String()
+    thumbnail = fields.String(allow_none=True)
+    viewers_count = fields.Integer()
+    created_at = UTCDateTime()
+    updated_at = UTCDateTime()
+
+
+class CategoryListSchema(Schema):
+    data = fields.List(fields.Nested(CategorySchema))
+    pagination = fields.Nested(PaginationSchema)
+
+
+def page(items: list[Any], next_cursor: str | None, schema: Schema) -> dict[str, Any]:
+    """The API.md list shape."""
+    return {"data": schema.dump(items, many=True), "pagination": {"next_cursor": next_cursor}}
+
+
+stream_schema = StreamSchema()
+category_schema = CategorySchema()

@@ -1,0 +1,222 @@
+"""Streams repository: create, read with privacy, list with keyset pagination, end, go live.
+
+Privacy lives in SQL (`VISIBLE`): a private stream exists only for its owner and the owner's
+followers, in every query that can return one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from sf.db.pagination import decode_cursor, encode_cursor
+from sf.errors import Conflict, Forbidden, NotFound, validation_error
+
+Executor = asyncpg.Connection | asyncpg.Pool
+
+SORTS = ("viewers", "started_at", "created_at")
+
+
+@dataclass(frozen=True)
+class Stream:
+    """A stream with its owner's public fields and its category name."""
+
+    id: int
+    user_id: int
+    title: str
+    description: str
+    thumbnail: str | None
+    category_id: int | None
+    category_name: str | None
+    is_live: bool
+    viewers_count: int
+    is_private: bool
+    started_at: datetime | None
+    ended_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    username: str
+    user_avatar: str | None
+    user_bio: str
+    user_followers_count: int
+    user_created_at: datetime
+    user_is_live: bool
+
+
+SELECT_STREAM = """
+SELECT s.id, s.user_id, s.title, s.description, s.thumbnail, s.category_id,
+       c.name AS category_name, s.is_live, s.viewers_count, s.is_private, s.started_at,
+       s.ended_at, s.created_at, s.updated_at, u.username, u.avatar AS user_avatar,
+       u.bio AS user_bio, u.followers_count AS user_followers_count,
+       u.created_at AS user_created_at,
+       (s.is_live OR EXISTS (SELECT 1 FROM streams l WHERE l.user_id = s.user_id AND l.is_live))
+           AS user_is_live
+  FROM streams s
+  JOIN users u ON u.id = s.user_id
+  LEFT JOIN categories c ON c.id = s.category_id"""
+
+
+def visible_to(param: str) -> str:
+    """SQL: the stream `s` may be seen by the user whose id is bound to `param` (NULL: anonymous)."""
+    return (f"(NOT s.is_private OR s.user_id = {param} OR EXISTS (SELECT 1 FROM follows f"
+            f" WHERE f.following_id = s.user_id AND f.follower_id = {param}))")
+
+
+def stream_from_row(row: asyncpg.Record) -> Stream:
+    return Stream(**{key: row[key] for key in Stream.__dataclass_fields__})
+
+
+class Query:
+    """Collects WHERE clauses and their positional arguments."""
+
+    def __init__(self) -> None:
+        self.args: list[Any] = []
+        self.where: list[str] = []
+
+    def bind(self, value: Any) -> str:
+        self.args.append(value)
+        return f"${len(self.args)}"
+
+
+async def get_stream(db: Executor, stream_id: int, viewer_id: int | None) -> Stream:
+    """A stream the viewer may see; NotFound otherwise (a hidden stream does not exist)."""
+    row = await db.fetchrow(f"{SELECT_STREAM} WHERE s.id = $1 AND {visible_to('$2::bigint')}",
+                            stream_id, viewer_id)
+    if row is None:
+        raise NotFound("Stream not found")
+    return stream_from_row(row)
+
+
+async def create_stream(db: Executor, user_id: int, title: str, description: str = "",
+                        category_id: int | None = None, is_private: bool = False) -> Stream:
+    """A prepared stream: not live until its owner's RTMP publish starts."""
+    try:
+        stream_id = await db.fetchval(
+            "INSERT INTO streams (user_id, title, description, category_id, is_private)"
+            " VALUES ($1, $2, $3, $4, $5) RETURNING id",
+            user_id, title, description, category_id, is_private)
+    except asyncpg.ForeignKeyViolationError:
+        raise validation_error("category_id", "no such category") from None
+    return await get_stream(db, stream_id, user_id)
+
+
+async def _owned(db: Executor, stream_id: int, user_id: int) -> None:
+    """Raise NotFound for a stream the user cannot see, Forbidden for one they do not own."""
+    owner = await db.fetchval(
+        f"SELECT s.user_id FROM streams s WHERE s.id = $1 AND {visible_to('$2::bigint')}",
+        stream_id, user_id)
+    if owner is None:
+        raise NotFound("Stream not found")
+    if owner != user_id:
+        raise Forbidden("Only the owner may change this stream")
+
+
+async def update_stream(db: Executor, stream_id: int, user_id: int,
+                        changes: dict[str, Any]) -> Stream:
+    await _owned(db, stream_id, user_id)
+    if changes:
+        assignments = ", ".join(f"{name} = ${index}" for index, name in enumerate(changes, start=3))
+        try:
+            await db.execute(
+                f"UPDATE streams SET {assignments}, updated_at = now()"
+                " WHERE id = $1 AND user_id = $2", stream_id, user_id, *changes.values())
+        except asyncpg.ForeignKeyViolationError:
+            raise validation_error("category_id", "no such category") from None
+    return await get_stream(db, stream_id, user_id)
+
+
+async def end_stream(db: Executor, stream_id: int, user_id: int | None = None) -> bool:
+    """End a stream (owner check when `user_id` is given); True if it was live until now."""
+    if user_id is not None:
+        await _owned(db, stream_id, user_id)
+    was_live = await db.fetchval(
+        """UPDATE streams s SET is_live = false, viewers_count = 0,
+                  ended_at = COALESCE(s.ended_at, now()), updated_at = now()
+             FROM (SELECT id, is_live FROM streams WHERE id = $1 FOR UPDATE) old
+            WHERE s.id = old.id RETURNING old.is_live""", stream_id)
+    return bool(was_live)
+
+
+async def go_live(db: asyncpg.Connection, user_id: int, sealed_key: bytes | None) -> int:
+    """Mark the user's prepared stream live, or open one from their defaults; its id.
+
+    Conflict when the user already has a live stream (one at a time).
+    """
+    try:
+        stream_id = await db.fetchval(
+            """UPDATE streams SET is_live = true, started_at = now(), stream_key = $2,
+                      updated_at = now()
+                WHERE id = (SELECT id FROM streams WHERE user_id = $1 AND NOT is_live
+                               AND started_at IS NULL AND ended_at IS NULL
+                             ORDER BY created_at DESC, id DESC LIMIT 1)
+                RETURNING id""", user_id, sealed_key)
+        if stream_id is None:
+            stream_id = await db.fetchval(
+                """INSERT INTO streams (user_id, title, description, category_id, is_private,
+                                        is_live, started_at, stream_key)
+                   SELECT u.id, COALESCE(NULLIF(ss.title, ''), u.username || '''s stream'),
+                          COALESCE(ss.description, ''), ss.category_id,
+                          COALESCE(ss.is_private, false), true, now(), $2
+                     FROM users u LEFT JOIN stream_settings ss ON ss.user_id = u.id
+                    WHERE u.id = $1
+                   RETURNING id""", user_id, sealed_key)
+    except asyncpg.UniqueViolationError:
+        raise Conflict("This user is already live") from None
+    if stream_id is None:
+        raise NotFound("User not found")
+    return int(stream_id)
+
+
+# --- lists -----------------------------------------------------------------------------------
+
+
+def escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+async def list_streams(db: Executor, *, viewer_id: int | None, is_live: bool | None = True,
+                       category_id: int | None = None, username: str | None = None,
+                       q: str | None = None, sort: str = "viewers", limit: int = 20,
+                       cursor: str | None = None) -> tuple[list[Stream], str | None]:
+    """One page of streams the viewer may see, and the cursor of the next page (or None).
+
+    Keyset pagination on (sort key, id): rows inserted between pages never shift a page.
+    """
+    query = Query()
+    query.where.append(visible_to(query.bind(viewer_id) + "::bigint"))
+    if is_live is not None:
+        query.where.append("s.is_live" if is_live else "NOT s.is_live")
+    if category_id is not None:
+        query.where.append(f"s.category_id = {query.bind(category_id)}")
+    if username is not None:
+        query.where.append(f"lower(u.username) = lower({query.bind(username)})")
+    if q:
+        query.where.append(f"s.title ILIKE '%' || {query.bind(escape_like(q))} || '%'")
+    if sort == "viewers":
+        key, kind = "s.viewers_count", int
+    elif sort == "started_at":
+        key = "s.started_at" if is_live else "COALESCE(s.started_at, s.created_at)"
+        kind = datetime
+    else:
+        key, kind = "s.created_at", datetime
+    if cursor:
+        value, last_id = decode_cursor(cursor, sort, kind)
+        query.where.append(f"({key}, s.id) < ({query.bind(value)}, {query.bind(last_id)})")
+    sql = (f"{SELECT_STREAM} WHERE {' AND '.join(query.where)}"
+           f" ORDER BY {key} DESC, s.id DESC LIMIT {query.bind(limit + 1)}")
+    rows = await db.fetch(sql, *query.args)
+    streams = [stream_from_row(row) for row in rows[:limit]]
+    next_cursor = None
+    if len(rows) > limit:
+        last = streams[-1]
+        if sort == "viewers":
+            value = last.viewers_count
+        elif sort == "started_at":
+            value = last.started_at if (is_live or last.started_at) else last.created_at
+        else:
+            value = last.created_at
+        next_cursor = encode_cursor(sort, value, last.id)
+    return streams, next_cursor

@@ -1,0 +1,81 @@
+"""Follows (API.md "Users"): follow, unfollow, followers, following."""
+
+from __future__ import annotations
+
+from sf.db import follows as follows_db
+from sf.handlers.base import APIHandler
+from sf.schemas import PageQuerySchema, page, user_public
+
+
+class FollowHandler(APIHandler):
+    auth = "required"
+
+    async def post(self, username: str) -> None:
+        """Follow a user (idempotent).
+        ---
+        summary: Follow
+        tags: [follows]
+        security: [{bearer: []}]
+        responses:
+          204: {description: Following}
+          404: {description: No such user, content: {application/json: {schema: ErrorSchema}}}
+          422: {description: Cannot follow yourself, content: {application/json: {schema: ErrorSchema}}}
+        """
+        target = await follows_db.follow(self.db, self.user_id, username)
+        await self.services.channels.changed(target.username)
+        self.set_status(204)
+        self.finish()
+
+    async def delete(self, username: str) -> None:
+        """Unfollow a user (idempotent).
+        ---
+        summary: Unfollow
+        tags: [follows]
+        security: [{bearer: []}]
+        responses:
+          204: {description: Not following}
+          404: {description: No such user, content: {application/json: {schema: ErrorSchema}}}
+        """
+        target = await follows_db.unfollow(self.db, self.user_id, username)
+        await self.services.channels.changed(target.username)
+        self.set_status(204)
+        self.finish()
+
+
+class FollowListHandler(APIHandler):
+    auth = "optional"
+    side = "followers"
+
+    async def get(self, username: str) -> None:
+        """Users on one side of a follow relation, newest first.
+        ---
+        summary: Followers / following
+        tags: [follows]
+        parameters:
+          - {in: query, name: limit, schema: {type: integer, minimum: 1, maximum: 100}}
+          - {in: query, name: cursor, schema: {type: string}}
+        responses:
+          200: {description: A page of users, content: {application/json: {schema: UserListSchema}}}
+          404: {description: No such user, content: {application/json: {schema: ErrorSchema}}}
+        """
+        query = self.parse_query(PageQuerySchema())
+        users, cursor = await follows_db.list_follow_side(self.db, username, self.side,
+                                                          query["limit"], query["cursor"])
+        self.write_json(page(users, cursor, user_public))
+
+
+class FollowersHandler(FollowListHandler):
+    side = "followers"
+
+
+class FollowingHandler(FollowListHandler):
+    side = "following"
+
+
+USERNAME = r"(?P<username>[A-Za-z0-9_]{1,30})"
+
+routes = [
+    (rf"/api/users/{USERNAME}/follow", FollowHandler),
+    (rf"/api/users/{USERNAME}/followers", FollowersHandler),
+    (rf"/api/users/{USERNAME}/following", FollowingHandler),
+]

@@ -1,0 +1,145 @@
+"""Streams (API.md "Streams"): create, list with filters, get, update, end, a user's streams."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sf.db.users import get_user_by_username
+from sf.handlers.base import APIHandler
+from sf.schemas import (
+    PageQuerySchema,
+    StreamCreateSchema,
+    StreamListQuerySchema,
+    StreamUpdateSchema,
+    page,
+    stream_schema,
+)
+
+def stream_page(streams: list[Any], cursor: str | None) -> dict[str, Any]:
+    return page(streams, cursor, stream_schema)
+
+
+class StreamListMixin(APIHandler):
+    async def write_stream_list(self, **fixed: Any) -> None:
+        filters = self.parse_query(StreamListQuerySchema())
+        filters.update(fixed)
+        viewer = self.claims.user_id if self.claims else None
+        self.write_json(await self.services.channels.list_streams(viewer, filters, stream_page))
+
+
+class StreamsHandler(StreamListMixin):
+    auth = {"GET": "optional", "POST": "required"}
+
+    async def get(self) -> None:
+        """Live streams by default, filtered and sorted, keyset-paginated.
+        ---
+        summary: List streams
+        tags: [streams]
+        parameters:
+          - {in: query, name: limit, schema: {type: integer, minimum: 1, maximum: 100, default: 20}}
+          - {in: query, name: cursor, schema: {type: string}}
+          - {in: query, name: category_id, schema: {type: integer}}
+          - {in: query, name: username, schema: {type: string}}
+          - {in: query, name: q, schema: {type: string}, description: title search}
+          - {in: query, name: is_live, schema: {type: boolean, default: true}}
+          - {in: query, name: sort, schema: {type: string, enum: [viewers, started_at, created_at]}}
+        responses:
+          200: {description: A page of streams, content: {application/json: {schema: StreamListSchema}}}
+          422: {description: Bad filter or cursor, content: {application/json: {schema: ErrorSchema}}}
+        """
+        await self.write_stream_list()
+
+    async def post(self) -> None:
+        """Prepare a stream; it goes live when the owner's RTMP publish starts.
+        ---
+        summary: Create stream
+        tags: [streams]
+        security: [{bearer: []}]
+        requestBody: {required: true, content: {application/json: {schema: StreamCreateSchema}}}
+        responses:
+          201: {description: Prepared stream, content: {application/json: {schema: StreamSchema}}}
+          422: {description: Invalid fields or unknown category, content: {application/json: {schema: ErrorSchema}}}
+        """
+        fields = self.parse_json(StreamCreateSchema())
+        stream = await self.services.channels.create_stream(self.user_id, fields)
+        self.write_json(stream_schema.dump(stream), 201)
+
+
+class StreamHandler(APIHandler):
+    auth = {"GET": "optional", "PUT": "required", "DELETE": "required"}
+
+    async def get(self, stream_id: str) -> None:
+        """One stream (a private one only for its owner and their followers).
+        ---
+        summary: Get stream
+        tags: [streams]
+        responses:
+          200: {description: Stream, content: {application/json: {schema: StreamSchema}}}
+          404: {description: No such stream (or private to you), content: {application/json: {schema: ErrorSchema}}}
+        """
+        viewer = self.claims.user_id if self.claims else None
+        self.write_json(stream_schema.dump(
+            await self.services.channels.get_stream(int(stream_id), viewer)))
+
+    async def put(self, stream_id: str) -> None:
+        """Change title, description, category or privacy (owner only).
+        ---
+        summary: Update stream
+        tags: [streams]
+        security: [{bearer: []}]
+        requestBody: {required: true, content: {application/json: {schema: StreamUpdateSchema}}}
+        responses:
+          200: {description: Stream, content: {application/json: {schema: StreamSchema}}}
+          403: {description: Not the owner, content: {application/json: {schema: ErrorSchema}}}
+          404: {description: No such stream, content: {application/json: {schema: ErrorSchema}}}
+        """
+        changes = self.parse_json(StreamUpdateSchema())
+        stream = await self.services.channels.update_stream(int(stream_id), self.user_id, changes)
+        self.write_json(stream_schema.dump(stream))
+
+    async def delete(self, stream_id: str) -> None:
+        """End the stream (owner only): it stops being live and its publisher is dropped.
+        ---
+        summary: End stream
+        tags: [streams]
+        security: [{bearer: []}]
+        responses:
+          204: {description: Ended}
+          403: {description: Not the owner, content: {application/json: {schema: ErrorSchema}}}
+          404: {description: No such stream, content: {application/json: {schema: ErrorSchema}}}
+        """
+        await self.services.channels.end_stream(int(stream_id), self.user_id)
+        self.set_status(204)
+        self.finish()
+
+
+class UserStreamsHandler(APIHandler):
+    auth = "optional"
+
+    async def get(self, username: str) -> None:
+        """A user's streams (live or not), newest first.
+        ---
+        summary: User's streams
+        tags: [streams]
+        parameters:
+          - {in: query, name: limit, schema: {type: integer, minimum: 1, maximum: 100}}
+          - {in: query, name: cursor, schema: {type: string}}
+        responses:
+          200: {description: A page of streams, content: {application/json: {schema: StreamListSchema}}}
+          404: {description: No such user, content: {application/json: {schema: ErrorSchema}}}
+        """
+        query = self.parse_query(PageQuerySchema())
+        user = await get_user_by_username(self.db, username)
+        viewer = self.claims.user_id if self.claims else None
+        filters = {"username": user.username, "is_live": None, "sort": "created_at", **query}
+        self.write_json(await self.services.channels.list_streams(viewer, filters, stream_page))
+
+
+STREAM_ID = r"(?P<stream_id>\d{1,18})"
+USERNAME = r"(?P<username>[A-Za-z0-9_]{1,30})"
+
+routes = [
+    (r"/api/streams", StreamsHandler),
+    (rf"/api/streams/{STREAM_ID}", StreamHandler),
+    (rf"/api/users/{USERNAME}/streams", UserStreamsHandler),
+]

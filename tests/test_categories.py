@@ -1,0 +1,66 @@
+"""Categories: seeded set, viewer totals, ordering, pagination, live streams of one."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.test_streams import go_live, set_viewers
+
+pytestmark = pytest.mark.gen_test(timeout=60)
+
+
+async def test_seeded_categories_sorted_by_viewers_then_name(api, services):
+    body = (await api.get("/api/categories?limit=100")).json
+    names = [c["name"] for c in body["data"]]
+    assert {"Just Chatting", "Music", "Art", "Science & Technology", "Sports", "IRL"} <= set(names)
+    assert names == sorted(names)  # nobody live: all zero, so by name
+    first = body["data"][0]
+    assert set(first) == {"id", "name", "description", "thumbnail", "viewers_count",
+                          "created_at", "updated_at"}
+    assert first["description"] and first["thumbnail"]
+
+    music = next(c["id"] for c in body["data"] if c["name"] == "Music")
+    art = next(c["id"] for c in body["data"] if c["name"] == "Art")
+    a = await go_live(api, services, await api.register("alice"), category_id=music)
+    b = await go_live(api, services, await api.register("bob"), category_id=music)
+    c = await go_live(api, services, await api.register("carol"), category_id=art)
+    await set_viewers(services, a, 7)
+    await set_viewers(services, b, 5)
+    await set_viewers(services, c, 30)
+    ordered = (await api.get("/api/categories?limit=100")).json["data"]
+    assert [(x["name"], x["viewers_count"]) for x in ordered[:2]] == [("Art", 30), ("Music", 12)]
+    # Ending a stream takes its viewers out of the category total at once.
+    await services.channels.end_stream(c)
+    assert (await api.get(f"/api/categories/{art}")).json["viewers_count"] == 0
+    assert (await api.get(f"/api/categories/{music}")).json["viewers_count"] == 12
+
+
+async def test_category_pagination_walks_all_once(api):
+    seen, cursor = [], None
+    while True:
+        body = (await api.get("/api/categories?limit=5" + (f"&cursor={cursor}" if cursor else ""))).json
+        seen += [c["id"] for c in body["data"]]
+        cursor = body["pagination"]["next_cursor"]
+        if not cursor:
+            break
+    assert len(seen) == len(set(seen)) == 14
+
+
+async def test_get_category_and_its_live_streams(api, services):
+    assert (await api.get("/api/categories/999")).status == 404
+    assert (await api.get("/api/categories/abc")).status == 404
+    assert (await api.get("/api/categories/999/streams")).status == 404
+    live = await go_live(api, services, await api.register("dave"), category_id=2)
+    tokens = await api.register("erin")
+    await api.post("/api/streams", {"title": "prepared", "category_id": 2},
+                   token=tokens["access_token"])
+    streams = (await api.get("/api/categories/2/streams")).json["data"]
+    assert [s["id"] for s in streams] == [live]
+    assert (await api.get("/api/categories/2/streams?limit=0")).status == 422
+
+
+async def test_no_public_write_endpoints(api):
+    token = (await api.register("frank"))["access_token"]
+    assert (await api.post("/api/categories", {"name": "Mine"}, token=token)).status == 405
+    assert (await api.put("/api/categories/1", {"name": "Mine"}, token=token)).status == 405
+    assert (await api.delete("/api/categories/1", token=token)).status == 405
