@@ -230,11 +230,15 @@ def main() -> int:
                         help="logins/s (bcrypt at the configured rounds bounds this)")
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--scenario", nargs="*", default=None)
+    parser.add_argument("--no-cache", action="store_true",
+                        help="SF_CACHE_TTL=0: every list read goes to PostgreSQL")
     args = parser.parse_args()
     ensure_secrets(bootstrap_var_dir())
     config = load_config()
     localservices.start_all(config)
     env = bench_env(config)
+    if args.no_cache:
+        env["SF_CACHE_TTL"] = "0"
     asyncio.run(prepare_database(config, env))
     bench_config = load_config(env)
     conf = nginx.render(bench_config)
@@ -251,12 +255,14 @@ def main() -> int:
             except (OSError, ValueError):  # not up yet: refused, or nginx's 502 page
                 pass
             time.sleep(0.1)
-        ctx: dict[str, Any] = {"tokens": asyncio.run(seed_users())}
+        ctx: dict[str, Any] = {"tokens": asyncio.run(seed_users()),
+                               "database_url": env["SF_DATABASE_URL"]}
         for hook in SEED_HOOKS:
             hook(ctx)
         names = args.scenario or list(SCENARIOS)
         print(f"# SF API benchmark: {os.cpu_count()} cores, server pinned to CPU 0, load generator "
-              f"to CPU 1; open-loop schedule; via nginx :{HTTP_PORT}")
+              f"to CPU 1; open-loop schedule; via nginx :{HTTP_PORT}; "
+              f"cache {'off' if args.no_cache else 'on'}")
         for name in names:
             rate = args.login_rate if name == "login" else args.rate
             count = max(1, int(rate * args.seconds))
@@ -273,8 +279,73 @@ def main() -> int:
     return 0
 
 
-# Later scenarios (streams, categories) add seeding steps here.
-SEED_HOOKS: list[Any] = []
+LIVE_STREAMS, CATEGORIES = 1000, 20
+
+
+def seed_streams(ctx: dict[str, Any]) -> None:
+    """1,000 live streams across 20 categories (10% private), written straight to the database."""
+
+    async def seed() -> list[int]:
+        db = await asyncpg.connect(ctx["database_url"])
+        try:
+            existing = await db.fetchval("SELECT count(*) FROM categories")
+            for index in range(existing, CATEGORIES):
+                await db.execute("INSERT INTO categories (name) VALUES ($1)", f"Bench {index}")
+            categories = [r["id"] for r in await db.fetch("SELECT id FROM categories LIMIT $1",
+                                                          CATEGORIES)]
+            await db.execute(
+                """INSERT INTO users (username, email, password_hash)
+                   SELECT 'live_' || i, 'live' || i || '@example.com', 'x'
+                     FROM generate_series(1, $1) i""", LIVE_STREAMS)
+            await db.execute(
+                """INSERT INTO streams (user_id, title, category_id, is_live, started_at,
+                                        viewers_count, is_private)
+                   SELECT u.id, 'Bench stream ' || u.id || CASE WHEN u.id % 7 = 0
+                          THEN ' speedrun' ELSE ' chill' END,
+                          ($1::bigint[])[1 + u.id % array_length($1::bigint[], 1)], true,
+                          now() - (u.id || ' seconds')::interval, (u.id * 37) % 5000,
+                          u.id % 10 = 0
+                     FROM users u WHERE u.username LIKE 'live\_%'""", categories)
+            await db.execute("ANALYZE")
+            return categories
+        finally:
+            await db.close()
+
+    ctx["categories"] = asyncio.run(seed())
+
+
+@scenario("streams")
+def streams_requests(ctx: dict[str, Any], count: int) -> list[Any]:
+    return [("GET", "/api/v1/streams", {}, b"") for _ in range(count)]
+
+
+@scenario("streams_filtered")
+def streams_filtered_requests(ctx: dict[str, Any], count: int) -> list[Any]:
+    def one() -> tuple[str, str, dict[str, str], bytes]:
+        choice = random.randrange(3)
+        if choice == 0:
+            path = f"/api/v1/streams?category_id={random.choice(ctx['categories'])}"
+        elif choice == 1:
+            path = "/api/v1/streams?q=speedrun&sort=started_at"
+        else:
+            path = f"/api/v1/categories/{random.choice(ctx['categories'])}/streams?limit=50"
+        return ("GET", path, {}, b"")
+    return [one() for _ in range(count)]
+
+
+@scenario("streams_logged_in")
+def streams_logged_in_requests(ctx: dict[str, Any], count: int) -> list[Any]:
+    return [("GET", f"/api/v1/streams?category_id={random.choice(ctx['categories'])}",
+             {"Authorization": f"Bearer {random.choice(ctx['tokens'])}"}, b"")
+            for _ in range(count)]
+
+
+@scenario("categories")
+def categories_requests(ctx: dict[str, Any], count: int) -> list[Any]:
+    return [("GET", "/api/v1/categories", {}, b"") for _ in range(count)]
+
+
+SEED_HOOKS: list[Any] = [seed_streams]
 
 if __name__ == "__main__":
     sys.exit(main())

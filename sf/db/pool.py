@@ -11,7 +11,7 @@ async def create_pool(config: Config, dsn: str | None = None) -> asyncpg.Pool:
     """A pool on the configured database; JSON codecs and UTC set on every connection."""
 
     async def init(connection: asyncpg.Connection) -> None:
-        await connection.execute("SET TIME ZONE 'UTC'")
+        await connection.execute("SET TIME ZONE 'UTC'; SET plan_cache_mode = force_generic_plan")
 
     pool = await asyncpg.create_pool(
         dsn or config.database_url,
