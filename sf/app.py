@@ -19,14 +19,24 @@ import tornado.web
 
 from sf import admin
 from sf.config import Config, ConfigError, bootstrap_var_dir, ensure_secrets, load_config
-from sf.handlers import auth, categories, docs, follows, health, stream_keys, streams, users
+from sf.handlers import (
+    auth,
+    categories,
+    docs,
+    follows,
+    health,
+    media_hooks,
+    stream_keys,
+    streams,
+    users,
+)
 from sf.handlers.base import AUTH_MODES, NotFoundHandler
 from sf.observability import configure_logging, log_request
 
 log = logging.getLogger("sf")
 
 HANDLER_MODULES: list[ModuleType] = [
-    health, docs, auth, users, follows, stream_keys, streams, categories,
+    health, docs, auth, users, follows, stream_keys, streams, categories, media_hooks,
 ]
 
 
@@ -60,7 +70,8 @@ def collect_routes(config: Config) -> list[Any]:
             if pattern.startswith("/api/"):
                 table.append(("/api/v1/" + pattern[len("/api/"):], *route[1:]))
             table.append(route)
-    table.append((r"/media/(avatars/.*)", MediaFileHandler, {"path": str(config.media_dir)}))
+    table.append((r"/media/((?:avatars|thumbnails)/.*)", MediaFileHandler,
+                  {"path": str(config.media_dir)}))
     return table
 
 
@@ -100,7 +111,10 @@ async def serve_node(config: Config, sockets: list[Any], ready: Callable[[], Non
                      stop_event: asyncio.Event | None = None) -> None:
     """Run one API node on `sockets` until `stop_event` is set (SIGINT/SIGTERM by default)."""
     from sf.context import start_services
-    from sf.lifecycle import NodeLifecycle
+    from sf.ingest import start_ingest, stop_ingest
+    from sf.lifecycle import NodeLifecycle, register_component
+
+    register_component("ingest", start_ingest, stop_ingest)
 
     services = await start_services(config)
     lifecycle = NodeLifecycle(services)

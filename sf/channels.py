@@ -25,6 +25,7 @@ from sf.security import StreamKeyCipher
 log = logging.getLogger("sf.channels")
 
 StreamHook = Callable[[int], Awaitable[None]]
+UpdatedHook = Callable[[Stream], Awaitable[None]]
 KeyResetHook = Callable[[int, int | None], Awaitable[None]]
 
 STREAMS_NAMESPACE = "streams"
@@ -40,6 +41,7 @@ class ChannelService:
         self.cache = cache
         self.on_stream_ended: list[StreamHook] = []
         self.on_key_reset: list[KeyResetHook] = []
+        self.on_stream_updated: list[UpdatedHook] = []
 
     # --- keys and settings ---------------------------------------------------------------------
 
@@ -83,6 +85,8 @@ class ChannelService:
     async def update_stream(self, stream_id: int, user_id: int, changes: dict[str, Any]) -> Stream:
         stream = await streams_db.update_stream(self.db, stream_id, user_id, changes)
         await self.changed()
+        for hook in self.on_stream_updated:
+            await hook(stream)
         return stream
 
     async def end_stream(self, stream_id: int, user_id: int | None = None) -> None:
@@ -127,18 +131,25 @@ class ChannelService:
 
     # --- publishing ----------------------------------------------------------------------------
 
-    async def authorize_publish(self, presented_key: str) -> Stream:
+    async def authorize_publish(self, presented_key: str, media_node: str | None = None,
+                                resume_within: int = 0) -> Stream:
         """The stream an RTMP publish with this key goes live as.
 
-        Unknown key → Forbidden. The user's prepared stream goes live, or a new one opens from
-        their default settings; a second concurrent publish of one user → Conflict.
+        Unknown key → Forbidden. An encoder that reconnects within `resume_within` seconds of
+        losing its connection continues the same stream; otherwise the user's prepared stream
+        goes live, or a new one opens from their default settings. A second concurrent
+        publish of one user → Conflict.
         """
         user_id = await keys_db.find_user_by_key(self.db, self.cipher, presented_key)
         if user_id is None:
             raise Forbidden("Unknown stream key")
         async with self.db.acquire() as connection, connection.transaction():
-            sealed = await keys_db.sealed_key(connection, user_id)
-            stream_id = await streams_db.go_live(connection, user_id, sealed)
+            await connection.execute("SELECT pg_advisory_xact_lock($1)", user_id)
+            stream_id = await streams_db.resume_after_disconnect(
+                connection, user_id, resume_within, media_node)
+            if stream_id is None:
+                sealed = await keys_db.sealed_key(connection, user_id)
+                stream_id = await streams_db.go_live(connection, user_id, sealed, media_node)
         stream = await streams_db.get_stream(self.db, stream_id, user_id)
         await self.changed(stream.username)
         return stream

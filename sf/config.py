@@ -88,6 +88,10 @@ class Config:
     stream_liveness_timeout: int
     segment_retention_seconds: int
     media_nodes: tuple[IPNetwork, ...]
+    media_control_port: int
+    media_node_url: str
+    playback_url_ttl: int
+    sweep_interval: float
     extra: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -138,6 +142,8 @@ _RANGES: dict[str, tuple[int, int]] = {
     "publish_grace_seconds": (0, 3600),
     "stream_liveness_timeout": (5, 3600),
     "segment_retention_seconds": (0, 86400),
+    "media_control_port": (1, 65535),
+    "playback_url_ttl": (60, 604800),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "env": ("development", "production", "test"),
@@ -233,6 +239,14 @@ def _convert(name: str, raw: object, kind: object, root: Path) -> object:
         return _parse_int(name, raw)
     if kind == "bool":
         return _parse_bool(name, raw)
+    if kind == "float":
+        try:
+            number = float(str(raw))
+        except ValueError:
+            raise ConfigError(f"{_env_name(name)}: expected a number, got {raw!r}") from None
+        if not 0.05 <= number <= 3600:
+            raise ConfigError(f"{_env_name(name)}: {number} is outside 0.05..3600")
+        return number
     if kind == "Path":
         path = Path(str(raw)) if str(raw) else Path()
         return path if path.is_absolute() else root / path
@@ -276,6 +290,8 @@ def load_config(environ: dict[str, str] | None = None, defaults_file: Path = DEF
     assert isinstance(var_dir, Path)
     if not str(raw["media_dir"]):
         values["media_dir"] = var_dir / "media"
+    if not values["media_node_url"]:
+        values["media_node_url"] = f"http://127.0.0.1:{values['media_control_port']}"
     if not values["node_id"]:
         values["node_id"] = f"{socket.gethostname()}-{values['api_port']}"
     if values["database_pool_min"] > values["database_pool_max"]:  # type: ignore[operator]

@@ -15,6 +15,7 @@ from sf.config import Config
 from sf.db.pool import create_pool
 from sf.ratelimit import RateLimiter
 from sf.security import PasswordHasher, StreamKeyCipher, TokenService
+from sf.schemas import StreamSchema
 from sf.sessions import SessionStore
 
 
@@ -33,6 +34,7 @@ class Services:
     cipher: StreamKeyCipher
     cache: Cache
     channels: ChannelService
+    stream_schema: StreamSchema
     extras: dict[str, Any] = field(default_factory=dict)
 
     async def on_user_changed(self, username: str) -> None:
@@ -59,4 +61,6 @@ async def start_services(config: Config, database_url: str | None = None) -> Ser
     channels = ChannelService(db, cipher, cache)
     accounts = AccountService(db, hasher, sessions, on_user_created=[channels.create_for_new_user])
     return Services(config, db, redis, tokens, hasher, sessions, RateLimiter(redis), accounts,
-                    cipher, cache, channels)
+                    cipher, cache, channels,
+                    StreamSchema(playback_secret=config.internal_secret,
+                                 playback_ttl=config.playback_url_ttl))

@@ -34,6 +34,7 @@ class StreamSettings:
     description: str
     category_id: int | None
     is_private: bool
+    source_passthrough: bool
     updated_at: datetime
 
 
@@ -106,7 +107,7 @@ async def rotate_encryption(db: asyncpg.Pool, cipher: StreamKeyCipher) -> int:
     return changed
 
 
-SETTINGS_COLUMNS = "title, description, category_id, is_private, updated_at"
+SETTINGS_COLUMNS = "title, description, category_id, is_private, source_passthrough, updated_at"
 
 
 async def get_settings(db: Executor, user_id: int) -> StreamSettings:

@@ -90,6 +90,12 @@ async def get_stream(db: Executor, stream_id: int, viewer_id: int | None) -> Str
     return stream_from_row(row)
 
 
+async def load_stream(db: Executor, stream_id: int) -> Stream | None:
+    """A stream regardless of privacy — for the platform itself, never for a viewer."""
+    row = await db.fetchrow(f"{SELECT_STREAM} WHERE s.id = $1", stream_id)
+    return stream_from_row(row) if row else None
+
+
 async def create_stream(db: Executor, user_id: int, title: str, description: str = "",
                         category_id: int | None = None, is_private: bool = False) -> Stream:
     """A prepared stream: not live until its owner's RTMP publish starts."""
@@ -140,7 +146,8 @@ async def end_stream(db: Executor, stream_id: int, user_id: int | None = None) -
     return bool(was_live)
 
 
-async def go_live(db: asyncpg.Connection, user_id: int, sealed_key: bytes | None) -> int:
+async def go_live(db: asyncpg.Connection, user_id: int, sealed_key: bytes | None,
+                  media_node: str | None = None) -> int:
     """Mark the user's prepared stream live, or open one from their defaults; its id.
 
     Conflict when the user already has a live stream (one at a time).
@@ -148,26 +155,94 @@ async def go_live(db: asyncpg.Connection, user_id: int, sealed_key: bytes | None
     try:
         stream_id = await db.fetchval(
             """UPDATE streams SET is_live = true, started_at = now(), stream_key = $2,
+                      media_node = $3, last_seen_at = now(), disconnected_at = NULL,
                       updated_at = now()
                 WHERE id = (SELECT id FROM streams WHERE user_id = $1 AND NOT is_live
                                AND started_at IS NULL AND ended_at IS NULL
                              ORDER BY created_at DESC, id DESC LIMIT 1)
-                RETURNING id""", user_id, sealed_key)
+                RETURNING id""", user_id, sealed_key, media_node)
         if stream_id is None:
             stream_id = await db.fetchval(
                 """INSERT INTO streams (user_id, title, description, category_id, is_private,
-                                        is_live, started_at, stream_key)
+                                        is_live, started_at, stream_key, media_node, last_seen_at)
                    SELECT u.id, COALESCE(NULLIF(ss.title, ''), u.username || '''s stream'),
                           COALESCE(ss.description, ''), ss.category_id,
-                          COALESCE(ss.is_private, false), true, now(), $2
+                          COALESCE(ss.is_private, false), true, now(), $2, $3, now()
                      FROM users u LEFT JOIN stream_settings ss ON ss.user_id = u.id
                     WHERE u.id = $1
-                   RETURNING id""", user_id, sealed_key)
+                   RETURNING id""", user_id, sealed_key, media_node)
     except asyncpg.UniqueViolationError:
         raise Conflict("This user is already live") from None
     if stream_id is None:
         raise NotFound("User not found")
     return int(stream_id)
+
+
+async def resume_after_disconnect(db: asyncpg.Connection, user_id: int, grace: int,
+                                  media_node: str | None) -> int | None:
+    """The user's live stream whose publisher left less than `grace` s ago, taken up again.
+
+    None when there is none (an expired one is ended first); Conflict when the user's live
+    stream still has a connected publisher.
+    """
+    row = await db.fetchrow(
+        """SELECT id, disconnected_at,
+                  disconnected_at > now() - make_interval(secs => $2) AS within_grace
+             FROM streams WHERE user_id = $1 AND is_live FOR UPDATE""", user_id, float(grace))
+    if row is None:
+        return None
+    if row["disconnected_at"] is None:
+        raise Conflict("This user is already live")
+    if not row["within_grace"]:
+        await end_stream(db, row["id"])
+        return None
+    await db.execute(
+        """UPDATE streams SET disconnected_at = NULL, last_seen_at = now(), media_node = $2,
+                  updated_at = now() WHERE id = $1""", row["id"], media_node)
+    return int(row["id"])
+
+
+async def mark_disconnected(db: Executor, stream_id: int) -> bool:
+    """The publisher left (on_publish_done): the grace period starts; True if it was live."""
+    result = await db.execute(
+        "UPDATE streams SET disconnected_at = now() WHERE id = $1 AND is_live"
+        " AND disconnected_at IS NULL", stream_id)
+    return not result.endswith(" 0")
+
+
+async def touch_live(db: Executor, stream_id: int) -> bool:
+    """on_update: the publisher is still there; False when the stream was ended meanwhile."""
+    found = await db.fetchval(
+        "UPDATE streams SET last_seen_at = now() WHERE id = $1 AND is_live"
+        " AND disconnected_at IS NULL RETURNING id", stream_id)
+    return found is not None
+
+
+async def expired_live_streams(db: Executor, grace: int, liveness_timeout: int) -> list[int]:
+    """Live streams whose publisher left more than `grace` s ago, or that went silent."""
+    rows = await db.fetch(
+        """SELECT id FROM streams
+            WHERE is_live AND (disconnected_at < now() - make_interval(secs => $1)
+                               OR last_seen_at < now() - make_interval(secs => $2))""",
+        float(grace), float(liveness_timeout))
+    return [int(row["id"]) for row in rows]
+
+
+async def set_thumbnail(db: Executor, stream_id: int, url: str) -> Stream | None:
+    found = await db.fetchval(
+        "UPDATE streams SET thumbnail = $2, updated_at = now() WHERE id = $1 RETURNING id",
+        stream_id, url)
+    return await load_stream(db, stream_id) if found else None
+
+
+async def live_stream_of(db: Executor, user_id: int) -> int | None:
+    value = await db.fetchval("SELECT id FROM streams WHERE user_id = $1 AND is_live", user_id)
+    return int(value) if value is not None else None
+
+
+async def media_node_of(db: Executor, stream_id: int) -> str | None:
+    value = await db.fetchval("SELECT media_node FROM streams WHERE id = $1", stream_id)
+    return str(value) if value else None
 
 
 # --- lists -----------------------------------------------------------------------------------

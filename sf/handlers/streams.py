@@ -12,19 +12,18 @@ from sf.schemas import (
     StreamListQuerySchema,
     StreamUpdateSchema,
     page,
-    stream_schema,
 )
 
-def stream_page(streams: list[Any], cursor: str | None) -> dict[str, Any]:
-    return page(streams, cursor, stream_schema)
-
-
 class StreamListMixin(APIHandler):
+    def stream_page(self, streams: list[Any], cursor: str | None) -> dict[str, Any]:
+        return page(streams, cursor, self.services.stream_schema)
+
     async def write_stream_list(self, **fixed: Any) -> None:
         filters = self.parse_query(StreamListQuerySchema())
         filters.update(fixed)
         viewer = self.claims.user_id if self.claims else None
-        self.write_json(await self.services.channels.list_streams(viewer, filters, stream_page))
+        self.write_json(await self.services.channels.list_streams(viewer, filters,
+                                                                  self.stream_page))
 
 
 class StreamsHandler(StreamListMixin):
@@ -62,7 +61,7 @@ class StreamsHandler(StreamListMixin):
         """
         fields = self.parse_json(StreamCreateSchema())
         stream = await self.services.channels.create_stream(self.user_id, fields)
-        self.write_json(stream_schema.dump(stream), 201)
+        self.write_json(self.services.stream_schema.dump(stream), 201)
 
 
 class StreamHandler(APIHandler):
@@ -78,7 +77,7 @@ class StreamHandler(APIHandler):
           404: {description: No such stream (or private to you), content: {application/json: {schema: ErrorSchema}}}
         """
         viewer = self.claims.user_id if self.claims else None
-        self.write_json(stream_schema.dump(
+        self.write_json(self.services.stream_schema.dump(
             await self.services.channels.get_stream(int(stream_id), viewer)))
 
     async def put(self, stream_id: str) -> None:
@@ -95,7 +94,7 @@ class StreamHandler(APIHandler):
         """
         changes = self.parse_json(StreamUpdateSchema())
         stream = await self.services.channels.update_stream(int(stream_id), self.user_id, changes)
-        self.write_json(stream_schema.dump(stream))
+        self.write_json(self.services.stream_schema.dump(stream))
 
     async def delete(self, stream_id: str) -> None:
         """End the stream (owner only): it stops being live and its publisher is dropped.
@@ -113,7 +112,7 @@ class StreamHandler(APIHandler):
         self.finish()
 
 
-class UserStreamsHandler(APIHandler):
+class UserStreamsHandler(StreamListMixin):
     auth = "optional"
 
     async def get(self, username: str) -> None:
@@ -132,7 +131,8 @@ class UserStreamsHandler(APIHandler):
         user = await get_user_by_username(self.db, username)
         viewer = self.claims.user_id if self.claims else None
         filters = {"username": user.username, "is_live": None, "sort": "created_at", **query}
-        self.write_json(await self.services.channels.list_streams(viewer, filters, stream_page))
+        self.write_json(await self.services.channels.list_streams(viewer, filters,
+                                                                  self.stream_page))
 
 
 STREAM_ID = r"(?P<stream_id>\d{1,18})"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import re
 import shutil
@@ -12,6 +13,8 @@ import time
 from pathlib import Path
 
 from sf.config import PROJECT_ROOT, Config
+
+log = logging.getLogger("sf.nginx")
 
 TEMPLATE = PROJECT_ROOT / "conf" / "nginx" / "nginx.conf.template"
 RTMP_MODULE_CANDIDATES = (
@@ -28,6 +31,92 @@ def die_with_parent() -> None:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+# /hls/<id>/<file>: public streams. /hls/<id>/<expires>-<signature>/<file>: private streams,
+# through a signed, expiring prefix (secure_link) that relative segment URIs inherit. A stream
+# whose directory holds the `.private` marker is refused on the unsigned path.
+HLS_LOCATIONS = r"""
+        location ~ "^/hls/(?<sid>[0-9]{1,18})/(?<exp>[0-9]{1,12})-(?<sig>[A-Za-z0-9_-]{22})/(?<file>[A-Za-z0-9_][A-Za-z0-9_./-]{0,80})$" {
+            secure_link $sig,$exp;
+            secure_link_md5 "$exp/$sid {{internal_secret}}";
+            if ($secure_link = "") { return 403; }
+            if ($secure_link = "0") { return 410; }
+            if ($file ~ "\.\.") { return 404; }
+            alias {{hls_dir}}/$sid/$file;
+            add_header Cache-Control $hls_cache_control always;
+            add_header Access-Control-Allow-Origin * always;
+            add_header X-Content-Type-Options nosniff always;
+        }
+        location ~ "^/hls/(?<sid>[0-9]{1,18})/(?<file>[A-Za-z0-9_][A-Za-z0-9_./-]{0,80})$" {
+            if (-f {{hls_dir}}/$sid/.private) { return 404; }
+            if ($file ~ "\.\.") { return 404; }
+            alias {{hls_dir}}/$sid/$file;
+            add_header Cache-Control $hls_cache_control always;
+            add_header Access-Control-Allow-Origin * always;
+            add_header X-Content-Type-Options nosniff always;
+        }
+        location /hls/ { return 404; }
+"""
+
+# Ingest: OBS publishes rtmp://host:port/live/<stream key>; on_publish renames the stream to its
+# id (3xx + Location), so the key never reaches a path, a playlist or a log.
+RTMP_BLOCK = r"""
+rtmp {
+    access_log off;
+    server {
+        listen {{rtmp_host}}:{{rtmp_port}};
+        chunk_size 4096;
+        ping 10s;
+        ping_timeout 10s;
+        max_message 8M;
+
+        application live {
+            live on;
+            record off;
+            meta copy;
+            wait_key on;
+            interleave on;
+            idle_streams off;
+            drop_idle_publisher 10s;
+            sync 100ms;
+            allow publish all;
+            allow play 127.0.0.1;
+            deny play all;
+            notify_method post;
+            notify_update_timeout 10s;
+            on_publish http://{{api_host}}:{{api_port}}/internal/rtmp/on_publish?secret={{internal_secret}};
+            on_publish_done http://{{api_host}}:{{api_port}}/internal/rtmp/on_publish_done?secret={{internal_secret}};
+            on_update http://{{api_host}}:{{api_port}}/internal/rtmp/on_update?secret={{internal_secret}};
+        }
+    }
+}
+"""
+
+# nginx-rtmp's control module (drop a publisher) — only on loopback, never proxied.
+CONTROL_SERVER = r"""
+    server {
+        listen 127.0.0.1:{{media_control_port}};
+        access_log off;
+        location /control { rtmp_control all; }
+        location / { return 404; }
+    }
+"""
+
+
+def worker_user_directive(config: Config) -> str:
+    """As root, workers run as www-data when it can reach the media dir, else as root.
+
+    (A project checked out under a 0700 home directory is unreadable to www-data; a dedicated
+    deployment gives the media dir to the nginx user instead, see docker/.)
+    """
+    if os.geteuid() != 0:
+        return ""
+    for parent in [config.media_dir, *config.media_dir.parents]:
+        if parent.exists() and not parent.stat().st_mode & 0o001:
+            log.warning("%s is not traversable by www-data: nginx workers run as root", parent)
+            return "user root;"
+    return "user www-data;"
+
+
 def nginx_dir(config: Config) -> Path:
     return config.var_dir / "nginx"
 
@@ -41,7 +130,7 @@ def template_values(config: Config) -> dict[str, str]:
         "nginx_dir": str(nginx_dir(config)),
         "log_dir": str(config.var_dir / "log"),
         "media_dir": str(config.media_dir),
-        "user_directive": "user www-data;" if os.geteuid() == 0 else "",
+        "user_directive": worker_user_directive(config),
         "rtmp_module": f"load_module {module};" if module else "",
         "client_max_body_size": str(max_request_bytes(config)),
         "api_host": config.api_host,
@@ -54,28 +143,46 @@ def template_values(config: Config) -> dict[str, str]:
                       "        ssl_protocols TLSv1.2 TLSv1.3;\n"
                       "        add_header Strict-Transport-Security \"max-age=31536000\" always;")
         if config.tls_enabled else "",
-        "hls_locations": "",
-        "rtmp_block": "",
+        "hls_locations": HLS_LOCATIONS,
+        "rtmp_block": RTMP_BLOCK,
+        "control_server": CONTROL_SERVER,
+        "rtmp_host": config.http_host,
+        "rtmp_port": str(config.rtmp_port),
+        "media_control_port": str(config.media_control_port),
+        "hls_dir": str(config.media_dir / "hls"),
+        "internal_secret": config.internal_secret,
+        "hls_segment_max_age": "86400",
     }
 
 
 def render(config: Config, extra: dict[str, str] | None = None) -> Path:
     """Write var/nginx/nginx.conf; unknown or unfilled placeholders are an error."""
+    config.media_dir.mkdir(parents=True, exist_ok=True)
     values = template_values(config)
     values.update(extra or {})
     text = TEMPLATE.read_text()
     missing = sorted(set(_PLACEHOLDER.findall(text)) - set(values))
     if missing:
         raise ValueError(f"nginx template placeholders without values: {', '.join(missing)}")
-    rendered = _PLACEHOLDER.sub(lambda match: values[match.group(1)], text)
+    # The media snippets hold placeholders of their own: expand until none is left.
+    rendered = text
+    for _ in range(3):
+        rendered = _PLACEHOLDER.sub(lambda match: values[match.group(1)], rendered)
+    leftover = _PLACEHOLDER.findall(rendered)
+    if leftover:
+        raise ValueError(f"nginx template placeholders without values: {', '.join(leftover)}")
     directory = nginx_dir(config)
     for sub in ("tmp/body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi"):
         (directory / sub).mkdir(parents=True, exist_ok=True)
     (config.var_dir / "log").mkdir(parents=True, exist_ok=True)
     config.media_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(config.media_dir, 0o755)
+    (config.media_dir / "hls").mkdir(parents=True, exist_ok=True)
+    (config.media_dir / "thumbnails").mkdir(parents=True, exist_ok=True)
     path = directory / "nginx.conf"
-    path.write_text(rendered)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # holds the callback secret
+    with os.fdopen(fd, "w") as handle:
+        handle.write(rendered)
     return path
 
 

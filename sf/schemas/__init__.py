@@ -9,6 +9,8 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
+from sf.media.hls import public_playback, sign_playback  # noqa: E402
+
 USERNAME_RE = re.compile(r"^[A-Za-z0-9_]{3,30}$")
 # Control characters (other than tab/newline) have no place in text fields.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -168,6 +170,7 @@ class StreamSettingsSchema(StrictSchema):
     description = Text(5000)
     category_id = fields.Integer(allow_none=True, validate=validate.Range(min=1, max=2**62))
     is_private = fields.Boolean()
+    source_passthrough = fields.Boolean()
     updated_at = UTCDateTime(dump_only=True)
 
 
@@ -204,6 +207,8 @@ class PlaybackSchema(Schema):
 
 
 class StreamSchema(Schema):
+    """A stream; a live private stream's playback URL is signed and expires (nginx secure_link)."""
+
     id = fields.Integer()
     user = fields.Method("dump_user")
     title = fields.String()
@@ -219,6 +224,12 @@ class StreamSchema(Schema):
     updated_at = UTCDateTime()
     playback = fields.Method("dump_playback")
 
+    def __init__(self, *args: Any, playback_secret: str = "", playback_ttl: int = 21600,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.playback_secret = playback_secret
+        self.playback_ttl = playback_ttl
+
     def dump_user(self, stream: Any) -> dict[str, Any]:
         return {"id": stream.user_id, "username": stream.username, "avatar": stream.user_avatar,
                 "bio": stream.user_bio, "followers_count": stream.user_followers_count,
@@ -230,7 +241,11 @@ class StreamSchema(Schema):
         return {"id": stream.category_id, "name": stream.category_name}
 
     def dump_playback(self, stream: Any) -> dict[str, str] | None:
-        return {"hls": f"/hls/{stream.id}/master.m3u8"} if stream.is_live else None
+        if not stream.is_live:
+            return None
+        if stream.is_private:
+            return {"hls": sign_playback(stream.id, self.playback_secret, self.playback_ttl)}
+        return {"hls": public_playback(stream.id)}
 
 
 class StreamListSchema(Schema):
@@ -258,5 +273,4 @@ def page(items: list[Any], next_cursor: str | None, schema: Schema) -> dict[str,
     return {"data": schema.dump(items, many=True), "pagination": {"next_cursor": next_cursor}}
 
 
-stream_schema = StreamSchema()
 category_schema = CategorySchema()

@@ -1,0 +1,1 @@
+"""Pykka actors: one StreamActor per live stream ingested on this node, and their directory."""

@@ -1,0 +1,63 @@
+"""Where a stream's HLS and thumbnails live, and how playback URLs are formed and signed."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import secrets
+import time
+from pathlib import Path
+
+PRIVATE_MARKER = ".private"
+
+
+def hls_dir_for(media_dir: Path, stream_id: int) -> Path:
+    """`<media>/hls/<stream id>`: master.m3u8, one folder per rendition, segments."""
+    return media_dir / "hls" / str(int(stream_id))
+
+
+def thumbnails_dir(media_dir: Path) -> Path:
+    return media_dir / "thumbnails"
+
+
+def new_thumbnail_name(stream_id: int) -> str:
+    """An unguessable file name, so a private stream's picture cannot be fetched by id."""
+    return f"{int(stream_id)}-{secrets.token_urlsafe(12)}.jpg"
+
+
+def thumbnail_url(name: str, version: int) -> str:
+    """Public URL of a thumbnail with a cache-busting version."""
+    return f"/media/thumbnails/{name}?v={version}"
+
+
+def sign_playback(stream_id: int, secret: str, ttl: int, now: float | None = None) -> str:
+    """`/hls/<id>/<expires>-<sig>/master.m3u8`, checked by nginx's secure_link."""
+    expires = int((now or time.time()) + ttl)
+    digest = hashlib.md5(f"{expires}/{int(stream_id)} {secret}".encode()).digest()  # noqa: S324
+    signature = base64.urlsafe_b64encode(digest).decode().rstrip("=")
+    return f"/hls/{int(stream_id)}/{expires}-{signature}/master.m3u8"
+
+
+def public_playback(stream_id: int) -> str:
+    return f"/hls/{int(stream_id)}/master.m3u8"
+
+
+def set_private_marker(media_dir: Path, stream_id: int, private: bool) -> None:
+    """Create or remove the marker that makes nginx refuse the unsigned HLS path."""
+    directory = hls_dir_for(media_dir, stream_id)
+    directory.mkdir(parents=True, exist_ok=True)
+    marker = directory / PRIVATE_MARKER
+    if private:
+        marker.touch()
+    else:
+        try:
+            marker.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)

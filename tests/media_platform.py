@@ -1,0 +1,183 @@
+"""A real media node for tests: nginx with the RTMP module + `sf serve`, driven from outside.
+
+Publishers are FFmpeg processes sending a small synthetic H.264 + AAC source over RTMP, as OBS
+would. Everything is checked over HTTP/RTMP and on disk, never through internals.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from sf.config import Config, load_config
+from sf.media import nginx
+
+MEDIA_REDIS_DB = 10
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.2,
+             what: str = "condition") -> Any:
+    """Poll until `predicate()` is truthy; its value, or AssertionError after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class Platform:
+    """nginx (HTTP + RTMP) and one API node on their own ports, media in a temp dir."""
+
+    def __init__(self, base: Config, workdir: Path, port_base: int, **overrides: str) -> None:
+        self.workdir = workdir
+        var_dir = workdir / "var"
+        (var_dir / "secrets").mkdir(parents=True, exist_ok=True)
+        for secret in (base.var_dir / "secrets").iterdir():
+            shutil.copy(secret, var_dir / "secrets" / secret.name)
+        redis = urlsplit(base.redis_url)
+        self.env = {
+            **os.environ,
+            "SF_VAR_DIR": str(var_dir), "SF_MEDIA_DIR": str(workdir / "media"),
+            "SF_DATABASE_URL": base.database_url,
+            "SF_REDIS_URL": urlunsplit((redis.scheme, redis.netloc, f"/{MEDIA_REDIS_DB}", "", "")),
+            "SF_HTTP_PORT": str(port_base), "SF_API_PORT": str(port_base + 1),
+            "SF_MEDIA_CONTROL_PORT": str(port_base + 2), "SF_RTMP_PORT": str(port_base + 3),
+            "SF_TRANSCODE_PRESET": "ultrafast", "SF_PUBLISH_GRACE_SECONDS": "4",
+            "SF_SWEEP_INTERVAL": "0.5", "SF_THUMBNAIL_INTERVAL": "2", "SF_BCRYPT_ROUNDS": "4",
+            "SF_SEGMENT_RETENTION_SECONDS": "3", "SF_LOG_LEVEL": "INFO",
+            "SF_RATE_LIMIT_AUTH_IP": "1000", "SF_RATE_LIMIT_KEY_RESET": "1000",
+            **overrides,
+        }
+        self.config = load_config(self.env)
+        self.base_url = f"http://127.0.0.1:{port_base}"
+        self.rtmp = f"rtmp://127.0.0.1:{port_base + 3}/live"
+        self.api_log = workdir / "api.log"
+        self.nginx_process: subprocess.Popen[bytes] | None = None
+        self.api_process: subprocess.Popen[bytes] | None = None
+        self.publishers: list[subprocess.Popen[bytes]] = []
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> Platform:
+        conf = nginx.render(self.config)
+        self.nginx_process = nginx.start(self.config, conf)
+        with open(self.api_log, "ab") as log:
+            self.api_process = subprocess.Popen(
+                [sys.executable, "-m", "sf.app", "serve"], env=self.env, stdout=log, stderr=log,
+                stdin=subprocess.DEVNULL)
+        wait_for(lambda: self._ready(), 30, what="the API behind nginx")
+        return self
+
+    def _ready(self) -> bool:
+        try:
+            return self.request("GET", "/readyz")[0] == 200
+        except (OSError, ValueError):
+            return False
+
+    def stop(self) -> None:
+        for publisher in self.publishers:
+            if publisher.poll() is None:
+                publisher.kill()
+                publisher.wait()
+        if self.api_process and self.api_process.poll() is None:
+            self.api_process.send_signal(signal.SIGTERM)
+            try:
+                self.api_process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.api_process.kill()
+                self.api_process.wait()
+        if self.nginx_process:
+            nginx.stop(self.nginx_process)
+
+    # --- clients -------------------------------------------------------------------------------
+
+    def request(self, method: str, path: str, body: Any = None, token: str | None = None,
+                raw: bool = False, headers: dict[str, str] | None = None
+                ) -> tuple[int, Any, dict[str, str]]:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.base_url + path, data=data, method=method)
+        if body is not None:
+            request.add_header("Content-Type", "application/json")
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
+        for name, value in (headers or {}).items():
+            request.add_header(name, value)
+        try:
+            with urllib.request.urlopen(request, timeout=15) as response:
+                status, payload, response_headers = response.status, response.read(), response.headers
+        except urllib.error.HTTPError as error:
+            status, payload, response_headers = error.code, error.read(), error.headers
+        if raw:
+            return status, payload, dict(response_headers)
+        return status, json.loads(payload) if payload else None, dict(response_headers)
+
+    def register(self, username: str) -> dict[str, Any]:
+        status, body, _ = self.request("POST", "/api/auth/register", {
+            "username": username, "email": f"{username}@example.com", "password": "password123"})
+        assert status == 201, body
+        status, key, _ = self.request("GET", "/api/stream/key", token=body["access_token"])
+        assert status == 200
+        return {"token": body["access_token"], "user": body["user"], "key": key["stream_key"]}
+
+    def publish(self, key: str, size: str = "640x360", rate: int = 24,
+                seconds: float = 60) -> subprocess.Popen[bytes]:
+        """An FFmpeg publisher sending testsrc2 + a sine tone as H.264/AAC in FLV, in real time."""
+        process = subprocess.Popen(
+            ["ffmpeg", "-hide_banner", "-loglevel", "error", "-re",
+             "-f", "lavfi", "-i", f"testsrc2=size={size}:rate={rate}",
+             "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000",
+             "-t", str(seconds), "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency",
+             "-g", str(rate), "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "96k",
+             "-f", "flv", f"{self.rtmp}/{key}"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.publishers.append(process)
+        return process
+
+    def live_stream_of(self, username: str) -> dict[str, Any] | None:
+        status, body, _ = self.request("GET", f"/api/users/{username}/streams")
+        assert status == 200
+        live = [stream for stream in body["data"] if stream["is_live"]]
+        return live[0] if live else None
+
+    def stream(self, stream_id: int, token: str | None = None) -> dict[str, Any]:
+        status, body, _ = self.request("GET", f"/api/streams/{stream_id}", token=token)
+        assert status == 200, body
+        return body  # type: ignore[no-any-return]
+
+    def get(self, path: str) -> tuple[int, bytes, dict[str, str]]:
+        return self.request("GET", path, raw=True)
+
+    def transcoder_pids(self, stream_id: int) -> list[int]:
+        """FFmpeg processes pulling this stream (the transcoders, not the publisher)."""
+        result = subprocess.run(["pgrep", "-f", "--", f"-i rtmp://127.0.0.1:{self.config.rtmp_port}"
+                                 f"/live/{stream_id}( |$)"], capture_output=True, text=True)
+        return [int(pid) for pid in result.stdout.split()]
+
+    def media_sequence(self, path: str) -> int | None:
+        status, body, _ = self.get(path)
+        if status != 200:
+            return None
+        for line in body.decode().splitlines():
+            if line.startswith("#EXT-X-MEDIA-SEQUENCE:"):
+                return int(line.split(":")[1])
+        return None
+
+    def logs(self) -> str:
+        texts = [self.api_log.read_text(errors="replace")]
+        for path in (self.config.var_dir / "log").glob("*"):
+            texts.append(path.read_text(errors="replace"))
+        return "\n".join(texts)

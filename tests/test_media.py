@@ -1,0 +1,264 @@
+"""The media pipeline for real: FFmpeg publishes RTMP to nginx-rtmp, the API authorizes it,
+a StreamActor transcodes to low-latency HLS, nginx serves it."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+
+import urllib.error
+import urllib.request
+
+import pytest
+from PIL import Image
+
+from sf.media.hls import sign_playback
+
+from tests.media_platform import Platform, wait_for
+
+
+@pytest.fixture(scope="module")
+def platform(base_config, tmp_path_factory):
+    node = Platform(base_config, tmp_path_factory.mktemp("media-node"), 18380).start()
+    yield node
+    node.stop()
+
+
+def go_live(platform, username, **publish):
+    user = platform.register(username)
+    publisher = platform.publish(user["key"], **publish)
+    stream = wait_for(lambda: platform.live_stream_of(username), 20, what="the stream to go live")
+    return user, publisher, stream
+
+
+def playlist_ready(platform, stream_id):
+    status, body, _ = platform.get(f"/hls/{stream_id}/master.m3u8")
+    return status == 200 and b"#EXT-X-STREAM-INF" in body and body
+
+
+def variant_segments(platform, stream_id, variant):
+    status, body, _ = platform.get(f"/hls/{stream_id}/{variant}/index.m3u8")
+    if status != 200:
+        return []
+    return [line for line in body.decode().splitlines() if line.endswith(".ts")]
+
+
+def ffprobe_json(url):
+    result = subprocess.run(
+        ["ffprobe", "-v", "error", "-show_entries", "stream=codec_type,width,height", "-of",
+         "json", url], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)["streams"]
+
+
+def test_publish_with_valid_key_goes_live_with_a_720p_ladder(platform):
+    user, publisher, stream = go_live(platform, "ladder", size="1280x720", rate=24)
+    sid = stream["id"]
+    assert stream["playback"] == {"hls": f"/hls/{sid}/master.m3u8"}
+    master = wait_for(lambda: playlist_ready(platform, sid), 30, what="master.m3u8").decode()
+    variants = re.findall(r"#EXT-X-STREAM-INF:([^\n]+)\n([^\n]+)", master)
+    assert [uri for _, uri in variants] == ["720p/index.m3u8", "480p/index.m3u8"]  # never upscaled
+    for attributes, _ in variants:
+        assert re.search(r"BANDWIDTH=\d{5,}", attributes)
+        assert 'CODECS="avc1.' in attributes and "mp4a.40.2" in attributes
+    assert "RESOLUTION=1280x720" in variants[0][0] and "RESOLUTION=854x480" in variants[1][0]
+    for variant, height in (("720p", 720), ("480p", 480)):
+        wait_for(lambda v=variant: len(variant_segments(platform, sid, v)) >= 3, 30,
+                 what=f"{variant} segments")
+        streams = ffprobe_json(f"{platform.base_url}/hls/{sid}/{variant}/index.m3u8")
+        video = next(s for s in streams if s["codec_type"] == "video")
+        assert video["height"] == height
+        assert any(s["codec_type"] == "audio" for s in streams)
+    status, media, headers = platform.get(f"/hls/{sid}/720p/index.m3u8")
+    text = media.decode()
+    assert "#EXT-X-TARGETDURATION:1" in text and "#EXT-X-INDEPENDENT-SEGMENTS" in text
+    durations = [float(d) for d in re.findall(r"#EXTINF:([\d.]+),", text)]
+    assert durations and all(0.5 <= d <= 1.6 for d in durations), durations
+    assert headers["Cache-Control"] == "no-cache"
+    assert headers["Content-Type"] == "application/vnd.apple.mpegurl"
+    segment = variant_segments(platform, sid, "720p")[-1]
+    status, data, headers = platform.get(f"/hls/{sid}/720p/{segment}")
+    assert status == 200 and data[:1] == b"G"  # MPEG-TS sync byte
+    assert "max-age=86400" in headers["Cache-Control"]
+    assert headers["Content-Type"] == "video/mp2t"
+    # A thumbnail appears, is a real JPEG, and is announced on the stream.
+    thumbnail = wait_for(lambda: platform.stream(sid)["thumbnail"], 20, what="a thumbnail")
+    assert re.fullmatch(r"/media/thumbnails/\d+-[A-Za-z0-9_-]+\.jpg\?v=\d+", thumbnail)
+    status, jpeg, _ = platform.get(thumbnail)
+    assert status == 200
+    with Image.open(io.BytesIO(jpeg)) as image:
+        assert image.format == "JPEG" and image.size[1] == 360
+    # The key is nowhere on disk: no path, no playlist.
+    for path in platform.config.media_dir.rglob("*"):
+        assert user["key"] not in str(path)
+        if path.suffix in (".m3u8",):
+            assert user["key"] not in path.read_text()
+    publisher.kill()
+
+
+def test_wrong_key_is_refused(platform):
+    platform.register("wrongkey")
+    publisher = platform.publish("live_1_not-a-real-key-at-all-000000000000000", seconds=10)
+    assert publisher.wait(timeout=20) != 0
+    assert platform.live_stream_of("wrongkey") is None
+    status, body, _ = platform.request("GET", "/api/streams")
+    assert all(s["user"]["username"] != "wrongkey" for s in body["data"])
+
+
+def test_killed_transcoder_is_restarted_and_the_playlist_keeps_advancing(platform):
+    _, publisher, stream = go_live(platform, "restarts")
+    sid = stream["id"]
+    variant = "/hls/{}/360p/index.m3u8".format(sid)
+    wait_for(lambda: platform.media_sequence(variant) is not None, 30, what="a playlist")
+    first = wait_for(lambda: platform.transcoder_pids(sid), 10, what="the transcoder")
+    before = platform.media_sequence(variant)
+    os.kill(first[0], signal.SIGKILL)
+    restarted = wait_for(lambda: [p for p in platform.transcoder_pids(sid) if p not in first], 20,
+                         what="a new transcoder")
+    assert restarted
+    wait_for(lambda: (platform.media_sequence(variant) or 0) > before + 2, 30,
+             what="the playlist to advance after the restart")
+    assert platform.stream(sid)["is_live"] is True
+    publisher.kill()
+
+
+def test_stopping_the_publisher_ends_the_stream_after_the_grace_period(platform):
+    _, publisher, stream = go_live(platform, "stopper")
+    sid = stream["id"]
+    wait_for(lambda: platform.transcoder_pids(sid), 15, what="the transcoder")
+    publisher.send_signal(signal.SIGINT)  # OBS "Stop streaming"
+    publisher.wait(timeout=10)
+    wait_for(lambda: not platform.transcoder_pids(sid), 10, what="the transcoder to stop")
+    ended = wait_for(lambda: (lambda s: not s["is_live"] and s)(platform.stream(sid)), 20,
+                     what="the stream to end")
+    assert ended["ended_at"] and ended["playback"] is None
+
+
+def test_reconnect_within_grace_continues_the_same_stream(platform):
+    user, publisher, stream = go_live(platform, "flaky")
+    sid = stream["id"]
+    wait_for(lambda: platform.transcoder_pids(sid), 15, what="the transcoder")
+    publisher.kill()  # the encoder's connection drops
+    publisher.wait()
+    time.sleep(1)
+    platform.publish(user["key"])
+    wait_for(lambda: platform.transcoder_pids(sid), 20, what="the transcoder to come back")
+    time.sleep(5)  # past the grace period: still the same live stream
+    again = platform.live_stream_of("flaky")
+    assert again is not None and again["id"] == sid
+    status, body, _ = platform.request("GET", "/api/users/flaky/streams")
+    assert len(body["data"]) == 1
+
+
+def test_delete_drops_the_publisher(platform):
+    user, publisher, stream = go_live(platform, "deleter")
+    sid = stream["id"]
+    wait_for(lambda: platform.transcoder_pids(sid), 15, what="the transcoder")
+    status, _, _ = platform.request("DELETE", f"/api/streams/{sid}", token=user["token"])
+    assert status == 204
+    assert publisher.wait(timeout=15) is not None  # nginx-rtmp dropped it
+    wait_for(lambda: not platform.transcoder_pids(sid), 10, what="the transcoder to stop")
+    assert platform.stream(sid)["is_live"] is False
+
+
+def test_key_reset_drops_the_live_publish_and_the_old_key_stops_working(platform):
+    user, publisher, stream = go_live(platform, "resetter")
+    sid = stream["id"]
+    wait_for(lambda: platform.transcoder_pids(sid), 15, what="the transcoder")
+    status, new_key, _ = platform.request("POST", "/api/stream/key/reset", token=user["token"])
+    assert status == 200
+    assert publisher.wait(timeout=15) is not None
+    assert platform.stream(sid)["is_live"] is False
+    stale = platform.publish(user["key"], seconds=10)
+    assert stale.wait(timeout=20) != 0
+    platform.publish(new_key["stream_key"])
+    fresh = wait_for(lambda: platform.live_stream_of("resetter"), 20, what="a new stream")
+    assert fresh["id"] != sid
+
+
+def test_private_stream_hls_only_through_a_signed_url(platform):
+    owner = platform.register("secretive")
+    fan = platform.register("secretfan")
+    stranger = platform.register("outsider")
+    platform.request("POST", "/api/users/secretive/follow", token=fan["token"])
+    platform.request("PUT", "/api/stream/settings", {"is_private": True}, token=owner["token"])
+    platform.publish(owner["key"])
+
+    def owners_live_stream():
+        body = platform.request("GET", "/api/users/secretive/streams", token=owner["token"])[1]
+        return next((s for s in body["data"] if s["is_live"]), None)
+
+    stream = wait_for(owners_live_stream, 20, what="the private stream")
+    sid = stream["id"]
+    signed = stream["playback"]["hls"]
+    assert re.fullmatch(rf"/hls/{sid}/\d+-[A-Za-z0-9_-]{{22}}/master\.m3u8", signed)
+    base = signed.rsplit("/", 1)[0]
+    wait_for(lambda: len(variant_segments_at(platform, base)) >= 2, 30, what="private segments")
+    segment = variant_segments_at(platform, base)[-1]
+    # Allowed viewers: the signed prefix serves every file.
+    for path in (signed, f"{base}/360p/index.m3u8", f"{base}/360p/{segment}"):
+        assert platform.get(path)[0] == 200, path
+    fan_view = platform.stream(sid, token=fan["token"])
+    assert fan_view["playback"]["hls"].startswith(f"/hls/{sid}/")
+    # Strangers: the stream does not exist, and no unsigned or forged path serves a file.
+    assert platform.request("GET", f"/api/streams/{sid}", token=stranger["token"])[0] == 404
+    for path in (f"/hls/{sid}/master.m3u8", f"/hls/{sid}/360p/index.m3u8",
+                 f"/hls/{sid}/360p/{segment}", f"/hls/{sid}/.private"):
+        assert platform.get(path)[0] in (403, 404), path
+    expires = int(base.split("/")[3].split("-")[0])
+    forged = f"/hls/{sid}/{expires}-{'A' * 22}/master.m3u8"
+    assert platform.get(forged)[0] == 403
+    other_stream = f"/hls/{sid + 1000}/{base.split('/')[3]}/master.m3u8"
+    assert platform.get(other_stream)[0] == 403
+    expired = sign_playback(sid, platform.config.internal_secret, -10)
+    assert platform.get(expired)[0] == 410
+
+
+def variant_segments_at(platform, base):
+    status, body, _ = platform.get(f"{base}/360p/index.m3u8")
+    if status != 200:
+        return []
+    return [line for line in body.decode().splitlines() if line.endswith(".ts")]
+
+
+def test_callbacks_are_internal_only(platform):
+    user = platform.register("hooks")
+    # Through the public nginx server they do not exist.
+    status, _, _ = platform.request("POST", "/internal/rtmp/on_publish", raw=True)
+    assert status == 404
+    api = f"http://127.0.0.1:{platform.config.api_port}"
+
+    def post(path, body):
+        request = urllib.request.Request(api + path, data=body.encode(), method="POST")
+        request.add_header("Content-Type", "application/x-www-form-urlencoded")
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return response.status
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    secret = platform.config.internal_secret
+    form = f"call=publish&app=live&name={user['key']}"
+    assert post("/internal/rtmp/on_publish", form) == 403  # no secret
+    assert post("/internal/rtmp/on_publish?secret=wrong", form) == 403
+    duplicated = f"call=publish&app=live&name=live_1_decoy&name={user['key']}"
+    assert post(f"/internal/rtmp/on_publish?secret={secret}", duplicated) == 400
+    assert post(f"/internal/rtmp/on_publish?secret={secret}",
+                f"call=publish&app=other&name={user['key']}") == 403
+    assert platform.live_stream_of("hooks") is None
+
+
+def test_rtmp_play_is_loopback_only_and_the_key_never_reaches_a_log(platform):
+    conf = (platform.config.var_dir / "nginx" / "nginx.conf").read_text()
+    assert "allow play 127.0.0.1;" in conf and "deny play all;" in conf
+    assert "drop_idle_publisher" in conf
+    assert oct((platform.config.var_dir / "nginx" / "nginx.conf").stat().st_mode)[-3:] == "600"
+    logs = platform.logs()
+    assert "/internal/rtmp/on_publish" in logs  # the callbacks were logged...
+    for match in re.finditer(r"live_\d+_[A-Za-z0-9_-]{40,}", logs):
+        pytest.fail(f"a stream key reached a log: {match.group(0)[:12]}…")
