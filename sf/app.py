@@ -176,6 +176,12 @@ def cmd_dev(config: Config, args: argparse.Namespace) -> int:
     return run_dev(config)
 
 
+def cmd_node(config: Config, args: argparse.Namespace) -> int:
+    from sf.devserver import run_node
+
+    return run_node(config)
+
+
 def cmd_tls_cert(config: Config, args: argparse.Namespace) -> int:
     from sf.tls import write_self_signed
 
@@ -187,6 +193,7 @@ def cmd_tls_cert(config: Config, args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[Config, argparse.Namespace], int]] = {
     "serve": cmd_serve,
     "dev": cmd_dev,
+    "node": cmd_node,
     "migrate": cmd_migrate,
     "services": cmd_services,
     "tls-cert": cmd_tls_cert,
@@ -200,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run an API node (behind nginx)")
     sub.add_parser("dev", help="run everything locally: PostgreSQL, Redis, nginx, the API")
+    sub.add_parser("node", help="run a media + API node: nginx (HTTP, RTMP, HLS) and an API node")
     sub.add_parser("migrate", help="apply pending SQL migrations")
     services = sub.add_parser("services", help="local PostgreSQL and Redis under var/")
     services.add_argument("action", choices=["start", "stop", "status"])

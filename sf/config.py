@@ -88,6 +88,7 @@ class Config:
     stream_liveness_timeout: int
     segment_retention_seconds: int
     media_nodes: tuple[IPNetwork, ...]
+    media_control_host: str
     media_control_port: int
     media_node_url: str
     playback_url_ttl: int

@@ -1,4 +1,5 @@
-"""`sf dev` (what `make run` runs): the whole platform on one machine, stopped by Ctrl-C."""
+"""`sf node` runs one node (nginx with RTMP + an API node); `sf dev` (what `make run` runs)
+adds local PostgreSQL and Redis and the migrations. Both stop what they started on Ctrl-C."""
 
 from __future__ import annotations
 
@@ -22,19 +23,17 @@ def _port_free(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) != 0
 
 
-def run_dev(config: Config) -> int:
-    """Start PostgreSQL, Redis, nginx and one API node; stop what we started on exit."""
+def run_node(config: Config) -> int:
+    """nginx (HTTP, RTMP, HLS) in front of one API node, until SIGINT/SIGTERM."""
     from sf.app import serve_node
 
-    started = localservices.start_all(config)
-    nginx_process = None
+    sockets = tornado.netutil.bind_sockets(config.api_port, config.api_host)
+    for port in (config.http_port, config.rtmp_port, config.media_control_port):
+        if not _port_free(config.http_host, port):
+            raise SystemExit(f"port {port} is taken: see SF_HTTP_PORT, SF_RTMP_PORT, "
+                             "SF_MEDIA_CONTROL_PORT")
+    nginx_process = nginx.start(config, nginx.render(config))
     try:
-        applied = asyncio.run(migrate(config.database_url))
-        log.info("migrations applied: %s", ", ".join(applied) or "none pending")
-        sockets = tornado.netutil.bind_sockets(config.api_port, config.api_host)
-        if not _port_free(config.http_host, config.http_port):
-            raise SystemExit(f"port {config.http_port} is taken: set SF_HTTP_PORT")
-        nginx_process = nginx.start(config, nginx.render(config))
         scheme = "https" if config.tls_enabled else "http"
         log.info("SF is up: %s://%s:%s/api/docs, RTMP %s", scheme, config.http_host,
                  config.http_port, config.rtmp_url)
@@ -43,8 +42,17 @@ def run_dev(config: Config) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        if nginx_process is not None:
-            nginx.stop(nginx_process)
-        localservices.stop_all(config, started)
-        log.info("stopped: nginx%s", "".join(f", {name}" for name in started))
+        nginx.stop(nginx_process)
     return 0
+
+
+def run_dev(config: Config) -> int:
+    """Local PostgreSQL + Redis (reused when already running), migrations, then `run_node`."""
+    started = localservices.start_all(config)
+    try:
+        applied = asyncio.run(migrate(config.database_url))
+        log.info("migrations applied: %s", ", ".join(applied) or "none pending")
+        return run_node(config)
+    finally:
+        localservices.stop_all(config, started)
+        log.info("stopped nginx%s", "".join(f", {name}" for name in started))

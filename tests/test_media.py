@@ -262,3 +262,31 @@ def test_rtmp_play_is_loopback_only_and_the_key_never_reaches_a_log(platform):
     assert "/internal/rtmp/on_publish" in logs  # the callbacks were logged...
     for match in re.finditer(r"live_\d+_[A-Za-z0-9_-]{40,}", logs):
         pytest.fail(f"a stream key reached a log: {match.group(0)[:12]}…")
+
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().split()[2] != "Z"
+
+
+@pytest.mark.parametrize("how", ["crash", "shutdown"])
+def test_no_orphan_ffmpeg_when_the_node_goes_away(base_config, tmp_path, how):
+    node = Platform(base_config, tmp_path, 18480 if how == "crash" else 18490).start()
+    try:
+        user = node.register(f"node_{how}")
+        node.publish(user["key"])
+        stream = wait_for(lambda: node.live_stream_of(f"node_{how}"), 20, what="live")
+        pids = wait_for(lambda: node.transcoder_pids(stream["id"]), 15, what="the transcoder")
+        if how == "crash":
+            node.api_process.kill()  # SIGKILL: no cleanup code of ours runs
+        else:
+            node.api_process.send_signal(signal.SIGINT)  # Ctrl-C
+        node.api_process.wait(timeout=20)
+        wait_for(lambda: not any(pid_alive(pid) for pid in pids), 10,
+                 what="the transcoder to die with the node")
+    finally:
+        node.stop()

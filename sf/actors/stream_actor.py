@@ -30,7 +30,7 @@ log = logging.getLogger("sf.actors.stream")
 MAX_BACKOFF = 10.0
 DEGRADED_AFTER = 5          # consecutive quick failures
 STABLE_RUN_SECONDS = 15.0   # a run this long resets the failure count
-HEALTH_EVERY = 5.0          # seconds between health reports to the loop
+HEALTH_EVERY = 2.0          # seconds between health reports to the loop
 
 
 class MediaEvents(Protocol):
@@ -84,6 +84,7 @@ class Health:
     fps: float = 0.0
     speed: float = 0.0
     bitrate_kbps: float = 0.0
+    out_time_s: float = 0.0          # media time transcoded by the current process
     source: dict[str, Any] = field(default_factory=dict)
     renditions: list[str] = field(default_factory=list)
     last_error: str = ""
@@ -237,6 +238,7 @@ class StreamActor(pykka.ThreadingActor):
         progress = message.progress
         self.health.fps, self.health.speed = progress.fps, progress.speed
         self.health.bitrate_kbps = progress.bitrate_kbps
+        self.health.out_time_s = progress.out_time_s
         if time.monotonic() - self.started_at > STABLE_RUN_SECONDS:
             self.health.consecutive_failures = 0
             self.health.state = "running"

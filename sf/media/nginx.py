@@ -91,10 +91,11 @@ rtmp {
 }
 """
 
-# nginx-rtmp's control module (drop a publisher) — only on loopback, never proxied.
+# nginx-rtmp's control module (drop a publisher): loopback, or an internal network in a
+# multi-node deployment; never proxied by the public server.
 CONTROL_SERVER = r"""
     server {
-        listen 127.0.0.1:{{media_control_port}};
+        listen {{media_control_host}}:{{media_control_port}};
         access_log off;
         location /control { rtmp_control all; }
         location / { return 404; }
@@ -149,6 +150,7 @@ def template_values(config: Config) -> dict[str, str]:
         "rtmp_host": config.http_host,
         "rtmp_port": str(config.rtmp_port),
         "media_control_port": str(config.media_control_port),
+        "media_control_host": config.media_control_host,
         "hls_dir": str(config.media_dir / "hls"),
         "internal_secret": config.internal_secret,
         "hls_segment_max_age": "86400",
