@@ -15,8 +15,14 @@ $(STAMP): setup.cfg pyproject.toml scripts/bootstrap
 
 install: $(STAMP)
 
+# `make run TLS=1`: nginx serves HTTPS on SF_HTTP_PORT with a self-signed pair in var/tls.
 run: $(STAMP)
+ifdef TLS
+	$(VENV)/bin/sf tls-cert >/dev/null
+	SF_TLS_CERT=$(CURDIR)/var/tls/cert.pem SF_TLS_KEY=$(CURDIR)/var/tls/key.pem $(VENV)/bin/sf dev
+else
 	$(VENV)/bin/sf dev
+endif
 
 test: $(STAMP)
 	scripts/test

@@ -298,7 +298,7 @@ def seed_streams(ctx: dict[str, Any]) -> None:
                    SELECT 'live_' || i, 'live' || i || '@example.com', 'x'
                      FROM generate_series(1, $1) i""", LIVE_STREAMS)
             await db.execute(
-                """INSERT INTO streams (user_id, title, category_id, is_live, started_at,
+                r"""INSERT INTO streams (user_id, title, category_id, is_live, started_at,
                                         viewers_count, is_private)
                    SELECT u.id, 'Bench stream ' || u.id || CASE WHEN u.id % 7 = 0
                           THEN ' speedrun' ELSE ' chill' END,

@@ -14,8 +14,8 @@ from sf.channels import ChannelService
 from sf.config import Config
 from sf.db.pool import create_pool
 from sf.ratelimit import RateLimiter
-from sf.security import PasswordHasher, StreamKeyCipher, TokenService
 from sf.schemas import StreamSchema
+from sf.security import PasswordHasher, StreamKeyCipher, TokenService
 from sf.sessions import SessionStore
 
 

@@ -7,6 +7,7 @@ wait) and hears from them through the LoopBridge (`on_thumbnail`, `on_health`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import shutil
@@ -22,6 +23,12 @@ from sf.db import stream_keys as keys_db
 from sf.db import streams as streams_db
 from sf.db.streams import Stream
 from sf.media import hls
+from sf.observability import (
+    TRANSCODER_DEGRADED,
+    TRANSCODER_FPS,
+    TRANSCODER_RESTARTS,
+    TRANSCODER_SPEED,
+)
 
 log = logging.getLogger("sf.ingest")
 
@@ -127,6 +134,17 @@ class IngestService:
             return
         key = HEALTH_KEY.format(stream_id)
         await self.redis.set(key, json.dumps(health), ex=60)
+        label = str(stream_id)
+        gauges = (TRANSCODER_SPEED, TRANSCODER_FPS, TRANSCODER_RESTARTS, TRANSCODER_DEGRADED)
+        if health["state"] == "stopped":
+            for gauge in gauges:
+                with contextlib.suppress(KeyError):  # never reported for this stream
+                    gauge.remove(label)
+            return
+        TRANSCODER_SPEED.labels(label).set(health["speed"])
+        TRANSCODER_FPS.labels(label).set(health["fps"])
+        TRANSCODER_RESTARTS.labels(label).set(health["restarts"])
+        TRANSCODER_DEGRADED.labels(label).set(1 if health["state"] == "degraded" else 0)
 
     async def publish_event(self, stream: Stream) -> None:
         """Tell every node (their WebSocket viewers) that a stream changed."""

@@ -8,6 +8,7 @@ SF_REDIS_URL at managed servers and never call this module.
 from __future__ import annotations
 
 import glob
+import hashlib
 import logging
 import os
 import shutil
@@ -62,6 +63,27 @@ def _wait_port(port: int, what: str, timeout: float = 30.0) -> None:
     raise ServiceError(f"{what} did not open port {port} within {timeout:.0f}s")
 
 
+def _postgres_base(var_dir: Path) -> Path:
+    """var/postgres, unless we are root and the postgres user cannot reach it.
+
+    A checkout under a 0700 directory (e.g. /root/...) is closed to the unprivileged server;
+    then the cluster lives under /var/tmp, named after the checkout so two never collide.
+    """
+    preferred = var_dir / "postgres"
+    if not _is_root():
+        return preferred
+    probe = preferred if preferred.exists() else var_dir
+    probe.mkdir(parents=True, exist_ok=True)
+    reachable = subprocess.run(["runuser", "-u", PG_USER, "--", "test", "-x", str(probe)],
+                               capture_output=True).returncode == 0
+    if reachable:
+        return preferred
+    digest = hashlib.sha256(str(var_dir.resolve()).encode()).hexdigest()[:12]
+    fallback = Path("/var/tmp") / f"sf-postgres-{digest}"
+    log.warning("%s is not reachable by the postgres user: cluster in %s", var_dir, fallback)
+    return fallback
+
+
 class LocalPostgres:
     """A PostgreSQL cluster in var/postgres, listening on the port of SF_DATABASE_URL."""
 
@@ -70,9 +92,10 @@ class LocalPostgres:
         self.port = url.port or 5432
         self.user = url.username or "sf"
         self.database = url.path.lstrip("/") or "sf"
-        self.data_dir = config.var_dir / "postgres" / "data"
-        self.socket_dir = config.var_dir / "postgres" / "run"
-        self.log_file = config.var_dir / "log" / "postgres.log"
+        base = _postgres_base(config.var_dir)
+        self.data_dir = base / "data"
+        self.socket_dir = base / "run"
+        self.log_file = base / "postgres.log"  # written by the postgres user: next to its data
         self.password_file = config.secrets_dir / "postgres_password"
 
     def _chown(self, path: Path) -> None:
@@ -114,8 +137,7 @@ class LocalPostgres:
         """Start the cluster (creating it and the app role first); False if it already ran."""
         for path in (self.socket_dir, self.log_file.parent):
             path.mkdir(parents=True, exist_ok=True)
-        self._chown(self.socket_dir)
-        self._chown(self.log_file.parent)
+            self._chown(path)
         os.chmod(self.socket_dir, 0o700)
         if self.running():
             return False

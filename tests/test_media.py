@@ -10,7 +10,6 @@ import re
 import signal
 import subprocess
 import time
-
 import urllib.error
 import urllib.request
 
@@ -18,7 +17,6 @@ import pytest
 from PIL import Image
 
 from sf.media.hls import sign_playback
-
 from tests.media_platform import Platform, wait_for
 
 
@@ -113,7 +111,7 @@ def test_wrong_key_is_refused(platform):
 def test_killed_transcoder_is_restarted_and_the_playlist_keeps_advancing(platform):
     _, publisher, stream = go_live(platform, "restarts")
     sid = stream["id"]
-    variant = "/hls/{}/360p/index.m3u8".format(sid)
+    variant = f"/hls/{sid}/360p/index.m3u8"
     wait_for(lambda: platform.media_sequence(variant) is not None, 30, what="a playlist")
     first = wait_for(lambda: platform.transcoder_pids(sid), 10, what="the transcoder")
     before = platform.media_sequence(variant)
@@ -131,12 +129,17 @@ def test_stopping_the_publisher_ends_the_stream_after_the_grace_period(platform)
     _, publisher, stream = go_live(platform, "stopper")
     sid = stream["id"]
     wait_for(lambda: platform.transcoder_pids(sid), 15, what="the transcoder")
+    wait_for(lambda: platform.stream(sid)["thumbnail"], 20, what="a thumbnail")
     publisher.send_signal(signal.SIGINT)  # OBS "Stop streaming"
     publisher.wait(timeout=10)
     wait_for(lambda: not platform.transcoder_pids(sid), 10, what="the transcoder to stop")
     ended = wait_for(lambda: (lambda s: not s["is_live"] and s)(platform.stream(sid)), 20,
                      what="the stream to end")
     assert ended["ended_at"] and ended["playback"] is None
+    # Segments go after the retention period; the last thumbnail stays.
+    hls_dir = platform.config.media_dir / "hls" / str(sid)
+    wait_for(lambda: not hls_dir.exists(), 20, what="the segments to be removed")
+    assert ended["thumbnail"] and platform.get(ended["thumbnail"])[0] == 200
 
 
 def test_reconnect_within_grace_continues_the_same_stream(platform):

@@ -45,7 +45,7 @@ async def test_reset_replaces_the_key_and_the_old_one_stops_working(api, service
     old = (await api.get("/api/stream/key", token=tokens["access_token"])).json
     assert (await services.channels.authorize_publish(old["stream_key"])).is_live
     await services.channels.end_stream(
-        (await services.db.fetchval("SELECT id FROM streams WHERE is_live")))
+        await services.db.fetchval("SELECT id FROM streams WHERE is_live"))
     reset = await api.post("/api/stream/key/reset", token=tokens["access_token"])
     assert reset.status == 200
     new = reset.json

@@ -85,6 +85,7 @@ class Health:
     speed: float = 0.0
     bitrate_kbps: float = 0.0
     out_time_s: float = 0.0          # media time transcoded by the current process
+    progress_at: float = 0.0         # wall clock of the progress report out_time_s comes from
     source: dict[str, Any] = field(default_factory=dict)
     renditions: list[str] = field(default_factory=list)
     last_error: str = ""
@@ -239,6 +240,7 @@ class StreamActor(pykka.ThreadingActor):
         self.health.fps, self.health.speed = progress.fps, progress.speed
         self.health.bitrate_kbps = progress.bitrate_kbps
         self.health.out_time_s = progress.out_time_s
+        self.health.progress_at = time.time()
         if time.monotonic() - self.started_at > STABLE_RUN_SECONDS:
             self.health.consecutive_failures = 0
             self.health.state = "running"

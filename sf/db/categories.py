@@ -8,6 +8,7 @@ from datetime import datetime
 import asyncpg
 
 from sf.db.pagination import decode_cursor, encode_cursor
+from sf.db.sql import set_clause
 from sf.errors import Conflict, NotFound
 
 Executor = asyncpg.Connection | asyncpg.Pool
@@ -73,10 +74,10 @@ async def add_category(db: Executor, name: str, description: str = "",
 async def update_category(db: Executor, category_id: int, changes: dict[str, object]) -> Category:
     if not changes:
         return await get_category(db, category_id)
-    assignments = ", ".join(f"{name} = ${index}" for index, name in enumerate(changes, start=2))
+    assignments = set_clause(changes, 2)
     try:
         row = await db.fetchrow(
-            f"UPDATE categories SET {assignments}, updated_at = now() WHERE id = $1"
+            f"UPDATE categories SET {assignments} WHERE id = $1"
             f" RETURNING {COLUMNS}", category_id, *changes.values())
     except asyncpg.UniqueViolationError:
         raise Conflict("A category with that name exists") from None

@@ -11,6 +11,7 @@ from datetime import datetime
 
 import asyncpg
 
+from sf.db.sql import set_clause
 from sf.errors import NotFound, validation_error
 from sf.security import StreamKeyCipher
 
@@ -122,10 +123,10 @@ async def update_settings(db: Executor, user_id: int, changes: dict[str, object]
     """Change the given default settings; an unknown category is a 422."""
     if not changes:
         return await get_settings(db, user_id)
-    assignments = ", ".join(f"{name} = ${index}" for index, name in enumerate(changes, start=2))
+    assignments = set_clause(changes, 2)
     try:
         row = await db.fetchrow(
-            f"UPDATE stream_settings SET {assignments}, updated_at = now() WHERE user_id = $1"
+            f"UPDATE stream_settings SET {assignments} WHERE user_id = $1"
             f" RETURNING {SETTINGS_COLUMNS}", user_id, *changes.values())
     except asyncpg.ForeignKeyViolationError:
         raise validation_error("category_id", "no such category") from None

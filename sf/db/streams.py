@@ -13,6 +13,7 @@ from typing import Any
 import asyncpg
 
 from sf.db.pagination import decode_cursor, encode_cursor
+from sf.db.sql import set_clause
 from sf.errors import Conflict, Forbidden, NotFound, validation_error
 
 Executor = asyncpg.Connection | asyncpg.Pool
@@ -124,10 +125,10 @@ async def update_stream(db: Executor, stream_id: int, user_id: int,
                         changes: dict[str, Any]) -> Stream:
     await _owned(db, stream_id, user_id)
     if changes:
-        assignments = ", ".join(f"{name} = ${index}" for index, name in enumerate(changes, start=3))
+        assignments = set_clause(changes, 3)
         try:
             await db.execute(
-                f"UPDATE streams SET {assignments}, updated_at = now()"
+                f"UPDATE streams SET {assignments}"
                 " WHERE id = $1 AND user_id = $2", stream_id, user_id, *changes.values())
         except asyncpg.ForeignKeyViolationError:
             raise validation_error("category_id", "no such category") from None

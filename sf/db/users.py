@@ -7,6 +7,7 @@ from datetime import datetime
 
 import asyncpg
 
+from sf.db.sql import set_clause
 from sf.errors import Conflict, NotFound
 
 Executor = asyncpg.Connection | asyncpg.Pool
@@ -91,10 +92,10 @@ async def update_profile(db: Executor, user_id: int, *, email: object = _UNSET, 
                if value is not _UNSET}
     if not changes:
         return await get_user(db, user_id)
-    assignments = ", ".join(f"{name} = ${index}" for index, name in enumerate(changes, start=2))
+    assignments = set_clause(changes, 2)
     try:
         result = await db.execute(
-            f"UPDATE users SET {assignments}, updated_at = now() WHERE id = $1",
+            f"UPDATE users SET {assignments} WHERE id = $1",
             user_id, *changes.values(),
         )
     except asyncpg.UniqueViolationError as exc:

@@ -14,6 +14,7 @@ from sf.schemas import (
     page,
 )
 
+
 class StreamListMixin(APIHandler):
     def stream_page(self, streams: list[Any], cursor: str | None) -> dict[str, Any]:
         return page(streams, cursor, self.services.stream_schema)

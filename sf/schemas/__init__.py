@@ -9,7 +9,7 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
-from sf.media.hls import public_playback, sign_playback  # noqa: E402
+from sf.media.hls import public_playback, sign_playback
 
 USERNAME_RE = re.compile(r"^[A-Za-z0-9_]{3,30}$")
 # Control characters (other than tab/newline) have no place in text fields.
