@@ -213,10 +213,12 @@ def capacity_phase(platform: Platform, source: Path, max_streams: int, seconds: 
         publishers = [publish_file(platform, u["key"], source) for u in users]
         streams = [wait_for(lambda u=u: platform.live_stream_of(u["user"]["username"]), 30,
                             what="live") for u in users]
-        time.sleep(5)  # start-up catch-up is not steady state
         segment = platform.config.hls_segment_seconds
-        clocks = [SegmentClock(f"{platform.base_url}/hls/{s['id']}/480p/index.m3u8", segment)
-                  for s in streams]
+        urls = [f"{platform.base_url}/hls/{s['id']}/480p/index.m3u8" for s in streams]
+        for url in urls:
+            wait_for(lambda url=url: newest_segment(url) is not None, 60, what="a playlist")
+        time.sleep(5)  # start-up catch-up is not steady state
+        clocks = [SegmentClock(url, segment) for url in urls]
         time.sleep(seconds)
         speeds = [clock.speed() for clock in clocks]
         states = [health(platform, s["id"]).get("state", "?") for s in streams]
