@@ -33,12 +33,13 @@ def render_avatar(data: bytes, size: int, max_pixels: int) -> bytes:
         raise ValidationFailed("Invalid input",
                                fields={"avatar": [f"image is larger than {max_pixels} pixels"]})
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image = ImageOps.exif_transpose(image)  # honour orientation, then drop EXIF
-            image = image.convert("RGBA" if image.mode in ("RGBA", "LA", "P") else "RGB")
-            image.thumbnail((size, size), Image.Resampling.LANCZOS)
-            clean = Image.new(image.mode, image.size)
-            clean.paste(image)  # a fresh image carries no metadata of the upload
+        with Image.open(io.BytesIO(data)) as upload:
+            upright = ImageOps.exif_transpose(upload)  # honour orientation, then drop EXIF
+            mode = "RGBA" if upright.mode in ("RGBA", "LA", "P") else "RGB"
+            picture = upright.convert(mode)
+            picture.thumbnail((size, size), Image.Resampling.LANCZOS)
+            clean = Image.new(picture.mode, picture.size)
+            clean.paste(picture)  # a fresh image carries no metadata of the upload
             out = io.BytesIO()
             clean.save(out, "WEBP", quality=85, method=4)
     except (OSError, ValueError, Image.DecompressionBombError):

@@ -8,10 +8,9 @@ from datetime import datetime
 import asyncpg
 
 from sf.db.pagination import decode_cursor, encode_cursor
-from sf.db.sql import set_clause
+from sf.db.sql import Executor, set_clause
 from sf.errors import Conflict, NotFound
 
-Executor = asyncpg.Connection | asyncpg.Pool
 COLUMNS = "id, name, description, thumbnail, viewers_count, created_at, updated_at"
 
 

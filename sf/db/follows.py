@@ -8,10 +8,9 @@ import asyncpg
 
 from sf.db import users as users_db
 from sf.db.pagination import decode_cursor, encode_cursor
+from sf.db.sql import Executor
 from sf.db.users import User
 from sf.errors import validation_error
-
-Executor = asyncpg.Connection | asyncpg.Pool
 
 
 async def follow(db: asyncpg.Pool, follower_id: int, username: str) -> User:

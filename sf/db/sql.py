@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import TypeAlias
+
+import asyncpg
+
+# What a repository function runs its SQL on: the pool, or a connection in a transaction.
+Executor: TypeAlias = asyncpg.Connection | asyncpg.Pool
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
 

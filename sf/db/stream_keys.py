@@ -11,11 +11,9 @@ from datetime import datetime
 
 import asyncpg
 
-from sf.db.sql import set_clause
+from sf.db.sql import Executor, set_clause
 from sf.errors import NotFound, validation_error
 from sf.security import StreamKeyCipher
-
-Executor = asyncpg.Connection | asyncpg.Pool
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,8 @@ from typing import Any
 import asyncpg
 
 from sf.db.pagination import decode_cursor, encode_cursor
-from sf.db.sql import set_clause
+from sf.db.sql import Executor, set_clause
 from sf.errors import Conflict, Forbidden, NotFound, validation_error
-
-Executor = asyncpg.Connection | asyncpg.Pool
 
 SORTS = ("viewers", "started_at", "created_at")
 
@@ -271,6 +269,7 @@ async def list_streams(db: Executor, *, viewer_id: int | None, is_live: bool | N
         query.where.append(f"lower(u.username) = lower({query.bind(username)})")
     if q:
         query.where.append(f"s.title ILIKE '%' || {query.bind(escape_like(q))} || '%'")
+    kind: type = datetime
     if sort == "viewers":
         key, kind = "s.viewers_count", int
     elif sort == "started_at":

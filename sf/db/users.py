@@ -7,10 +7,8 @@ from datetime import datetime
 
 import asyncpg
 
-from sf.db.sql import set_clause
+from sf.db.sql import Executor, set_clause
 from sf.errors import Conflict, NotFound
-
-Executor = asyncpg.Connection | asyncpg.Pool
 
 
 @dataclass(frozen=True)

@@ -74,7 +74,8 @@ class BaseHandler(tornado.web.RequestHandler):
 
     @property
     def services(self) -> Services:
-        return self.settings["services"]  # type: ignore[no-any-return]
+        services: Services = self.settings["services"]
+        return services
 
     @property
     def config(self) -> Any:
@@ -266,7 +267,8 @@ class APIHandler(BaseHandler):
 
     def _load(self, schema: Schema, data: Any) -> dict[str, Any]:
         try:
-            return schema.load(data)  # type: ignore[no-any-return]
+            loaded: dict[str, Any] = schema.load(data)
+            return loaded
         except ValidationError as exc:
             raise ValidationFailed("Invalid input", fields=flatten_messages(exc.messages)) from None
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+from typing import Any
 
 import tornado.web
 
@@ -48,7 +49,7 @@ class RTMPCallbackHandler(BaseHandler):
         return stream_id
 
     @property
-    def ingest(self):  # type: ignore[no-untyped-def]
+    def ingest(self) -> Any:
         ingest = self.services.extras.get("ingest")
         if ingest is None:
             raise tornado.web.HTTPError(503, reason="This node is not ingesting (shutting down)")

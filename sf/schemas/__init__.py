@@ -97,7 +97,9 @@ class PageQuerySchema(StrictSchema):
 class ErrorBodySchema(Schema):
     code = fields.String(required=True)
     message = fields.String(required=True)
-    fields = fields.Dict(keys=fields.String(), values=fields.List(fields.String()))
+    # `fields` would shadow Schema.fields: declare it under another name, dump it as "fields".
+    field_errors = fields.Dict(keys=fields.String(), values=fields.List(fields.String()),
+                               data_key="fields")
 
 
 class ErrorSchema(Schema):
