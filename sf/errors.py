@@ -73,12 +73,6 @@ class RateLimited(DomainError):
         self.retry_after = retry_after
 
 
-class InternalError(DomainError):
-    """Internal server error."""
-
-    code, status = "internal_error", 500
-
-
 def validation_error(field: str, message: str) -> ValidationFailed:
     """A 422 for one field, in the API.md shape."""
     return ValidationFailed("Invalid input", fields={field: [message]})

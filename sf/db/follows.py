@@ -41,14 +41,6 @@ async def unfollow(db: asyncpg.Pool, follower_id: int, username: str) -> User:
     return target
 
 
-async def is_following(db: Executor, follower_id: int | None, following_id: int) -> bool:
-    if follower_id is None:
-        return False
-    return bool(await db.fetchval(
-        "SELECT 1 FROM follows WHERE follower_id = $1 AND following_id = $2",
-        follower_id, following_id))
-
-
 async def list_follow_side(db: Executor, username: str, side: str, limit: int,
                            cursor: str | None) -> tuple[list[User], str | None]:
     """Followers (side="followers") or followed users (side="following"), newest first."""

@@ -177,9 +177,6 @@ class BaseHandler(tornado.web.RequestHandler):
         log.error("unhandled error in %s %s", self.request.method, self.request.path,
                   exc_info=(typ, value, tb), extra={"request_id": self.request_id})
 
-    def get_current_user(self) -> int | None:
-        return self.claims.user_id if self.claims else None
-
     @property
     def user_id(self) -> int:
         """The authenticated user's id (only on handlers whose auth is `required`)."""

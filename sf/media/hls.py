@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 import secrets
 import time
 from pathlib import Path
@@ -56,8 +55,3 @@ def set_private_marker(media_dir: Path, stream_id: int, private: bool) -> None:
         except FileNotFoundError:
             pass
 
-
-def write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
