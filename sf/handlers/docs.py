@@ -23,6 +23,26 @@ def path_template(pattern: str) -> str:
     return _GROUP.sub(lambda match: "{" + match.group(1) + "}", pattern).rstrip("$")
 
 
+API_DESCRIPTION = """REST API of the SF streaming platform. `/api/v1/...` is canonical and
+`/api/...` serves the same handlers; every response carries `API-Version: 1`.
+
+Where the contract (API.md) is silent, SF decided:
+
+- Errors always have the shape `{"error": {"code", "message", "fields"?}}`; a 405 uses the
+  code `bad_request`.
+- Lists are keyset-paginated with opaque cursors; a cursor belongs to one sort order.
+- `q` is a case-insensitive substring match on titles; `%` and `_` are literal.
+- `GET /api/users/{username}/streams` lists live, prepared and ended streams, newest first.
+- `GET /api/stream/settings` exists; settings carry `source_passthrough`.
+- A live private stream's `playback.hls` is a signed URL that expires
+  (`/hls/<id>/<expires>-<signature>/master.m3u8`); the unsigned path answers 404.
+- An encoder that reconnects within the grace period (30 s) continues the same stream.
+- Login takes exactly one of `username` or `email`.
+- Avatars: raw `image/png|jpeg|webp` body or multipart field `avatar`; stored as WebP
+  within 256×256, without metadata.
+"""
+
+
 def _schema_name(schema: Any) -> str:
     cls = schema if isinstance(schema, type) else type(schema)
     return cls.__name__
@@ -33,8 +53,7 @@ def build_openapi(routes: list[Any]) -> dict[str, Any]:
     spec = APISpec(
         title="SF streaming platform API", version=__version__, openapi_version="3.0.3",
         plugins=[MarshmallowPlugin(schema_name_resolver=_schema_name)],
-        info={"description": "REST + WebSocket API of SF. `/api/v1/...` is canonical; "
-                             "`/api/...` serves the same handlers. See README for deviations."},
+        info={"description": API_DESCRIPTION},
     )
     spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer",
                                                "bearerFormat": "JWT"})
