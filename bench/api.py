@@ -24,7 +24,6 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -32,8 +31,8 @@ sys.path.insert(0, str(ROOT))
 import asyncpg  # noqa: E402
 
 from sf import localservices  # noqa: E402
-from sf.config import bootstrap_var_dir, ensure_secrets, load_config  # noqa: E402
-from sf.db.migrate import migrate  # noqa: E402
+from sf.config import bootstrap_var_dir, ensure_secrets, load_config, with_url_path  # noqa: E402
+from sf.db.migrate import recreate_database  # noqa: E402
 from sf.media import nginx  # noqa: E402
 
 HTTP_PORT, API_PORT = 18080, 18081
@@ -43,26 +42,16 @@ PASSWORD = "bench-password-1"
 
 
 def bench_env(config: Any) -> dict[str, str]:
-    parts = urlsplit(config.database_url)
-    redis = urlsplit(config.redis_url)
     return {
         **os.environ,
-        "SF_DATABASE_URL": urlunsplit((parts.scheme, parts.netloc, "/" + BENCH_DB, "", "")),
-        "SF_REDIS_URL": urlunsplit((redis.scheme, redis.netloc, "/8", "", "")),
+        "SF_DATABASE_URL": with_url_path(config.database_url, BENCH_DB),
+        "SF_REDIS_URL": with_url_path(config.redis_url, "8"),
         "SF_API_PORT": str(API_PORT), "SF_HTTP_PORT": str(HTTP_PORT),
         "SF_RTMP_PORT": str(HTTP_PORT + 3), "SF_MEDIA_CONTROL_PORT": str(HTTP_PORT + 2),
         "SF_RATE_LIMIT_ANONYMOUS": "100000000", "SF_RATE_LIMIT_USER": "100000000",
         "SF_RATE_LIMIT_AUTH_IP": "100000000", "SF_RATE_LIMIT_AUTH_ACCOUNT": "100000000",
         "SF_LOG_LEVEL": "WARNING", "SF_ENV": "production",
     }
-
-
-async def prepare_database(config: Any, env: dict[str, str]) -> None:
-    admin = await asyncpg.connect(config.database_url)
-    await admin.execute(f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)')
-    await admin.execute(f'CREATE DATABASE "{BENCH_DB}"')
-    await admin.close()
-    await migrate(env["SF_DATABASE_URL"])
 
 
 # --- a minimal keep-alive HTTP/1.1 client (the generator must be cheaper than the server) -----
@@ -240,7 +229,7 @@ def main() -> int:
     env = bench_env(config)
     if args.no_cache:
         env["SF_CACHE_TTL"] = "0"
-    asyncio.run(prepare_database(config, env))
+    asyncio.run(recreate_database(config.database_url, BENCH_DB))
     bench_config = load_config(env)
     conf = nginx.render(bench_config)
     nginx_process = nginx.start(bench_config, conf)

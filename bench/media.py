@@ -30,17 +30,15 @@ import time
 import urllib.request
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import asyncpg  # noqa: E402
 from redis import Redis  # noqa: E402
 
 from sf import localservices  # noqa: E402
 from sf.config import bootstrap_var_dir, ensure_secrets, load_config  # noqa: E402
-from sf.db.migrate import migrate  # noqa: E402
+from sf.db.migrate import recreate_database  # noqa: E402
 from tests.media_platform import Platform, wait_for  # noqa: E402
 
 BLOCK = 60          # counter block size in 1080p pixels
@@ -248,17 +246,7 @@ def main() -> int:
     ensure_secrets(bootstrap_var_dir())
     config = load_config()
     localservices.start_all(config)
-    parts = urlsplit(config.database_url)
-    database_url = urlunsplit((parts.scheme, parts.netloc, "/sf_bench_media", "", ""))
-
-    async def fresh_database() -> None:
-        admin = await asyncpg.connect(config.database_url)
-        await admin.execute('DROP DATABASE IF EXISTS "sf_bench_media" WITH (FORCE)')
-        await admin.execute('CREATE DATABASE "sf_bench_media"')
-        await admin.close()
-        await migrate(database_url)
-
-    asyncio.run(fresh_database())
+    database_url = asyncio.run(recreate_database(config.database_url, "sf_bench_media"))
     work = Path(tempfile.mkdtemp(prefix="sf-bench-media-"))
     print(f"# SF media benchmark on {os.cpu_count()} cores; sources in {work}")
     source_1080 = work / "counter-1080p.mp4"

@@ -343,6 +343,12 @@ def _with_password(url: str, password_file: Path) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
+def with_url_path(url: str, path: str) -> str:
+    """`url` pointing at another database / Redis db number: its path replaced by `path`."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + path.lstrip("/"), "", ""))
+
+
 def parse_encryption_keys(spec: str) -> list[tuple[str, bytes]]:
     """Parse "id:base64key,..." into (key id, 32-byte key) pairs, the encrypting key first."""
     keys = []

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 
 import tornado.netutil
 
@@ -17,19 +16,13 @@ from sf.media import nginx
 log = logging.getLogger("sf.dev")
 
 
-def _port_free(host: str, port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.3)
-        return sock.connect_ex((host, port)) != 0
-
-
 def run_node(config: Config) -> int:
     """nginx (HTTP, RTMP, HLS) in front of one API node, until SIGINT/SIGTERM."""
     from sf.app import serve_node
 
     sockets = tornado.netutil.bind_sockets(config.api_port, config.api_host)
     for port in (config.http_port, config.rtmp_port, config.media_control_port):
-        if not _port_free(config.http_host, port):
+        if localservices.port_open(port, config.http_host):
             raise SystemExit(f"port {port} is taken: see SF_HTTP_PORT, SF_RTMP_PORT, "
                              "SF_MEDIA_CONTROL_PORT")
     nginx_process = nginx.start(config, nginx.render(config))

@@ -48,7 +48,8 @@ def _as_pg(cmd: list[str]) -> list[str]:
     return ["runuser", "-u", PG_USER, "--", *cmd] if _is_root() else cmd
 
 
-def _port_open(port: int, host: str = "127.0.0.1") -> bool:
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    """Something accepts TCP connections on host:port."""
     with socket.socket() as sock:
         sock.settimeout(0.3)
         return sock.connect_ex((host, port)) == 0
@@ -57,7 +58,7 @@ def _port_open(port: int, host: str = "127.0.0.1") -> bool:
 def _wait_port(port: int, what: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if _port_open(port):
+        if port_open(port):
             return
         time.sleep(0.1)
     raise ServiceError(f"{what} did not open port {port} within {timeout:.0f}s")
@@ -143,7 +144,7 @@ class LocalPostgres:
             return False
         if not (self.data_dir / "PG_VERSION").exists():
             self._initdb()
-        if _port_open(self.port):
+        if port_open(self.port):
             raise ServiceError(f"port {self.port} is taken by another process (SF_DATABASE_URL)")
         options = (
             f"-p {self.port} -k {self.socket_dir} -c listen_addresses=127.0.0.1 "
@@ -204,7 +205,7 @@ class LocalRedis:
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         if self.running():
             return False
-        if _port_open(self.port):
+        if port_open(self.port):
             raise ServiceError(f"port {self.port} is taken by another process (SF_REDIS_URL)")
         redis_server = shutil.which("redis-server")
         if not redis_server:

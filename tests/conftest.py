@@ -14,17 +14,15 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import pytest
 import tornado.httpclient
 
 from sf import localservices
 from sf.app import make_app
-from sf.config import Config, bootstrap_var_dir, ensure_secrets, load_config
+from sf.config import Config, bootstrap_var_dir, ensure_secrets, load_config, with_url_path
 from sf.context import Services, start_services
-from sf.db.migrate import MIGRATIONS_DIR, migrate
+from sf.db.migrate import MIGRATIONS_DIR, drop_database, recreate_database
 from sf.observability import RedactingJsonFormatter
 
 TEST_REDIS_DB = 9
@@ -40,11 +38,6 @@ def run_private(coroutine: Any) -> Any:
         loop.close()
 
 
-def _with_database(url: str, database: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment))
-
-
 @pytest.fixture(scope="session")
 def base_config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Config]:
     """Config of the test session: its own database, Redis db 9, media in a temp dir."""
@@ -54,23 +47,10 @@ def base_config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Config]:
                           "SF_MEDIA_DIR": str(media), "SF_CACHE_TTL": "2"})
     localservices.start_all(config)
     name = f"sf_test_{uuid.uuid4().hex[:10]}"
-
-    async def create() -> None:
-        connection = await asyncpg.connect(config.database_url)
-        await connection.execute(f'CREATE DATABASE "{name}"')
-        await connection.close()
-        await migrate(_with_database(config.database_url, name))
-
-    async def drop() -> None:
-        connection = await asyncpg.connect(config.database_url)
-        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await connection.close()
-
-    run_private(create())
-    redis_parts = urlsplit(config.redis_url)
-    redis_url = urlunsplit((redis_parts.scheme, redis_parts.netloc, f"/{TEST_REDIS_DB}", "", ""))
-    yield config.replace(database_url=_with_database(config.database_url, name), redis_url=redis_url)
-    run_private(drop())
+    database_url = run_private(recreate_database(config.database_url, name))
+    yield config.replace(database_url=database_url,
+                         redis_url=with_url_path(config.redis_url, str(TEST_REDIS_DB)))
+    run_private(drop_database(config.database_url, name))
 
 
 @pytest.fixture(scope="session", autouse=True)

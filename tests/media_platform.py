@@ -18,9 +18,8 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-from sf.config import Config, load_config
+from sf.config import Config, load_config, with_url_path
 from sf.media import nginx
 
 MEDIA_REDIS_DB = 10
@@ -48,12 +47,11 @@ class Platform:
         (var_dir / "secrets").mkdir(parents=True, exist_ok=True)
         for secret in (base.var_dir / "secrets").iterdir():
             shutil.copy(secret, var_dir / "secrets" / secret.name)
-        redis = urlsplit(base.redis_url)
         self.env = {
             **os.environ,
             "SF_VAR_DIR": str(var_dir), "SF_MEDIA_DIR": str(workdir / "media"),
             "SF_DATABASE_URL": base.database_url,
-            "SF_REDIS_URL": urlunsplit((redis.scheme, redis.netloc, f"/{MEDIA_REDIS_DB}", "", "")),
+            "SF_REDIS_URL": with_url_path(base.redis_url, str(MEDIA_REDIS_DB)),
             "SF_HTTP_PORT": str(port_base), "SF_API_PORT": str(port_base + 1),
             "SF_MEDIA_CONTROL_PORT": str(port_base + 2), "SF_RTMP_PORT": str(port_base + 3),
             "SF_TRANSCODE_PRESET": "ultrafast", "SF_PUBLISH_GRACE_SECONDS": "4",

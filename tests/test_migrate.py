@@ -4,29 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 
-from sf.db.migrate import migrate, migration_files
+from sf.db.migrate import drop_database, migrate, migration_files, recreate_database
 
 
 @pytest.fixture
 def fresh_database(base_config):
     name = f"sf_mig_{uuid.uuid4().hex[:8]}"
-    parts = urlsplit(base_config.database_url)
-    url = urlunsplit((parts.scheme, parts.netloc, "/" + name, "", ""))
-
-    async def admin(sql):
-        connection = await asyncpg.connect(base_config.database_url)
-        await connection.execute(sql)
-        await connection.close()
-
     loop = asyncio.new_event_loop()
-    loop.run_until_complete(admin(f'CREATE DATABASE "{name}"'))
+    url = loop.run_until_complete(
+        recreate_database(base_config.database_url, name, apply_migrations=False))
     yield url, loop
-    loop.run_until_complete(admin(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    loop.run_until_complete(drop_database(base_config.database_url, name))
     loop.close()
 
 

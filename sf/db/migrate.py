@@ -13,7 +13,7 @@ from pathlib import Path
 
 import asyncpg
 
-from sf.config import PROJECT_ROOT
+from sf.config import PROJECT_ROOT, with_url_path
 
 log = logging.getLogger("sf.migrate")
 
@@ -34,6 +34,31 @@ def migration_files(directory: Path = MIGRATIONS_DIR) -> list[tuple[int, str, Pa
     if len(versions) != len(set(versions)):
         raise ValueError("two migrations share a number")
     return found
+
+
+async def recreate_database(admin_dsn: str, name: str, apply_migrations: bool = True) -> str:
+    """Drop (if present) and create database `name` next to `admin_dsn`, migrate it; its URL.
+
+    For test sessions and benchmarks, which each want a database of their own.
+    """
+    await drop_database(admin_dsn, name)
+    connection = await asyncpg.connect(admin_dsn)
+    try:
+        await connection.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await connection.close()
+    url = with_url_path(admin_dsn, name)
+    if apply_migrations:
+        await migrate(url)
+    return url
+
+
+async def drop_database(admin_dsn: str, name: str) -> None:
+    connection = await asyncpg.connect(admin_dsn)
+    try:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await connection.close()
 
 
 async def migrate(dsn: str, directory: Path = MIGRATIONS_DIR) -> list[str]:

@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("sf.api")
 
 AUTH_MODES = ("required", "optional", "public")
+# Route patterns shared by several resources.
+USERNAME_ROUTE = r"(?P<username>[A-Za-z0-9_]{1,30})"
 _STATUS_CODES = {
     400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
     405: "bad_request", 409: "conflict", 413: "payload_too_large",

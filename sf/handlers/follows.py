@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sf.db import follows as follows_db
-from sf.handlers.base import APIHandler
+from sf.handlers.base import USERNAME_ROUTE, APIHandler
 from sf.schemas import PageQuerySchema, page, user_public
 
 
@@ -72,10 +72,9 @@ class FollowingHandler(FollowListHandler):
     side = "following"
 
 
-USERNAME = r"(?P<username>[A-Za-z0-9_]{1,30})"
 
 routes = [
-    (rf"/api/users/{USERNAME}/follow", FollowHandler),
-    (rf"/api/users/{USERNAME}/followers", FollowersHandler),
-    (rf"/api/users/{USERNAME}/following", FollowingHandler),
+    (rf"/api/users/{USERNAME_ROUTE}/follow", FollowHandler),
+    (rf"/api/users/{USERNAME_ROUTE}/followers", FollowersHandler),
+    (rf"/api/users/{USERNAME_ROUTE}/following", FollowingHandler),
 ]

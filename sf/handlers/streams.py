@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sf.db.users import get_user_by_username
-from sf.handlers.base import APIHandler
+from sf.handlers.base import USERNAME_ROUTE, APIHandler
 from sf.schemas import (
     PageQuerySchema,
     StreamCreateSchema,
@@ -137,10 +137,9 @@ class UserStreamsHandler(StreamListMixin):
 
 
 STREAM_ID = r"(?P<stream_id>\d{1,18})"
-USERNAME = r"(?P<username>[A-Za-z0-9_]{1,30})"
 
 routes = [
     (r"/api/streams", StreamsHandler),
     (rf"/api/streams/{STREAM_ID}", StreamHandler),
-    (rf"/api/users/{USERNAME}/streams", UserStreamsHandler),
+    (rf"/api/users/{USERNAME_ROUTE}/streams", UserStreamsHandler),
 ]

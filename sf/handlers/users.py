@@ -9,7 +9,7 @@ import tornado.httputil
 from sf import avatars
 from sf.db import users as users_db
 from sf.errors import UnsupportedMediaType, ValidationFailed
-from sf.handlers.base import APIHandler
+from sf.handlers.base import USERNAME_ROUTE, APIHandler
 from sf.schemas import ChangePasswordSchema, ProfileUpdateSchema, user_private, user_public
 
 
@@ -140,11 +140,10 @@ class PublicUserHandler(APIHandler):
         self.write_json(await self.services.cache.get_or_set(f"user:{username.lower()}", load))
 
 
-USERNAME = r"(?P<username>[A-Za-z0-9_]{1,30})"
 
 routes = [
     (r"/api/users/profile", ProfileHandler),
     (r"/api/users/profile/avatar", AvatarHandler),
     (r"/api/users/change-password", ChangePasswordHandler),
-    (rf"/api/users/{USERNAME}", PublicUserHandler),
+    (rf"/api/users/{USERNAME_ROUTE}", PublicUserHandler),
 ]
