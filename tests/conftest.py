@@ -24,9 +24,9 @@ from sf.config import Config, bootstrap_var_dir, ensure_secrets, load_config, wi
 from sf.context import Services, start_services
 from sf.db.migrate import MIGRATIONS_DIR, drop_database, recreate_database
 from sf.observability import RedactingJsonFormatter
+from tests.helpers import TEST_REDIS_DB, TEST_SLOT
 
-TEST_REDIS_DB = 9
-LOG_CAPTURE = Path(os.environ.get("SF_TEST_LOG", "/tmp/sf-test-logs.jsonl"))
+LOG_CAPTURE = Path(os.environ.get("SF_TEST_LOG", f"/tmp/sf-test-logs-{TEST_SLOT}.jsonl"))
 
 
 def run_private(coroutine: Any) -> Any:

@@ -21,8 +21,8 @@ from typing import Any
 
 from sf.config import Config, load_config, with_url_path
 from sf.media import nginx
+from tests.helpers import MEDIA_REDIS_DB, TEST_PORT_OFFSET
 
-MEDIA_REDIS_DB = 10
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.2,
@@ -43,6 +43,7 @@ class Platform:
 
     def __init__(self, base: Config, workdir: Path, port_base: int, **overrides: str) -> None:
         self.workdir = workdir
+        port_base += TEST_PORT_OFFSET
         var_dir = workdir / "var"
         (var_dir / "secrets").mkdir(parents=True, exist_ok=True)
         for secret in (base.var_dir / "secrets").iterdir():
