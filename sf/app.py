@@ -20,6 +20,7 @@ import tornado.web
 from sf import admin
 from sf.config import Config, ConfigError, bootstrap_var_dir, ensure_secrets, load_config
 from sf.handlers import (
+    allowed_viewers,
     auth,
     categories,
     docs,
@@ -36,7 +37,8 @@ from sf.observability import configure_logging, log_request
 log = logging.getLogger("sf")
 
 HANDLER_MODULES: list[ModuleType] = [
-    health, docs, auth, users, follows, stream_keys, streams, categories, media_hooks,
+    health, docs, auth, users, follows, stream_keys, allowed_viewers, streams, categories,
+    media_hooks,
 ]
 
 

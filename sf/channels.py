@@ -13,6 +13,7 @@ from typing import Any
 import asyncpg
 
 from sf.cache import Cache
+from sf.db import allowed_viewers as allowed_db
 from sf.db import categories as categories_db
 from sf.db import stream_keys as keys_db
 from sf.db import streams as streams_db
@@ -68,6 +69,21 @@ class ChannelService:
     async def update_settings(self, user_id: int, changes: dict[str, Any]) -> StreamSettings:
         return await keys_db.update_settings(self.db, user_id, changes)
 
+    # --- who may see the private streams --------------------------------------------------------
+
+    async def allow_viewer(self, owner_id: int, username: str) -> User:
+        """Invite a user to every private stream of the owner's channel."""
+        return await allowed_db.allow(self.db, owner_id, username)
+
+    async def revoke_viewer(self, owner_id: int, username: str) -> User:
+        """End an invite: the user gets no new playback URL from now on (signed URLs they
+        hold expire within `playback_url_ttl`)."""
+        return await allowed_db.revoke(self.db, owner_id, username)
+
+    async def allowed_viewers(self, owner_id: int, limit: int,
+                              cursor: str | None) -> tuple[list[User], str | None]:
+        return await allowed_db.list_allowed(self.db, owner_id, limit, cursor)
+
     # --- streams -------------------------------------------------------------------------------
 
     async def changed(self, username: str | None = None) -> None:
@@ -108,7 +124,7 @@ class ChannelService:
         """A page of streams rendered by `loader`.
 
         Anonymous pages (public streams only) are shared through the cache for a short TTL;
-        a logged-in viewer may see private streams of people they follow, so their pages come
+        a logged-in viewer may see private streams they were invited to, so their pages come
         straight from PostgreSQL (bench/api.py: per-viewer cache entries were rarely hit and
         raised p99 at 500 req/s). Writes bump the namespace generation.
         """

@@ -10,6 +10,7 @@ import base64
 import dataclasses
 import ipaddress
 import os
+import re
 import secrets
 import socket
 import tomllib
@@ -67,11 +68,13 @@ class Config:
     max_avatar_bytes: int
     avatar_size: int
     avatar_max_pixels: int
+    avatar_hosts: tuple[str, ...]
     rate_limit_window: int
     rate_limit_anonymous: int
     rate_limit_user: int
     rate_limit_auth_ip: int
     rate_limit_auth_account: int
+    rate_limit_auth_account_ceiling: int
     rate_limit_key_reset: int
     cache_ttl: int
     media_dir: Path
@@ -88,6 +91,7 @@ class Config:
     stream_liveness_timeout: int
     segment_retention_seconds: int
     media_nodes: tuple[IPNetwork, ...]
+    real_ip_from: tuple[IPNetwork, ...]
     media_control_host: str
     media_control_port: int
     media_node_url: str
@@ -135,6 +139,7 @@ _RANGES: dict[str, tuple[int, int]] = {
     "rate_limit_user": (1, 10**9),
     "rate_limit_auth_ip": (1, 10**9),
     "rate_limit_auth_account": (1, 10**9),
+    "rate_limit_auth_account_ceiling": (1, 10**9),
     "rate_limit_key_reset": (1, 10**9),
     "cache_ttl": (0, 3600),
     "hls_segment_seconds": (1, 10),
@@ -144,7 +149,7 @@ _RANGES: dict[str, tuple[int, int]] = {
     "stream_liveness_timeout": (5, 3600),
     "segment_retention_seconds": (0, 86400),
     "media_control_port": (1, 65535),
-    "playback_url_ttl": (60, 604800),
+    "playback_url_ttl": (30, 86400),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "env": ("development", "production", "test"),
@@ -207,6 +212,30 @@ def _parse_origins(name: str, raw: object) -> tuple[str, ...]:
     return tuple(origins)
 
 
+_HOST_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+
+
+def _parse_hosts(name: str, raw: object) -> tuple[str, ...]:
+    """Comma-separated DNS host names (no scheme, port, path or IP address), lower-cased."""
+    hosts = []
+    for part in str(raw).split(","):
+        host = part.strip().lower().rstrip(".")
+        if not host:
+            continue
+        labels = host.split(".")
+        is_ip = True
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            is_ip = False
+        if is_ip or len(host) > 253 or len(labels) < 2 or not labels[-1][:1].isalpha() \
+                or not all(_HOST_LABEL.fullmatch(label) for label in labels):
+            raise ConfigError(f"{_env_name(name)}: {part.strip()!r} is not a host name "
+                              "like cdn.example.com")
+        hosts.append(host)
+    return tuple(dict.fromkeys(hosts))
+
+
 def _parse_ladder(name: str, raw: object) -> tuple[int, ...]:
     rungs = []
     for part in str(raw).split(","):
@@ -236,6 +265,8 @@ def _convert(name: str, raw: object, kind: object, root: Path) -> object:
         if text not in _CHOICES[name]:
             raise ConfigError(f"{_env_name(name)}: {text!r} is not one of {', '.join(_CHOICES[name])}")
         return text
+    if name == "avatar_hosts":
+        return _parse_hosts(name, raw)
     if kind == "int":
         return _parse_int(name, raw)
     if kind == "bool":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -9,11 +10,12 @@ import asyncpg
 from redis.asyncio import Redis
 
 from sf.accounts import AccountService
+from sf.avatars import ImageWorker
 from sf.cache import Cache
 from sf.channels import ChannelService
 from sf.config import Config
 from sf.db.pool import create_pool
-from sf.ratelimit import RateLimiter
+from sf.ratelimit import LoginThrottle, RateLimiter
 from sf.schemas import StreamSchema
 from sf.security import PasswordHasher, StreamKeyCipher, TokenService
 from sf.sessions import SessionStore
@@ -35,6 +37,7 @@ class Services:
     cache: Cache
     channels: ChannelService
     stream_schema: StreamSchema
+    images: ImageWorker
     extras: dict[str, Any] = field(default_factory=dict)
 
     async def on_user_changed(self, username: str) -> None:
@@ -45,6 +48,8 @@ class Services:
         """Release connections (actors are stopped by their owner before this)."""
         await self.redis.aclose()
         await self.db.close()
+        self.hasher.executor.shutdown(wait=False)
+        self.images.close()
 
 
 async def start_services(config: Config, database_url: str | None = None) -> Services:
@@ -54,13 +59,17 @@ async def start_services(config: Config, database_url: str | None = None) -> Ser
                            max_connections=256, health_check_interval=30)
     await redis.ping()
     tokens = TokenService(config)
-    hasher = PasswordHasher(config.bcrypt_rounds)
+    hasher = PasswordHasher(config.bcrypt_rounds, workers=max(1, os.cpu_count() or 1))
     sessions = SessionStore(redis, tokens)
     cipher = StreamKeyCipher(config.stream_key_encryption_keys, config.stream_key_lookup_secret)
     cache = Cache(redis, config.cache_ttl)
     channels = ChannelService(db, cipher, cache)
-    accounts = AccountService(db, hasher, sessions, on_user_created=[channels.create_for_new_user])
+    throttle = LoginThrottle(redis, config.rate_limit_auth_account,
+                             config.rate_limit_auth_account_ceiling, config.rate_limit_window)
+    accounts = AccountService(db, hasher, sessions, throttle,
+                              on_user_created=[channels.create_for_new_user])
     return Services(config, db, redis, tokens, hasher, sessions, RateLimiter(redis), accounts,
                     cipher, cache, channels,
                     StreamSchema(playback_secret=config.internal_secret,
-                                 playback_ttl=config.playback_url_ttl))
+                                 playback_ttl=config.playback_url_ttl),
+                    ImageWorker(config.media_dir, config.avatar_size, config.avatar_max_pixels))

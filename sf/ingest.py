@@ -48,6 +48,7 @@ class IngestService:
         self.bridge = LoopBridge(asyncio.get_running_loop())
         self.directory = StreamDirectory(self.config, self.bridge, self)
         self._sweeper: asyncio.Task[None] | None = None
+        self._privacy: asyncio.Task[None] | None = None
         self.stopping = False
         self.http = tornado.httpclient.AsyncHTTPClient()
         self.channels.on_stream_ended.append(self.stream_ended)
@@ -107,15 +108,43 @@ class IngestService:
             await self.channels.end_stream(live_stream_id)
 
     async def stream_updated(self, stream: Stream) -> None:
-        self.directory.set_private(stream.id, stream.is_private)
+        self.apply_privacy(stream.id, stream.is_private)
         await self.publish_event(stream)
+
+    def apply_privacy(self, stream_id: int, private: bool) -> None:
+        """Make nginx refuse (or serve) the unsigned HLS path of a stream held on this node.
+
+        Written here rather than only by the actor: a stream whose encoder is between
+        reconnects has no actor, but its segments are still on disk and must follow the
+        privacy the owner chose at once.
+        """
+        self.directory.set_private(stream_id, private)
+        if hls.hls_dir_for(self.config.media_dir, stream_id).is_dir():
+            hls.set_private_marker(self.config.media_dir, stream_id, private)
+
+    async def _follow_privacy_changes(self) -> None:
+        """Apply privacy changes made through any API node to the streams held on this one."""
+        while not self.stopping:
+            try:
+                async with self.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+                    await pubsub.subscribe(EVENTS_CHANNEL)
+                    async for message in pubsub.listen():
+                        event = json.loads(message["data"])
+                        if event.get("type") == "stream" and "is_private" in event:
+                            self.apply_privacy(int(event["stream_id"]), bool(event["is_private"]))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("stream event subscription lost; retrying", exc_info=True)
+                await asyncio.sleep(1)
 
     async def drop_publisher(self, stream_id: int) -> None:
         """Ask the ingesting node's nginx-rtmp to disconnect the publisher now."""
         node = await streams_db.media_node_of(self.db, stream_id) or self.config.media_node_url
         url = f"{node}/control/drop/publisher?app=live&name={int(stream_id)}"
         try:
-            await self.http.fetch(url, request_timeout=5, raise_error=False)
+            await self.http.fetch(url, request_timeout=5, raise_error=False,
+                                  headers={"X-SF-Control": self.config.internal_secret})
         except OSError as exc:
             log.warning("could not reach media node %s to drop stream %s: %s", node, stream_id, exc)
 
@@ -149,7 +178,8 @@ class IngestService:
     async def publish_event(self, stream: Stream) -> None:
         """Tell every node (their WebSocket viewers) that a stream changed."""
         event = {"type": "stream", "stream_id": stream.id, "is_live": stream.is_live,
-                 "title": stream.title, "thumbnail": stream.thumbnail, "ts": time.time()}
+                 "title": stream.title, "thumbnail": stream.thumbnail,
+                 "is_private": stream.is_private, "ts": time.time()}
         await self.redis.publish(EVENTS_CHANNEL, json.dumps(event))
 
     # --- housekeeping --------------------------------------------------------------------------
@@ -192,11 +222,13 @@ class IngestService:
 
     async def start(self) -> None:
         self._sweeper = asyncio.ensure_future(self._sweep_forever())
+        self._privacy = asyncio.ensure_future(self._follow_privacy_changes())
 
     async def stop(self) -> None:
         self.stopping = True
-        if self._sweeper:
-            self._sweeper.cancel()
+        for task in (self._sweeper, self._privacy):
+            if task:
+                task.cancel()
         await self.directory.stop_all()
 
 

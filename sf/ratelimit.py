@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
+from sf.errors import RateLimited
+
 
 @dataclass(frozen=True)
 class Limit:
@@ -53,3 +55,55 @@ class RateLimiter:
         if blocked:
             return max(blocked, key=lambda v: v.retry_after)
         return min(verdicts, key=lambda v: v.remaining)
+
+
+LOGIN_DELAY_BASE = 0.5   # seconds, once an account's failures pass its ceiling
+LOGIN_DELAY_MAX = 8.0
+LOGIN_DELAY_STEP = 10    # the delay doubles every this many failures past the ceiling
+
+
+class LoginThrottle:
+    """Failed logins counted per account, so guessing cannot lock the owner out.
+
+    An account is the user a login string names (by username or email alike) or, for unknown
+    names, the normalized string itself. Failures are limited per (account, client IP): an
+    attacker's address is refused while the owner elsewhere still gets in. Past a ceiling of
+    failures from all addresses together, every login to the account waits, exponentially
+    longer, which slows a distributed attack and still admits the owner.
+    """
+
+    def __init__(self, redis: Redis, per_address: int, ceiling: int, window: int) -> None:
+        self.redis = redis
+        self.per_address = per_address
+        self.ceiling = ceiling
+        self.window = window
+
+    def _keys(self, account: str, client_ip: str) -> tuple[str, str, int]:
+        now = time.time()
+        window_start = int(now // self.window)
+        retry_after = max(1, int(self.window - (now % self.window)) + 1)
+        return (f"sf:lf:{account}:{window_start}",
+                f"sf:lf:{account}:{client_ip}:{window_start}", retry_after)
+
+    async def check(self, account: str, client_ip: str) -> float:
+        """Raise RateLimited for a locked (account, IP) pair; else the seconds to wait first."""
+        account_key, pair_key, retry_after = self._keys(account, client_ip)
+        account_failures, pair_failures = await self.redis.mget(account_key, pair_key)
+        if int(pair_failures or 0) >= self.per_address:
+            raise RateLimited(retry_after, "Too many failed logins for this account, retry later")
+        excess = int(account_failures or 0) - self.ceiling
+        if excess < 0:
+            return 0.0
+        return float(min(LOGIN_DELAY_MAX, LOGIN_DELAY_BASE * 2 ** (excess // LOGIN_DELAY_STEP)))
+
+    async def failed(self, account: str, client_ip: str) -> None:
+        account_key, pair_key, _ = self._keys(account, client_ip)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key in (account_key, pair_key):
+                pipe.incr(key)
+                pipe.expire(key, self.window + 1, nx=True)
+            await pipe.execute()
+
+    async def succeeded(self, account: str, client_ip: str) -> None:
+        """The owner proved who they are: their address starts afresh."""
+        await self.redis.delete(self._keys(account, client_ip)[1])

@@ -12,6 +12,7 @@ import hmac
 import secrets
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,10 +28,15 @@ JWT_ISSUER = "sf"
 
 
 class PasswordHasher:
-    """bcrypt over a SHA-256 pre-hash, so passwords longer than bcrypt's 72 bytes still count."""
+    """bcrypt over a SHA-256 pre-hash, so passwords longer than bcrypt's 72 bytes still count.
 
-    def __init__(self, rounds: int) -> None:
+    It has its own threads (`executor`): logins must not queue behind other blocking work
+    such as image decoding in a shared pool.
+    """
+
+    def __init__(self, rounds: int, workers: int = 2) -> None:
         self.rounds = rounds
+        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sf-bcrypt")
         # Verified against when the user does not exist, so both paths cost the same.
         self._dummy_hash = self.hash(secrets.token_urlsafe(16))
 

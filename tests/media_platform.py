@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -22,7 +23,6 @@ from typing import Any
 from sf.config import Config, load_config, with_url_path
 from sf.media import nginx
 from tests.helpers import MEDIA_REDIS_DB, TEST_PORT_OFFSET
-
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.2,
@@ -62,6 +62,9 @@ class Platform:
             **overrides,
         }
         self.config = load_config(self.env)
+        # What nginx is rendered with: a test may give nginx TLS while the API stays plain HTTP.
+        self.nginx_config = self.config
+        self.ssl_context: ssl.SSLContext | None = None  # trusts the test certificate then
         self.base_url = f"http://127.0.0.1:{port_base}"
         self.rtmp = f"rtmp://127.0.0.1:{port_base + 3}/live"
         self.api_log = workdir / "api.log"
@@ -72,8 +75,8 @@ class Platform:
     # --- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> Platform:
-        conf = nginx.render(self.config)
-        self.nginx_process = nginx.start(self.config, conf)
+        conf = nginx.render(self.nginx_config)
+        self.nginx_process = nginx.start(self.nginx_config, conf)
         with open(self.api_log, "ab") as log:
             self.api_process = subprocess.Popen(
                 [sys.executable, "-m", "sf.app", "serve"], env=self.env, stdout=log, stderr=log,
@@ -102,6 +105,44 @@ class Platform:
         if self.nginx_process:
             nginx.stop(self.nginx_process)
 
+    def start_api_node(self, media_dir: Path) -> dict[str, Any]:
+        """Another API node sharing PostgreSQL and Redis, as on another machine (own media
+        dir, no nginx-rtmp next to it); reach it with `request_node`."""
+        port = self.config.api_port + 100
+        env = {**self.env, "SF_API_PORT": str(port), "SF_MEDIA_DIR": str(media_dir)}
+        log = open(self.workdir / f"api-{port}.log", "ab")  # noqa: SIM115 (closed with the node)
+        process = subprocess.Popen([sys.executable, "-m", "sf.app", "serve"], env=env,
+                                   stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        node = {"process": process, "url": f"http://127.0.0.1:{port}", "log": log}
+        wait_for(lambda: self._node_ready(node), 30, what="the second API node")
+        return node
+
+    def _node_ready(self, node: dict[str, Any]) -> bool:
+        try:
+            return self.request_node(node, "GET", "/readyz")[0] == 200
+        except (OSError, ValueError):
+            return False
+
+    def request_node(self, node: dict[str, Any], method: str, path: str, body: Any = None,
+                     token: str | None = None) -> tuple[int, Any, dict[str, str]]:
+        """A request straight to another API node (not through this platform's nginx)."""
+        base, self.base_url = self.base_url, node["url"]
+        try:
+            return self.request(method, path, body, token=token)
+        finally:
+            self.base_url = base
+
+    def stop_api_node(self, node: dict[str, Any]) -> None:
+        process = node["process"]
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        node["log"].close()
+
     # --- clients -------------------------------------------------------------------------------
 
     def request(self, method: str, path: str, body: Any = None, token: str | None = None,
@@ -116,7 +157,7 @@ class Platform:
         for name, value in (headers or {}).items():
             request.add_header(name, value)
         try:
-            with urllib.request.urlopen(request, timeout=15) as response:
+            with urllib.request.urlopen(request, timeout=15, context=self.ssl_context) as response:
                 status, payload, response_headers = response.status, response.read(), response.headers
         except urllib.error.HTTPError as error:
             status, payload, response_headers = error.code, error.read(), error.headers

@@ -188,7 +188,9 @@ def test_private_stream_hls_only_through_a_signed_url(platform):
     owner = platform.register("secretive")
     fan = platform.register("secretfan")
     stranger = platform.register("outsider")
-    platform.request("POST", "/api/users/secretive/follow", token=fan["token"])
+    follower = platform.register("merefollower")
+    platform.request("PUT", "/api/stream/allowed-viewers/secretfan", token=owner["token"])
+    platform.request("POST", "/api/users/secretive/follow", token=follower["token"])
     platform.request("PUT", "/api/stream/settings", {"is_private": True}, token=owner["token"])
     platform.publish(owner["key"])
 
@@ -208,8 +210,15 @@ def test_private_stream_hls_only_through_a_signed_url(platform):
         assert platform.get(path)[0] == 200, path
     fan_view = platform.stream(sid, token=fan["token"])
     assert fan_view["playback"]["hls"].startswith(f"/hls/{sid}/")
-    # Strangers: the stream does not exist, and no unsigned or forged path serves a file.
+    # The signed URL is short-lived (minutes): renewing means reading the stream again.
+    expires = int(signed.split("/")[3].split("-")[0])
+    assert 0 < expires - time.time() <= platform.config.playback_url_ttl <= 600
+    # Strangers (following is not an invitation): the stream does not exist, and no
+    # unsigned or forged path serves a file.
     assert platform.request("GET", f"/api/streams/{sid}", token=stranger["token"])[0] == 404
+    assert platform.request("GET", f"/api/streams/{sid}", token=follower["token"])[0] == 404
+    # The public profile does not reveal that the owner is live.
+    assert platform.request("GET", "/api/users/secretive")[1]["is_live"] is False
     for path in (f"/hls/{sid}/master.m3u8", f"/hls/{sid}/360p/index.m3u8",
                  f"/hls/{sid}/360p/{segment}", f"/hls/{sid}/.private"):
         assert platform.get(path)[0] in (403, 404), path
@@ -220,6 +229,44 @@ def test_private_stream_hls_only_through_a_signed_url(platform):
     assert platform.get(other_stream)[0] == 403
     expired = sign_playback(sid, platform.config.internal_secret, -10)
     assert platform.get(expired)[0] == 410
+
+
+def test_privacy_holds_while_the_encoder_reconnects_and_from_any_api_node(platform, tmp_path):
+    """Made private between reconnects (no transcoder running) through another API node,
+    the stream's HLS still on the media node's disk must stop being served unsigned."""
+    owner = platform.register("betweenlives")
+    # A second API node on its own "machine" (its own media dir), sharing PostgreSQL + Redis.
+    other = platform.start_api_node(tmp_path / "other-media")
+    try:
+        publisher = platform.publish(owner["key"])
+        sid = wait_for(lambda: platform.live_stream_of("betweenlives"), 20, what="live")["id"]
+        wait_for(lambda: len(variant_segments(platform, sid, "360p")) >= 2, 30, what="segments")
+        segment = variant_segments(platform, sid, "360p")[-1]
+        publisher.kill()
+        publisher.wait()
+        wait_for(lambda: not platform.transcoder_pids(sid), 10, what="the transcoder to stop")
+        assert platform.stream(sid)["is_live"] is True  # within the grace period
+        assert platform.get(f"/hls/{sid}/master.m3u8")[0] == 200
+        status, _, _ = platform.request_node(other, "PUT", f"/api/streams/{sid}",
+                                             {"is_private": True}, token=owner["token"])
+        assert status == 200
+        paths = (f"/hls/{sid}/master.m3u8", f"/hls/{sid}/360p/index.m3u8",
+                 f"/hls/{sid}/360p/{segment}")
+        wait_for(lambda: all(platform.get(path)[0] == 404 for path in paths), 1.5,
+                 what="the unsigned HLS path to close")
+        # Closed by the privacy rule, not because the files are gone or the stream ended.
+        hls_dir = platform.config.media_dir / "hls" / str(sid)
+        assert (hls_dir / "master.m3u8").is_file() and (hls_dir / ".private").is_file()
+        owner_view = platform.stream(sid, token=owner["token"])
+        assert owner_view["is_live"] is True and owner_view["is_private"] is True
+        assert platform.request("GET", f"/api/streams/{sid}")[0] == 404
+        # And back: made public again, it is served again.
+        platform.request_node(other, "PUT", f"/api/streams/{sid}", {"is_private": False},
+                              token=owner["token"])
+        wait_for(lambda: platform.get(f"/hls/{sid}/master.m3u8")[0] == 200, 1.5,
+                 what="the public HLS path to reopen")
+    finally:
+        platform.stop_api_node(other)
 
 
 def variant_segments_at(platform, base):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import time
 
 import pytest
 
@@ -41,14 +42,60 @@ async def test_users_are_limited_per_account_not_per_ip(api, services):
     assert (await api.get("/api/users/alice")).status == 200
 
 
-async def test_login_limited_per_account_across_ips(api):
-    await api.register("bob")
-    statuses = []
-    for index in range(4):
-        response = await api.post("/api/auth/login", {"username": "bob", "password": "wrong-one"},
-                                  headers={"X-Forwarded-For": f"198.51.100.{index + 1}"})
-        statuses.append(response.status)
-    assert statuses == [401, 401, 401, 429]
+class TestLoginThrottle:
+    """Failed logins count per account (username and email alike) and client address."""
+
+    @pytest.fixture
+    def config(self, base_config):
+        return base_config.replace(rate_limit_auth_ip=1000, rate_limit_auth_account=3,
+                                   rate_limit_auth_account_ceiling=5, rate_limit_window=60)
+
+    @staticmethod
+    async def login(api, address, password, **name):
+        started = time.perf_counter()
+        response = await api.post("/api/auth/login", {**name, "password": password},
+                                  headers={"X-Forwarded-For": address})
+        return response, time.perf_counter() - started
+
+    @pytest.mark.gen_test(timeout=60)
+    async def test_one_account_by_any_name_is_limited_per_address(self, api):
+        await api.register("bob")
+        await api.register("carol")
+        attacker, owner = "198.51.100.1", "203.0.113.9"
+        attempts = [{"username": "bob"}, {"email": "bob@example.com"}, {"username": "BOB"}]
+        for name in attempts:
+            assert (await self.login(api, attacker, "wrong-one", **name))[0].status == 401
+        locked, _ = await self.login(api, attacker, "password123", email="bob@example.com")
+        assert locked.status == 429 and locked.json["error"]["code"] == "rate_limited"
+        assert 1 <= int(locked.headers["Retry-After"]) <= 61
+        # Another account from the same address, and the owner from theirs, are not locked.
+        assert (await self.login(api, attacker, "wrong-one", username="carol"))[0].status == 401
+        assert (await self.login(api, owner, "password123", username="bob"))[0].status == 200
+
+    @pytest.mark.gen_test(timeout=60)
+    async def test_a_successful_login_starts_the_address_afresh(self, api):
+        await api.register("dave")
+        address = "198.51.100.7"
+        for _ in range(2):
+            assert (await self.login(api, address, "wrong-one", username="dave"))[0].status == 401
+        assert (await self.login(api, address, "password123", username="dave"))[0].status == 200
+        statuses = [(await self.login(api, address, "wrong-one", username="dave"))[0].status
+                    for _ in range(4)]
+        assert statuses == [401, 401, 401, 429]
+
+    @pytest.mark.gen_test(timeout=60)
+    async def test_past_the_ceiling_logins_wait_but_the_owner_still_gets_in(self, api):
+        await api.register("erin")
+        await api.register("frank")
+        _, quick = await self.login(api, "203.0.113.50", "password123", username="frank")
+        # A distributed guess: every address stays under its own limit.
+        for index in range(7):
+            response, _ = await self.login(api, f"198.51.100.{index + 20}", "wrong-one",
+                                           username="erin")
+            assert response.status == 401
+        response, slow = await self.login(api, "203.0.113.51", "password123", username="erin")
+        assert response.status == 200
+        assert slow >= 0.45 > quick, (slow, quick)
 
 
 async def test_register_limited_per_ip(api):

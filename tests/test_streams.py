@@ -227,13 +227,17 @@ async def test_user_streams_newest_first_including_ended(api, services):
 
 
 class TestPrivacy:
-    """A private stream exists only for its owner and the owner's followers."""
+    """A private stream exists only for its owner and the viewers the owner invited."""
 
     @pytest.mark.gen_test(timeout=60)
     async def test_private_stream_visibility_everywhere(self, api, services):
         owner = await api.register("owner")
+        invited = await api.register("invited")
         follower = await api.register("follower")
         stranger = await api.register("stranger")
+        assert (await api.put("/api/stream/allowed-viewers/invited",
+                              token=owner["access_token"])).status == 204
+        # Following is not an invitation: anyone can follow anyone.
         await api.post("/api/users/owner/follow", token=follower["access_token"])
         stream_id = await go_live(api, services, owner, title="Secret", is_private=True)
         paths = [f"/api/streams/{stream_id}", "/api/streams", "/api/users/owner/streams",
@@ -254,7 +258,8 @@ class TestPrivacy:
         await api.put(f"/api/streams/{stream_id}", {"category_id": 1}, token=owner["access_token"])
         # Warm the caches as the allowed users first: a cache must never hand it to others.
         assert await sees(owner["access_token"]) == [True] * len(paths)
-        assert await sees(follower["access_token"]) == [True] * len(paths)
+        assert await sees(invited["access_token"]) == [True] * len(paths)
+        assert await sees(follower["access_token"]) == [False] * len(paths)
         assert await sees(stranger["access_token"]) == [False] * len(paths)
         assert await sees(None) == [False] * len(paths)
         hidden = await api.get(f"/api/streams/{stream_id}", token=stranger["access_token"])
@@ -263,6 +268,62 @@ class TestPrivacy:
         edit = await api.put(f"/api/streams/{stream_id}", {"title": "x"},
                              token=stranger["access_token"])
         assert edit.status == 404
-        # Unfollowing takes access away at once.
-        await api.delete("/api/users/owner/follow", token=follower["access_token"])
-        assert await sees(follower["access_token"]) == [False] * len(paths)
+        # The invited viewer cannot edit it either.
+        edit = await api.put(f"/api/streams/{stream_id}", {"title": "x"},
+                             token=invited["access_token"])
+        assert edit.status == 403
+        # Withdrawing the invite takes access (and new playback URLs) away at once.
+        assert (await api.delete("/api/stream/allowed-viewers/invited",
+                                 token=owner["access_token"])).status == 204
+        assert await sees(invited["access_token"]) == [False] * len(paths)
+
+    async def test_public_profile_never_reveals_a_private_live_stream(self, api, services):
+        owner = await api.register("hidden")
+        await go_live(api, services, owner, title="Secret", is_private=True)
+        for path in ("/api/users/hidden", "/api/users/hidden/streams"):
+            body = (await api.get(path)).json
+            users = [body] if "username" in body else [s["user"] for s in body["data"]]
+            assert all(user["is_live"] is False for user in users), body
+        # Not through a cached public profile either, nor in lists of its other streams.
+        await services.channels.end_stream(
+            (await api.get("/api/users/hidden/streams",
+                           token=owner["access_token"])).json["data"][0]["id"])
+        public_id = await go_live(api, services, owner, title="Open", is_private=False)
+        assert (await api.get("/api/users/hidden")).json["is_live"] is True
+        assert (await api.get(f"/api/streams/{public_id}")).json["user"]["is_live"] is True
+
+
+async def test_allowed_viewers_list_invite_and_revoke(api):
+    owner = await api.register("host")
+    for name in ("guest1", "guest2", "guest3"):
+        await api.register(name)
+        assert (await api.put(f"/api/stream/allowed-viewers/{name}",
+                              token=owner["access_token"])).status == 204
+    # Idempotent, case-insensitive user names.
+    assert (await api.put("/api/stream/allowed-viewers/GUEST1",
+                          token=owner["access_token"])).status == 204
+    first = (await api.get("/api/stream/allowed-viewers?limit=2", token=owner["access_token"])).json
+    assert [u["username"] for u in first["data"]] == ["guest3", "guest2"]
+    assert set(first["data"][0]) == {"id", "username", "avatar", "bio", "followers_count",
+                                     "created_at", "is_live"}
+    rest = (await api.get(f"/api/stream/allowed-viewers?limit=2&cursor="
+                          f"{first['pagination']['next_cursor']}",
+                          token=owner["access_token"])).json
+    assert [u["username"] for u in rest["data"]] == ["guest1"]
+    assert rest["pagination"]["next_cursor"] is None
+    assert (await api.delete("/api/stream/allowed-viewers/guest2",
+                             token=owner["access_token"])).status == 204
+    assert (await api.delete("/api/stream/allowed-viewers/guest2",
+                             token=owner["access_token"])).status == 204
+    left = (await api.get("/api/stream/allowed-viewers", token=owner["access_token"])).json
+    assert [u["username"] for u in left["data"]] == ["guest3", "guest1"]
+    # Each channel has its own list; nobody else can read or change it.
+    other = await api.register("other")
+    assert (await api.get("/api/stream/allowed-viewers",
+                          token=other["access_token"])).json["data"] == []
+    assert (await api.get("/api/stream/allowed-viewers")).status == 401
+    # Unknown users, and inviting yourself.
+    missing = await api.put("/api/stream/allowed-viewers/nobody", token=owner["access_token"])
+    assert missing.status == 404
+    itself = await api.put("/api/stream/allowed-viewers/host", token=owner["access_token"])
+    assert itself.status == 422 and "username" in itself.json["error"]["fields"]

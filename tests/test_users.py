@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import time
 import uuid
 
 import pytest
 from PIL import Image
 
 pytestmark = pytest.mark.gen_test(timeout=60)
+
+
+@pytest.fixture
+def config(base_config):
+    """External avatar URLs may come from cdn.example.com (SF_AVATAR_HOSTS)."""
+    return base_config.replace(avatar_hosts=("cdn.example.com",))
 
 
 def image_bytes(fmt: str, size=(800, 600), exif: bool = False) -> bytes:
@@ -46,7 +54,8 @@ async def test_partial_profile_update(api):
     assert response.status == 200
     assert response.json["bio"] == "I stream chess"
     assert response.json["email"] == "alice@example.com"
-    response = await api.put("/api/users/profile", {"email": "new@example.com"}, token=token)
+    response = await api.put("/api/users/profile", {"email": "new@example.com",
+                                                    "current_password": "password123"}, token=token)
     assert response.json["bio"] == "I stream chess" and response.json["email"] == "new@example.com"
     response = await api.put("/api/users/profile", {"avatar": "https://cdn.example.com/a.png"},
                              token=token)
@@ -77,7 +86,8 @@ async def test_profile_update_rejects_bad_fields(api, body, field):
 async def test_email_change_to_taken_email_conflicts(api):
     await api.register("carol")
     token = (await api.register("dave"))["access_token"]
-    response = await api.put("/api/users/profile", {"email": "CAROL@example.com"}, token=token)
+    response = await api.put("/api/users/profile", {"email": "CAROL@example.com",
+                                                    "current_password": "password123"}, token=token)
     assert response.status == 409 and "email" in response.json["error"]["fields"]
 
 
@@ -204,3 +214,56 @@ async def test_change_password_revokes_other_sessions(api):
     assert old.status == 401
     new = await api.post("/api/auth/login", {"username": "liam", "password": "newpassword456"})
     assert new.status == 200
+
+
+def resident_bytes() -> int:
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmRSS:"))
+    return int(line.split()[1]) * 1024
+
+
+async def test_avatar_burst_neither_stalls_logins_nor_grows_memory(api, services):
+    """40 concurrent 25-megapixel PNGs once took 1.6 GB and stalled logins 7.5 s: image work
+    now has one thread and a short queue of its own, and bcrypt has its own threads."""
+    token = (await api.register("burst"))["access_token"]
+    out = io.BytesIO()
+    Image.linear_gradient("L").resize((3400, 3400)).convert("RGB").save(out, "PNG")
+    large = out.getvalue()  # 11.6 megapixels, a small file
+    assert len(large) < services.config.max_avatar_bytes
+    before = resident_bytes()
+    peak = before
+    sampling = True
+
+    async def sample() -> None:
+        nonlocal peak
+        while sampling:
+            peak = max(peak, resident_bytes())
+            await asyncio.sleep(0.02)
+
+    async def upload():
+        return await api.put("/api/users/profile/avatar", token=token, body=large,
+                             headers={"Content-Type": "image/png"})
+
+    async def logins():
+        durations = []
+        for index in range(15):
+            started = time.perf_counter()
+            response = await api.post("/api/auth/login", {"username": "burst",
+                                                          "password": "password123"},
+                                      headers={"X-Forwarded-For": f"192.0.2.{index + 1}"})
+            durations.append(time.perf_counter() - started)
+            assert response.status == 200
+        return sorted(durations)
+
+    sampler = asyncio.ensure_future(sample())
+    *uploads, durations = await asyncio.gather(*[upload() for _ in range(12)], logins())
+    sampling = False
+    await sampler
+    p95 = durations[int(len(durations) * 0.95) - 1]
+    assert p95 < 0.5, durations
+    assert peak - before < 350 * 2**20, (peak - before) / 2**20
+    statuses = sorted(response.status for response in uploads)
+    assert set(statuses) <= {200, 429} and statuses.count(200) >= 1, statuses
+    busy = [response for response in uploads if response.status == 429]
+    assert busy and busy[0].json["error"]["code"] == "rate_limited"
+    assert busy[0].headers["Retry-After"]

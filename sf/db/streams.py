@@ -1,7 +1,7 @@
 """Streams repository: create, read with privacy, list with keyset pagination, end, go live.
 
-Privacy lives in SQL (`VISIBLE`): a private stream exists only for its owner and the owner's
-followers, in every query that can return one.
+Privacy lives in SQL (`visible_to`): a private stream exists only for its owner and the viewers
+the owner invited, in every query that can return one.
 """
 
 from __future__ import annotations
@@ -51,7 +51,9 @@ SELECT s.id, s.user_id, s.title, s.description, s.thumbnail, s.category_id,
        s.ended_at, s.created_at, s.updated_at, u.username, u.avatar AS user_avatar,
        u.bio AS user_bio, u.followers_count AS user_followers_count,
        u.created_at AS user_created_at,
-       (s.is_live OR EXISTS (SELECT 1 FROM streams l WHERE l.user_id = s.user_id AND l.is_live))
+       ((s.is_live AND NOT s.is_private)
+        OR EXISTS (SELECT 1 FROM streams l
+                    WHERE l.user_id = s.user_id AND l.is_live AND NOT l.is_private))
            AS user_is_live
   FROM streams s
   JOIN users u ON u.id = s.user_id
@@ -60,8 +62,8 @@ SELECT s.id, s.user_id, s.title, s.description, s.thumbnail, s.category_id,
 
 def visible_to(param: str) -> str:
     """SQL: the stream `s` may be seen by the user whose id is bound to `param` (NULL: anonymous)."""
-    return (f"(NOT s.is_private OR s.user_id = {param} OR EXISTS (SELECT 1 FROM follows f"
-            f" WHERE f.following_id = s.user_id AND f.follower_id = {param}))")
+    return (f"(NOT s.is_private OR s.user_id = {param} OR EXISTS (SELECT 1 FROM allowed_viewers a"
+            f" WHERE a.owner_id = s.user_id AND a.viewer_id = {param}))")
 
 
 def stream_from_row(row: asyncpg.Record) -> Stream:

@@ -13,7 +13,10 @@ from sf.errors import Conflict, NotFound
 
 @dataclass(frozen=True)
 class User:
-    """A user row plus `is_live` (whether one of their streams is live now)."""
+    """A user row plus `is_live` (whether one of their public streams is live now).
+
+    A private live stream never shows in `is_live`: the profile is public.
+    """
 
     id: int
     username: str
@@ -29,7 +32,8 @@ class User:
 
 USER_COLUMNS = """u.id, u.username, u.email, u.password_hash, u.avatar, u.bio, u.followers_count,
     u.created_at, u.updated_at,
-    EXISTS (SELECT 1 FROM streams s WHERE s.user_id = u.id AND s.is_live) AS is_live"""
+    EXISTS (SELECT 1 FROM streams s WHERE s.user_id = u.id AND s.is_live AND NOT s.is_private)
+        AS is_live"""
 
 
 def user_from_row(row: asyncpg.Record) -> User:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hmac
-import json
 
 from sf.accounts import LoginResult
 from sf.errors import Unauthorized
@@ -66,18 +65,6 @@ class RegisterHandler(AuthHandler):
 class LoginHandler(AuthHandler):
     auth = "public"
 
-    def extra_limits(self) -> list[Limit]:
-        limits = super().extra_limits()
-        try:
-            body = json.loads(self.request.body or b"{}")
-            login = body.get("username") or body.get("email") if isinstance(body, dict) else None
-        except ValueError:
-            login = None
-        if isinstance(login, str) and login:
-            limits.append(Limit("auth-account", login.lower()[:254],
-                                self.config.rate_limit_auth_account, self.config.rate_limit_window))
-        return limits
-
     async def post(self) -> None:
         """Log in by username or email.
         ---
@@ -87,11 +74,12 @@ class LoginHandler(AuthHandler):
         responses:
           200: {description: Logged in, content: {application/json: {schema: TokenPairSchema}}}
           401: {description: Wrong credentials (same answer for an unknown user), content: {application/json: {schema: ErrorSchema}}}
-          429: {description: Rate limited, content: {application/json: {schema: ErrorSchema}}}
+          429: {description: Too many attempts from this address, or too many failed logins for this account from this address, content: {application/json: {schema: ErrorSchema}}}
         """
         body = self.parse_json(LoginSchema())
         login = body.get("username") or body["email"]
-        self.write_tokens(await self.services.accounts.login(login, body["password"]))
+        self.write_tokens(await self.services.accounts.login(login, body["password"],
+                                                             self.client_ip))
 
 
 class LogoutHandler(AuthHandler):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import math
 import time
 import uuid
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -19,6 +20,7 @@ from marshmallow import Schema, ValidationError
 from sf.errors import (
     BadRequest,
     DomainError,
+    NotFound,
     PayloadTooLarge,
     RateLimited,
     Unauthorized,
@@ -43,6 +45,11 @@ _STATUS_CODES = {
     415: "unsupported_media_type", 422: "validation_error", 429: "rate_limited",
 }
 CSP_API = "default-src 'none'; frame-ancestors 'none'"
+
+
+def _is_row_id(text: str) -> bool:
+    """A decimal id in bigserial's range (1..2^63-1)."""
+    return text.isascii() and text.isdigit() and len(text) <= 19 and 0 < int(text) <= 2**63 - 1
 
 
 def client_ip(request: tornado.httputil.HTTPServerRequest, trusted: tuple[Any, ...]) -> str:
@@ -105,8 +112,16 @@ class BaseHandler(tornado.web.RequestHandler):
     def is_https(self) -> bool:
         if self.request.protocol == "https":
             return True
-        return (self.client_ip != (self.request.remote_ip or "")
-                and self.request.headers.get("X-Forwarded-Proto") == "https")
+        return self.from_trusted_proxy and self.request.headers.get("X-Forwarded-Proto") == "https"
+
+    @property
+    def from_trusted_proxy(self) -> bool:
+        """The peer is a configured proxy (nginx), whose forwarding headers are believed."""
+        try:
+            remote = ipaddress.ip_address(self.request.remote_ip or "")
+        except ValueError:
+            return False
+        return any(remote in network for network in self.config.trusted_proxies)
 
     def set_sticky_header(self, name: str, value: str) -> None:
         """A header that survives `clear()`, which Tornado runs before writing an error."""
@@ -117,8 +132,12 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def set_default_headers(self) -> None:
         if not getattr(self, "request_id", ""):
-            incoming = self.request.headers.get("X-Request-ID", "")
-            valid = 8 <= len(incoming) <= 64 and incoming.replace("-", "").isalnum()
+            # Only the proxy in front (nginx sets $request_id) names a request; a client's own
+            # X-Request-ID is never echoed or logged as ours.
+            incoming = (self.request.headers.get("X-Request-ID", "")
+                        if self.from_trusted_proxy else "")
+            valid = (8 <= len(incoming) <= 64 and incoming.isascii()
+                     and incoming.replace("-", "").isalnum())
             self.request_id = incoming if valid else uuid.uuid4().hex
         self.set_header("X-Request-ID", self.request_id)
         self.set_header("API-Version", "1")
@@ -187,6 +206,53 @@ class BaseHandler(tornado.web.RequestHandler):
         return self.claims.user_id
 
 
+def text_problem(text: str) -> str | None:
+    """Why `text` cannot be stored or echoed (NUL, lone surrogate), or None.
+
+    PostgreSQL text refuses NUL, and a lone surrogate (JSON "\\ud800") has no UTF-8 encoding:
+    both would fail deep in the database driver or the JSON writer instead of as a 422.
+    """
+    if "\x00" in text:
+        return "must not contain NUL characters"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "must be valid Unicode text (no lone surrogates)"
+    return None
+
+
+def unstorable_input(data: Any) -> dict[str, list[str]]:
+    """{field path: [message]} for every string (key or value) that `text_problem` refuses and
+    every non-finite number, anywhere in a parsed body or query; walked without recursion."""
+    problems: dict[str, list[str]] = {}
+    stack: list[tuple[Any, str]] = [(data, "")]
+    while stack:
+        value, path = stack.pop()
+        problem = None
+        if isinstance(value, str):
+            problem = text_problem(value)
+        elif isinstance(value, float) and not math.isfinite(value):
+            problem = "must be a finite number"
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                key_text = str(key)
+                if text_problem(key_text):
+                    problems.setdefault(path or "_body", ["field names must be valid text"])
+                    continue
+                stack.append((item, f"{path}.{key_text}" if path else key_text))
+        elif isinstance(value, list):
+            stack.extend((item, f"{path}.{index}" if path else str(index))
+                         for index, item in enumerate(value))
+        if problem:
+            problems.setdefault(path or "_body", [problem])
+    return problems
+
+
+def _reject_constant(name: str) -> Any:
+    """NaN and Infinity are not JSON (RFC 8259), whatever Python's json module accepts."""
+    raise ValueError(f"{name} is not JSON")
+
+
 class APIHandler(BaseHandler):
     """JSON API handler: CORS, body limits, Bearer auth and rate limits run in `prepare`."""
 
@@ -196,6 +262,15 @@ class APIHandler(BaseHandler):
     def extra_limits(self) -> list[Limit]:
         """Limits beyond the per-IP/per-user one (login, register, key reset add theirs)."""
         return []
+
+    def decode_argument(self, value: bytes, name: str | None = None) -> str:
+        """Path parameters, checked once for every route: no NUL or undecodable text, and an
+        `*_id` is an int64 the database can hold (else the resource does not exist: 404)."""
+        text = super().decode_argument(value, name)
+        if name is not None and getattr(self, "path_kwargs", None) is None:  # path, not query
+            if text_problem(text) or (name.endswith("_id") and not _is_row_id(text)):
+                raise NotFound("Not found")
+        return text
 
     def _apply_cors(self) -> None:
         origin = self.request.headers.get("Origin")
@@ -265,6 +340,10 @@ class APIHandler(BaseHandler):
     # --- input ---------------------------------------------------------------------------------
 
     def _load(self, schema: Schema, data: Any) -> dict[str, Any]:
+        """`data` through `schema`; first, whatever no field may hold is refused (422)."""
+        problems = unstorable_input(data)
+        if problems:
+            raise ValidationFailed("Invalid input", fields=problems)
         try:
             loaded: dict[str, Any] = schema.load(data)
             return loaded
@@ -277,9 +356,11 @@ class APIHandler(BaseHandler):
         if content_type.split(";")[0].strip().lower() != "application/json":
             raise UnsupportedMediaType("Expected Content-Type: application/json")
         try:
-            data = json.loads(self.request.body or b"")
+            data = json.loads(self.request.body or b"", parse_constant=_reject_constant)
         except (ValueError, UnicodeDecodeError):
             raise BadRequest("Request body is not valid JSON") from None
+        except RecursionError:
+            raise BadRequest("Request body is nested too deeply") from None
         if not isinstance(data, dict):
             raise ValidationFailed("Invalid input", fields={"_body": ["expected a JSON object"]})
         return self._load(schema, data)

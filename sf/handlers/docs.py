@@ -34,8 +34,13 @@ Where the contract (API.md) is silent, SF decided:
 - `q` is a case-insensitive substring match on titles; `%` and `_` are literal.
 - `GET /api/users/{username}/streams` lists live, prepared and ended streams, newest first.
 - `GET /api/stream/settings` exists; settings carry `source_passthrough`.
-- A live private stream's `playback.hls` is a signed URL that expires
-  (`/hls/<id>/<expires>-<signature>/master.m3u8`); the unsigned path answers 404.
+- A private stream is visible to its owner and the users on the owner's allowed-viewers list
+  (following grants nothing). While it is live its `playback.hls` is a signed URL that expires
+  after `SF_PLAYBACK_URL_TTL` (5 minutes by default):
+  `/hls/<id>/<expires>-<signature>/master.m3u8`; the unsigned path answers 404, an expired
+  signature 410. Players renew by reading the stream again (`GET /api/streams/{id}`), which an
+  invite that was withdrawn no longer allows.
+- A user's `is_live` counts public live streams only.
 - An encoder that reconnects within the grace period (30 s) continues the same stream.
 - Login takes exactly one of `username` or `email`.
 - Avatars: raw `image/png|jpeg|webp` body or multipart field `avatar`; stored as WebP

@@ -2,15 +2,43 @@
 
 from __future__ import annotations
 
-import asyncio
+import re
+from urllib.parse import urlsplit
 
 import tornado.httputil
 
-from sf import avatars
+from sf.avatars import AVATAR_URL_PREFIX
+from sf.config import Config
 from sf.db import users as users_db
-from sf.errors import UnsupportedMediaType, ValidationFailed
+from sf.errors import UnsupportedMediaType, ValidationFailed, validation_error
 from sf.handlers.base import USERNAME_ROUTE, APIHandler
 from sf.schemas import ChangePasswordSchema, ProfileUpdateSchema, user_private, user_public
+
+
+def check_avatar_url(url: str, user_id: int, config: Config) -> None:
+    """422 unless `url` may be a profile's avatar: the URL path of an avatar file this user
+    uploaded that still exists, or an https URL on an allow-listed host (`avatar_hosts`).
+
+    Anything else (tracking pixels, internal addresses like http://169.254.169.254/) would make
+    every viewer's browser, or a server that prefetches avatars, fetch it.
+    """
+    if url.startswith(AVATAR_URL_PREFIX):
+        name = url[len(AVATAR_URL_PREFIX):]
+        if not re.fullmatch(rf"{user_id}-[A-Za-z0-9_-]{{1,64}}\.webp", name) \
+                or not (config.media_dir / "avatars" / name).is_file():
+            raise validation_error("avatar", "is not an avatar you uploaded")
+        return
+    allowed = "must be null, an avatar you uploaded, or an https URL on an allowed host"
+    if any(char.isspace() or char == "\\" for char in url):
+        raise validation_error("avatar", allowed)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise validation_error("avatar", allowed) from None
+    if parts.scheme != "https" or parts.username is not None or parts.password is not None \
+            or port not in (None, 443) or (parts.hostname or "") not in config.avatar_hosts:
+        raise validation_error("avatar", allowed)
 
 
 class ProfileHandler(APIHandler):
@@ -30,6 +58,9 @@ class ProfileHandler(APIHandler):
 
     async def put(self) -> None:
         """Update email, bio or avatar URL (partial updates allowed).
+
+        Changing the email needs `current_password`. `avatar` is null (remove), the URL path of
+        an avatar this user uploaded, or an https URL on a host of SF_AVATAR_HOSTS.
         ---
         summary: Update own profile
         tags: [users]
@@ -37,11 +68,18 @@ class ProfileHandler(APIHandler):
         requestBody: {required: true, content: {application/json: {schema: ProfileUpdateSchema}}}
         responses:
           200: {description: Updated profile, content: {application/json: {schema: UserPrivateSchema}}}
+          400: {description: Body is not JSON, content: {application/json: {schema: ErrorSchema}}}
+          401: {description: Not authenticated, content: {application/json: {schema: ErrorSchema}}}
           409: {description: Email taken, content: {application/json: {schema: ErrorSchema}}}
-          422: {description: Invalid fields, content: {application/json: {schema: ErrorSchema}}}
+          415: {description: Not application/json, content: {application/json: {schema: ErrorSchema}}}
+          422: {description: "Invalid fields: an email change without the right current_password, an avatar URL that is not allowed", content: {application/json: {schema: ErrorSchema}}}
         """
         changes = self.parse_json(ProfileUpdateSchema())
-        user = await users_db.update_profile(self.db, self.user_id, **changes)
+        current_password = changes.pop("current_password", None)
+        if changes.get("avatar") is not None:
+            check_avatar_url(changes["avatar"], self.user_id, self.config)
+        user = await self.services.accounts.update_profile(self.user_id, changes,
+                                                            current_password)
         await self.services.on_user_changed(user.username)
         self.write_json(user_private.dump(user))
 
@@ -82,19 +120,16 @@ class AvatarHandler(APIHandler):
           200: {description: Profile with the new avatar URL, content: {application/json: {schema: UserPrivateSchema}}}
           413: {description: Too large, content: {application/json: {schema: ErrorSchema}}}
           415: {description: Not an accepted image, content: {application/json: {schema: ErrorSchema}}}
+          422: {description: Image larger than the pixel bound, content: {application/json: {schema: ErrorSchema}}}
+          429: {description: Rate limited, or image processing busy (Retry-After), content: {application/json: {schema: ErrorSchema}}}
         """
         data = self._image_bytes()
         if not data:
             raise ValidationFailed("Invalid input", fields={"avatar": ["empty upload"]})
-        config = self.config
-        loop = asyncio.get_running_loop()
-        webp = await loop.run_in_executor(None, avatars.render_avatar, data, config.avatar_size,
-                                          config.avatar_max_pixels)
-        url = await loop.run_in_executor(None, avatars.store_avatar, config.media_dir,
-                                         self.user_id, webp)
+        url = await self.services.images.replace_avatar(self.user_id, data)
         previous = await users_db.get_user(self.db, self.user_id)
         user = await users_db.update_profile(self.db, self.user_id, avatar=url)
-        await loop.run_in_executor(None, avatars.remove_avatar, config.media_dir, previous.avatar)
+        await self.services.images.remove(previous.avatar)
         await self.services.on_user_changed(user.username)
         self.write_json(user_private.dump(user))
 

@@ -6,6 +6,7 @@ import ctypes
 import logging
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -65,6 +66,10 @@ rtmp {
     server {
         listen {{rtmp_host}}:{{rtmp_port}};
         chunk_size 4096;
+        # Socket timeout, handshake included (default 60 s): a slow-handshake flood must not
+        # hold the worker's connections long; live publishers and pulls send constantly and
+        # `ping` keeps a quiet one busy.
+        timeout 15s;
         ping 10s;
         ping_timeout 10s;
         max_message 8M;
@@ -92,15 +97,43 @@ rtmp {
 """
 
 # nginx-rtmp's control module (drop a publisher): loopback, or an internal network in a
-# multi-node deployment; never proxied by the public server.
+# multi-node deployment (where every peer on that network reaches it); never proxied by the
+# public server. Only the API nodes may use it: they send the internal secret in X-SF-Control
+# (sf/ingest.py), anyone else gets 403. Only `drop` is enabled (recording is not used).
 CONTROL_SERVER = r"""
     server {
         listen {{media_control_host}}:{{media_control_port}};
         access_log off;
-        location /control { rtmp_control all; }
+        location /control/ {
+            if ($http_x_sf_control != "{{internal_secret}}") { return 403; }
+            rtmp_control drop;
+        }
         location / { return 404; }
     }
 """
+
+# What the API learns about the client, set (never appended to, never passed through) on every
+# proxied location. A location that has any proxy_set_header of its own inherits none from the
+# server level, which is how the client's own X-Forwarded-For, X-Request-ID and X-Forwarded-Proto
+# once reached the API: so each location that proxies carries this whole snippet, and render()
+# refuses a proxy_pass whose block lacks it. X-Forwarded-For is $remote_addr, not
+# $proxy_add_x_forwarded_for (which appends to what the client sent): nginx is the edge.
+PROXY_HEADERS = """\
+            proxy_set_header Host $host;
+            proxy_set_header X-Real-IP $remote_addr;
+            proxy_set_header X-Forwarded-For $remote_addr;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Request-ID $request_id;
+            proxy_set_header Forwarded "";"""
+PROXY_HEADER_LINES = tuple(line.strip() for line in PROXY_HEADERS.splitlines())
+
+# Concurrent requests per client address (see the template's comment for the reasoning).
+LIMIT_CONN_HTTP = 100
+LIMIT_CONN_WS = 500
+NOFILE_CAP = 65536
+# The internal secret is written into quoted nginx strings (secure_link_md5, the control check)
+# and callback URLs: nothing there may end a string, start a variable or need escaping.
+_SAFE_SECRET = re.compile(r"[A-Za-z0-9._~+/=-]+")
 
 
 def worker_user_directive(config: Config) -> str:
@@ -122,11 +155,59 @@ def nginx_dir(config: Config) -> Path:
     return config.var_dir / "nginx"
 
 
+def file_limits() -> tuple[int, int]:
+    """(worker_rlimit_nofile, worker_connections) within this process's hard open-file limit.
+
+    nginx inherits the limit from us; unprivileged it cannot go past the hard limit. Each
+    connection costs a descriptor and a request sending a file one more, so connections get a
+    little under half of the descriptors.
+    """
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    nofile = NOFILE_CAP if hard == resource.RLIM_INFINITY else min(hard, NOFILE_CAP)
+    return nofile, max(256, (nofile - 200) // 2)
+
+
+def _enclosing_block(text: str, index: int) -> str:
+    """The text of the innermost `{ ... }` block around `index` (no braces in its strings)."""
+    start, depth = index, 0
+    while start > 0:
+        start -= 1
+        if text[start] == "}":
+            depth += 1
+        elif text[start] == "{":
+            if depth == 0:
+                break
+            depth -= 1
+    end, depth = index, 0
+    while end < len(text):
+        if text[end] == "{":
+            depth += 1
+        elif text[end] == "}":
+            if depth == 0:
+                break
+            depth -= 1
+        end += 1
+    line_start = text.rfind("\n", 0, start) + 1
+    return text[line_start:end + 1]
+
+
+def unprotected_proxies(text: str) -> list[str]:
+    """The blocks of a rendered config that proxy without setting the client identity headers."""
+    blocks = [_enclosing_block(text, m.start())
+              for m in re.finditer(r"^\s*proxy_pass\s", text, re.MULTILINE)]
+    return [block.splitlines()[0].strip() for block in blocks
+            if not all(line in block for line in PROXY_HEADER_LINES)]
+
+
 def template_values(config: Config) -> dict[str, str]:
     """The values of every {{placeholder}} of the template (media parts are added by later code)."""
     from sf.app import max_request_bytes
 
     module = next((path for path in RTMP_MODULE_CANDIDATES if os.path.exists(path)), "")
+    if not _SAFE_SECRET.fullmatch(config.internal_secret):
+        raise ValueError("SF_INTERNAL_SECRET may hold only letters, digits and ._~+/=- "
+                         "(it is written into the nginx configuration)")
+    nofile, connections = file_limits()
     return {
         "nginx_dir": str(nginx_dir(config)),
         "log_dir": str(config.var_dir / "log"),
@@ -154,6 +235,15 @@ def template_values(config: Config) -> dict[str, str]:
         "hls_dir": str(config.media_dir / "hls"),
         "internal_secret": config.internal_secret,
         "hls_segment_max_age": "86400",
+        "real_ip_lines": "".join(f"    set_real_ip_from {network};\n"
+                                 for network in config.real_ip_from)
+        + ("    real_ip_header X-Forwarded-For;\n    real_ip_recursive on;"
+           if config.real_ip_from else ""),
+        "worker_rlimit_nofile": str(nofile),
+        "worker_connections": str(connections),
+        "limit_conn_http": str(LIMIT_CONN_HTTP),
+        "limit_conn_ws": str(LIMIT_CONN_WS),
+        "proxy_headers": PROXY_HEADERS,
     }
 
 
@@ -173,6 +263,10 @@ def render(config: Config, extra: dict[str, str] | None = None) -> Path:
     leftover = _PLACEHOLDER.findall(rendered)
     if leftover:
         raise ValueError(f"nginx template placeholders without values: {', '.join(leftover)}")
+    unprotected = unprotected_proxies(rendered)
+    if unprotected:
+        raise ValueError("nginx locations proxy without the PROXY_HEADERS snippet: "
+                         + "; ".join(unprotected))
     directory = nginx_dir(config)
     for sub in ("tmp/body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi"):
         (directory / sub).mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,25 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate, valida
 
 from sf.media.hls import public_playback, sign_playback
 
-USERNAME_RE = re.compile(r"^[A-Za-z0-9_]{3,30}$")
+# \A...\Z, not ^...$: `$` also matches before a trailing newline ("alice\n").
+USERNAME_RE = re.compile(r"\A[A-Za-z0-9_]{3,30}\Z")
+# Names that collide with routes, roles or placeholders (compared case-insensitively); refused at
+# registration only, so an account that already has one keeps working.
+RESERVED_USERNAMES = frozenset({
+    "about", "abuse", "account", "accounts", "admin", "administrator", "anonymous", "api", "app",
+    "assets", "auth", "avatar", "avatars", "billing", "categories", "category", "channel",
+    "channels", "contact", "dashboard", "default", "delete", "docs", "everyone", "follow",
+    "followers", "following", "guest", "healthz", "help", "hls", "home", "info", "internal",
+    "legal", "live", "login", "logout", "me", "media", "metrics", "mod", "moderator", "none",
+    "nobody", "null", "official", "openapi", "privacy", "profile", "readyz", "refresh",
+    "register", "root", "rtmp", "search", "security", "settings", "signin", "signout", "signup",
+    "sf", "staff", "static", "stats", "statistics", "status", "stream", "streams", "support",
+    "sysadmin", "system", "terms", "undefined", "user", "users", "v1", "watch",
+    "webmaster", "ws",
+})
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+_INTEGER_TEXT = re.compile(r"[+-]?[0-9]{1,20}")
 # Control characters (other than tab/newline) have no place in text fields.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
@@ -44,6 +62,37 @@ def Text(max_length: int, required: bool = False, min_length: int = 0, **kwargs:
     )
 
 
+def not_reserved(value: str) -> None:
+    if value.lower() in RESERVED_USERNAMES:
+        raise ValidationError("is reserved")
+
+
+class Int64(fields.Integer):
+    """An integer that fits a PostgreSQL bigint: out of range is a 422, never an overflow in
+    the database. Strings (query values) must be plain ASCII digits; booleans and fractions
+    are refused rather than coerced."""
+
+    minimum, maximum = INT64_MIN, INT64_MAX
+
+    def __init__(self, **kwargs: Any) -> None:
+        extra = kwargs.pop("validate", None)
+        validators = [] if extra is None else list(extra) if isinstance(extra, list | tuple) else [extra]
+        super().__init__(validate=[validate.Range(min=self.minimum, max=self.maximum), *validators],
+                         **kwargs)
+
+    def _validated(self, value: Any) -> int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()) \
+                or (isinstance(value, str) and not _INTEGER_TEXT.fullmatch(value)):
+            raise self.make_error("invalid", input=value)
+        return super()._validated(value)
+
+
+class Int32(Int64):
+    """An integer that fits a PostgreSQL integer."""
+
+    minimum, maximum = INT32_MIN, INT32_MAX
+
+
 class StrictSchema(Schema):
     """Rejects unknown fields (422)."""
 
@@ -54,8 +103,8 @@ class StrictSchema(Schema):
 # --- requests ----------------------------------------------------------------------------------
 
 class RegisterSchema(StrictSchema):
-    username = fields.String(required=True, validate=validate.Regexp(
-        USERNAME_RE, error="3-30 characters: letters, digits, underscore"))
+    username = fields.String(required=True, validate=[validate.Regexp(
+        USERNAME_RE, error="3-30 characters: letters, digits, underscore"), not_reserved])
     email = fields.Email(required=True, validate=validate.Length(max=254))
     password = fields.String(required=True, validate=validate.Length(min=8, max=128), load_only=True)
 
@@ -78,8 +127,12 @@ class RefreshSchema(StrictSchema):
 class ProfileUpdateSchema(StrictSchema):
     email = fields.Email(validate=validate.Length(max=254))
     bio = Text(1000)
-    avatar = fields.URL(allow_none=True, schemes={"http", "https"}, require_tld=False,
-                        validate=validate.Length(max=2048))
+    avatar = fields.String(allow_none=True, validate=[validate.Length(min=1, max=2048),
+                                                      no_control_chars], metadata={
+        "description": "null (remove), the URL path of an avatar you uploaded "
+                       "(/media/avatars/...), or an https URL on an allow-listed host"})
+    current_password = fields.String(load_only=True, validate=validate.Length(min=1, max=128),
+                                     metadata={"description": "required to change the email"})
 
 
 class ChangePasswordSchema(StrictSchema):
@@ -88,7 +141,7 @@ class ChangePasswordSchema(StrictSchema):
 
 
 class PageQuerySchema(StrictSchema):
-    limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
+    limit = Int32(load_default=20, validate=validate.Range(min=1, max=100))
     cursor = fields.String(load_default=None, validate=validate.Length(max=200))
 
 
@@ -170,7 +223,7 @@ class StreamKeySchema(Schema):
 class StreamSettingsSchema(StrictSchema):
     title = Text(140)
     description = Text(5000)
-    category_id = fields.Integer(allow_none=True, validate=validate.Range(min=1, max=2**62))
+    category_id = Int64(allow_none=True, validate=validate.Range(min=1, max=2**62))
     is_private = fields.Boolean()
     source_passthrough = fields.Boolean()
     updated_at = UTCDateTime(dump_only=True)
@@ -179,19 +232,19 @@ class StreamSettingsSchema(StrictSchema):
 class StreamCreateSchema(StrictSchema):
     title = Text(140, required=True, min_length=1)
     description = Text(5000)
-    category_id = fields.Integer(allow_none=True, validate=validate.Range(min=1, max=2**62))
+    category_id = Int64(allow_none=True, validate=validate.Range(min=1, max=2**62))
     is_private = fields.Boolean()
 
 
 class StreamUpdateSchema(StrictSchema):
     title = Text(140, min_length=1)
     description = Text(5000)
-    category_id = fields.Integer(allow_none=True, validate=validate.Range(min=1, max=2**62))
+    category_id = Int64(allow_none=True, validate=validate.Range(min=1, max=2**62))
     is_private = fields.Boolean()
 
 
 class StreamListQuerySchema(PageQuerySchema):
-    category_id = fields.Integer(validate=validate.Range(min=1, max=2**62))
+    category_id = Int64(validate=validate.Range(min=1, max=2**62))
     username = fields.String(validate=validate.Length(min=1, max=30))
     q = fields.String(validate=validate.Length(min=1, max=100))
     is_live = fields.Boolean(load_default=True)

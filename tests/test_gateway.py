@@ -1,0 +1,569 @@
+"""The public edge, attacked the way an outsider did it: through nginx, from real addresses.
+
+Every test talks to a real nginx (rendered from conf/nginx/nginx.conf.template) in front of a
+real `sf serve`. Client addresses are real too: Linux routes all of 127.0.0.0/8 to the loopback
+interface, so a client socket bound to 127.a.b.c is, for nginx and the API, another machine.
+Each run picks its own 127.a.b.* block, so rate-limit counters of an earlier run (Redis, one
+minute) never meet this one.
+"""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import random
+import re
+import select
+import socket
+import ssl
+import struct
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from PIL import Image
+
+from sf.media import nginx
+from sf.media.hls import new_thumbnail_name
+from sf.tls import write_self_signed
+from tests.media_platform import Platform, wait_for
+
+AUTH_LIMIT = 5  # SF_RATE_LIMIT_AUTH_IP of this module's platform
+NGINX_REQUEST_ID = re.compile(r"[0-9a-f]{32}")
+SPOOFED_ID = "client-chosen-request-id-0001"
+RUN_BLOCK = f"127.{random.randint(1, 254)}.{random.randint(0, 254)}"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def address(host: int) -> str:
+    """A client address of this run: 127.a.b.<host>."""
+    return f"{RUN_BLOCK}.{host}"
+
+
+@pytest.fixture(scope="module")
+def platform(base_config, tmp_path_factory):
+    node = Platform(base_config, tmp_path_factory.mktemp("gateway-node"), 18560,
+                    SF_RATE_LIMIT_AUTH_IP=str(AUTH_LIMIT)).start()
+    yield node
+    node.stop()
+
+
+# --- clients ------------------------------------------------------------------------------------
+
+class Response:
+    def __init__(self, status: int, body: bytes, headers: http.client.HTTPMessage) -> None:
+        self.status, self.body, self.headers = status, body, headers
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def fetch(port: int, method: str, path: str, *, source: str = "127.0.0.1",
+          headers: dict[str, str] | None = None, body: Any = None,
+          context: ssl.SSLContext | None = None, timeout: float = 10) -> Response:
+    """One request from `source`, the path sent exactly as given (no client-side normalizing)."""
+    if context is None:
+        conn: http.client.HTTPConnection = http.client.HTTPConnection(
+            "127.0.0.1", port, timeout=timeout, source_address=(source, 0))
+    else:
+        conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=timeout,
+                                           source_address=(source, 0), context=context)
+    all_headers = dict(headers or {})
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        all_headers.setdefault("Content-Type", "application/json")
+    try:
+        conn.request(method, path, body=data, headers=all_headers)
+        response = conn.getresponse()
+        return Response(response.status, response.read(), response.headers)
+    finally:
+        conn.close()
+
+
+def edge(platform: Platform, method: str, path: str, **kwargs: Any) -> Response:
+    """Through the platform's nginx."""
+    return fetch(platform.config.http_port, method, path, **kwargs)
+
+
+def register(platform: Platform, username: str, source: str) -> dict[str, Any]:
+    response = edge(platform, "POST", "/api/auth/register", source=source, body={
+        "username": username, "email": f"{username}@example.com", "password": "password123"})
+    assert response.status == 201, response.body
+    token = response.json()["access_token"]
+    key = edge(platform, "GET", "/api/stream/key", source=source,
+               headers={"Authorization": f"Bearer {token}"})
+    assert key.status == 200, key.body
+    return {"token": token, "key": key.json()["stream_key"], "user": response.json()["user"]}
+
+
+def go_live(platform: Platform, username: str, source: str) -> tuple[Any, dict[str, Any]]:
+    user = register(platform, username, source)
+    publisher = platform.publish(user["key"])
+    stream = wait_for(lambda: platform.live_stream_of(username), 25, what="the stream to go live")
+    return publisher, stream
+
+
+def nginx_log(platform: Platform) -> str:
+    return (platform.config.var_dir / "log" / "nginx-access.log").read_text(errors="replace")
+
+
+def api_log_records(platform: Platform) -> list[dict[str, Any]]:
+    records = []
+    for line in platform.api_log.read_text(errors="replace").splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records
+
+
+# --- 1. the media dir ---------------------------------------------------------------------------
+
+def test_media_serves_single_avatar_and_thumbnail_files_and_nothing_else(platform):
+    media = platform.config.media_dir
+    private_id, public_id = 990000000 + random.randint(0, 9999), 980000000 + random.randint(0, 9999)
+    secret = b"#EXTM3U\n# private playlist, not for strangers\n"
+    for stream_id, content in ((private_id, secret), (public_id, b"#EXTM3U\n# public\n")):
+        directory = media / "hls" / str(stream_id)
+        (directory / "360p").mkdir(parents=True)
+        (directory / "master.m3u8").write_bytes(content)
+        (directory / "360p" / "index.m3u8").write_bytes(content)
+        (directory / "360p" / "seg_00001.ts").write_bytes(b"G" + content)
+    (media / "hls" / str(private_id) / ".private").touch()
+    (media / "notes.txt").write_bytes(secret)
+    (media / "thumbnails" / ".hidden").write_bytes(secret)
+
+    # A real avatar, uploaded through the API (re-encoded, stored under an unguessable name).
+    source = address(10)
+    owner = register(platform, "mediaowner", source)
+    picture = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(picture, "PNG")
+    conn = http.client.HTTPConnection("127.0.0.1", platform.config.http_port, timeout=10,
+                                      source_address=(source, 0))
+    conn.request("PUT", "/api/users/profile/avatar", body=picture.getvalue(), headers={
+        "Content-Type": "image/png", "Authorization": f"Bearer {owner['token']}"})
+    uploaded = conn.getresponse()
+    profile = json.loads(uploaded.read())
+    conn.close()
+    assert uploaded.status == 200, profile
+    avatar_url = profile["avatar"]
+    assert avatar_url.startswith("/media/avatars/")
+    avatar = edge(platform, "GET", avatar_url)
+    assert avatar.status == 200 and avatar.body[:4] == b"RIFF"  # WebP
+    assert avatar.headers["X-Content-Type-Options"] == "nosniff"
+    # A thumbnail as the stream actor names it.
+    thumbnail_name = new_thumbnail_name(private_id)
+    (media / "thumbnails" / thumbnail_name).write_bytes(b"\xff\xd8\xff thumbnail")
+    thumbnail = edge(platform, "GET", f"/media/thumbnails/{thumbnail_name}?v=3")
+    assert thumbnail.status == 200 and thumbnail.body == b"\xff\xd8\xff thumbnail"
+
+    # HLS stays where its rules are: public served under /hls/, private refused there.
+    assert edge(platform, "GET", f"/hls/{public_id}/master.m3u8").status == 200
+    assert edge(platform, "GET", f"/hls/{private_id}/master.m3u8").status == 404
+
+    avatar_dir = avatar_url.rsplit("/", 1)[0]
+    refused = [
+        f"/media/hls/{private_id}/master.m3u8",
+        f"/media/hls/{private_id}/360p/index.m3u8",
+        f"/media/hls/{private_id}/360p/seg_00001.ts",
+        f"/media/hls/{private_id}/.private",
+        f"/media/hls/{public_id}/master.m3u8",  # even public HLS: only under /hls/
+        f"/media//hls/{private_id}/master.m3u8",
+        f"/media/./hls/{private_id}/master.m3u8",
+        "/media/", "/media", "/media/hls/", f"/media/hls/{private_id}/",
+        "/media/avatars/", "/media/thumbnails/", f"{avatar_dir}/",
+        "/media/notes.txt", "/media/thumbnails/.hidden", "/media/thumbnails/%2ehidden",
+        "/media/../", "/media/..", "/media/%2e%2e/", "/media/%2E%2E/notes.txt",
+        f"/media/%2e%2e/hls/{private_id}/master.m3u8",
+        f"/media/..%2fhls/{private_id}/master.m3u8",
+        f"/media/avatars/..%2f..%2fhls%2f{private_id}%2fmaster.m3u8",
+        f"/media/thumbnails/..%2F..%2Fmedia%2Fhls%2F{private_id}%2Fmaster.m3u8",
+        "/media/thumbnails/%2e%2e/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
+        f"/media/thumbnails/%252e%252e/hls/{private_id}/master.m3u8",
+        f"/media/thumbnails/{thumbnail_name}/", f"/media/thumbnails/{thumbnail_name}%00.jpg",
+        f"/media/avatars/{thumbnail_name}",  # right name, wrong folder
+        f"/hls/{public_id}/..%2f{private_id}/master.m3u8",
+        "/", "/index.html", "/nginx.conf",
+    ]
+    for path in refused:
+        response = edge(platform, "GET", path)
+        assert response.status in (400, 403, 404), (path, response.status)
+        assert b"private playlist" not in response.body, path
+
+
+# --- 2. who the client is -----------------------------------------------------------------------
+
+def login(platform: Platform, source: str, spoof: str | None = None) -> Response:
+    headers = {}
+    if spoof:
+        headers = {"X-Forwarded-For": spoof, "X-Real-IP": spoof, "Forwarded": f"for={spoof}"}
+    return edge(platform, "POST", "/api/auth/login", source=source, headers=headers,
+                body={"username": "nobody_here", "password": "wrong password"})
+
+
+def test_spoofed_forwarded_for_does_not_reset_the_login_limit(platform):
+    attacker, neighbour = address(20), address(21)
+    statuses = [login(platform, attacker, spoof=f"203.0.113.{n}").status
+                for n in range(AUTH_LIMIT + 3)]
+    assert statuses[:AUTH_LIMIT] == [401] * AUTH_LIMIT, statuses
+    assert statuses[AUTH_LIMIT:] == [429] * 3, statuses
+    # Another real address has its own budget: the attacker being limited does not limit it...
+    assert login(platform, neighbour).status == 401
+    assert login(platform, attacker).status == 429
+    # ...and it is limited in turn on its own count, not before.
+    neighbour_statuses = [login(platform, neighbour).status for _ in range(AUTH_LIMIT)]
+    assert neighbour_statuses == [401] * (AUTH_LIMIT - 1) + [429], neighbour_statuses
+
+
+def test_clients_without_forwarding_headers_get_separate_budgets(platform):
+    first, second = address(22), address(23)
+    assert [login(platform, first).status for _ in range(AUTH_LIMIT + 1)][-1] == 429
+    assert login(platform, second).status == 401
+
+
+@pytest.mark.parametrize("path", [
+    "/healthz", "/readyz", "/api/streams", "/api/v1/streams?access_token=SeCrEtInQuErY",
+    "/api/no-such-route", "/ws/streams/1/viewers",
+])
+def test_every_proxied_location_sets_the_client_identity(platform, path):
+    source = address(30)
+    response = edge(platform, "GET", path, source=source, headers={
+        "X-Request-ID": SPOOFED_ID, "X-Forwarded-For": "198.51.100.7",
+        "X-Real-IP": "198.51.100.7", "X-Forwarded-Proto": "https"})
+    assert response.status < 500, response.body
+    request_id = response.headers["X-Request-ID"]
+    assert NGINX_REQUEST_ID.fullmatch(request_id) and request_id != SPOOFED_ID
+    # The spoofed X-Forwarded-Proto did not make the API believe this is HTTPS.
+    assert "Strict-Transport-Security" not in response.headers
+    # nginx logged this very id (so it is nginx's), for the path only, never the query.
+    wait_for(lambda: request_id in nginx_log(platform), 5, what="the nginx access log line")
+    line = next(line for line in nginx_log(platform).splitlines() if request_id in line)
+    assert line.startswith(source + " ") and "?" not in line and "SeCrEt" not in line
+    # The API saw the real client address, not the one the client claimed.
+    record = wait_for(lambda: next((r for r in api_log_records(platform)
+                                    if r.get("request_id") == request_id), None), 5,
+                      what="the API access log line")
+    assert record["client_ip"] == source
+    assert "SeCrEt" not in platform.api_log.read_text(errors="replace")
+
+
+def test_request_id_from_a_client_talking_to_the_api_directly_is_not_echoed(platform):
+    api_port = platform.config.api_port
+    direct = fetch(api_port, "GET", "/healthz", source=address(31),
+                   headers={"X-Request-ID": SPOOFED_ID})
+    assert direct.status == 200
+    assert NGINX_REQUEST_ID.fullmatch(direct.headers["X-Request-ID"])
+    # From the trusted proxy address (where nginx connects from), the proxy's id is kept.
+    proxied = fetch(api_port, "GET", "/healthz", headers={"X-Request-ID": "0123456789abcdef"})
+    assert proxied.headers["X-Request-ID"] == "0123456789abcdef"
+
+
+def test_rendered_config_keeps_identity_headers_and_queries_out_of_the_log(platform):
+    conf = (platform.config.var_dir / "nginx" / "nginx.conf").read_text()
+    assert nginx.unprotected_proxies(conf) == []
+    assert conf.count("proxy_pass") == conf.count("proxy_set_header X-Forwarded-For $remote_addr;")
+    assert "$proxy_add_x_forwarded_for" not in conf
+    log_format = re.search(r"log_format sf ([^;]+);", conf, re.S).group(1)
+    assert "$uri" in log_format
+    for leaky in ("$request ", "$request\"", "$request_uri", "$args", "$query_string", "$arg_"):
+        assert leaky not in log_format
+    # A location that forgets the snippet is refused at render time.
+    broken = conf.replace("proxy_set_header X-Request-ID $request_id;\n", "", 1)
+    assert nginx.unprotected_proxies(broken)
+
+
+def test_refresh_cookie_is_secure_behind_tls(base_config, tmp_path):
+    node = Platform(base_config, tmp_path, 18570)
+    cert, key = write_self_signed(tmp_path / "tls", "127.0.0.1")
+    node.nginx_config = node.config.replace(tls_cert=str(cert), tls_key=str(key))
+    node.ssl_context = ssl.create_default_context(cafile=str(cert))
+    node.base_url = node.base_url.replace("http://", "https://")
+    node.start()
+    try:
+        # A remote client, and one on the proxy's own host (`make run TLS=1` on a laptop);
+        # earlier tests spent 127.0.0.1's budget in this Redis database.
+        with redis.Redis.from_url(node.config.redis_url) as client:
+            for key in client.scan_iter("sf:rl:*127.0.0.1*"):
+                client.delete(key)
+        for index, source in enumerate((address(40), "127.0.0.1")):
+            response = fetch(node.config.http_port, "POST", "/api/auth/register", source=source,
+                             context=node.ssl_context, headers={"X-Forwarded-Proto": "http"},
+                             body={"username": f"tlsuser{index}",
+                                   "email": f"tlsuser{index}@example.com",
+                                   "password": "password123"})
+            assert response.status == 201, response.body
+            cookies = response.headers.get_all("Set-Cookie")
+            refresh = next(cookie for cookie in cookies if cookie.startswith("sf_refresh="))
+            assert "Secure" in refresh and "HttpOnly" in refresh, source
+            assert response.headers["Strict-Transport-Security"].startswith("max-age=")
+    finally:
+        node.stop()
+
+
+# --- 3. connection exhaustion -------------------------------------------------------------------
+
+def closed_by_server(sockets: dict[int, socket.socket]) -> set[int]:
+    """The keys of the sockets that nginx has closed (it answers nothing to a timed-out header)."""
+    poller = select.poll()
+    by_fd = {sock.fileno(): key for key, sock in sockets.items()}
+    for fd in by_fd:
+        poller.register(fd, select.POLLIN)
+    closed = set()
+    for fd, _ in poller.poll(0):
+        key = by_fd[fd]
+        try:
+            if sockets[key].recv(4096) == b"":
+                closed.add(key)
+        except (ConnectionResetError, BrokenPipeError):
+            closed.add(key)
+    return closed
+
+
+def test_half_open_connections_do_not_starve_health_or_ingest(platform):
+    flooder, streamer = address(50), address(51)
+    header_timeout = 10
+    user = register(platform, "floodstreamer", streamer)
+    sockets: list[socket.socket] = []
+    started = time.monotonic()
+    try:
+        for _ in range(1500):
+            sock = socket.create_connection(("127.0.0.1", platform.config.http_port), timeout=5,
+                                            source_address=(flooder, 0))
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: sf\r\n")
+            sockets.append(sock)
+        opened = time.monotonic() - started
+        assert opened < 10, f"opening the flood took {opened:.1f}s"
+        publisher = platform.publish(user["key"])  # ingest while HTTP is flooded
+        open_ = set(range(len(sockets)))
+        latencies = []
+        last_trickle = 0.0
+        while open_ and time.monotonic() - started < header_timeout + 8:
+            if time.monotonic() - last_trickle >= 2:  # one more header line every 2 s
+                last_trickle = time.monotonic()
+                for index in list(open_):
+                    try:
+                        sockets[index].sendall(b"X-Trickle: 1\r\n")
+                    except OSError:
+                        open_.discard(index)
+            open_ -= closed_by_server({index: sockets[index] for index in open_})
+            before = time.monotonic()
+            health = edge(platform, "GET", "/healthz", timeout=5)
+            latencies.append(time.monotonic() - before)
+            assert health.status == 200
+            time.sleep(0.3)
+        lasted = time.monotonic() - started
+        assert not open_, f"{len(open_)} half-open connections still held after {lasted:.0f}s"
+        assert max(latencies) < 1.5, f"/healthz took up to {max(latencies):.2f}s under the flood"
+        stream = wait_for(lambda: platform.live_stream_of("floodstreamer"), 20,
+                          what="the publish made during the flood to go live")
+        assert stream["is_live"]
+        publisher.kill()
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def hold_requests(port: int, source: str, count: int, path: str) -> list[socket.socket]:
+    """`count` requests whose header is complete but whose body never comes: each stays in
+    progress (counted by limit_conn) until client_body_timeout."""
+    held = []
+    for _ in range(count):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5,
+                                        source_address=(source, 0))
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: sf\r\nContent-Type: application/json\r\n"
+                     "Content-Length: 64\r\n\r\n".encode())
+        held.append(sock)
+    return held
+
+
+def answered_429(sockets: list[socket.socket], wait: float = 2.0) -> list[socket.socket]:
+    refused = []
+    deadline = time.monotonic() + wait
+    pending = {sock.fileno(): sock for sock in sockets}
+    poller = select.poll()
+    for fd in pending:
+        poller.register(fd, select.POLLIN)
+    while pending and time.monotonic() < deadline:
+        for fd, _ in poller.poll(200):
+            poller.unregister(fd)
+            sock = pending.pop(fd)
+            data = sock.recv(4096)
+            if data.startswith(b"HTTP/1.1 429"):
+                assert b'"rate_limited"' in data
+                refused.append(sock)
+    return refused
+
+
+def test_connections_beyond_the_per_address_limit_are_refused(platform):
+    port = platform.config.http_port
+    greedy, other = address(60), address(61)
+    sockets = hold_requests(port, greedy, nginx.LIMIT_CONN_HTTP + 20, "/api/auth/login")
+    try:
+        refused = answered_429(sockets)
+        assert len(refused) == 20, f"{len(refused)} of {len(sockets)} refused"
+        assert edge(platform, "GET", "/healthz", source=greedy).status == 429
+        assert edge(platform, "GET", "/healthz", source=other).status == 200
+        # WebSockets have their own, larger budget: the HTTP limit does not close them.
+        assert edge(platform, "GET", "/ws/streams/1/viewers", source=greedy).status != 429
+    finally:
+        for sock in sockets:
+            sock.close()
+    wait_for(lambda: edge(platform, "GET", "/healthz", source=greedy).status == 200, 5,
+             what="the address to get its connections back")
+
+
+def test_websocket_connections_have_a_generous_per_address_limit(platform):
+    port = platform.config.http_port
+    campus = address(62)
+    sockets = hold_requests(port, campus, nginx.LIMIT_CONN_WS + 10, "/ws/streams/1/viewers")
+    try:
+        refused = answered_429(sockets)
+        assert len(refused) == 10, f"{len(refused)} of {len(sockets)} refused"
+        assert edge(platform, "GET", "/healthz", source=campus).status == 200
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+# --- 4. RTMP play and the control endpoint ------------------------------------------------------
+
+MEDIA_BYTES = 32 * 1024  # more than nginx-rtmp's status messages: audio and video came
+
+
+def amf(*values: Any) -> bytes:
+    """AMF0: numbers, strings, null and flat objects of strings, enough for RTMP commands."""
+    out = b""
+    for value in values:
+        if value is None:
+            out += b"\x05"
+        elif isinstance(value, float):
+            out += b"\x00" + struct.pack(">d", value)
+        elif isinstance(value, str):
+            out += b"\x02" + struct.pack(">H", len(value)) + value.encode()
+        else:
+            out += b"\x03"
+            for name, item in value.items():
+                out += struct.pack(">H", len(name)) + name.encode() + amf(item)
+            out += b"\x00\x00\x09"
+    return out
+
+
+def rtmp_message(chunk_stream: int, message_type: int, stream_id: int, payload: bytes) -> bytes:
+    header = bytes([chunk_stream]) + b"\x00\x00\x00" + len(payload).to_bytes(3, "big")
+    return header + bytes([message_type]) + struct.pack("<I", stream_id) + payload
+
+
+def rtmp_play(port: int, name: str, source: str, wait: float = 4.0) -> tuple[bytes, bool]:
+    """A minimal RTMP player (plain handshake, connect, createStream, play): what it received
+    after the handshake, and whether the server closed the connection within `wait` seconds."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=1, source_address=(source, 0))
+    received = b""
+    with sock:
+        sock.sendall(b"\x03" + bytes(1536))  # C0, C1 (version 0: the plain handshake)
+        while len(received) < 1 + 1536 * 2:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return received, True
+            received += chunk
+        sock.sendall(received[1:1537])  # C2 echoes S1
+        received = received[1 + 1536 * 2:]
+        sock.sendall(rtmp_message(2, 1, 0, struct.pack(">I", 4096)))  # set chunk size
+        tc_url = f"rtmp://127.0.0.1:{port}/live"
+        sock.sendall(rtmp_message(3, 20, 0, amf("connect", 1.0, {
+            "app": "live", "tcUrl": tc_url, "flashVer": "LNX 9,0,124,2", "type": "nonprivate"})))
+        sock.sendall(rtmp_message(3, 20, 0, amf("createStream", 2.0, None)))
+        sock.sendall(rtmp_message(8, 20, 1, amf("play", 3.0, None, name)))
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and len(received) < MEDIA_BYTES:
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                continue
+            except ConnectionResetError:
+                return received, True
+            if not chunk:
+                return received, True
+            received += chunk
+    return received, False
+
+
+def test_rtmp_play_only_from_loopback_and_control_needs_the_secret(platform):
+    publisher, stream = go_live(platform, "privateplay", address(70))
+    sid = stream["id"]
+    port = platform.config.rtmp_port
+    wait_for(lambda: platform.transcoder_pids(sid), 15, what="the transcoder")
+    # The node's own FFmpeg address may play: the video flows (and this client works)...
+    media, closed = rtmp_play(port, str(sid), "127.0.0.1")
+    assert not closed and len(media) >= MEDIA_BYTES
+    # ...any other address may connect (publishers must) but is cut off at `play`, before any
+    # audio or video. (nginx-rtmp's live module announces NetStream.Play.Start before the access
+    # check runs, so the sign is the closed connection, and nginx's log.)
+    for source in (address(71), "127.0.0.2"):
+        answer, closed = rtmp_play(port, str(sid), source)
+        assert b"NetConnection.Connect.Success" in answer  # it reached nginx-rtmp
+        assert closed and len(answer) < 4096, (closed, len(answer))
+    error_log = (platform.config.var_dir / "log" / "nginx-error.log").read_text()
+    assert f"access forbidden by rule, client: {address(71)}" in error_log
+
+    control = platform.config.media_control_port
+    drop = f"/control/drop/publisher?app=live&name={sid}"
+    assert fetch(control, "GET", drop).status == 403
+    assert fetch(control, "GET", drop, headers={"X-SF-Control": "wrong-secret-0000000"}).status == 403
+    assert fetch(control, "GET", drop, source=address(72),
+                 headers={"X-SF-Control": ""}).status == 403
+    assert fetch(control, "GET", "/control/record/start?app=live&name=1",
+                 headers={"X-SF-Control": platform.config.internal_secret}).status != 200
+    time.sleep(1)
+    assert publisher.poll() is None  # refused attempts dropped nothing
+    dropped = fetch(control, "GET", drop, headers={"X-SF-Control": platform.config.internal_secret})
+    assert dropped.status == 200 and dropped.body == b"1"
+    assert publisher.wait(timeout=10) is not None
+
+
+def test_gateway_config_of_the_compose_deployment_is_valid_and_sets_identity(tmp_path):
+    gateway = (REPO / "docker" / "gateway.conf").read_text()
+    snippet = (REPO / "docker" / "gateway-proxy-headers.conf").read_text()
+    assert [line for line in snippet.splitlines() if line and not line.startswith("#")] == list(
+        nginx.PROXY_HEADER_LINES)
+    include = "include /etc/nginx/sf-proxy-headers.conf;"
+    assert gateway.count("proxy_pass") == gateway.count(include)
+    assert "$proxy_add_x_forwarded_for" not in gateway
+    assert "proxy_set_header X-Forwarded-For" not in gateway  # only through the snippet
+    assert "/media/ { return 404; }" in gateway
+    assert "limit_conn_status 429;" in gateway and "client_header_timeout 10s;" in gateway
+    # nginx itself checks it, with the compose service names pointed at loopback.
+    local = (gateway.replace("/etc/nginx/sf-proxy-headers.conf",
+                             str(REPO / "docker" / "gateway-proxy-headers.conf"))
+             .replace("/var/log/nginx/access.log", str(tmp_path / "access.log"))
+             .replace("api:8081", "127.0.0.1:9").replace("media:8080", "127.0.0.1:9"))
+    local = f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\n" + local
+    (tmp_path / "gateway.conf").write_text(local)
+    result = subprocess.run(["nginx", "-t", "-p", str(tmp_path), "-c", str(tmp_path / "gateway.conf"),
+                             "-e", str(tmp_path / "error.log")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_behind_a_named_proxy_its_forwarded_for_is_believed_and_nobody_elses(base_config,
+                                                                          tmp_path):
+    """A media node behind the compose gateway (SF_REAL_IP_FROM): viewers keep their own
+    addresses; a client that is not the named proxy cannot choose its address."""
+    balancer = address(60)
+    node = Platform(base_config, tmp_path, 18550, SF_REAL_IP_FROM=f"{balancer}/32").start()
+    try:
+        via_balancer = edge(node, "GET", "/healthz", source=balancer,
+                            headers={"X-Forwarded-For": "198.51.100.61"})
+        direct = edge(node, "GET", "/healthz", source=address(62),
+                      headers={"X-Forwarded-For": "198.51.100.63"})
+        ids = {via_balancer.headers["X-Request-ID"]: "198.51.100.61",
+               direct.headers["X-Request-ID"]: address(62)}
+        for request_id, client in ids.items():
+            wait_for(lambda r=request_id: r in nginx_log(node), 5, what="the access log line")
+            line = next(line for line in nginx_log(node).splitlines() if request_id in line)
+            assert line.startswith(client + " "), line
+    finally:
+        node.stop()
