@@ -30,10 +30,11 @@ sys.path.insert(0, str(ROOT))
 
 import asyncpg  # noqa: E402
 
-from sf import localservices  # noqa: E402
 from sf.config import bootstrap_var_dir, ensure_secrets, load_config, with_url_path  # noqa: E402
 from sf.db.migrate import recreate_database  # noqa: E402
 from sf.media import nginx  # noqa: E402
+from sf.media.process import die_with_parent  # noqa: E402
+from sf.node import localservices  # noqa: E402
 
 HTTP_PORT, API_PORT = 18080, 18081
 BENCH_DB = "sf_bench"
@@ -234,7 +235,7 @@ def main() -> int:
     conf = nginx.render(bench_config)
     nginx_process = nginx.start(bench_config, conf)
     server = subprocess.Popen([str(ROOT / ".venv" / "bin" / "sf"), "serve"], env=env,
-                              preexec_fn=nginx.die_with_parent)
+                              preexec_fn=die_with_parent)
     try:
         os.sched_setaffinity(server.pid, {0})
         for _ in range(100):

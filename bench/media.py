@@ -36,9 +36,9 @@ sys.path.insert(0, str(ROOT))
 
 from redis import Redis  # noqa: E402
 
-from sf import localservices  # noqa: E402
 from sf.config import bootstrap_var_dir, ensure_secrets, load_config  # noqa: E402
 from sf.db.migrate import recreate_database  # noqa: E402
+from sf.node import localservices  # noqa: E402
 from tests.media_platform import Platform, wait_for  # noqa: E402
 
 BLOCK = 60          # counter block size in 1080p pixels

@@ -1,24 +1,23 @@
-"""`make_app` builds the Tornado application; `main` is the `sf` command."""
+"""`make_app` builds the Tornado application of one API node from the handler route tables;
+`main` is the `sf` command (serve, dev, node, migrate, services, operator commands).
+
+This module is the top of the package: it composes the application and hands `make_app` to
+the node runners (`sf.node`), which therefore never import it back.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
-import signal
-import ssl
 import sys
 from collections.abc import Callable
-from types import ModuleType
 from typing import Any
 
-import tornado.httpserver
-import tornado.netutil
-import tornado.process
 import tornado.web
 
-from sf import admin
 from sf.config import Config, ConfigError, bootstrap_var_dir, ensure_secrets, load_config
+from sf.db.migrate import migrate
 from sf.handlers import (
     allowed_viewers,
     auth,
@@ -32,14 +31,17 @@ from sf.handlers import (
     users,
 )
 from sf.handlers.base import AUTH_MODES, NotFoundHandler
+from sf.node import localservices
+from sf.node.dev import run_dev, run_node
+from sf.node.server import run_serve
+from sf.node.tls import write_self_signed
 from sf.observability import configure_logging, log_request
+from sf.ops import commands
+from sf.services.container import Services
 
-log = logging.getLogger("sf")
-
-HANDLER_MODULES: list[ModuleType] = [
-    health, docs, auth, users, follows, stream_keys, allowed_viewers, streams, categories,
-    media_hooks,
-]
+# Every resource's handlers, in the order their routes are matched.
+HANDLER_MODULES = (health, docs, auth, users, follows, stream_keys, allowed_viewers, streams,
+                   categories, media_hooks)
 
 
 class MediaFileHandler(tornado.web.StaticFileHandler):
@@ -52,15 +54,11 @@ class MediaFileHandler(tornado.web.StaticFileHandler):
         self.set_header("Cache-Control", "public, max-age=86400")
 
 
-def register_handler_modules(*modules: ModuleType) -> None:
-    """Later parts of the platform add their handler modules here (before make_app)."""
-    for module in modules:
-        if module not in HANDLER_MODULES:
-            HANDLER_MODULES.append(module)
+def collect_routes(services: Services) -> list[Any]:
+    """Every module's route table, `/api/...` also served as canonical `/api/v1/...`.
 
-
-def collect_routes(config: Config) -> list[Any]:
-    """Every module's route table, `/api/...` also served as canonical `/api/v1/...`."""
+    A handler that does not declare its auth mode stops the node here, at start-up.
+    """
     table: list[Any] = []
     for module in HANDLER_MODULES:
         for route in module.routes:
@@ -73,14 +71,13 @@ def collect_routes(config: Config) -> list[Any]:
                 table.append(("/api/v1/" + pattern[len("/api/"):], *route[1:]))
             table.append(route)
     table.append((r"/media/((?:avatars|thumbnails)/.*)", MediaFileHandler,
-                  {"path": str(config.media_dir)}))
+                  {"path": str(services.config.media_dir)}))
     return table
 
 
-def make_app(services: Any) -> tornado.web.Application:
+def make_app(services: Services) -> tornado.web.Application:
     """The Tornado application of one API node, bound to its services."""
-    config: Config = services.config
-    routes = collect_routes(config)
+    routes = collect_routes(services)
     return tornado.web.Application(
         routes,
         services=services,
@@ -95,72 +92,22 @@ def make_app(services: Any) -> tornado.web.Application:
     )
 
 
-def _ssl_context(config: Config) -> ssl.SSLContext | None:
-    if not config.tls_enabled:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(config.tls_cert, config.tls_key)
-    return context
+# --- the `sf` command ----------------------------------------------------------------------
 
-
-def max_request_bytes(config: Config) -> int:
-    """The server-level cap; handlers enforce their own tighter limit with a JSON 413."""
-    return max(config.max_body_bytes, config.max_avatar_bytes) + 1024 * 1024
-
-
-async def serve_node(config: Config, sockets: list[Any], ready: Callable[[], None] | None = None,
-                     stop_event: asyncio.Event | None = None) -> None:
-    """Run one API node on `sockets` until `stop_event` is set (SIGINT/SIGTERM by default)."""
-    from sf.context import start_services
-    from sf.ingest import start_ingest, stop_ingest
-    from sf.lifecycle import NodeLifecycle, register_component
-
-    register_component("ingest", start_ingest, stop_ingest)
-
-    services = await start_services(config)
-    lifecycle = NodeLifecycle(services)
-    await lifecycle.start()
-    server = tornado.httpserver.HTTPServer(
-        make_app(services), ssl_options=_ssl_context(config), xheaders=False,
-        max_body_size=max_request_bytes(config), idle_connection_timeout=120,
-    )
-    server.add_sockets(sockets)
-    stop_event = stop_event or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop_event.set)
-    log.info("API node %s listening on %s:%s", config.node_id, config.api_host, config.api_port)
-    if ready:
-        ready()
-    try:
-        await stop_event.wait()
-    finally:
-        server.stop()
-        await lifecycle.stop()
-        await asyncio.wait_for(server.close_all_connections(), timeout=5)
-        await services.close()
+log = logging.getLogger("sf")
 
 
 def cmd_serve(config: Config, args: argparse.Namespace) -> int:
-    sockets = tornado.netutil.bind_sockets(config.api_port, config.api_host)
-    if config.api_processes != 1:
-        tornado.process.fork_processes(config.api_processes or None)
-    asyncio.run(serve_node(config, sockets))
-    return 0
+    return run_serve(config, make_app)
 
 
 def cmd_migrate(config: Config, args: argparse.Namespace) -> int:
-    from sf.db.migrate import migrate
-
     applied = asyncio.run(migrate(config.database_url))
     print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none pending'}")
     return 0
 
 
 def cmd_services(config: Config, args: argparse.Namespace) -> int:
-    from sf import localservices
-
     if args.action == "start":
         started = localservices.start_all(config)
         print("started: " + (", ".join(started) or "nothing (already running)"))
@@ -173,20 +120,14 @@ def cmd_services(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_dev(config: Config, args: argparse.Namespace) -> int:
-    from sf.devserver import run_dev
-
-    return run_dev(config)
+    return run_dev(config, make_app)
 
 
 def cmd_node(config: Config, args: argparse.Namespace) -> int:
-    from sf.devserver import run_node
-
-    return run_node(config)
+    return run_node(config, make_app)
 
 
 def cmd_tls_cert(config: Config, args: argparse.Namespace) -> int:
-    from sf.tls import write_self_signed
-
     cert, key = write_self_signed(config.var_dir / "tls", config.public_host)
     print(f"SF_TLS_CERT={cert}\nSF_TLS_KEY={key}")
     return 0
@@ -199,8 +140,8 @@ COMMANDS: dict[str, Callable[[Config, argparse.Namespace], int]] = {
     "migrate": cmd_migrate,
     "services": cmd_services,
     "tls-cert": cmd_tls_cert,
-    "categories": admin.cmd_categories,
-    "keys": admin.cmd_keys,
+    "categories": commands.cmd_categories,
+    "keys": commands.cmd_keys,
 }
 
 
@@ -217,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     secrets_parser = sub.add_parser("secrets", help="generate missing secrets under var/secrets")
     secrets_parser.add_argument("action", choices=["init"])
     sub.add_parser("tls-cert", help="create a self-signed certificate for local HTTPS")
-    admin.add_parsers(sub)
+    commands.add_parsers(sub)
     return parser
 
 

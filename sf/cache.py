@@ -13,6 +13,13 @@ from typing import Any
 from redis.asyncio import Redis
 
 PREFIX = "sf:cache:"
+STREAMS_NAMESPACE = "streams"
+CATEGORIES_NAMESPACE = "categories"
+
+
+def public_user_key(username: str) -> str:
+    """The one cache key of a user's public profile."""
+    return f"user:{username.lower()}"
 
 
 class Cache:
@@ -43,3 +50,14 @@ class Cache:
 
     async def bump(self, namespace: str) -> None:
         await self.redis.incr(f"{PREFIX}gen:{namespace}")
+
+    async def forget_public_views(self, username: str | None = None) -> None:
+        """Invalidate cached stream and category lists, and a user's public profile.
+
+        Called by every write that changes what anonymous readers see (streams, profiles,
+        follows, categories).
+        """
+        await self.bump(STREAMS_NAMESPACE)
+        await self.bump(CATEGORIES_NAMESPACE)
+        if username:
+            await self.delete(public_user_key(username))

@@ -14,8 +14,10 @@ import re
 import secrets
 import socket
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -34,75 +36,248 @@ class ConfigError(ValueError):
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+# --- value types: each setting names the type that parses and checks it ---------------------
+
+class Value:
+    """How one setting's raw text (from conf/sf.toml or SF_*) becomes a checked value."""
+
+    def parse(self, name: str, raw: object) -> object:
+        return str(raw)
+
+    @staticmethod
+    def fail(name: str, message: str) -> ConfigError:
+        return ConfigError(f"{_env_name(name)}: {message}")
+
+
+class Text(Value):
+    """Any string (secrets, hosts, file names)."""
+
+
+class Number(Value):
+    """A number within bounds (`Integer` for whole ones)."""
+
+    convert: Callable[[str], Any] = float
+    kind = "a number"
+
+    def __init__(self, low: float, high: float) -> None:
+        self.low, self.high = low, high
+
+    def parse(self, name: str, raw: object) -> Any:
+        try:
+            if isinstance(raw, bool):
+                raise ValueError
+            value = self.convert(str(raw).strip())
+        except ValueError:
+            raise self.fail(name, f"expected {self.kind}, got {raw!r}") from None
+        if not self.low <= value <= self.high:
+            raise self.fail(name, f"{value} is outside {self.low}..{self.high}")
+        return value
+
+
+class Integer(Number):
+    convert = int
+    kind = "an integer"
+
+
+class Boolean(Value):
+    def parse(self, name: str, raw: object) -> bool:
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off", ""):
+            return False
+        raise self.fail(name, f"expected true/false, got {raw!r}")
+
+
+class Choice(Value):
+    def __init__(self, *choices: str) -> None:
+        self.choices = choices
+
+    def parse(self, name: str, raw: object) -> str:
+        text = str(raw).strip()
+        if text not in self.choices:
+            raise self.fail(name, f"{text!r} is not one of {', '.join(self.choices)}")
+        return text
+
+
+class ProjectPath(Value):
+    """A path; a relative one is relative to the project root."""
+
+    def parse(self, name: str, raw: object) -> Path:
+        path = Path(str(raw)) if str(raw) else Path()
+        return path if path.is_absolute() else PROJECT_ROOT / path
+
+
+class Url(Value):
+    def __init__(self, *schemes: str) -> None:
+        self.schemes = schemes
+
+    def parse(self, name: str, raw: object) -> str:
+        text = str(raw).strip()
+        parsed = urlsplit(text)
+        if parsed.scheme not in self.schemes or not parsed.hostname:
+            raise self.fail(name, f"expected a {'/'.join(self.schemes)} URL, got {text!r}")
+        return text
+
+
+class ListOf(Value):
+    """A comma-separated list; `item` parses one element."""
+
+    def parse(self, name: str, raw: object) -> tuple[object, ...]:
+        return tuple(self.item(name, part.strip()) for part in str(raw).split(",") if part.strip())
+
+    def item(self, name: str, part: str) -> object:
+        return part
+
+
+class Networks(ListOf):
+    """IP networks such as 127.0.0.1/32,10.0.0.0/8."""
+
+    def item(self, name: str, part: str) -> IPNetwork:
+        try:
+            return ipaddress.ip_network(part, strict=False)
+        except ValueError:
+            raise self.fail(name, f"{part!r} is not an IP network") from None
+
+
+class Origins(ListOf):
+    """Browser origins such as https://example.com."""
+
+    def item(self, name: str, part: str) -> str:
+        part = part.rstrip("/")
+        parsed = urlsplit(part)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc or parsed.path:
+            raise self.fail(name, f"{part!r} is not an origin like https://host")
+        return part
+
+
+class Hosts(ListOf):
+    """DNS host names (no scheme, port, path or IP address), lower-cased, without repeats."""
+
+    def parse(self, name: str, raw: object) -> tuple[object, ...]:
+        return tuple(dict.fromkeys(super().parse(name, raw)))
+
+    def item(self, name: str, part: str) -> str:
+        host = part.lower().rstrip(".")
+        labels = host.split(".")
+        try:
+            ipaddress.ip_address(host)
+            is_ip = True
+        except ValueError:
+            is_ip = False
+        if is_ip or len(host) > 253 or len(labels) < 2 or not labels[-1][:1].isalpha() \
+                or not all(_HOST_LABEL.fullmatch(label) for label in labels):
+            raise self.fail(name, f"{part!r} is not a host name like cdn.example.com")
+        return host
+
+
+class Ladder(ListOf):
+    """Rendition heights, highest first."""
+
+    RUNGS = (1080, 720, 480, 360, 240)
+
+    def parse(self, name: str, raw: object) -> tuple[int, ...]:
+        rungs = {int(str(height)) for height in super().parse(name, raw)}
+        if not rungs:
+            raise self.fail(name, "at least one rung is needed")
+        return tuple(sorted(rungs, reverse=True))
+
+    def item(self, name: str, part: str) -> int:
+        height = Integer(1, 10000).parse(name, part)
+        if height not in self.RUNGS:
+            raise self.fail(name, f"rung {height} is not one of 1080,720,480,360,240")
+        return height
+
+
+_HOST_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+
+
+def setting(value: Value) -> Any:
+    """A Config field parsed and checked by `value`."""
+    return field(metadata={"value": value})
+
+
+def _env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
 @dataclass(frozen=True)
 class Config:
     """All settings of one SF node; build it with `load_config()`."""
 
-    env: str
-    log_level: str
-    var_dir: Path
-    public_host: str
-    http_host: str
-    http_port: int
-    api_host: str
-    api_port: int
-    api_processes: int
-    rtmp_port: int
-    trusted_proxies: tuple[IPNetwork, ...]
-    cors_origins: tuple[str, ...]
-    tls_cert: str
-    tls_key: str
-    node_id: str
-    database_url: str
-    database_pool_min: int
-    database_pool_max: int
-    redis_url: str
-    jwt_secret: str
-    stream_key_encryption_keys: str
-    stream_key_lookup_secret: str
-    internal_secret: str
-    access_token_ttl: int
-    refresh_token_ttl: int
-    bcrypt_rounds: int
-    max_body_bytes: int
-    max_avatar_bytes: int
-    avatar_size: int
-    avatar_max_pixels: int
-    avatar_hosts: tuple[str, ...]
-    rate_limit_window: int
-    rate_limit_anonymous: int
-    rate_limit_user: int
-    rate_limit_auth_ip: int
-    rate_limit_auth_account: int
-    rate_limit_auth_account_ceiling: int
-    rate_limit_key_reset: int
-    cache_ttl: int
-    media_dir: Path
-    ffmpeg: str
-    ffprobe: str
-    nginx: str
-    hls_segment_seconds: int
-    hls_playlist_size: int
-    thumbnail_interval: int
-    transcode_preset: str
-    ladder: tuple[int, ...]
-    source_passthrough: bool
-    publish_grace_seconds: int
-    stream_liveness_timeout: int
-    segment_retention_seconds: int
-    media_nodes: tuple[IPNetwork, ...]
-    real_ip_from: tuple[IPNetwork, ...]
-    media_control_host: str
-    media_control_port: int
-    media_node_url: str
-    playback_url_ttl: int
-    sweep_interval: float
+    env: str = setting(Choice("development", "production", "test"))
+    log_level: str = setting(Choice("DEBUG", "INFO", "WARNING", "ERROR"))
+    var_dir: Path = setting(ProjectPath())
+    public_host: str = setting(Text())
+    http_host: str = setting(Text())
+    http_port: int = setting(Integer(1, 65535))
+    api_host: str = setting(Text())
+    api_port: int = setting(Integer(1, 65535))
+    api_processes: int = setting(Integer(0, 64))
+    rtmp_port: int = setting(Integer(1, 65535))
+    trusted_proxies: tuple[IPNetwork, ...] = setting(Networks())
+    cors_origins: tuple[str, ...] = setting(Origins())
+    tls_cert: str = setting(Text())
+    tls_key: str = setting(Text())
+    node_id: str = setting(Text())
+    database_url: str = setting(Url("postgresql", "postgres"))
+    database_pool_min: int = setting(Integer(1, 100))
+    database_pool_max: int = setting(Integer(1, 500))
+    redis_url: str = setting(Url("redis", "rediss", "unix"))
+    jwt_secret: str = setting(Text())
+    stream_key_encryption_keys: str = setting(Text())
+    stream_key_lookup_secret: str = setting(Text())
+    internal_secret: str = setting(Text())
+    access_token_ttl: int = setting(Integer(30, 86400))
+    refresh_token_ttl: int = setting(Integer(300, 31536000))
+    bcrypt_rounds: int = setting(Integer(4, 16))
+    max_body_bytes: int = setting(Integer(1024, 10485760))
+    max_avatar_bytes: int = setting(Integer(1024, 52428800))
+    avatar_size: int = setting(Integer(16, 2048))
+    avatar_max_pixels: int = setting(Integer(1024, 200000000))
+    avatar_hosts: tuple[str, ...] = setting(Hosts())
+    rate_limit_window: int = setting(Integer(1, 86400))
+    rate_limit_anonymous: int = setting(Integer(1, 10**9))
+    rate_limit_user: int = setting(Integer(1, 10**9))
+    rate_limit_auth_ip: int = setting(Integer(1, 10**9))
+    rate_limit_auth_account: int = setting(Integer(1, 10**9))
+    rate_limit_auth_account_ceiling: int = setting(Integer(1, 10**9))
+    rate_limit_key_reset: int = setting(Integer(1, 10**9))
+    cache_ttl: int = setting(Integer(0, 3600))
+    media_dir: Path = setting(ProjectPath())
+    ffmpeg: str = setting(Text())
+    ffprobe: str = setting(Text())
+    nginx: str = setting(Text())
+    hls_segment_seconds: int = setting(Integer(1, 10))
+    hls_playlist_size: int = setting(Integer(2, 60))
+    thumbnail_interval: int = setting(Integer(1, 3600))
+    transcode_preset: str = setting(Choice("ultrafast", "superfast", "veryfast", "faster", "fast", "medium"))
+    ladder: tuple[int, ...] = setting(Ladder())
+    source_passthrough: bool = setting(Boolean())
+    publish_grace_seconds: int = setting(Integer(0, 3600))
+    stream_liveness_timeout: int = setting(Integer(5, 3600))
+    segment_retention_seconds: int = setting(Integer(0, 86400))
+    media_nodes: tuple[IPNetwork, ...] = setting(Networks())
+    real_ip_from: tuple[IPNetwork, ...] = setting(Networks())
+    media_control_host: str = setting(Text())
+    media_control_port: int = setting(Integer(1, 65535))
+    media_node_url: str = setting(Text())
+    playback_url_ttl: int = setting(Integer(30, 86400))
+    sweep_interval: float = setting(Number(0.05, 3600))
     extra: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
     def tls_enabled(self) -> bool:
         """True when the node serves HTTPS itself."""
         return bool(self.tls_cert and self.tls_key)
+
+    @property
+    def max_request_bytes(self) -> int:
+        """The server-level body cap (nginx, Tornado); handlers enforce their own tighter
+        limit with a JSON 413."""
+        return max(self.max_body_bytes, self.max_avatar_bytes) + 1024 * 1024
 
     @property
     def secrets_dir(self) -> Path:
@@ -116,183 +291,6 @@ class Config:
     def replace(self, **changes: object) -> Config:
         """A copy with some settings changed (tests, sub-commands)."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
-
-
-# --- parsing -----------------------------------------------------------------------------------
-
-_RANGES: dict[str, tuple[int, int]] = {
-    "http_port": (1, 65535),
-    "api_port": (1, 65535),
-    "rtmp_port": (1, 65535),
-    "api_processes": (0, 64),
-    "database_pool_min": (1, 100),
-    "database_pool_max": (1, 500),
-    "access_token_ttl": (30, 86400),
-    "refresh_token_ttl": (300, 31536000),
-    "bcrypt_rounds": (4, 16),
-    "max_body_bytes": (1024, 10485760),
-    "max_avatar_bytes": (1024, 52428800),
-    "avatar_size": (16, 2048),
-    "avatar_max_pixels": (1024, 200000000),
-    "rate_limit_window": (1, 86400),
-    "rate_limit_anonymous": (1, 10**9),
-    "rate_limit_user": (1, 10**9),
-    "rate_limit_auth_ip": (1, 10**9),
-    "rate_limit_auth_account": (1, 10**9),
-    "rate_limit_auth_account_ceiling": (1, 10**9),
-    "rate_limit_key_reset": (1, 10**9),
-    "cache_ttl": (0, 3600),
-    "hls_segment_seconds": (1, 10),
-    "hls_playlist_size": (2, 60),
-    "thumbnail_interval": (1, 3600),
-    "publish_grace_seconds": (0, 3600),
-    "stream_liveness_timeout": (5, 3600),
-    "segment_retention_seconds": (0, 86400),
-    "media_control_port": (1, 65535),
-    "playback_url_ttl": (30, 86400),
-}
-_CHOICES: dict[str, tuple[str, ...]] = {
-    "env": ("development", "production", "test"),
-    "log_level": ("DEBUG", "INFO", "WARNING", "ERROR"),
-    "transcode_preset": ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium"),
-}
-
-
-def _env_name(name: str) -> str:
-    return ENV_PREFIX + name.upper()
-
-
-def _parse_int(name: str, raw: object) -> int:
-    if isinstance(raw, bool):
-        raise ConfigError(f"{_env_name(name)}: expected an integer, got {raw!r}")
-    try:
-        value = int(str(raw).strip())
-    except ValueError:
-        raise ConfigError(f"{_env_name(name)}: expected an integer, got {raw!r}") from None
-    low, high = _RANGES.get(name, (-(2**63), 2**63))
-    if not low <= value <= high:
-        raise ConfigError(f"{_env_name(name)}: {value} is outside {low}..{high}")
-    return value
-
-
-def _parse_bool(name: str, raw: object) -> bool:
-    if isinstance(raw, bool):
-        return raw
-    text = str(raw).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off", ""):
-        return False
-    raise ConfigError(f"{_env_name(name)}: expected true/false, got {raw!r}")
-
-
-def _parse_networks(name: str, raw: object) -> tuple[IPNetwork, ...]:
-    networks = []
-    for part in str(raw).split(","):
-        part = part.strip()
-        if not part:
-            continue
-        try:
-            networks.append(ipaddress.ip_network(part, strict=False))
-        except ValueError:
-            raise ConfigError(f"{_env_name(name)}: {part!r} is not an IP network") from None
-    return tuple(networks)
-
-
-def _parse_origins(name: str, raw: object) -> tuple[str, ...]:
-    origins = []
-    for part in str(raw).split(","):
-        part = part.strip().rstrip("/")
-        if not part:
-            continue
-        parsed = urlsplit(part)
-        if parsed.scheme not in ("http", "https") or not parsed.netloc or parsed.path:
-            raise ConfigError(f"{_env_name(name)}: {part!r} is not an origin like https://host")
-        origins.append(part)
-    return tuple(origins)
-
-
-_HOST_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
-
-
-def _parse_hosts(name: str, raw: object) -> tuple[str, ...]:
-    """Comma-separated DNS host names (no scheme, port, path or IP address), lower-cased."""
-    hosts = []
-    for part in str(raw).split(","):
-        host = part.strip().lower().rstrip(".")
-        if not host:
-            continue
-        labels = host.split(".")
-        is_ip = True
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            is_ip = False
-        if is_ip or len(host) > 253 or len(labels) < 2 or not labels[-1][:1].isalpha() \
-                or not all(_HOST_LABEL.fullmatch(label) for label in labels):
-            raise ConfigError(f"{_env_name(name)}: {part.strip()!r} is not a host name "
-                              "like cdn.example.com")
-        hosts.append(host)
-    return tuple(dict.fromkeys(hosts))
-
-
-def _parse_ladder(name: str, raw: object) -> tuple[int, ...]:
-    rungs = []
-    for part in str(raw).split(","):
-        part = part.strip()
-        if not part:
-            continue
-        height = _parse_int(name, part)
-        if height not in (1080, 720, 480, 360, 240):
-            raise ConfigError(f"{_env_name(name)}: rung {height} is not one of 1080,720,480,360,240")
-        rungs.append(height)
-    if not rungs:
-        raise ConfigError(f"{_env_name(name)}: at least one rung is needed")
-    return tuple(sorted(set(rungs), reverse=True))
-
-
-def _parse_url(name: str, raw: object, schemes: tuple[str, ...]) -> str:
-    text = str(raw).strip()
-    parsed = urlsplit(text)
-    if parsed.scheme not in schemes or not parsed.hostname:
-        raise ConfigError(f"{_env_name(name)}: expected a {'/'.join(schemes)} URL, got {text!r}")
-    return text
-
-
-def _convert(name: str, raw: object, kind: object, root: Path) -> object:
-    if name in _CHOICES:
-        text = str(raw).strip()
-        if text not in _CHOICES[name]:
-            raise ConfigError(f"{_env_name(name)}: {text!r} is not one of {', '.join(_CHOICES[name])}")
-        return text
-    if name == "avatar_hosts":
-        return _parse_hosts(name, raw)
-    if kind == "int":
-        return _parse_int(name, raw)
-    if kind == "bool":
-        return _parse_bool(name, raw)
-    if kind == "float":
-        try:
-            number = float(str(raw))
-        except ValueError:
-            raise ConfigError(f"{_env_name(name)}: expected a number, got {raw!r}") from None
-        if not 0.05 <= number <= 3600:
-            raise ConfigError(f"{_env_name(name)}: {number} is outside 0.05..3600")
-        return number
-    if kind == "Path":
-        path = Path(str(raw)) if str(raw) else Path()
-        return path if path.is_absolute() else root / path
-    if kind == "tuple[IPNetwork, ...]":
-        return _parse_networks(name, raw)
-    if kind == "tuple[str, ...]":
-        return _parse_origins(name, raw)
-    if kind == "tuple[int, ...]":
-        return _parse_ladder(name, raw)
-    if name == "database_url":
-        return _parse_url(name, raw, ("postgresql", "postgres"))
-    if name == "redis_url":
-        return _parse_url(name, raw, ("redis", "rediss", "unix"))
-    return str(raw)
 
 
 def load_config(environ: dict[str, str] | None = None, defaults_file: Path = DEFAULTS_FILE) -> Config:
@@ -314,10 +312,9 @@ def load_config(environ: dict[str, str] | None = None, defaults_file: Path = DEF
     unknown = sorted(
         key for key in environ if key.startswith(ENV_PREFIX) and key[3:].lower() not in known
     )
-    root = PROJECT_ROOT
     values: dict[str, object] = {}
     for name, spec in known.items():
-        values[name] = _convert(name, raw[name], spec.type, root)
+        values[name] = spec.metadata["value"].parse(name, raw[name])
     var_dir = values["var_dir"]
     assert isinstance(var_dir, Path)
     if not str(raw["media_dir"]):

@@ -6,7 +6,6 @@ alone. Every test gets clean tables and an empty Redis database.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -18,24 +17,15 @@ from typing import Any
 import pytest
 import tornado.httpclient
 
-from sf import localservices
 from sf.app import make_app
 from sf.config import Config, bootstrap_var_dir, ensure_secrets, load_config, with_url_path
-from sf.context import Services, start_services
 from sf.db.migrate import MIGRATIONS_DIR, drop_database, recreate_database
+from sf.node import localservices
 from sf.observability import RedactingJsonFormatter
-from tests.helpers import TEST_REDIS_DB, TEST_SLOT
+from sf.services.container import Services, start_services
+from tests.helpers import TEST_REDIS_DB, TEST_SLOT, run_private
 
 LOG_CAPTURE = Path(os.environ.get("SF_TEST_LOG", f"/tmp/sf-test-logs-{TEST_SLOT}.jsonl"))
-
-
-def run_private(coroutine: Any) -> Any:
-    """Run a coroutine on a loop of its own, leaving the current event loop alone."""
-    loop = asyncio.new_event_loop()
-    try:
-        return loop.run_until_complete(coroutine)
-    finally:
-        loop.close()
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from sf.config import new_encryption_key_spec
-from tests.test_streams import go_live
+from tests.helpers import go_live
 
 
 def sf(config, *args, extra_env=None):

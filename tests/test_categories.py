@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.test_streams import go_live, set_viewers
+from tests.helpers import go_live, set_viewers
 
 pytestmark = pytest.mark.gen_test(timeout=60)
 

@@ -29,7 +29,7 @@ from PIL import Image
 
 from sf.media import nginx
 from sf.media.hls import new_thumbnail_name
-from sf.tls import write_self_signed
+from sf.node.tls import write_self_signed
 from tests.media_platform import Platform, wait_for
 
 AUTH_LIMIT = 5  # SF_RATE_LIMIT_AUTH_IP of this module's platform

@@ -383,7 +383,6 @@ async def test_own_uploaded_avatar_may_be_set_again_but_not_someone_elses(api, s
     owner = (await api.register("quinn"))["access_token"]
     other = (await api.register("rosa"))["access_token"]
     url = await upload_avatar(api, owner)
-    assert (await api.put("/api/users/profile", {"avatar": None}, token=owner)).json["avatar"] is None
     again = await api.put("/api/users/profile", {"avatar": url}, token=owner)
     assert again.status == 200 and again.json["avatar"] == url
     assert_invalid(await api.put("/api/users/profile", {"avatar": url}, token=other), "avatar")
@@ -402,3 +401,13 @@ def test_avatar_hosts_setting_is_parsed_and_validated():
                 "cdn.example.com/avatars", "*.example.com", "127.1", "[::1]"):
         with pytest.raises(ConfigError, match="SF_AVATAR_HOSTS"):
             load_config({**os.environ, "SF_AVATAR_HOSTS": bad})
+
+
+async def test_removing_an_uploaded_avatar_deletes_its_file(api, services):
+    owner = (await api.register("sven"))["access_token"]
+    url = await upload_avatar(api, owner)
+    stored = services.config.media_dir / url.removeprefix("/media/")
+    assert stored.is_file()
+    assert (await api.put("/api/users/profile", {"avatar": None}, token=owner)).json["avatar"] is None
+    assert not stored.exists()
+    assert_invalid(await api.put("/api/users/profile", {"avatar": url}, token=owner), "avatar")

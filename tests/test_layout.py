@@ -19,9 +19,8 @@ LAYERS = [
     {"sf.actors"},
     {"sf.services"},
     {"sf.handlers"},
-    {"sf.app"},
     {"sf.node", "sf.ops"},
-    {"sf.cli"},
+    {"sf.app"},  # the `sf` command: composes the application and hands it to the node runners
 ]
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from sf.actors.bridge import LoopBridge
 from sf.actors.directory import StreamDirectory
-from tests.conftest import run_private
+from tests.helpers import run_private
 
 
 class RecordedEvents:

@@ -6,26 +6,13 @@ import asyncio
 
 import pytest
 
+from tests.helpers import go_live, set_viewers
+
 pytestmark = pytest.mark.gen_test(timeout=90)
 
 STREAM_FIELDS = {"id", "user", "title", "description", "thumbnail", "category", "is_live",
                  "viewers_count", "is_private", "started_at", "ended_at", "created_at",
                  "updated_at", "playback"}
-
-
-async def go_live(api, services, tokens, **settings):
-    """Publish as this user (what nginx-rtmp's on_publish does) and return the stream id."""
-    if settings:
-        await api.put("/api/stream/settings", settings, token=tokens["access_token"])
-    key = (await api.get("/api/stream/key", token=tokens["access_token"])).json["stream_key"]
-    return (await services.channels.authorize_publish(key)).id
-
-
-async def set_viewers(services, stream_id, viewers):
-    await services.db.execute("UPDATE streams SET viewers_count = $2 WHERE id = $1",
-                              stream_id, viewers)
-    await services.cache.bump("streams")
-    await services.cache.bump("categories")
 
 
 async def test_create_prepared_stream(api):

@@ -9,9 +9,10 @@ import pytest
 import tornado.httpclient
 import tornado.netutil
 
-from sf.app import serve_node
-from sf.tls import write_self_signed
-from tests.conftest import run_private
+from sf.app import make_app
+from sf.node.server import serve_node
+from sf.node.tls import write_self_signed
+from tests.helpers import run_private
 
 
 def test_api_node_serves_https_with_a_self_signed_pair(base_config, tmp_path):
@@ -23,7 +24,8 @@ def test_api_node_serves_https_with_a_self_signed_pair(base_config, tmp_path):
         sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
         port = sockets[0].getsockname()[1]
         ready, stop = asyncio.Event(), asyncio.Event()
-        node = asyncio.ensure_future(serve_node(config, sockets, ready=ready.set, stop_event=stop))
+        node = asyncio.ensure_future(serve_node(config, sockets, make_app, ready=ready.set,
+                                                stop_event=stop))
         await asyncio.wait_for(ready.wait(), 15)
         client = tornado.httpclient.AsyncHTTPClient(force_instance=True)
         try:

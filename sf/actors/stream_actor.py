@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 import pykka
@@ -23,7 +21,7 @@ import pykka
 from sf.actors.bridge import LoopBridge
 from sf.config import Config
 from sf.media import ffmpeg, hls
-from sf.media.nginx import die_with_parent
+from sf.media.process import die_with_parent
 
 log = logging.getLogger("sf.actors.stream")
 
@@ -276,8 +274,3 @@ class StreamActor(pykka.ThreadingActor):
             process.wait()
         except ProcessLookupError:
             pass
-
-
-def remove_stream_media(media_dir: Path, stream_id: int) -> None:
-    """Delete a stream's HLS directory (segments are not kept after the retention period)."""
-    shutil.rmtree(hls.hls_dir_for(media_dir, stream_id), ignore_errors=True)

@@ -179,6 +179,11 @@ async def go_live(db: asyncpg.Connection, user_id: int, sealed_key: bytes | None
     return int(stream_id)
 
 
+async def lock_user_publishing(db: asyncpg.Connection, user_id: int) -> None:
+    """Serialize the publishes of one user until the transaction ends."""
+    await db.execute("SELECT pg_advisory_xact_lock($1)", user_id)
+
+
 async def resume_after_disconnect(db: asyncpg.Connection, user_id: int, grace: int,
                                   media_node: str | None) -> int | None:
     """The user's live stream whose publisher left less than `grace` s ago, taken up again.

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import hmac
+from typing import Any
 
-from sf.accounts import LoginResult
 from sf.errors import Unauthorized
 from sf.handlers.base import APIHandler
 from sf.ratelimit import Limit
 from sf.schemas import LoginSchema, RefreshSchema, RegisterSchema, user_private
+from sf.services.accounts import LoginResult
 
 REFRESH_COOKIE = "sf_refresh"
 CSRF_COOKIE = "sf_csrf"
@@ -25,9 +26,9 @@ class AuthHandler(APIHandler):
 
     def write_tokens(self, result: LoginResult, status: int = 200) -> None:
         tokens = result.tokens
-        cookie_options = {"httponly": True, "secure": self.is_https, "samesite": "Strict",
-                          "path": "/api", "expires_days": None,
-                          "max_age": self.config.refresh_token_ttl}
+        cookie_options: dict[str, Any] = {
+            "httponly": True, "secure": self.is_https, "samesite": "Strict", "path": "/api",
+            "expires_days": None, "max_age": self.config.refresh_token_ttl}
         self.set_cookie(REFRESH_COOKIE, tokens.refresh_token, **cookie_options)
         cookie_options["httponly"] = False
         self.set_cookie(CSRF_COOKIE, self.services.tokens.csrf_token(tokens.session_id),

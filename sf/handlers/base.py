@@ -12,11 +12,14 @@ import logging
 import math
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
+import asyncpg
 import tornado.web
 from marshmallow import Schema, ValidationError
+from redis.asyncio import Redis
 
+from sf.config import Config
 from sf.errors import (
     BadRequest,
     DomainError,
@@ -30,9 +33,8 @@ from sf.errors import (
 from sf.ratelimit import Limit
 from sf.schemas import flatten_messages
 from sf.security import TokenClaims
-
-if TYPE_CHECKING:
-    from sf.context import Services
+from sf.services.container import Services
+from sf.services.sessions import SessionStore
 
 log = logging.getLogger("sf.api")
 
@@ -76,6 +78,25 @@ def client_ip(request: tornado.httputil.HTTPServerRequest, trusted: tuple[Any, .
     return hops[0] if hops else remote
 
 
+async def bearer_claims(sessions: SessionStore, header: str, mode: str) -> TokenClaims | None:
+    """The claims of an `Authorization: Bearer` header under an auth mode.
+
+    `required`: a valid, unrevoked token or Unauthorized. `optional`: the same when a header
+    is sent, None without one. `public`: never checked (a malformed header is still refused).
+    Shared by every handler that authenticates, HTTP or WebSocket.
+    """
+    if not header:
+        if mode == "required":
+            raise Unauthorized("Authentication required")
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("Expected 'Authorization: Bearer <token>'")
+    if mode == "public":
+        return None
+    return await sessions.authenticate(token.strip())
+
+
 class BaseHandler(tornado.web.RequestHandler):
     """Typed access to the node's services plus the shared response policy."""
 
@@ -87,15 +108,15 @@ class BaseHandler(tornado.web.RequestHandler):
         return services
 
     @property
-    def config(self) -> Any:
+    def config(self) -> Config:
         return self.services.config
 
     @property
-    def db(self) -> Any:
+    def db(self) -> asyncpg.Pool:
         return self.services.db
 
     @property
-    def redis(self) -> Any:
+    def redis(self) -> Redis:
         return self.services.redis
 
     def initialize(self) -> None:
@@ -292,18 +313,9 @@ class APIHandler(BaseHandler):
             raise PayloadTooLarge(f"Request body exceeds {limit} bytes")
 
     async def _authenticate(self) -> None:
-        header = self.request.headers.get("Authorization", "")
-        mode = self.auth_mode()
-        if not header:
-            if mode == "required":
-                raise Unauthorized("Authentication required")
-            return
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise Unauthorized("Expected 'Authorization: Bearer <token>'")
-        if mode == "public":
-            return
-        self.claims = await self.services.sessions.authenticate(token.strip())
+        self.claims = await bearer_claims(self.services.sessions,
+                                          self.request.headers.get("Authorization", ""),
+                                          self.auth_mode())
 
     async def _rate_limit(self) -> None:
         config = self.config

@@ -22,7 +22,7 @@ class FollowHandler(APIHandler):
           422: {description: Cannot follow yourself, content: {application/json: {schema: ErrorSchema}}}
         """
         target = await follows_db.follow(self.db, self.user_id, username)
-        await self.services.channels.changed(target.username)
+        await self.services.cache.forget_public_views(target.username)
         self.set_status(204)
         self.finish()
 
@@ -37,7 +37,7 @@ class FollowHandler(APIHandler):
           404: {description: No such user, content: {application/json: {schema: ErrorSchema}}}
         """
         target = await follows_db.unfollow(self.db, self.user_id, username)
-        await self.services.channels.changed(target.username)
+        await self.services.cache.forget_public_views(target.username)
         self.set_status(204)
         self.finish()
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-from typing import Any
 
 import tornado.web
 
 from sf.errors import BadRequest, Conflict, DomainError, Forbidden, NotFound
 from sf.handlers.base import BaseHandler
+from sf.services.ingest import IngestService
 
 
 class RTMPCallbackHandler(BaseHandler):
@@ -49,9 +49,9 @@ class RTMPCallbackHandler(BaseHandler):
         return stream_id
 
     @property
-    def ingest(self) -> Any:
-        ingest = self.services.extras.get("ingest")
-        if ingest is None:
+    def ingest(self) -> IngestService:
+        ingest = self.services.ingest
+        if ingest is None or ingest.stopping:
             raise tornado.web.HTTPError(503, reason="This node is not ingesting (shutting down)")
         return ingest
 

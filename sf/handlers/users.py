@@ -2,43 +2,11 @@
 
 from __future__ import annotations
 
-import re
-from urllib.parse import urlsplit
-
 import tornado.httputil
 
-from sf.avatars import AVATAR_URL_PREFIX
-from sf.config import Config
-from sf.db import users as users_db
-from sf.errors import UnsupportedMediaType, ValidationFailed, validation_error
+from sf.errors import UnsupportedMediaType, ValidationFailed
 from sf.handlers.base import USERNAME_ROUTE, APIHandler
 from sf.schemas import ChangePasswordSchema, ProfileUpdateSchema, user_private, user_public
-
-
-def check_avatar_url(url: str, user_id: int, config: Config) -> None:
-    """422 unless `url` may be a profile's avatar: the URL path of an avatar file this user
-    uploaded that still exists, or an https URL on an allow-listed host (`avatar_hosts`).
-
-    Anything else (tracking pixels, internal addresses like http://169.254.169.254/) would make
-    every viewer's browser, or a server that prefetches avatars, fetch it.
-    """
-    if url.startswith(AVATAR_URL_PREFIX):
-        name = url[len(AVATAR_URL_PREFIX):]
-        if not re.fullmatch(rf"{user_id}-[A-Za-z0-9_-]{{1,64}}\.webp", name) \
-                or not (config.media_dir / "avatars" / name).is_file():
-            raise validation_error("avatar", "is not an avatar you uploaded")
-        return
-    allowed = "must be null, an avatar you uploaded, or an https URL on an allowed host"
-    if any(char.isspace() or char == "\\" for char in url):
-        raise validation_error("avatar", allowed)
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        raise validation_error("avatar", allowed) from None
-    if parts.scheme != "https" or parts.username is not None or parts.password is not None \
-            or port not in (None, 443) or (parts.hostname or "") not in config.avatar_hosts:
-        raise validation_error("avatar", allowed)
 
 
 class ProfileHandler(APIHandler):
@@ -54,7 +22,7 @@ class ProfileHandler(APIHandler):
           200: {description: Profile, content: {application/json: {schema: UserPrivateSchema}}}
           401: {description: Not authenticated, content: {application/json: {schema: ErrorSchema}}}
         """
-        self.write_json(user_private.dump(await users_db.get_user(self.db, self.user_id)))
+        self.write_json(user_private.dump(await self.services.accounts.get_user(self.user_id)))
 
     async def put(self) -> None:
         """Update email, bio or avatar URL (partial updates allowed).
@@ -76,11 +44,8 @@ class ProfileHandler(APIHandler):
         """
         changes = self.parse_json(ProfileUpdateSchema())
         current_password = changes.pop("current_password", None)
-        if changes.get("avatar") is not None:
-            check_avatar_url(changes["avatar"], self.user_id, self.config)
         user = await self.services.accounts.update_profile(self.user_id, changes,
                                                             current_password)
-        await self.services.on_user_changed(user.username)
         self.write_json(user_private.dump(user))
 
 
@@ -126,12 +91,8 @@ class AvatarHandler(APIHandler):
         data = self._image_bytes()
         if not data:
             raise ValidationFailed("Invalid input", fields={"avatar": ["empty upload"]})
-        url = await self.services.images.replace_avatar(self.user_id, data)
-        previous = await users_db.get_user(self.db, self.user_id)
-        user = await users_db.update_profile(self.db, self.user_id, avatar=url)
-        await self.services.images.remove(previous.avatar)
-        await self.services.on_user_changed(user.username)
-        self.write_json(user_private.dump(user))
+        self.write_json(user_private.dump(
+            await self.services.accounts.replace_avatar(self.user_id, data)))
 
 
 class ChangePasswordHandler(APIHandler):
@@ -169,10 +130,7 @@ class PublicUserHandler(APIHandler):
           200: {description: User, content: {application/json: {schema: UserPublicSchema}}}
           404: {description: No such user, content: {application/json: {schema: ErrorSchema}}}
         """
-        async def load() -> dict:
-            return user_public.dump(await users_db.get_user_by_username(self.db, username))
-
-        self.write_json(await self.services.cache.get_or_set(f"user:{username.lower()}", load))
+        self.write_json(await self.services.accounts.public_user(username, user_public.dump))
 
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import secrets
+import shutil
 import time
 from pathlib import Path
 
@@ -55,3 +56,8 @@ def set_private_marker(media_dir: Path, stream_id: int, private: bool) -> None:
         except FileNotFoundError:
             pass
 
+
+
+def remove_stream_media(media_dir: Path, stream_id: int) -> None:
+    """Delete a stream's HLS directory (segments are not kept after the retention period)."""
+    shutil.rmtree(hls_dir_for(media_dir, stream_id), ignore_errors=True)

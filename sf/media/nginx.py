@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import re
@@ -14,6 +13,7 @@ import time
 from pathlib import Path
 
 from sf.config import PROJECT_ROOT, Config
+from sf.media.process import die_with_parent
 
 log = logging.getLogger("sf.nginx")
 
@@ -23,13 +23,6 @@ RTMP_MODULE_CANDIDATES = (
     "/usr/share/nginx/modules/ngx_rtmp_module.so",
 )
 _PLACEHOLDER = re.compile(r"{{(\w+)}}")
-PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent() -> None:
-    """preexec_fn: the child gets SIGKILL when the process that started it dies."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 # /hls/<id>/<file>: public streams. /hls/<id>/<expires>-<signature>/<file>: private streams,
@@ -201,8 +194,6 @@ def unprotected_proxies(text: str) -> list[str]:
 
 def template_values(config: Config) -> dict[str, str]:
     """The values of every {{placeholder}} of the template (media parts are added by later code)."""
-    from sf.app import max_request_bytes
-
     module = next((path for path in RTMP_MODULE_CANDIDATES if os.path.exists(path)), "")
     if not _SAFE_SECRET.fullmatch(config.internal_secret):
         raise ValueError("SF_INTERNAL_SECRET may hold only letters, digits and ._~+/=- "
@@ -214,7 +205,7 @@ def template_values(config: Config) -> dict[str, str]:
         "media_dir": str(config.media_dir),
         "user_directive": worker_user_directive(config),
         "rtmp_module": f"load_module {module};" if module else "",
-        "client_max_body_size": str(max_request_bytes(config)),
+        "client_max_body_size": str(config.max_request_bytes),
         "api_host": config.api_host,
         "api_port": str(config.api_port),
         "http_host": config.http_host,

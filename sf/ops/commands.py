@@ -1,4 +1,7 @@
-"""Operator commands: `sf categories ...` and `sf keys rotate` (no public write endpoints)."""
+"""Operator commands: `sf categories ...` and `sf keys rotate` (no public write endpoints).
+
+They run on the same services as a node, so caches are invalidated the same way.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +10,9 @@ import asyncio
 import json
 from typing import Any
 
-from sf.cache import Cache
-from sf.channels import CATEGORIES_NAMESPACE, STREAMS_NAMESPACE
 from sf.config import Config
-from sf.db import categories as categories_db
-from sf.db import stream_keys as keys_db
-from sf.db.pool import create_pool
 from sf.schemas import category_schema
-from sf.security import StreamKeyCipher
+from sf.services.container import start_services
 
 
 def add_parsers(sub: Any) -> None:
@@ -38,42 +36,34 @@ def add_parsers(sub: Any) -> None:
 
 
 async def run_categories(config: Config, args: argparse.Namespace) -> Any:
-    """Carry out one categories action; returns what it prints."""
-    from redis.asyncio import Redis
-
-    db = await create_pool(config.replace(database_pool_min=1, database_pool_max=2))
-    redis = Redis.from_url(config.redis_url)
+    """Carry out one categories action through the channel service; what it prints."""
+    services = await start_services(config.replace(database_pool_min=1, database_pool_max=2))
     try:
+        channels = services.channels
         if args.action == "list":
-            items, _ = await categories_db.list_categories(db, 100, None)
-            result: Any = category_schema.dump(items, many=True)
+            result: Any = await channels.list_categories(
+                100, None, lambda items, _: category_schema.dump(items, many=True))
         elif args.action == "add":
-            result = category_schema.dump(await categories_db.add_category(
-                db, args.name, args.description, args.thumbnail))
+            result = category_schema.dump(await channels.add_category(
+                args.name, args.description, args.thumbnail))
         elif args.action == "update":
             changes = {k: v for k, v in (("name", args.name), ("description", args.description),
                                          ("thumbnail", args.thumbnail)) if v is not None}
-            result = category_schema.dump(
-                await categories_db.update_category(db, args.id, changes))
+            result = category_schema.dump(await channels.update_category(args.id, changes))
         else:
-            moved = await categories_db.remove_category(db, args.id)
+            moved = await channels.remove_category(args.id)
             result = {"removed": args.id, "streams_moved_to_no_category": moved}
-        cache = Cache(redis, config.cache_ttl)
-        await cache.bump(CATEGORIES_NAMESPACE)
-        await cache.bump(STREAMS_NAMESPACE)
         return result
     finally:
-        await db.close()
-        await redis.aclose()
+        await services.close()
 
 
 async def rotate_keys(config: Config) -> int:
-    db = await create_pool(config.replace(database_pool_min=1, database_pool_max=2))
+    services = await start_services(config.replace(database_pool_min=1, database_pool_max=2))
     try:
-        cipher = StreamKeyCipher(config.stream_key_encryption_keys, config.stream_key_lookup_secret)
-        return await keys_db.rotate_encryption(db, cipher)
+        return await services.channels.rotate_key_encryption()
     finally:
-        await db.close()
+        await services.close()
 
 
 def cmd_categories(config: Config, args: argparse.Namespace) -> int:

@@ -14,11 +14,13 @@ import shutil
 import time
 from typing import Any
 
+import asyncpg
 import tornado.httpclient
+from redis.asyncio import Redis
 
 from sf.actors.bridge import LoopBridge
 from sf.actors.directory import StreamDirectory
-from sf.actors.stream_actor import remove_stream_media
+from sf.config import Config
 from sf.db import stream_keys as keys_db
 from sf.db import streams as streams_db
 from sf.db.streams import Stream
@@ -29,31 +31,35 @@ from sf.observability import (
     TRANSCODER_RESTARTS,
     TRANSCODER_SPEED,
 )
+from sf.services.channels import ChannelService
+from sf.services.events import StreamEvent, StreamListener
 
 log = logging.getLogger("sf.ingest")
 
-EVENTS_CHANNEL = "sf:events:streams"   # pub/sub: stream changes, for WebSocket nodes
 HEALTH_KEY = "sf:media:health:{}"
 
 
-class IngestService:
-    """One per API node that sits next to an nginx-rtmp (a media node)."""
+class IngestService(StreamListener):
+    """One per API node that sits next to an nginx-rtmp (a media node).
 
-    def __init__(self, services: Any) -> None:
-        self.services = services
-        self.config = services.config
-        self.db = services.db
-        self.redis = services.redis
-        self.channels = services.channels
+    As a `StreamListener` of the channel service it stops actors and drops publishers of
+    streams ended on this node; `remote` hears the same about changes made on other nodes.
+    """
+
+    def __init__(self, config: Config, db: asyncpg.Pool, redis: Redis,
+                 channels: ChannelService) -> None:
+        self.config = config
+        self.db = db
+        self.redis = redis
+        self.channels = channels
         self.bridge = LoopBridge(asyncio.get_running_loop())
-        self.directory = StreamDirectory(self.config, self.bridge, self)
+        self.directory = StreamDirectory(config, self.bridge, self)
+        self.remote = RemoteStreamChanges(self)
         self._sweeper: asyncio.Task[None] | None = None
-        self._privacy: asyncio.Task[None] | None = None
         self.stopping = False
         self.http = tornado.httpclient.AsyncHTTPClient()
-        self.channels.on_stream_ended.append(self.stream_ended)
-        self.channels.on_key_reset.append(self.key_reset)
-        self.channels.on_stream_updated.append(self.stream_updated)
+        if shutil.which(config.ffmpeg) is None:
+            log.warning("ffmpeg not found: this node cannot transcode")
 
     # --- nginx-rtmp callbacks ------------------------------------------------------------------
 
@@ -67,18 +73,12 @@ class IngestService:
         self.directory.start(stream.id, private=stream.is_private,
                              passthrough=settings.source_passthrough or self.config.source_passthrough,
                              thumbnail_name=thumbnail_name)
-        await self.publish_event(stream)
         log.info("stream %s live (user %s)", stream.id, stream.user_id)
         return stream.id
 
     async def resolve(self, name: str) -> int | None:
         """A callback's stream name — a stream id, or the key it was published with — as an id."""
-        if name.isdigit() and len(name) <= 18:
-            return int(name)
-        user_id = await keys_db.find_user_by_key(self.db, self.services.cipher, name)
-        if user_id is None:
-            return None
-        return await streams_db.live_stream_of(self.db, user_id)
+        return await self.channels.stream_of_callback_name(name)
 
     async def publish_done(self, stream_id: int) -> None:
         """on_publish_done: stop transcoding; the stream ends unless the encoder comes back."""
@@ -93,23 +93,16 @@ class IngestService:
         """on_update: refresh liveness; False (drop the publisher) if the stream was ended."""
         return await streams_db.touch_live(self.db, stream_id)
 
-    # --- hooks from the channel service --------------------------------------------------------
+    # --- what the channel service tells (StreamListener) -----------------------------------------
 
-    async def stream_ended(self, stream_id: int) -> None:
-        """A stream ended (DELETE, key reset, sweeper): stop its actor, drop its publisher."""
-        self.directory.stop(stream_id)
-        await self.drop_publisher(stream_id)
-        stream = await streams_db.load_stream(self.db, stream_id)
-        if stream is not None:
-            await self.publish_event(stream)
+    async def stream_ended(self, event: StreamEvent) -> None:
+        """A stream ended on this node (DELETE, key reset, sweeper): stop its actor, drop its
+        publisher wherever it is ingested."""
+        self.directory.stop(event.stream_id)
+        await self.drop_publisher(event.stream_id)
 
-    async def key_reset(self, user_id: int, live_stream_id: int | None) -> None:
-        if live_stream_id is not None:
-            await self.channels.end_stream(live_stream_id)
-
-    async def stream_updated(self, stream: Stream) -> None:
-        self.apply_privacy(stream.id, stream.is_private)
-        await self.publish_event(stream)
+    async def stream_updated(self, event: StreamEvent) -> None:
+        self.apply_privacy(event.stream_id, event.is_private)
 
     def apply_privacy(self, stream_id: int, private: bool) -> None:
         """Make nginx refuse (or serve) the unsigned HLS path of a stream held on this node.
@@ -121,22 +114,6 @@ class IngestService:
         self.directory.set_private(stream_id, private)
         if hls.hls_dir_for(self.config.media_dir, stream_id).is_dir():
             hls.set_private_marker(self.config.media_dir, stream_id, private)
-
-    async def _follow_privacy_changes(self) -> None:
-        """Apply privacy changes made through any API node to the streams held on this one."""
-        while not self.stopping:
-            try:
-                async with self.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
-                    await pubsub.subscribe(EVENTS_CHANNEL)
-                    async for message in pubsub.listen():
-                        event = json.loads(message["data"])
-                        if event.get("type") == "stream" and "is_private" in event:
-                            self.apply_privacy(int(event["stream_id"]), bool(event["is_private"]))
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.warning("stream event subscription lost; retrying", exc_info=True)
-                await asyncio.sleep(1)
 
     async def drop_publisher(self, stream_id: int) -> None:
         """Ask the ingesting node's nginx-rtmp to disconnect the publisher now."""
@@ -151,12 +128,8 @@ class IngestService:
     # --- events from the actors (run on the loop through the bridge) ---------------------------
 
     async def on_thumbnail(self, stream_id: int, url: str) -> None:
-        if self.stopping:
-            return
-        stream = await streams_db.set_thumbnail(self.db, stream_id, url)
-        if stream is not None:
-            await self.channels.changed()
-            await self.publish_event(stream)
+        if not self.stopping:
+            await self.channels.set_thumbnail(stream_id, url)
 
     async def on_health(self, stream_id: int, health: dict[str, Any]) -> None:
         if self.stopping:
@@ -174,13 +147,6 @@ class IngestService:
         TRANSCODER_FPS.labels(label).set(health["fps"])
         TRANSCODER_RESTARTS.labels(label).set(health["restarts"])
         TRANSCODER_DEGRADED.labels(label).set(1 if health["state"] == "degraded" else 0)
-
-    async def publish_event(self, stream: Stream) -> None:
-        """Tell every node (their WebSocket viewers) that a stream changed."""
-        event = {"type": "stream", "stream_id": stream.id, "is_live": stream.is_live,
-                 "title": stream.title, "thumbnail": stream.thumbnail,
-                 "is_private": stream.is_private, "ts": time.time()}
-        await self.redis.publish(EVENTS_CHANNEL, json.dumps(event))
 
     # --- housekeeping --------------------------------------------------------------------------
 
@@ -210,7 +176,7 @@ class IngestService:
             newest = max((p.stat().st_mtime for p in directory.rglob("*") if p.is_file()),
                          default=directory.stat().st_mtime)
             if newest < cutoff:
-                remove_stream_media(self.config.media_dir, int(directory.name))
+                hls.remove_stream_media(self.config.media_dir, int(directory.name))
 
     async def _sweep_forever(self) -> None:
         while True:
@@ -222,26 +188,23 @@ class IngestService:
 
     async def start(self) -> None:
         self._sweeper = asyncio.ensure_future(self._sweep_forever())
-        self._privacy = asyncio.ensure_future(self._follow_privacy_changes())
 
     async def stop(self) -> None:
         self.stopping = True
-        for task in (self._sweeper, self._privacy):
-            if task:
-                task.cancel()
+        if self._sweeper:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
         await self.directory.stop_all()
 
 
-async def start_ingest(services: Any) -> None:
-    """Lifecycle component: the ingest service of this node."""
-    if shutil.which(services.config.ffmpeg) is None:
-        log.warning("ffmpeg not found: this node cannot transcode")
-    ingest = IngestService(services)
-    services.extras["ingest"] = ingest
-    await ingest.start()
+class RemoteStreamChanges(StreamListener):
+    """Changes made through other nodes, applied to the streams this node holds."""
 
+    def __init__(self, ingest: IngestService) -> None:
+        self.ingest = ingest
 
-async def stop_ingest(services: Any) -> None:
-    ingest = services.extras.pop("ingest", None)
-    if ingest is not None:
-        await ingest.stop()
+    async def stream_updated(self, event: StreamEvent) -> None:
+        self.ingest.apply_privacy(event.stream_id, event.is_private)
+
+    async def stream_ended(self, event: StreamEvent) -> None:
+        self.ingest.directory.stop(event.stream_id)

@@ -8,18 +8,17 @@ import logging
 
 import tornado.netutil
 
-from sf import localservices
 from sf.config import Config
 from sf.db.migrate import migrate
 from sf.media import nginx
+from sf.node import localservices
+from sf.node.server import AppFactory, serve_node
 
 log = logging.getLogger("sf.dev")
 
 
-def run_node(config: Config) -> int:
+def run_node(config: Config, make_app: AppFactory) -> int:
     """nginx (HTTP, RTMP, HLS) in front of one API node, until SIGINT/SIGTERM."""
-    from sf.app import serve_node
-
     sockets = tornado.netutil.bind_sockets(config.api_port, config.api_host)
     for port in (config.http_port, config.rtmp_port, config.media_control_port):
         if localservices.port_open(port, config.http_host):
@@ -31,7 +30,7 @@ def run_node(config: Config) -> int:
         log.info("SF is up: %s://%s:%s/api/docs, RTMP %s", scheme, config.http_host,
                  config.http_port, config.rtmp_url)
         # nginx terminates TLS; the API node behind it speaks plain HTTP on loopback.
-        asyncio.run(serve_node(config.replace(tls_cert="", tls_key=""), sockets))
+        asyncio.run(serve_node(config.replace(tls_cert="", tls_key=""), sockets, make_app))
     except KeyboardInterrupt:
         pass
     finally:
@@ -39,13 +38,13 @@ def run_node(config: Config) -> int:
     return 0
 
 
-def run_dev(config: Config) -> int:
+def run_dev(config: Config, make_app: AppFactory) -> int:
     """Local PostgreSQL + Redis (reused when already running), migrations, then `run_node`."""
     started = localservices.start_all(config)
     try:
         applied = asyncio.run(migrate(config.database_url))
         log.info("migrations applied: %s", ", ".join(applied) or "none pending")
-        return run_node(config)
+        return run_node(config, make_app)
     finally:
         localservices.stop_all(config, started)
         log.info("stopped nginx%s", "".join(f", {name}" for name in started))

@@ -1,20 +1,53 @@
-"""Account use-cases: register, log in, refresh, log out, change password."""
+"""Account use-cases: register, log in, refresh, log out, profiles, avatars, passwords."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 
+from sf.cache import Cache, public_user_key
 from sf.db import users as users_db
 from sf.db.users import User
-from sf.errors import Unauthorized, ValidationFailed
+from sf.errors import Unauthorized, ValidationFailed, validation_error
+from sf.media.images import AVATAR_URL_PREFIX, ImageWorker
 from sf.ratelimit import LoginThrottle
 from sf.security import PasswordHasher, TokenClaims
-from sf.sessions import IssuedTokens, SessionStore
+from sf.services.channels import ChannelService
+from sf.services.sessions import IssuedTokens, SessionStore
+
+
+def check_avatar_url(url: str, user_id: int, media_dir: Path, avatar_hosts: tuple[str, ...]) -> None:
+    """422 unless `url` may be a profile's avatar: the URL path of an avatar file this user
+    uploaded that still exists, or an https URL on an allow-listed host (`avatar_hosts`).
+
+    Anything else (tracking pixels, internal addresses like http://169.254.169.254/) would make
+    every viewer's browser, or a server that prefetches avatars, fetch it.
+    """
+    if url.startswith(AVATAR_URL_PREFIX):
+        name = url[len(AVATAR_URL_PREFIX):]
+        if not re.fullmatch(rf"{user_id}-[A-Za-z0-9_-]{{1,64}}\.webp", name) \
+                or not (media_dir / "avatars" / name).is_file():
+            raise validation_error("avatar", "is not an avatar you uploaded")
+        return
+    allowed = "must be null, an avatar you uploaded, or an https URL on an allowed host"
+    if any(char.isspace() or char == "\\" for char in url):
+        raise validation_error("avatar", allowed)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise validation_error("avatar", allowed) from None
+    if parts.scheme != "https" or parts.username is not None or parts.password is not None \
+            or port not in (None, 443) or (parts.hostname or "") not in avatar_hosts:
+        raise validation_error("avatar", allowed)
 
 
 @dataclass(frozen=True)
@@ -29,13 +62,16 @@ class AccountService:
     """Ties the users repository, password hashing and the session store together."""
 
     def __init__(self, db: asyncpg.Pool, hasher: PasswordHasher, sessions: SessionStore,
-                 throttle: LoginThrottle, on_user_created: list | None = None) -> None:
+                 throttle: LoginThrottle, cache: Cache, images: ImageWorker,
+                 channels: ChannelService, avatar_hosts: tuple[str, ...] = ()) -> None:
         self.db = db
+        self.avatar_hosts = avatar_hosts
         self.hasher = hasher
         self.sessions = sessions
         self.throttle = throttle
-        # Callbacks run inside the registration transaction (e.g. creating the stream key).
-        self.on_user_created = on_user_created or []
+        self.cache = cache
+        self.images = images
+        self.channels = channels
 
     async def _hash(self, password: str) -> str:
         return await asyncio.get_running_loop().run_in_executor(
@@ -49,8 +85,7 @@ class AccountService:
         password_hash = await self._hash(password)
         async with self.db.acquire() as connection, connection.transaction():
             user = await users_db.create_user(connection, username, email, password_hash)
-            for callback in self.on_user_created:
-                await callback(connection, user)
+            await self.channels.create_for_new_user(connection, user)
         return LoginResult(user, await self.sessions.create(user.id))
 
     async def login(self, login: str, password: str, client_ip: str) -> LoginResult:
@@ -90,6 +125,8 @@ class AccountService:
         Changing the email needs the current password: missing or wrong is a 422 on
         `current_password`. A password that is given is checked whatever else changes.
         """
+        if changes.get("avatar") is not None:
+            check_avatar_url(changes["avatar"], user_id, self.images.media_dir, self.avatar_hosts)
         user = await users_db.get_user(self.db, user_id)
         if current_password is None:
             if "email" in changes and changes["email"] != user.email:
@@ -98,7 +135,30 @@ class AccountService:
         elif not await self._verify(current_password, user.password_hash):
             raise ValidationFailed("Invalid input",
                                    fields={"current_password": ["is not correct"]})
-        return await users_db.update_profile(self.db, user_id, **changes)
+        updated = await users_db.update_profile(self.db, user_id, **changes)
+        await self.cache.forget_public_views(updated.username)
+        if "avatar" in changes and changes["avatar"] != user.avatar:
+            await self.images.remove(user.avatar)  # a file of ours that nothing shows any more
+        return updated
+
+    async def replace_avatar(self, user_id: int, data: bytes) -> User:
+        """Store an uploaded image as the user's avatar (re-encoded); the old file goes."""
+        url = await self.images.replace_avatar(user_id, data)
+        previous = await users_db.get_user(self.db, user_id)
+        user = await users_db.update_profile(self.db, user_id, avatar=url)
+        await self.images.remove(previous.avatar)
+        await self.cache.forget_public_views(user.username)
+        return user
+
+    async def get_user(self, user_id: int) -> User:
+        return await users_db.get_user(self.db, user_id)
+
+    async def public_user(self, username: str, render: Callable[[User], Any]) -> Any:
+        """A user's public view, rendered by `render`, shared through the cache."""
+        async def load() -> Any:
+            return render(await users_db.get_user_by_username(self.db, username))
+
+        return await self.cache.get_or_set(public_user_key(username), load)
 
     async def change_password(self, claims: TokenClaims, current: str, new: str) -> None:
         """Set a new password and revoke every other session of the user."""

@@ -1,67 +1,70 @@
-"""Channel use-cases: stream keys, default settings, streams, going live, and their caches.
+"""Channel use-cases: stream keys, default settings, invites, streams, going live, categories.
 
-The media layer plugs in through `on_stream_ended` / `on_key_reset` callbacks so this module
-does not import actors (layers call downward only).
+What happens to a stream is told to `StreamListener`s (the event bus, this node's ingest), so
+this module knows nothing of actors or Redis pub/sub (layers call downward only).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
 
-from sf.cache import Cache
+from sf.cache import CATEGORIES_NAMESPACE, STREAMS_NAMESPACE, Cache
 from sf.db import allowed_viewers as allowed_db
 from sf.db import categories as categories_db
 from sf.db import stream_keys as keys_db
 from sf.db import streams as streams_db
+from sf.db.categories import Category
 from sf.db.stream_keys import StreamKey, StreamSettings
 from sf.db.streams import Stream
 from sf.db.users import User
 from sf.errors import Forbidden
 from sf.security import StreamKeyCipher
+from sf.services.events import StreamEvent, StreamListener, notify
 
 log = logging.getLogger("sf.channels")
-
-StreamHook = Callable[[int], Awaitable[None]]
-UpdatedHook = Callable[[Stream], Awaitable[None]]
-KeyResetHook = Callable[[int, int | None], Awaitable[None]]
-
-STREAMS_NAMESPACE = "streams"
-CATEGORIES_NAMESPACE = "categories"
 
 
 class ChannelService:
     """Everything a streamer does with their channel, plus the public stream reads."""
 
-    def __init__(self, db: asyncpg.Pool, cipher: StreamKeyCipher, cache: Cache) -> None:
+    def __init__(self, db: asyncpg.Pool, cipher: StreamKeyCipher, cache: Cache,
+                 listeners: list[StreamListener] | None = None) -> None:
         self.db = db
         self.cipher = cipher
         self.cache = cache
-        self.on_stream_ended: list[StreamHook] = []
-        self.on_key_reset: list[KeyResetHook] = []
-        self.on_stream_updated: list[UpdatedHook] = []
+        self.listeners: list[StreamListener] = list(listeners or [])
+
+    def add_listener(self, listener: StreamListener) -> None:
+        self.listeners.append(listener)
+
+    async def _tell(self, kind: str, stream: Stream) -> None:
+        await notify(self.listeners, StreamEvent.of(kind, stream))
 
     # --- keys and settings ---------------------------------------------------------------------
 
     async def create_for_new_user(self, connection: asyncpg.Connection, user: User) -> None:
-        """Registration hook: every account gets a key and default settings."""
+        """Part of registration: every account gets a key and default settings."""
         await keys_db.create_stream_key(connection, self.cipher, user.id)
 
     async def get_key(self, user_id: int) -> StreamKey:
         return await keys_db.get_stream_key(self.db, self.cipher, user_id)
 
     async def reset_key(self, user_id: int) -> StreamKey:
-        """New key; the old one stops working now and a live publish that used it is dropped."""
+        """New key; the old one stops working now and a live publish that used it ends."""
         async with self.db.acquire() as connection, connection.transaction():
             key = await keys_db.reset_stream_key(connection, self.cipher, user_id)
-            live_id = await connection.fetchval(
-                "SELECT id FROM streams WHERE user_id = $1 AND is_live", user_id)
-        for hook in self.on_key_reset:
-            await hook(user_id, live_id)
+            live_id = await streams_db.live_stream_of(connection, user_id)
+        if live_id is not None:
+            await self.end_stream(live_id)
         return key
+
+    async def rotate_key_encryption(self) -> int:
+        """Re-encrypt every stream key with the first configured key; how many changed."""
+        return await keys_db.rotate_encryption(self.db, self.cipher)
 
     async def get_settings(self, user_id: int) -> StreamSettings:
         return await keys_db.get_settings(self.db, user_id)
@@ -86,35 +89,30 @@ class ChannelService:
 
     # --- streams -------------------------------------------------------------------------------
 
-    async def changed(self, username: str | None = None) -> None:
-        """Invalidate cached stream and category lists (and a user's public profile)."""
-        await self.cache.bump(STREAMS_NAMESPACE)
-        await self.cache.bump(CATEGORIES_NAMESPACE)
-        if username:
-            await self.cache.delete(f"user:{username.lower()}")
-
     async def create_stream(self, user_id: int, fields: dict[str, Any]) -> Stream:
         stream = await streams_db.create_stream(self.db, user_id, **fields)
-        await self.changed()
+        await self.cache.forget_public_views()
         return stream
 
     async def update_stream(self, stream_id: int, user_id: int, changes: dict[str, Any]) -> Stream:
         stream = await streams_db.update_stream(self.db, stream_id, user_id, changes)
-        await self.changed()
-        for hook in self.on_stream_updated:
-            await hook(stream)
+        await self.cache.forget_public_views(stream.username)
+        await self._tell("updated", stream)
         return stream
 
     async def end_stream(self, stream_id: int, user_id: int | None = None) -> None:
         """End a stream (by its owner, or by the platform when `user_id` is None)."""
         was_live = await streams_db.end_stream(self.db, stream_id, user_id)
-        username = await self.db.fetchval(
-            "SELECT u.username FROM streams s JOIN users u ON u.id = s.user_id WHERE s.id = $1",
-            stream_id)
-        await self.changed(username)
-        if was_live:
-            for hook in self.on_stream_ended:
-                await hook(stream_id)
+        stream = await streams_db.load_stream(self.db, stream_id)
+        await self.cache.forget_public_views(stream.username if stream else None)
+        if was_live and stream is not None:
+            await self._tell("ended", stream)
+
+    async def set_thumbnail(self, stream_id: int, url: str) -> None:
+        stream = await streams_db.set_thumbnail(self.db, stream_id, url)
+        if stream is not None:
+            await self.cache.forget_public_views()
+            await self._tell("thumbnail", stream)
 
     async def get_stream(self, stream_id: int, viewer_id: int | None) -> Stream:
         return await streams_db.get_stream(self.db, stream_id, viewer_id)
@@ -139,6 +137,8 @@ class ChannelService:
         params = "&".join(f"{key}={filters[key]}" for key in sorted(filters))
         return await self.cache.get_or_set(f"streams:{generation}:anon:{params}", compute)
 
+    # --- categories ----------------------------------------------------------------------------
+
     async def list_categories(self, limit: int, cursor: str | None,
                               loader: Callable[[list[Any], str | None], Any]) -> Any:
         generation = await self.cache.generation(CATEGORIES_NAMESPACE)
@@ -147,6 +147,23 @@ class ChannelService:
             return loader(*await categories_db.list_categories(self.db, limit, cursor))
 
         return await self.cache.get_or_set(f"categories:{generation}:{limit}:{cursor}", compute)
+
+    async def add_category(self, name: str, description: str = "",
+                           thumbnail: str | None = None) -> Category:
+        category = await categories_db.add_category(self.db, name, description, thumbnail)
+        await self.cache.forget_public_views()
+        return category
+
+    async def update_category(self, category_id: int, changes: dict[str, object]) -> Category:
+        category = await categories_db.update_category(self.db, category_id, changes)
+        await self.cache.forget_public_views()
+        return category
+
+    async def remove_category(self, category_id: int) -> int:
+        """Remove a category; its streams move to none. How many streams moved."""
+        moved = await categories_db.remove_category(self.db, category_id)
+        await self.cache.forget_public_views()
+        return moved
 
     # --- publishing ----------------------------------------------------------------------------
 
@@ -163,12 +180,23 @@ class ChannelService:
         if user_id is None:
             raise Forbidden("Unknown stream key")
         async with self.db.acquire() as connection, connection.transaction():
-            await connection.execute("SELECT pg_advisory_xact_lock($1)", user_id)
+            await streams_db.lock_user_publishing(connection, user_id)
             stream_id = await streams_db.resume_after_disconnect(
                 connection, user_id, resume_within, media_node)
             if stream_id is None:
                 sealed = await keys_db.sealed_key(connection, user_id)
                 stream_id = await streams_db.go_live(connection, user_id, sealed, media_node)
         stream = await streams_db.get_stream(self.db, stream_id, user_id)
-        await self.changed(stream.username)
+        await self.cache.forget_public_views(stream.username)
+        await self._tell("live", stream)
         return stream
+
+    async def stream_of_callback_name(self, name: str) -> int | None:
+        """The stream an nginx-rtmp callback names: a stream id, or the key it was published
+        with (nginx-rtmp keeps the original name for on_update and on_publish_done)."""
+        if name.isdigit() and len(name) <= 18:
+            return int(name)
+        user_id = await keys_db.find_user_by_key(self.db, self.cipher, name)
+        if user_id is None:
+            return None
+        return await streams_db.live_stream_of(self.db, user_id)

@@ -1,0 +1,1 @@
+"""Running one node: server start/stop in order, local services for `sf dev`, TLS helper."""

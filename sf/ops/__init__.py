@@ -1,0 +1,1 @@
+"""Operator commands (`sf categories`, `sf keys`), built on the services."""

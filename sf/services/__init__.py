@@ -1,0 +1,1 @@
+"""Use cases the handlers call: accounts, sessions, channels, ingest, stream events."""

@@ -1,0 +1,102 @@
+"""The services one node holds (pool, Redis, sessions, limits, use cases), built once at start-up."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import asyncpg
+from redis.asyncio import Redis
+
+from sf.cache import Cache
+from sf.config import Config
+from sf.db.pool import create_pool
+from sf.media.images import ImageWorker
+from sf.ratelimit import LoginThrottle, RateLimiter
+from sf.schemas import StreamSchema
+from sf.security import PasswordHasher, StreamKeyCipher, TokenService
+from sf.services.accounts import AccountService
+from sf.services.channels import ChannelService
+from sf.services.events import EventBus
+from sf.services.ingest import IngestService
+from sf.services.sessions import SessionStore
+
+
+@dataclass(kw_only=True)
+class Services:
+    """Everything handlers reach through `self.services`; owned by the loop thread."""
+
+    config: Config
+    db: asyncpg.Pool
+    redis: Redis
+    tokens: TokenService
+    hasher: PasswordHasher
+    sessions: SessionStore
+    limiter: RateLimiter
+    cipher: StreamKeyCipher
+    cache: Cache
+    images: ImageWorker
+    events: EventBus
+    channels: ChannelService
+    accounts: AccountService
+    stream_schema: StreamSchema
+    ingest: IngestService | None  # only on a node next to an nginx-rtmp
+
+    async def start(self) -> None:
+        """Start the background parts, in order (stream events first: ingest relies on them)."""
+        await self.events.start()
+        if self.ingest is not None:
+            await self.ingest.start()
+
+    async def stop(self) -> None:
+        """Stop the background parts in the reverse order of `start`."""
+        try:
+            if self.ingest is not None:
+                await self.ingest.stop()
+        finally:
+            await self.events.stop()
+
+    async def close(self) -> None:
+        """Release connections and threads (after `stop`)."""
+        await self.redis.aclose()
+        await self.db.close()
+        self.hasher.executor.shutdown(wait=False)
+        self.images.close()
+
+
+async def start_services(config: Config, *, database_url: str | None = None,
+                         ingest: bool = False) -> Services:
+    """Connect to PostgreSQL and Redis and wire the services together.
+
+    `ingest=True` on a node that runs nginx-rtmp (`sf serve`, `sf node`): it then owns the
+    StreamActors of the streams published to it.
+    """
+    db = await create_pool(config, database_url)
+    redis = Redis.from_url(config.redis_url, decode_responses=False,
+                           max_connections=256, health_check_interval=30)
+    await redis.ping()
+    tokens = TokenService(config)
+    hasher = PasswordHasher(config.bcrypt_rounds, workers=max(1, os.cpu_count() or 1))
+    sessions = SessionStore(redis, tokens)
+    cipher = StreamKeyCipher(config.stream_key_encryption_keys, config.stream_key_lookup_secret)
+    cache = Cache(redis, config.cache_ttl)
+    images = ImageWorker(config.media_dir, config.avatar_size, config.avatar_max_pixels)
+    events = EventBus(redis, config.node_id)
+    channels = ChannelService(db, cipher, cache, listeners=[events])
+    throttle = LoginThrottle(redis, config.rate_limit_auth_account,
+                             config.rate_limit_auth_account_ceiling, config.rate_limit_window)
+    accounts = AccountService(db, hasher, sessions, throttle, cache, images, channels,
+                              avatar_hosts=config.avatar_hosts)
+    node_ingest = None
+    if ingest:
+        node_ingest = IngestService(config, db, redis, channels)
+        channels.add_listener(node_ingest)
+        events.subscribe(node_ingest.remote)
+    return Services(
+        config=config, db=db, redis=redis, tokens=tokens, hasher=hasher, sessions=sessions,
+        limiter=RateLimiter(redis), cipher=cipher, cache=cache, images=images, events=events,
+        channels=channels, accounts=accounts,
+        stream_schema=StreamSchema(playback_secret=config.internal_secret,
+                                   playback_ttl=config.playback_url_ttl),
+        ingest=node_ingest,
+    )

@@ -1,0 +1,150 @@
+"""Stream events: one listener interface for what happens to a stream, and the Redis pub/sub
+bus that carries those events to every node.
+
+`ChannelService` tells its local listeners (Mopidy `CoreListener` style: subclass
+`StreamListener`, override what you need). `EventBus` is one of them: it publishes each event
+on Redis, and hands the events other nodes published to its own subscribers, so a node that
+only serves viewers can follow streams without owning ingest, and a media node hears about
+changes made through any API node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from sf.db.streams import Stream
+
+log = logging.getLogger("sf.events")
+
+CHANNEL = "sf:events:streams"
+KINDS = ("live", "updated", "ended", "thumbnail")
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    """What changed, and the stream's public state after the change."""
+
+    kind: str
+    stream_id: int
+    user_id: int
+    is_live: bool
+    is_private: bool
+    title: str
+    thumbnail: str | None
+    category_id: int | None
+    ts: float
+    origin: str = ""  # the node that published it
+
+    @classmethod
+    def of(cls, kind: str, stream: Stream) -> StreamEvent:
+        return cls(kind, stream.id, stream.user_id, stream.is_live, stream.is_private,
+                   stream.title, stream.thumbnail, stream.category_id, time.time())
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> StreamEvent:
+        data: dict[str, Any] = json.loads(raw)
+        if data.get("kind") not in KINDS:
+            raise ValueError(f"unknown stream event kind {data.get('kind')!r}")
+        return cls(**{name: data[name] for name in cls.__dataclass_fields__ if name in data})
+
+
+class StreamListener:
+    """Hears what happens to streams; every method is a no-op until overridden."""
+
+    async def stream_live(self, event: StreamEvent) -> None:
+        """The stream went live (or resumed after its encoder reconnected)."""
+
+    async def stream_updated(self, event: StreamEvent) -> None:
+        """Title, description, category or privacy changed."""
+
+    async def stream_ended(self, event: StreamEvent) -> None:
+        """The stream stopped being live (owner, key reset, sweeper)."""
+
+    async def thumbnail_changed(self, event: StreamEvent) -> None:
+        """A new thumbnail was taken."""
+
+
+_METHODS = {"live": "stream_live", "updated": "stream_updated", "ended": "stream_ended",
+            "thumbnail": "thumbnail_changed"}
+
+
+async def notify(listeners: list[StreamListener], event: StreamEvent) -> None:
+    """Tell every listener; one that fails is logged and does not stop the others."""
+    for listener in listeners:
+        try:
+            await getattr(listener, _METHODS[event.kind])(event)
+        except Exception:
+            log.exception("%s failed on a %s event of stream %s", type(listener).__name__,
+                          event.kind, event.stream_id)
+
+
+class EventBus(StreamListener):
+    """Publishes this node's stream events on Redis; delivers other nodes' to subscribers."""
+
+    def __init__(self, redis: Redis, node_id: str) -> None:
+        self.redis = redis
+        self.node_id = node_id
+        self.subscribers: list[StreamListener] = []
+        self._task: asyncio.Task[None] | None = None
+        self._outage = False
+
+    def subscribe(self, listener: StreamListener) -> None:
+        """`listener` hears the events published by other nodes."""
+        self.subscribers.append(listener)
+
+    async def _publish(self, event: StreamEvent) -> None:
+        try:
+            await self.redis.publish(CHANNEL, StreamEvent(**{**asdict(event),
+                                                             "origin": self.node_id}).to_json())
+        except Exception:
+            log.warning("could not publish a %s event of stream %s", event.kind,
+                        event.stream_id, exc_info=True)
+
+    stream_live = stream_updated = stream_ended = thumbnail_changed = _publish
+
+    async def start(self) -> None:
+        self._task = asyncio.ensure_future(self._listen())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _listen(self) -> None:
+        """Deliver other nodes' events until stopped; a lost Redis is logged once per outage."""
+        while True:
+            try:
+                async with self.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+                    await pubsub.subscribe(CHANNEL)
+                    if self._outage:
+                        log.info("stream events flow again")
+                        self._outage = False
+                    async for message in pubsub.listen():
+                        await self._deliver(message["data"])
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                if not self._outage:
+                    log.warning("stream event subscription lost; retrying", exc_info=True)
+                    self._outage = True
+                await asyncio.sleep(1)
+
+    async def _deliver(self, raw: bytes) -> None:
+        try:
+            event = StreamEvent.from_json(raw)
+        except (ValueError, TypeError, KeyError):
+            log.warning("ignored a malformed stream event")
+            return
+        if event.origin != self.node_id:
+            await notify(self.subscribers, event)
