@@ -26,9 +26,11 @@ from sf.handlers import (
     follows,
     health,
     media_hooks,
+    statistics,
     stream_keys,
     streams,
     users,
+    viewers,
 )
 from sf.handlers.base import AUTH_MODES, NotFoundHandler
 from sf.node import localservices
@@ -41,7 +43,7 @@ from sf.services.container import Services
 
 # Every resource's handlers, in the order their routes are matched.
 HANDLER_MODULES = (health, docs, auth, users, follows, stream_keys, allowed_viewers, streams,
-                   categories, media_hooks)
+                   categories, statistics, viewers, media_hooks)
 
 
 class MediaFileHandler(tornado.web.StaticFileHandler):
@@ -88,6 +90,7 @@ def make_app(services: Services) -> tornado.web.Application:
         compress_response=True,
         websocket_ping_interval=20,
         websocket_ping_timeout=30,
+        websocket_max_message_size=4096,
         serve_traceback=False,
     )
 

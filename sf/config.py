@@ -265,7 +265,10 @@ class Config:
     media_control_port: int = setting(Integer(1, 65535))
     media_node_url: str = setting(Text())
     playback_url_ttl: int = setting(Integer(30, 86400))
+    ws_connections_per_address: int = setting(Integer(1, 100000))
     sweep_interval: float = setting(Number(0.05, 3600))
+    viewers_sync_seconds: float = setting(Number(0.05, 60))
+    stats_sample_seconds: float = setting(Number(0.1, 3600))
     extra: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property

@@ -23,6 +23,8 @@ LATENCY = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2.5, 5),
 )
 LIVE_STREAMS = Gauge("sf_live_streams", "Live streams ingested on this node")
+WS_CONNECTIONS = Gauge("sf_ws_connections", "Open viewer WebSockets on this node")
+WS_MESSAGES = Counter("sf_ws_messages_sent_total", "Messages sent to viewer WebSockets")
 TRANSCODER_SPEED = Gauge("sf_transcoder_speed", "FFmpeg speed (x real time)", ["stream_id"])
 TRANSCODER_FPS = Gauge("sf_transcoder_fps", "FFmpeg output frames per second", ["stream_id"])
 TRANSCODER_RESTARTS = Gauge("sf_transcoder_restarts", "FFmpeg restarts of a live stream",

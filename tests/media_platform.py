@@ -105,10 +105,10 @@ class Platform:
         if self.nginx_process:
             nginx.stop(self.nginx_process)
 
-    def start_api_node(self, media_dir: Path) -> dict[str, Any]:
+    def start_api_node(self, media_dir: Path, port_shift: int = 100) -> dict[str, Any]:
         """Another API node sharing PostgreSQL and Redis, as on another machine (own media
         dir, no nginx-rtmp next to it); reach it with `request_node`."""
-        port = self.config.api_port + 100
+        port = self.config.api_port + port_shift
         env = {**self.env, "SF_API_PORT": str(port), "SF_MEDIA_DIR": str(media_dir)}
         log = open(self.workdir / f"api-{port}.log", "ab")  # noqa: SIM115 (closed with the node)
         process = subprocess.Popen([sys.executable, "-m", "sf.app", "serve"], env=env,

@@ -1,4 +1,5 @@
-"""Follows repository; followers_count changes in the same transaction as the follow row."""
+"""Follows repository; followers_count (and the followers gained by a live stream) change in
+the same transaction as the follow row."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from datetime import datetime
 
 import asyncpg
 
+from sf.db import statistics as statistics_db
 from sf.db import users as users_db
 from sf.db.pagination import decode_cursor, encode_cursor
 from sf.db.sql import Executor
@@ -25,6 +27,7 @@ async def follow(db: asyncpg.Pool, follower_id: int, username: str) -> User:
         if inserted is not None:
             await connection.execute(
                 "UPDATE users SET followers_count = followers_count + 1 WHERE id = $1", target.id)
+            await statistics_db.count_new_follower(connection, target.id)
     return target
 
 
@@ -32,12 +35,13 @@ async def unfollow(db: asyncpg.Pool, follower_id: int, username: str) -> User:
     """Stop following `username` (idempotent); returns the user."""
     async with db.acquire() as connection, connection.transaction():
         target = await users_db.get_user_by_username(connection, username)
-        deleted = await connection.fetchval(
-            "DELETE FROM follows WHERE follower_id = $1 AND following_id = $2 RETURNING id",
-            follower_id, target.id)
-        if deleted is not None:
+        followed_at = await connection.fetchval(
+            "DELETE FROM follows WHERE follower_id = $1 AND following_id = $2"
+            " RETURNING created_at", follower_id, target.id)
+        if followed_at is not None:
             await connection.execute(
                 "UPDATE users SET followers_count = followers_count - 1 WHERE id = $1", target.id)
+            await statistics_db.uncount_lost_follower(connection, target.id, followed_at)
     return target
 
 

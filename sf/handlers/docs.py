@@ -41,6 +41,17 @@ Where the contract (API.md) is silent, SF decided:
   signature 410. Players renew by reading the stream again (`GET /api/streams/{id}`), which an
   invite that was withdrawn no longer allows.
 - A user's `is_live` counts public live streams only.
+- Live viewers: WebSocket `/ws/streams/{id}/viewers` (not describable in OpenAPI 3.0). It
+  sends `{"type": "viewers", "stream_id", "viewers", "ts"}` once on connect and whenever the
+  total over all nodes changes (at most about once a second), and `{"type": "stream",
+  "stream_id", "is_live", "title", "thumbnail", "ts"}` when the stream goes live or offline,
+  changes title or category, or gets a new thumbnail. Signed-in viewers connect with
+  `?ticket=` from `POST /api/ws/ticket` (single use, 30 s); an access token in the URL is
+  ignored. Anonymous viewers get an `sf_vid` cookie, so their tabs count once. Close codes:
+  4404 the stream does not exist for you (also when it turns private or your invite is
+  withdrawn), 4401 invalid or used ticket, 1008 too many messages (over 20 in 10 s) or too
+  slow to read, 1009 a message over 4 KiB, 1001 the node is shutting down (reconnect). A
+  handshake from a foreign `Origin` gets 403; over 500 connections from one address, 429.
 - An encoder that reconnects within the grace period (30 s) continues the same stream.
 - Login takes exactly one of `username` or `email`.
 - Avatars: raw `image/png|jpeg|webp` body or multipart field `avatar`; stored as WebP

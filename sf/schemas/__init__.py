@@ -329,3 +329,45 @@ def page(items: list[Any], next_cursor: str | None, schema: Schema) -> dict[str,
 
 
 category_schema = CategorySchema()
+
+
+class WsTicketSchema(Schema):
+    ticket = fields.String()
+    expires_in = fields.Integer()
+
+
+# --- statistics --------------------------------------------------------------------------------
+
+class StatisticsQuerySchema(StrictSchema):
+    """The statistics endpoints take no query parameters (an unknown one is a 422)."""
+
+
+class ViewerSampleSchema(Schema):
+    ts = UTCDateTime()
+    viewers = fields.Integer()
+
+
+class StreamStatisticsSchema(Schema):
+    """A stream's statistics; `timeline` (one sample about every 10 s) only for its owner."""
+
+    stream_id = fields.Integer()
+    peak_viewers = fields.Integer()
+    average_viewers = fields.Float(metadata={"description": "mean of the samples"})
+    unique_viewers = fields.Integer(metadata={"description": "distinct viewers (estimate)"})
+    watch_time_seconds = fields.Integer(metadata={"description": "viewer-seconds"})
+    duration_seconds = fields.Integer(metadata={"description": "started_at to ended_at (or now)"})
+    followers_gained = fields.Integer(metadata={"description": "net new followers while live"})
+    timeline = fields.List(fields.Nested(ViewerSampleSchema))
+
+
+class UserStatisticsSchema(Schema):
+    """A channel's totals over its streams that went live (public ones, unless your own)."""
+
+    username = fields.String()
+    followers_count = fields.Integer()
+    total_streams = fields.Integer()
+    total_stream_seconds = fields.Integer()
+    total_watch_time_seconds = fields.Integer()
+    peak_viewers = fields.Integer()
+    average_viewers = fields.Float()
+    last_stream_at = UTCDateTime(allow_none=True)

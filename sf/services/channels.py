@@ -7,6 +7,7 @@ this module knows nothing of actors or Redis pub/sub (layers call downward only)
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -23,7 +24,7 @@ from sf.db.streams import Stream
 from sf.db.users import User
 from sf.errors import Forbidden
 from sf.security import StreamKeyCipher
-from sf.services.events import StreamEvent, StreamListener, notify
+from sf.services.events import AccessEvent, StreamEvent, StreamListener, notify
 
 log = logging.getLogger("sf.channels")
 
@@ -81,7 +82,9 @@ class ChannelService:
     async def revoke_viewer(self, owner_id: int, username: str) -> User:
         """End an invite: the user gets no new playback URL from now on (signed URLs they
         hold expire within `playback_url_ttl`)."""
-        return await allowed_db.revoke(self.db, owner_id, username)
+        viewer = await allowed_db.revoke(self.db, owner_id, username)
+        await notify(self.listeners, AccessEvent(owner_id, viewer.id, time.time()))
+        return viewer
 
     async def allowed_viewers(self, owner_id: int, limit: int,
                               cursor: str | None) -> tuple[list[User], str | None]:

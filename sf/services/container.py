@@ -19,7 +19,10 @@ from sf.services.accounts import AccountService
 from sf.services.channels import ChannelService
 from sf.services.events import EventBus
 from sf.services.ingest import IngestService
-from sf.services.sessions import SessionStore
+from sf.services.sessions import SessionStore, TicketStore
+from sf.services.statistics import StatisticsService
+from sf.services.viewer_counts import ViewerCounts
+from sf.services.viewers import ViewerHub
 
 
 @dataclass(kw_only=True)
@@ -39,12 +42,18 @@ class Services:
     events: EventBus
     channels: ChannelService
     accounts: AccountService
+    statistics: StatisticsService  # live totals onto streams, samples (leader node only)
     stream_schema: StreamSchema
+    tickets: TicketStore
+    counts: ViewerCounts
+    viewers: ViewerHub
     ingest: IngestService | None  # only on a node next to an nginx-rtmp
 
     async def start(self) -> None:
         """Start the background parts, in order (stream events first: ingest relies on them)."""
         await self.events.start()
+        await self.statistics.start()
+        await self.viewers.start()
         if self.ingest is not None:
             await self.ingest.start()
 
@@ -54,7 +63,11 @@ class Services:
             if self.ingest is not None:
                 await self.ingest.stop()
         finally:
-            await self.events.stop()
+            try:
+                await self.viewers.stop()
+            finally:
+                await self.statistics.stop()  # never raises
+                await self.events.stop()
 
     async def close(self) -> None:
         """Release connections and threads (after `stop`)."""
@@ -87,6 +100,11 @@ async def start_services(config: Config, *, database_url: str | None = None,
                              config.rate_limit_auth_account_ceiling, config.rate_limit_window)
     accounts = AccountService(db, hasher, sessions, throttle, cache, images, channels,
                               avatar_hosts=config.avatar_hosts)
+    counts = ViewerCounts(redis, config.node_id)
+    viewers = ViewerHub(config, redis, counts, channels)
+    channels.add_listener(viewers)
+    events.subscribe(viewers)
+    statistics = StatisticsService(config, db, redis, counts, cache, channels)
     node_ingest = None
     if ingest:
         node_ingest = IngestService(config, db, redis, channels)
@@ -95,8 +113,9 @@ async def start_services(config: Config, *, database_url: str | None = None,
     return Services(
         config=config, db=db, redis=redis, tokens=tokens, hasher=hasher, sessions=sessions,
         limiter=RateLimiter(redis), cipher=cipher, cache=cache, images=images, events=events,
-        channels=channels, accounts=accounts,
+        channels=channels, accounts=accounts, statistics=statistics,
         stream_schema=StreamSchema(playback_secret=config.internal_secret,
                                    playback_ttl=config.playback_url_ttl),
+        tickets=TicketStore(redis), counts=counts, viewers=viewers,
         ingest=node_ingest,
     )

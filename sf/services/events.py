@@ -14,7 +14,7 @@ import asyncio
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from redis.asyncio import Redis
@@ -58,6 +58,31 @@ class StreamEvent:
         return cls(**{name: data[name] for name in cls.__dataclass_fields__ if name in data})
 
 
+@dataclass(frozen=True)
+class AccessEvent:
+    """An owner withdrew a viewer's invite to their private streams."""
+
+    owner_id: int
+    viewer_id: int
+    ts: float
+    kind: str = "revoked"
+    origin: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+
+Event = StreamEvent | AccessEvent
+
+
+def event_from_json(raw: bytes | str) -> Event:
+    data: dict[str, Any] = json.loads(raw)
+    if data.get("kind") == "revoked":
+        return AccessEvent(int(data["owner_id"]), int(data["viewer_id"]), float(data["ts"]),
+                           origin=str(data.get("origin", "")))
+    return StreamEvent.from_json(raw)
+
+
 class StreamListener:
     """Hears what happens to streams; every method is a no-op until overridden."""
 
@@ -73,19 +98,21 @@ class StreamListener:
     async def thumbnail_changed(self, event: StreamEvent) -> None:
         """A new thumbnail was taken."""
 
+    async def viewer_revoked(self, event: AccessEvent) -> None:
+        """A viewer lost access to an owner's private streams."""
+
 
 _METHODS = {"live": "stream_live", "updated": "stream_updated", "ended": "stream_ended",
-            "thumbnail": "thumbnail_changed"}
+            "thumbnail": "thumbnail_changed", "revoked": "viewer_revoked"}
 
 
-async def notify(listeners: list[StreamListener], event: StreamEvent) -> None:
+async def notify(listeners: list[StreamListener], event: Event) -> None:
     """Tell every listener; one that fails is logged and does not stop the others."""
     for listener in listeners:
         try:
             await getattr(listener, _METHODS[event.kind])(event)
         except Exception:
-            log.exception("%s failed on a %s event of stream %s", type(listener).__name__,
-                          event.kind, event.stream_id)
+            log.exception("%s failed on a %s event", type(listener).__name__, event.kind)
 
 
 class EventBus(StreamListener):
@@ -102,15 +129,14 @@ class EventBus(StreamListener):
         """`listener` hears the events published by other nodes."""
         self.subscribers.append(listener)
 
-    async def _publish(self, event: StreamEvent) -> None:
+    async def _publish(self, event: Event) -> None:
         try:
-            await self.redis.publish(CHANNEL, StreamEvent(**{**asdict(event),
-                                                             "origin": self.node_id}).to_json())
+            await self.redis.publish(CHANNEL, replace(event, origin=self.node_id).to_json())
         except Exception:
-            log.warning("could not publish a %s event of stream %s", event.kind,
-                        event.stream_id, exc_info=True)
+            log.warning("could not publish a %s event", event.kind, exc_info=True)
 
     stream_live = stream_updated = stream_ended = thumbnail_changed = _publish
+    viewer_revoked = _publish
 
     async def start(self) -> None:
         self._task = asyncio.ensure_future(self._listen())
@@ -142,7 +168,7 @@ class EventBus(StreamListener):
 
     async def _deliver(self, raw: bytes) -> None:
         try:
-            event = StreamEvent.from_json(raw)
+            event = event_from_json(raw)
         except (ValueError, TypeError, KeyError):
             log.warning("ignored a malformed stream event")
             return

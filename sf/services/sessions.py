@@ -7,6 +7,8 @@ session is dropped (every access and refresh token of it stops working at once).
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 import time
 import uuid
 from dataclasses import dataclass
@@ -125,3 +127,32 @@ class SessionStore:
             pipe.srem(_user_sessions_key(user_id), *doomed)
             await pipe.execute()
         return len(doomed)
+
+
+TICKET_TTL = 30  # seconds
+
+
+def _ticket_key(ticket: str) -> str:
+    # Only a digest is stored: a Redis dump never holds a usable ticket.
+    return "sf:wst:" + hashlib.sha256(ticket.encode()).hexdigest()
+
+
+class TicketStore:
+    """One-time WebSocket tickets: a signed-in viewer trades an access token (sent in a
+    header) for a short-lived ticket that may go into a WebSocket URL, because browsers
+    cannot set headers on a WebSocket and access tokens never go into URLs."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+
+    async def issue(self, user_id: int) -> str:
+        ticket = secrets.token_urlsafe(32)
+        await self.redis.set(_ticket_key(ticket), user_id, ex=TICKET_TTL)
+        return ticket
+
+    async def redeem(self, ticket: str) -> int | None:
+        """The user a ticket was issued to, once; None when unknown, used or expired."""
+        if not 20 <= len(ticket) <= 100:
+            return None
+        value = await self.redis.getdel(_ticket_key(ticket))
+        return int(value) if value is not None else None

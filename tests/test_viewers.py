@@ -1,0 +1,277 @@
+"""Live viewers over WebSocket, for real: nginx + two API nodes sharing PostgreSQL and Redis,
+real WebSocket clients, nodes killed and Redis restarted under them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import signal
+import subprocess
+import time
+from typing import Any
+
+import pytest
+import redis
+import tornado.httpclient
+import tornado.websocket
+
+from tests.helpers import TEST_PORT_OFFSET
+from tests.media_platform import Platform, wait_for
+
+CLOSE_NOT_FOUND, CLOSE_UNAUTHORIZED, CLOSE_GOING_AWAY = 4404, 4401, 1001
+
+
+@pytest.fixture(scope="module")
+def platform(base_config, tmp_path_factory):
+    node = Platform(base_config, tmp_path_factory.mktemp("viewers-node"), 18780,
+                    SF_RATE_LIMIT_ANONYMOUS="100000", SF_RATE_LIMIT_USER="100000").start()
+    yield node
+    node.stop()
+
+
+class Viewer:
+    """A WebSocket client that keeps every message it gets."""
+
+    def __init__(self, connection: tornado.websocket.WebSocketClientConnection) -> None:
+        self.connection = connection
+        self.messages: list[dict[str, Any]] = []
+        self.closed = asyncio.Event()
+        self._reader = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        while True:
+            message = await self.connection.read_message()
+            if message is None:
+                self.closed.set()
+                return
+            self.messages.append(json.loads(message))
+
+    @property
+    def cookie(self) -> str:
+        header = self.connection.headers.get("Set-Cookie", "")
+        return header.split(";")[0]
+
+    @property
+    def close_code(self) -> int | None:
+        return self.connection.close_code
+
+    def viewers(self) -> int | None:
+        counts = [m["viewers"] for m in self.messages if m["type"] == "viewers"]
+        return counts[-1] if counts else None
+
+    async def until(self, predicate: Any, timeout: float = 10, what: str = "a message") -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate(self):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}: {self.messages[-5:]}")
+            await asyncio.sleep(0.05)
+
+    async def until_closed(self, timeout: float = 10) -> int | None:
+        await asyncio.wait_for(self.closed.wait(), timeout)
+        return self.close_code
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+async def connect(base: str, stream_id: int, *, origin: str | None = None, cookie: str = "",
+                  query: str = "") -> Viewer:
+    url = base.replace("http://", "ws://") + f"/ws/streams/{stream_id}/viewers{query}"
+    headers = {"Origin": origin or base}
+    if cookie:
+        headers["Cookie"] = cookie
+    request = tornado.httpclient.HTTPRequest(url, headers=headers, request_timeout=10)
+    return Viewer(await tornado.websocket.websocket_connect(request))
+
+
+def prepared_stream(platform: Platform, username: str, private: bool = False) -> tuple[int, str]:
+    user = platform.register(username)
+    status, stream, _ = platform.request("POST", "/api/streams",
+                                         {"title": f"{username} live", "is_private": private},
+                                         token=user["token"])
+    assert status == 201
+    return stream["id"], user["token"]
+
+
+def ticket_for(platform: Platform, token: str) -> str:
+    status, body, _ = platform.request("POST", "/api/ws/ticket", token=token)
+    assert status == 200 and body["expires_in"] == 30
+    return body["ticket"]  # type: ignore[no-any-return]
+
+
+def test_viewers_on_two_nodes_are_summed_and_tabs_count_once(platform, tmp_path):
+    stream_id, _ = prepared_stream(platform, "summed")
+    other = platform.start_api_node(tmp_path / "other-media")
+
+    async def scenario() -> None:
+        first = await connect(platform.base_url, stream_id)  # through nginx, node A
+        await first.until(lambda v: v.viewers() == 1, what="the first total")
+        remote = await connect(other["url"], stream_id)       # node B directly
+        await first.until(lambda v: v.viewers() == 2, what="both nodes summed")
+        await remote.until(lambda v: v.viewers() == 2, what="node B's view of the total")
+        # A second tab of the first viewer (same viewer cookie) does not count again.
+        tab = await connect(platform.base_url, stream_id, cookie=first.cookie)
+        await tab.until(lambda v: v.viewers() is not None, what="the tab's first total")
+        await asyncio.sleep(2.5)
+        assert first.viewers() == 2 and remote.viewers() == 2 and tab.viewers() == 2
+        remote.close()
+        await first.until(lambda v: v.viewers() == 1, what="a closed viewer to leave")
+        tab.close()
+        await asyncio.sleep(2)
+        assert first.viewers() == 1  # the first tab is still open
+        first.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        platform.stop_api_node(other)
+
+
+def test_a_killed_node_stops_counting_and_a_stopped_one_says_goodbye(platform, tmp_path):
+    stream_id, _ = prepared_stream(platform, "survivor")
+    doomed = platform.start_api_node(tmp_path / "doomed-media")
+    leaving = platform.start_api_node(tmp_path / "leaving-media", port_shift=101)
+
+    async def scenario() -> None:
+        watcher = await connect(platform.base_url, stream_id)
+        lost = [await connect(doomed["url"], stream_id) for _ in range(2)]
+        await watcher.until(lambda v: v.viewers() == 3, what="three viewers")
+        doomed["process"].send_signal(signal.SIGKILL)
+        started = time.monotonic()
+        await watcher.until(lambda v: v.viewers() == 1, timeout=20,
+                            what="the dead node's viewers to expire")
+        assert time.monotonic() - started < 15  # the heartbeat TTL is 10 s
+        for viewer in lost:
+            viewer.close()
+        # A node that is stopped closes its sockets with 1001 (go elsewhere) and withdraws
+        # its count at once rather than after the TTL.
+        going = await connect(leaving["url"], stream_id)
+        await watcher.until(lambda v: v.viewers() == 2, what="the leaving node's viewer")
+        leaving["process"].send_signal(signal.SIGTERM)
+        assert await going.until_closed() == CLOSE_GOING_AWAY
+        started = time.monotonic()
+        await watcher.until(lambda v: v.viewers() == 1, what="the stopped node's count to go")
+        assert time.monotonic() - started < 5
+        watcher.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        platform.stop_api_node(doomed)
+        platform.stop_api_node(leaving)
+
+
+def test_private_streams_tickets_and_origins(platform):
+    stream_id, owner_token = prepared_stream(platform, "hushed", private=True)
+    guest = platform.register("hushguest")
+    platform.request("PUT", "/api/stream/allowed-viewers/hushguest", token=owner_token)
+    public_id, public_owner = prepared_stream(platform, "opening")
+    tickets: list[str] = []
+
+    async def scenario() -> None:
+        anonymous = await connect(platform.base_url, stream_id)
+        assert await anonymous.until_closed() == CLOSE_NOT_FOUND
+        # An access token is never accepted in a URL: this is an anonymous viewer.
+        sneaky = await connect(platform.base_url, stream_id, query=f"?access_token={owner_token}")
+        assert await sneaky.until_closed() == CLOSE_NOT_FOUND
+        tickets.append(ticket_for(platform, owner_token))
+        owner = await connect(platform.base_url, stream_id, query=f"?ticket={tickets[-1]}")
+        await owner.until(lambda v: v.viewers() == 1, what="the owner's total")
+        replay = await connect(platform.base_url, stream_id, query=f"?ticket={tickets[-1]}")
+        assert await replay.until_closed() == CLOSE_UNAUTHORIZED  # single use
+        tickets.append(ticket_for(platform, guest["token"]))
+        invited = await connect(platform.base_url, stream_id, query=f"?ticket={tickets[-1]}")
+        await owner.until(lambda v: v.viewers() == 2, what="the invited viewer")
+        # Withdrawing the invite closes the invited viewer's socket.
+        platform.request("DELETE", "/api/stream/allowed-viewers/hushguest", token=owner_token)
+        assert await invited.until_closed() == CLOSE_NOT_FOUND
+        await owner.until(lambda v: v.viewers() == 1, what="the revoked viewer to leave")
+        owner.close()
+        # A public stream made private closes its anonymous viewers; the owner is told.
+        tickets.append(ticket_for(platform, public_owner))
+        watching = await connect(platform.base_url, public_id)
+        keeper = await connect(platform.base_url, public_id, query=f"?ticket={tickets[-1]}")
+        await keeper.until(lambda v: v.viewers() == 2, what="two viewers")
+        platform.request("PUT", f"/api/streams/{public_id}", {"is_private": True,
+                                                              "title": "now private"},
+                         token=public_owner)
+        assert await watching.until_closed() == CLOSE_NOT_FOUND
+        await keeper.until(lambda v: any(m["type"] == "stream" and m["title"] == "now private"
+                                         for m in v.messages), what="the stream message")
+        keeper.close()
+        # Cross-site WebSocket hijacking: a foreign Origin is refused at the handshake.
+        with pytest.raises(tornado.httpclient.HTTPClientError) as refused:
+            await connect(platform.base_url, public_id, origin="https://evil.example")
+        assert refused.value.code == 403
+        # An unknown stream does not exist.
+        ghost = await connect(platform.base_url, 999999999)
+        assert await ghost.until_closed() == CLOSE_NOT_FOUND
+
+    asyncio.run(scenario())
+    logs = platform.logs()
+    assert tickets and not any(ticket in logs for ticket in tickets)
+    assert owner_token not in logs
+
+
+def test_websocket_needs_a_live_redis_for_totals_only(base_config, tmp_path):
+    """Redis restarted under a node: sockets keep getting this node's counts, the outage is
+    logged once, and the counts are shared again when Redis is back."""
+    port = 18870 + TEST_PORT_OFFSET
+    redis_dir = tmp_path / "redis"
+    redis_dir.mkdir()
+
+    def start_redis() -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(
+            [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind",
+             "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(redis_dir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: _redis_up(port), 10, what="redis-server")
+        return process
+
+    server = start_redis()
+    node = Platform(base_config, tmp_path / "node", 18880,
+                    SF_REDIS_URL=f"redis://127.0.0.1:{port}/0").start()
+    try:
+        stream_id, _ = prepared_stream(node, "weathered")
+
+        async def scenario() -> None:
+            nonlocal server
+            first = await connect(node.base_url, stream_id)
+            await first.until(lambda v: v.viewers() == 1, what="the first total")
+            server.send_signal(signal.SIGKILL)
+            server.wait()
+            second = await connect(node.base_url, stream_id)  # needs no Redis to join
+            await first.until(lambda v: v.viewers() == 2, what="local counts while Redis is down")
+            await asyncio.sleep(2)
+            server = start_redis()  # empty: every count must be written again
+            with redis.Redis(port=port) as client:
+                await asyncio.to_thread(
+                    wait_for, lambda: client.hget(f"sf:viewers:{stream_id}",
+                                                  node.config.node_id) == b"2",
+                    15, 0.2, "the counts written again")
+            second.close()
+            await first.until(lambda v: v.viewers() == 1, what="counting after the restart")
+            first.close()
+
+        asyncio.run(scenario())
+        lost = [line for line in node.api_log.read_text().splitlines()
+                if '"sf.viewers"' in line and "Redis unreachable" in line]
+        assert len(lost) == 1, lost
+    finally:
+        node.stop()
+        server.kill()
+        server.wait()
+
+
+def _redis_up(port: int) -> bool:
+    try:
+        with redis.Redis(port=port, socket_timeout=1) as client:
+            return bool(client.ping())
+    except redis.RedisError:
+        return False
+
+
+def test_ticket_needs_a_signed_in_user(platform):
+    status, body, _ = platform.request("POST", "/api/ws/ticket")
+    assert status == 401 and body["error"]["code"] == "unauthorized"
