@@ -7,10 +7,16 @@ bounds staleness for anything an invalidation misses (e.g. live viewer counts).
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from sf.observability import Outage
+
+log = logging.getLogger("sf.cache")
 
 PREFIX = "sf:cache:"
 STREAMS_NAMESPACE = "streams"
@@ -28,28 +34,51 @@ class Cache:
     def __init__(self, redis: Redis, ttl: int) -> None:
         self.redis = redis
         self.ttl = ttl
+        self.outage = Outage(log, "Redis", "reads go straight to PostgreSQL until it is back")
 
     async def get_or_set(self, key: str, compute: Callable[[], Awaitable[Any]]) -> Any:
+        """The cached value, or `compute()`'s, stored for the TTL; straight from `compute`
+        while Redis is unreachable."""
         if self.ttl <= 0:
             return await compute()
-        raw = await self.redis.get(PREFIX + key)
+        try:
+            raw = await self.redis.get(PREFIX + key)
+        except (RedisError, OSError) as error:
+            self.outage.lost(error)
+            return await compute()
         if raw is not None:
+            self.outage.back()
             return json.loads(raw)
         value = await compute()
-        await self.redis.set(PREFIX + key, json.dumps(value, separators=(",", ":")), ex=self.ttl)
+        try:
+            await self.redis.set(PREFIX + key, json.dumps(value, separators=(",", ":")),
+                                 ex=self.ttl)
+            self.outage.back()
+        except (RedisError, OSError) as error:
+            self.outage.lost(error)
         return value
 
     async def delete(self, *keys: str) -> None:
         if keys:
-            await self.redis.delete(*(PREFIX + key for key in keys))
+            try:
+                await self.redis.delete(*(PREFIX + key for key in keys))
+            except (RedisError, OSError) as error:
+                self.outage.lost(error)  # entries expire within the TTL anyway
 
     async def generation(self, namespace: str) -> int:
         """The current version of a namespace; bumping it invalidates all its entries at once."""
-        raw = await self.redis.get(f"{PREFIX}gen:{namespace}")
+        try:
+            raw = await self.redis.get(f"{PREFIX}gen:{namespace}")
+        except (RedisError, OSError) as error:
+            self.outage.lost(error)
+            return -1
         return int(raw or 0)
 
     async def bump(self, namespace: str) -> None:
-        await self.redis.incr(f"{PREFIX}gen:{namespace}")
+        try:
+            await self.redis.incr(f"{PREFIX}gen:{namespace}")
+        except (RedisError, OSError) as error:
+            self.outage.lost(error)
 
     async def forget_public_views(self, username: str | None = None) -> None:
         """Invalidate cached stream and category lists, and a user's public profile.

@@ -73,6 +73,13 @@ class RateLimited(DomainError):
         self.retry_after = retry_after
 
 
+class Unavailable(DomainError):
+    """A dependency is unreachable: retry shortly (503 with Retry-After)."""
+
+    code, status = "internal_error", 503
+    retry_after = 5
+
+
 def validation_error(field: str, message: str) -> ValidationFailed:
     """A 422 for one field, in the API.md shape."""
     return ValidationFailed("Invalid input", fields={field: [message]})

@@ -63,6 +63,7 @@ def configure_logging(level: str = "INFO", stream: Any = None) -> None:
 
 
 access_log = logging.getLogger("sf.access")
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 def log_request(handler: Any) -> None:
@@ -71,7 +72,9 @@ def log_request(handler: Any) -> None:
     status = handler.get_status()
     duration = request.request_time()
     route = type(handler).__name__
-    REQUESTS.labels(request.method, route, str(status)).inc()
+    # Label values must be few: a client may send any method name.
+    method = request.method if request.method in KNOWN_METHODS else "other"
+    REQUESTS.labels(method, route, str(status)).inc()
     LATENCY.labels(route).observe(duration)
     claims = getattr(handler, "claims", None)
     level = logging.ERROR if status >= 500 else logging.INFO
@@ -84,3 +87,25 @@ def log_request(handler: Any) -> None:
         "user_id": claims.user_id if claims else None,
         "client_ip": handler.client_ip if hasattr(handler, "client_ip") else request.remote_ip,
     })
+
+
+class Outage:
+    """Logs a dependency's outage once when it starts and once when it ends, however many
+    requests run into it meanwhile."""
+
+    def __init__(self, logger: logging.Logger, what: str, consequence: str) -> None:
+        self.logger = logger
+        self.what = what
+        self.consequence = consequence
+        self.down = False
+
+    def lost(self, error: BaseException) -> None:
+        if not self.down:
+            self.down = True
+            self.logger.warning("%s unreachable (%s): %s", self.what, type(error).__name__,
+                                self.consequence)
+
+    def back(self) -> None:
+        if self.down:
+            self.down = False
+            self.logger.info("%s reachable again", self.what)

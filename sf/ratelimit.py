@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from sf.errors import RateLimited
+from sf.observability import Outage
+
+log = logging.getLogger("sf.ratelimit")
 
 
 @dataclass(frozen=True)
@@ -35,16 +40,25 @@ class RateLimiter:
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
+        self.outage = Outage(log, "Redis", "rate limits are not enforced until it is back")
 
     async def hit(self, limits: list[Limit]) -> Verdict:
+        """The verdict for one request; with Redis unreachable every request is allowed
+        (the API keeps answering; nginx's per-address limits still hold)."""
         now = time.time()
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for item in limits:
-                window_start = int(now // item.window)
-                key = f"sf:rl:{item.bucket}:{item.identity}:{window_start}"
-                pipe.incr(key)
-                pipe.expire(key, item.window + 1, nx=True)
-            results = await pipe.execute()
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for item in limits:
+                    window_start = int(now // item.window)
+                    key = f"sf:rl:{item.bucket}:{item.identity}:{window_start}"
+                    pipe.incr(key)
+                    pipe.expire(key, item.window + 1, nx=True)
+                results = await pipe.execute()
+        except (RedisError, OSError) as error:
+            self.outage.lost(error)
+            tightest = min(limits, key=lambda item: item.limit)
+            return Verdict(True, tightest.limit, tightest.limit, 0)
+        self.outage.back()
         verdicts = []
         for index, item in enumerate(limits):
             count = int(results[index * 2])

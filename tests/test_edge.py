@@ -171,3 +171,13 @@ async def test_one_json_access_log_line_per_request_without_secrets(api, capture
     text = captured_logs.read_text()
     assert "hunter2hunter2" not in text
     assert tokens["access_token"] not in text and tokens["refresh_token"] not in text
+
+
+async def test_made_up_methods_do_not_grow_the_metrics(api):
+    """Found by an outside attack: each new method name added metric series without bound."""
+    for index in range(5):
+        response = await api.request(f"XMADEUP{index}", "/api/streams")
+        assert response.status == 405
+    metrics = (await api.get("/metrics")).body.decode()
+    assert "XMADEUP" not in metrics
+    assert 'method="other"' in metrics

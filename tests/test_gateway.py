@@ -28,7 +28,7 @@ import redis
 from PIL import Image
 
 from sf.media import nginx
-from sf.media.hls import new_thumbnail_name
+from sf.media.hls import new_thumbnail_name, sign_playback
 from sf.node.tls import write_self_signed
 from tests.media_platform import Platform, wait_for
 
@@ -269,7 +269,7 @@ def test_rendered_config_keeps_identity_headers_and_queries_out_of_the_log(platf
     assert conf.count("proxy_pass") == conf.count("proxy_set_header X-Forwarded-For $remote_addr;")
     assert "$proxy_add_x_forwarded_for" not in conf
     log_format = re.search(r"log_format sf ([^;]+);", conf, re.S).group(1)
-    assert "$uri" in log_format
+    assert "$sf_log_uri" in log_format  # $uri with signed prefixes and thumbnail names masked
     for leaky in ("$request ", "$request\"", "$request_uri", "$args", "$query_string", "$arg_"):
         assert leaky not in log_format
     # A location that forgets the snippet is refused at render time.
@@ -565,5 +565,42 @@ def test_behind_a_named_proxy_its_forwarded_for_is_believed_and_nobody_elses(bas
             wait_for(lambda r=request_id: r in nginx_log(node), 5, what="the access log line")
             line = next(line for line in nginx_log(node).splitlines() if request_id in line)
             assert line.startswith(client + " "), line
+    finally:
+        node.stop()
+
+
+# --- found by the outside attack after the first round --------------------------------------
+
+def test_nginx_errors_are_json_and_redirects_never_name_the_clients_host(platform):
+    trace = edge(platform, "TRACE", "/api/streams", source=address(70))
+    assert trace.status == 405 and trace.headers["Allow"]
+    assert json.loads(trace.body)["error"]["code"] == "bad_request"
+    missing = edge(platform, "GET", "/hls/1/master.m3u8", source=address(70))
+    assert missing.status == 404 and missing.headers["Content-Type"].startswith("application/json")
+    assert json.loads(missing.body)["error"]["code"] == "not_found"
+    redirect = edge(platform, "GET", "/api", source=address(70), headers={"Host": "evil.example"})
+    assert redirect.status == 301 and "evil" not in redirect.headers["Location"]
+
+
+def test_signed_paths_and_thumbnail_names_never_reach_the_access_log(platform):
+    signed = sign_playback(424242, platform.config.internal_secret, 60)
+    signature = signed.split("/")[3]
+    thumbnail = "/media/thumbnails/424242-AbCdEfGhIjKlMnOp.jpg"
+    for path in (signed, thumbnail):
+        edge(platform, "GET", path, source=address(71))
+    wait_for(lambda: "/hls/424242/[signed]/master.m3u8" in nginx_log(platform), 5,
+             what="the masked line")
+    logs = nginx_log(platform) + (platform.config.var_dir / "log" / "nginx-error.log").read_text()
+    assert signature not in logs and "AbCdEfGhIjKlMnOp" not in logs
+
+
+def test_failed_authentications_count_against_the_address(base_config, tmp_path):
+    node = Platform(base_config, tmp_path, 18540, SF_RATE_LIMIT_ANONYMOUS="5").start()
+    try:
+        statuses = [edge(node, "GET", "/api/users/profile", source=address(72),
+                         headers={"Authorization": "Bearer x.y.z"}) for _ in range(7)]
+        assert [r.status for r in statuses] == [401] * 5 + [429] * 2
+        assert statuses[0].headers["X-RateLimit-Limit"] == "5"
+        assert edge(node, "GET", "/api/categories", source=address(73)).status == 200
     finally:
         node.stop()

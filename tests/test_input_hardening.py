@@ -411,3 +411,21 @@ async def test_removing_an_uploaded_avatar_deletes_its_file(api, services):
     assert (await api.put("/api/users/profile", {"avatar": None}, token=owner)).json["avatar"] is None
     assert not stored.exists()
     assert_invalid(await api.put("/api/users/profile", {"avatar": url}, token=owner), "avatar")
+
+
+@pytest.mark.parametrize("body,field", [
+    ({"title": "   "}, "title"),                       # blank is not a title
+    ({"title": "ok\u202egnp.exe"}, "title"),           # a bidi override disguises text
+    ({"title": "ok", "is_private": "yes"}, "is_private"),
+    ({"title": "ok", "is_private": 1}, "is_private"),
+])
+async def test_stream_fields_found_loose_by_the_outside_attack(api, body, field):
+    token = (await api.register("loosen"))["access_token"]
+    assert_invalid(await api.post("/api/streams", body, token=token), field)
+
+
+@pytest.mark.parametrize("name", ["self", "TRUE", "false", "nil", "www", "Mail"])
+async def test_more_reserved_usernames(api, name):
+    response = await api.post("/api/auth/register", {
+        "username": name, "email": f"{name}@example.com", "password": "password123"})
+    assert_invalid(response, "username")

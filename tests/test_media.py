@@ -269,6 +269,40 @@ def test_privacy_holds_while_the_encoder_reconnects_and_from_any_api_node(platfo
         platform.stop_api_node(other)
 
 
+def test_a_private_streams_thumbnail_is_served_only_signed_even_after_it_ends(platform):
+    """Found by an outside attack: the unguessable thumbnail name of a stream stayed readable
+    (and kept updating) after the stream went private, an invite was withdrawn, or it ended."""
+    owner = platform.register("framedowner")
+    guest = platform.register("framedguest")
+    platform.request("PUT", "/api/stream/allowed-viewers/framedguest", token=owner["token"])
+    publisher = platform.publish(owner["key"])
+    sid = wait_for(lambda: platform.live_stream_of("framedowner"), 20, what="live")["id"]
+    public_url = wait_for(lambda: platform.stream(sid)["thumbnail"], 20, what="a thumbnail")
+    assert platform.get(public_url)[0] == 200
+    platform.request("PUT", f"/api/streams/{sid}", {"is_private": True}, token=owner["token"])
+    wait_for(lambda: platform.get(public_url)[0] == 404, 1.5, what="the unsigned thumbnail to go")
+    for who in (owner, guest):
+        signed = platform.stream(sid, token=who["token"])["thumbnail"]
+        assert re.fullmatch(rf"/media/thumbnails/\d+-[A-Za-z0-9_-]{{22}}/{sid}-[^/]+\.jpg\?v=\d+",
+                            signed), signed
+        status, jpeg, headers = platform.get(signed)
+        assert status == 200 and jpeg[:2] == b"\xff\xd8"
+        assert headers["Cache-Control"].startswith("private")
+    # Forged, expired, or borrowed from another stream: refused.
+    name = public_url.split("/")[-1].split("?")[0]
+    assert platform.get(f"/media/thumbnails/{int(time.time()) + 60}-{'A' * 22}/{name}")[0] == 403
+    expired = sign_playback(sid, platform.config.internal_secret, -10).split("/")[3]
+    assert platform.get(f"/media/thumbnails/{expired}/{name}")[0] == 410
+    publisher.kill()
+    publisher.wait()
+    platform.request("DELETE", f"/api/streams/{sid}", token=owner["token"])
+    # After its HLS is cleaned up (retention 3 s), the last picture is still not public.
+    wait_for(lambda: not (platform.config.media_dir / "hls" / str(sid)).exists(), 15,
+             what="the HLS directory to be removed")
+    assert platform.get(public_url)[0] == 404
+    assert platform.get(platform.stream(sid, token=owner["token"])["thumbnail"])[0] == 200
+
+
 def variant_segments_at(platform, base):
     status, body, _ = platform.get(f"{base}/360p/index.m3u8")
     if status != 200:

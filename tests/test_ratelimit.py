@@ -84,6 +84,27 @@ class TestLoginThrottle:
         assert statuses == [401, 401, 401, 429]
 
     @pytest.mark.gen_test(timeout=60)
+    async def test_password_checks_outside_login_count_as_failed_logins(self, api):
+        """Found by an outside attack: with a stolen token, change-password and the email
+        change were an unthrottled password oracle."""
+        token = (await api.register("gail"))["access_token"]
+        address = {"X-Forwarded-For": "198.51.100.90"}
+        wrong = {"current_password": "guess-1", "new_password": "another-password"}
+        first = await api.post("/api/users/change-password", wrong, token=token, headers=address)
+        assert first.status == 422
+        email = {"email": "new@example.com", "current_password": "guess-2"}
+        second = await api.put("/api/users/profile", email, token=token, headers=address)
+        assert second.status == 422
+        assert (await self.login(api, "198.51.100.90", "guess-3", username="gail"))[0].status == 401
+        locked = await api.post("/api/users/change-password",
+                                {"current_password": "password123",
+                                 "new_password": "another-password"}, token=token, headers=address)
+        assert locked.status == 429 and locked.json["error"]["code"] == "rate_limited"
+        assert (await self.login(api, "198.51.100.90", "password123", username="gail"))[0].status == 429
+        # The owner elsewhere is not locked out.
+        assert (await self.login(api, "203.0.113.90", "password123", username="gail"))[0].status == 200
+
+    @pytest.mark.gen_test(timeout=60)
     async def test_past_the_ceiling_logins_wait_but_the_owner_still_gets_in(self, api):
         await api.register("erin")
         await api.register("frank")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import io
+import struct
 import time
 import uuid
+import zlib
 
 import pytest
 from PIL import Image
@@ -267,3 +269,31 @@ async def test_avatar_burst_neither_stalls_logins_nor_grows_memory(api, services
     busy = [response for response in uploads if response.status == 429]
     assert busy and busy[0].json["error"]["code"] == "rate_limited"
     assert busy[0].headers["Retry-After"]
+
+
+@pytest.mark.parametrize("chunks", [
+    [b"IHDR", b"IEND"],             # no image data at all (was a 500: IndexError in verify)
+    [b"IHDR", b"IDAT", b"IEND"],    # image data that is not zlib
+])
+async def test_crafted_pngs_are_refused_not_crashed_on(api, chunks):
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))
+
+    payloads = {b"IHDR": struct.pack(">IIBBBBB", 10, 10, 8, 0, 0, 0, 0), b"IDAT": b"not zlib",
+                b"IEND": b""}
+    body = b"\x89PNG\r\n\x1a\n" + b"".join(chunk(kind, payloads[kind]) for kind in chunks)
+    token = (await api.register("crafty"))["access_token"]
+    response = await api.put("/api/users/profile/avatar", token=token, body=body,
+                             headers={"Content-Type": "image/png"})
+    assert response.status == 415, response
+    assert response.json["error"]["code"] == "unsupported_media_type"
+
+
+async def test_a_huge_image_is_called_too_large(api):
+    token = (await api.register("bomber"))["access_token"]
+    out = io.BytesIO()
+    Image.new("1", (20000, 20000)).save(out, "PNG")  # past Pillow's own bomb limit
+    response = await api.put("/api/users/profile/avatar", token=token, body=out.getvalue(),
+                             headers={"Content-Type": "image/png"})
+    assert response.status == 422 and "avatar" in response.json["error"]["fields"]

@@ -214,9 +214,10 @@ def test_private_streams_tickets_and_origins(platform):
     assert owner_token not in logs
 
 
-def test_websocket_needs_a_live_redis_for_totals_only(base_config, tmp_path):
-    """Redis restarted under a node: sockets keep getting this node's counts, the outage is
-    logged once, and the counts are shared again when Redis is back."""
+def test_a_redis_restart_is_survived(base_config, tmp_path):
+    """Redis restarted under a node: sockets keep getting this node's counts, the REST API
+    answers with the last known totals (token checks say 503, not 500), each outage is logged
+    once, and the counts are shared again when Redis is back."""
     port = 18870 + TEST_PORT_OFFSET
     redis_dir = tmp_path / "redis"
     redis_dir.mkdir()
@@ -233,15 +234,29 @@ def test_websocket_needs_a_live_redis_for_totals_only(base_config, tmp_path):
     node = Platform(base_config, tmp_path / "node", 18880,
                     SF_REDIS_URL=f"redis://127.0.0.1:{port}/0").start()
     try:
-        stream_id, _ = prepared_stream(node, "weathered")
+        streamer = node.register("weathered")
+        node.publish(streamer["key"])
+        stream_id = wait_for(lambda: node.live_stream_of("weathered"), 20, what="live")["id"]
 
         async def scenario() -> None:
             nonlocal server
             first = await connect(node.base_url, stream_id)
             await first.until(lambda v: v.viewers() == 1, what="the first total")
+            await asyncio.to_thread(
+                wait_for, lambda: node.stream(stream_id)["viewers_count"] == 1, 10, 0.2,
+                "viewers_count to follow the live total")
             server.send_signal(signal.SIGKILL)
             server.wait()
-            second = await connect(node.base_url, stream_id)  # needs no Redis to join
+            # REST: public reads answer from PostgreSQL with the last known totals.
+            assert node.stream(stream_id)["viewers_count"] == 1
+            status, listing, _ = node.request("GET", "/api/streams")
+            assert status == 200 and [s["viewers_count"] for s in listing["data"]] == [1]
+            status, body, headers = node.request("GET", "/api/users/profile",
+                                                 token=streamer["token"])
+            assert status == 503 and body["error"]["code"] == "internal_error"
+            assert headers["Retry-After"] == "5"
+            # WebSockets: a new viewer joins without Redis and everyone gets local counts.
+            second = await connect(node.base_url, stream_id)
             await first.until(lambda v: v.viewers() == 2, what="local counts while Redis is down")
             await asyncio.sleep(2)
             server = start_redis()  # empty: every count must be written again
@@ -255,9 +270,12 @@ def test_websocket_needs_a_live_redis_for_totals_only(base_config, tmp_path):
             first.close()
 
         asyncio.run(scenario())
-        lost = [line for line in node.api_log.read_text().splitlines()
-                if '"sf.viewers"' in line and "Redis unreachable" in line]
-        assert len(lost) == 1, lost
+        log_lines = node.api_log.read_text().splitlines()
+        for logger in ("sf.viewers", "sf.cache", "sf.ratelimit"):
+            lost = [line for line in log_lines
+                    if f'"{logger}"' in line and "unreachable" in line]
+            assert len(lost) == 1, (logger, lost)
+        assert not [line for line in log_lines if '"status": 500' in line]
     finally:
         node.stop()
         server.kill()

@@ -27,6 +27,7 @@ from sf.errors import (
     PayloadTooLarge,
     RateLimited,
     Unauthorized,
+    Unavailable,
     UnsupportedMediaType,
     ValidationFailed,
 )
@@ -191,7 +192,7 @@ class BaseHandler(tornado.web.RequestHandler):
             body = {"code": exc.code, "message": exc.message}
             if exc.fields:
                 body["fields"] = exc.fields
-            if isinstance(exc, RateLimited):
+            if isinstance(exc, RateLimited | Unavailable):
                 self.set_header("Retry-After", str(exc.retry_after))
             if isinstance(exc, Unauthorized):
                 self.set_header("WWW-Authenticate", 'Bearer realm="sf"')
@@ -336,7 +337,11 @@ class APIHandler(BaseHandler):
         if self.request.method == "OPTIONS":
             return
         self._check_body_size()
-        await self._authenticate()
+        try:
+            await self._authenticate()
+        except Unauthorized:
+            await self._rate_limit()  # failed authentications count against the address
+            raise
         await self._rate_limit()
 
     def options(self, *args: Any, **kwargs: Any) -> None:

@@ -45,7 +45,7 @@ class ProfileHandler(APIHandler):
         changes = self.parse_json(ProfileUpdateSchema())
         current_password = changes.pop("current_password", None)
         user = await self.services.accounts.update_profile(self.user_id, changes,
-                                                            current_password)
+                                                            current_password, self.client_ip)
         self.write_json(user_private.dump(user))
 
 
@@ -108,11 +108,12 @@ class ChangePasswordHandler(APIHandler):
         responses:
           204: {description: Changed}
           422: {description: Wrong current password or invalid new one, content: {application/json: {schema: ErrorSchema}}}
+          429: {description: Too many wrong passwords for this account from this address (counted with failed logins), content: {application/json: {schema: ErrorSchema}}}
         """
         body = self.parse_json(ChangePasswordSchema())
         assert self.claims is not None
         await self.services.accounts.change_password(self.claims, body["current_password"],
-                                                     body["new_password"])
+                                                     body["new_password"], self.client_ip)
         self.set_status(204)
         self.finish()
 

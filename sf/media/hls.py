@@ -26,17 +26,18 @@ def new_thumbnail_name(stream_id: int) -> str:
     return f"{int(stream_id)}-{secrets.token_urlsafe(12)}.jpg"
 
 
+THUMBNAILS_URL_PREFIX = "/media/thumbnails/"
+
+
 def thumbnail_url(name: str, version: int) -> str:
     """Public URL of a thumbnail with a cache-busting version."""
-    return f"/media/thumbnails/{name}?v={version}"
+    return f"{THUMBNAILS_URL_PREFIX}{name}?v={version}"
 
 
 def sign_playback(stream_id: int, secret: str, ttl: int, now: float | None = None) -> str:
     """`/hls/<id>/<expires>-<sig>/master.m3u8`, checked by nginx's secure_link."""
     expires = int((now or time.time()) + ttl)
-    digest = hashlib.md5(f"{expires}/{int(stream_id)} {secret}".encode()).digest()
-    signature = base64.urlsafe_b64encode(digest).decode().rstrip("=")
-    return f"/hls/{int(stream_id)}/{expires}-{signature}/master.m3u8"
+    return f"/hls/{int(stream_id)}/{expires}-{_signature(expires, stream_id, secret)}/master.m3u8"
 
 
 def public_playback(stream_id: int) -> str:
@@ -44,17 +45,41 @@ def public_playback(stream_id: int) -> str:
 
 
 def set_private_marker(media_dir: Path, stream_id: int, private: bool) -> None:
-    """Create or remove the marker that makes nginx refuse the unsigned HLS path."""
+    """Create or remove the markers that make nginx refuse the unsigned HLS path and the
+    unsigned thumbnail of a stream (the thumbnail's outlives the HLS directory)."""
     directory = hls_dir_for(media_dir, stream_id)
     directory.mkdir(parents=True, exist_ok=True)
-    marker = directory / PRIVATE_MARKER
-    if private:
+    set_thumbnail_private_marker(media_dir, stream_id, private)
+    _mark(directory / PRIVATE_MARKER, private)
+
+
+def set_thumbnail_private_marker(media_dir: Path, stream_id: int, private: bool) -> None:
+    directory = thumbnails_dir(media_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    _mark(directory / f"{int(stream_id)}{PRIVATE_MARKER}", private)
+
+
+def _mark(marker: Path, present: bool) -> None:
+    if present:
         marker.touch()
     else:
-        try:
-            marker.unlink()
-        except FileNotFoundError:
-            pass
+        marker.unlink(missing_ok=True)
+
+
+def sign_thumbnail(url: str | None, stream_id: int, secret: str, ttl: int,
+                   now: float | None = None) -> str | None:
+    """A private stream's thumbnail URL behind a signed, expiring prefix (nginx secure_link,
+    the same signature as its HLS)."""
+    if not url or not url.startswith(THUMBNAILS_URL_PREFIX):
+        return url
+    expires = int((now or time.time()) + ttl)
+    return f"{THUMBNAILS_URL_PREFIX}{expires}-{_signature(expires, stream_id, secret)}/" \
+           f"{url.removeprefix(THUMBNAILS_URL_PREFIX)}"
+
+
+def _signature(expires: int, stream_id: int, secret: str) -> str:
+    digest = hashlib.md5(f"{expires}/{int(stream_id)} {secret}".encode()).digest()
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
 
 

@@ -24,18 +24,23 @@ AVATAR_URL_PREFIX = "/media/avatars/"
 
 def render_avatar(data: bytes, size: int, max_pixels: int) -> bytes:
     """Decode an uploaded image and return a clean square-bounded WebP of it."""
+    too_large = ValidationFailed("Invalid input",
+                                 fields={"avatar": [f"image is larger than {max_pixels} pixels"]})
     try:
         with Image.open(io.BytesIO(data)) as probe:
             fmt = probe.format
             width, height = probe.size
             probe.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+    except Image.DecompressionBombError:
+        raise too_large from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         raise UnsupportedMediaType("The upload is not a PNG, JPEG or WebP image") from None
+    except Exception:  # Pillow's parsers fail in many ways on crafted files (IndexError, ...)
+        raise UnsupportedMediaType("The image could not be decoded") from None
     if fmt not in ALLOWED_FORMATS:
         raise UnsupportedMediaType(f"{fmt} images are not accepted: use PNG, JPEG or WebP")
     if width * height > max_pixels:
-        raise ValidationFailed("Invalid input",
-                               fields={"avatar": [f"image is larger than {max_pixels} pixels"]})
+        raise too_large
     try:
         with Image.open(io.BytesIO(data)) as upload:
             # JPEG can decode straight at a fraction of its size (DCT scaling): far less memory.
@@ -48,7 +53,9 @@ def render_avatar(data: bytes, size: int, max_pixels: int) -> bytes:
             clean.paste(picture)  # a fresh image carries no metadata of the upload
             out = io.BytesIO()
             clean.save(out, "WEBP", quality=85, method=4)
-    except (OSError, ValueError, Image.DecompressionBombError):
+    except Image.DecompressionBombError:
+        raise too_large from None
+    except Exception:  # as above: a crafted file is a bad upload, never a server error
         raise UnsupportedMediaType("The image could not be decoded") from None
     return out.getvalue()
 

@@ -4,12 +4,13 @@ dumped through one; the OpenAPI document is generated from them."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
-from sf.media.hls import public_playback, sign_playback
+from sf.media.hls import public_playback, sign_playback, sign_thumbnail
 
 # \A...\Z, not ^...$: `$` also matches before a trailing newline ("alice\n").
 USERNAME_RE = re.compile(r"\A[A-Za-z0-9_]{3,30}\Z")
@@ -25,13 +26,14 @@ RESERVED_USERNAMES = frozenset({
     "register", "root", "rtmp", "search", "security", "settings", "signin", "signout", "signup",
     "sf", "staff", "static", "stats", "statistics", "status", "stream", "streams", "support",
     "sysadmin", "system", "terms", "undefined", "user", "users", "v1", "watch",
-    "webmaster", "ws",
+    "webmaster", "ws", "self", "true", "false", "nil", "www", "mail",
 })
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _INTEGER_TEXT = re.compile(r"[+-]?[0-9]{1,20}")
-# Control characters (other than tab/newline) have no place in text fields.
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# Control characters (other than tab/newline) have no place in text fields, nor do the
+# bidirectional overrides that make a title display as something it is not.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u202a-\u202e\u2066-\u2069]")
 
 
 class UTCDateTime(fields.DateTime):
@@ -53,13 +55,28 @@ def no_control_chars(value: str) -> None:
         raise ValidationError("must not contain control characters")
 
 
+def not_blank(value: str) -> None:
+    if not value.strip():
+        raise ValidationError("must not be blank")
+
+
 def Text(max_length: int, required: bool = False, min_length: int = 0, **kwargs: Any) -> fields.String:
-    """A trimmed text field with length bounds and no control characters."""
-    return fields.String(
-        required=required,
-        validate=[validate.Length(min=min_length, max=max_length), no_control_chars],
-        **kwargs,
-    )
+    """A text field with length bounds and no control characters; when it may not be empty,
+    whitespace alone does not count."""
+    checks: list[Callable[[Any], Any]] = [validate.Length(min=min_length, max=max_length),
+                                          no_control_chars]
+    if min_length:
+        checks.append(not_blank)
+    return fields.String(required=required, validate=checks, **kwargs)
+
+
+class StrictBoolean(fields.Boolean):
+    """A JSON true or false, not "yes", 1 or "on"."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.make_error("invalid", input=value)
+        return value
 
 
 def not_reserved(value: str) -> None:
@@ -224,8 +241,8 @@ class StreamSettingsSchema(StrictSchema):
     title = Text(140)
     description = Text(5000)
     category_id = Int64(allow_none=True, validate=validate.Range(min=1, max=2**62))
-    is_private = fields.Boolean()
-    source_passthrough = fields.Boolean()
+    is_private = StrictBoolean()
+    source_passthrough = StrictBoolean()
     updated_at = UTCDateTime(dump_only=True)
 
 
@@ -233,14 +250,14 @@ class StreamCreateSchema(StrictSchema):
     title = Text(140, required=True, min_length=1)
     description = Text(5000)
     category_id = Int64(allow_none=True, validate=validate.Range(min=1, max=2**62))
-    is_private = fields.Boolean()
+    is_private = StrictBoolean()
 
 
 class StreamUpdateSchema(StrictSchema):
     title = Text(140, min_length=1)
     description = Text(5000)
     category_id = Int64(allow_none=True, validate=validate.Range(min=1, max=2**62))
-    is_private = fields.Boolean()
+    is_private = StrictBoolean()
 
 
 class StreamListQuerySchema(PageQuerySchema):
@@ -268,7 +285,7 @@ class StreamSchema(Schema):
     user = fields.Method("dump_user")
     title = fields.String()
     description = fields.String()
-    thumbnail = fields.String(allow_none=True)
+    thumbnail = fields.Method("dump_thumbnail", allow_none=True)
     category = fields.Method("dump_category")
     is_live = fields.Boolean()
     viewers_count = fields.Integer()
@@ -289,6 +306,12 @@ class StreamSchema(Schema):
         return {"id": stream.user_id, "username": stream.username, "avatar": stream.user_avatar,
                 "bio": stream.user_bio, "followers_count": stream.user_followers_count,
                 "created_at": utc_iso(stream.user_created_at), "is_live": stream.user_is_live}
+
+    def dump_thumbnail(self, stream: Any) -> str | None:
+        if stream.is_private:
+            return sign_thumbnail(stream.thumbnail, stream.id, self.playback_secret,
+                                  self.playback_ttl)
+        return stream.thumbnail
 
     def dump_category(self, stream: Any) -> dict[str, Any] | None:
         if stream.category_id is None:

@@ -119,7 +119,8 @@ class AccountService:
         await self.sessions.revoke(claims)
 
     async def update_profile(self, user_id: int, changes: dict[str, Any],
-                             current_password: str | None = None) -> User:
+                             current_password: str | None = None,
+                             client_ip: str = "") -> User:
         """Apply profile `changes` (email, bio, avatar; others stay).
 
         Changing the email needs the current password: missing or wrong is a 422 on
@@ -132,7 +133,7 @@ class AccountService:
             if "email" in changes and changes["email"] != user.email:
                 raise ValidationFailed("Invalid input", fields={
                     "current_password": ["required to change the email"]})
-        elif not await self._verify(current_password, user.password_hash):
+        elif not await self._check_password(user, current_password, client_ip):
             raise ValidationFailed("Invalid input",
                                    fields={"current_password": ["is not correct"]})
         updated = await users_db.update_profile(self.db, user_id, **changes)
@@ -160,10 +161,23 @@ class AccountService:
 
         return await self.cache.get_or_set(public_user_key(username), load)
 
-    async def change_password(self, claims: TokenClaims, current: str, new: str) -> None:
+    async def _check_password(self, user: User, password: str, client_ip: str) -> bool:
+        """A password check outside login, throttled like a login of the same account: a
+        stolen token must not turn these endpoints into a guessing oracle."""
+        account = f"u{user.id}"
+        delay = await self.throttle.check(account, client_ip)
+        if delay:
+            await asyncio.sleep(delay)
+        if await self._verify(password, user.password_hash):
+            return True
+        await self.throttle.failed(account, client_ip)
+        return False
+
+    async def change_password(self, claims: TokenClaims, current: str, new: str,
+                              client_ip: str) -> None:
         """Set a new password and revoke every other session of the user."""
         user = await users_db.get_user(self.db, claims.user_id)
-        if not await self._verify(current, user.password_hash):
+        if not await self._check_password(user, current, client_ip):
             raise ValidationFailed("Invalid input",
                                    fields={"current_password": ["is not correct"]})
         if current == new:

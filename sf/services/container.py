@@ -86,7 +86,8 @@ async def start_services(config: Config, *, database_url: str | None = None,
     """
     db = await create_pool(config, database_url)
     redis = Redis.from_url(config.redis_url, decode_responses=False,
-                           max_connections=256, health_check_interval=30)
+                           max_connections=256, health_check_interval=30,
+                           socket_connect_timeout=2, socket_timeout=5)
     await redis.ping()
     tokens = TokenService(config)
     hasher = PasswordHasher(config.bcrypt_rounds, workers=max(1, os.cpu_count() or 1))

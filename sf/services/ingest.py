@@ -114,6 +114,8 @@ class IngestService(StreamListener):
         self.directory.set_private(stream_id, private)
         if hls.hls_dir_for(self.config.media_dir, stream_id).is_dir():
             hls.set_private_marker(self.config.media_dir, stream_id, private)
+        else:  # ended and cleaned up: its last thumbnail stays, and stays private
+            hls.set_thumbnail_private_marker(self.config.media_dir, stream_id, private)
 
     async def drop_publisher(self, stream_id: int) -> None:
         """Ask the ingesting node's nginx-rtmp to disconnect the publisher now."""

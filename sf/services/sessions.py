@@ -14,8 +14,9 @@ import uuid
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
-from sf.errors import Unauthorized
+from sf.errors import Unauthorized, Unavailable
 from sf.security import TokenClaims, TokenService, new_session_id
 
 _ROTATE = """
@@ -98,10 +99,14 @@ class SessionStore:
     async def authenticate(self, access_token: str) -> TokenClaims:
         """Verify an access token and that neither it nor its session was revoked."""
         claims = self.tokens.verify(access_token, "access")
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.exists(_session_key(claims.session_id))
-            pipe.exists(_revoked_key(claims.token_id))
-            session_alive, revoked = await pipe.execute()
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.exists(_session_key(claims.session_id))
+                pipe.exists(_revoked_key(claims.token_id))
+                session_alive, revoked = await pipe.execute()
+        except (RedisError, OSError):
+            # Revocation cannot be checked: refuse rather than trust a possibly revoked token.
+            raise Unavailable("Sign-in is temporarily unavailable, retry shortly") from None
         if not session_alive or revoked:
             raise Unauthorized("Token revoked")
         return claims

@@ -23,6 +23,7 @@ from sf.actors.bridge import LoopBridge
 from sf.actors.viewers import ViewerJoined, ViewerLeft, ViewersActor
 from sf.config import Config
 from sf.errors import NotFound
+from sf.media.hls import sign_thumbnail
 from sf.observability import WS_CONNECTIONS, WS_MESSAGES
 from sf.services.channels import ChannelService
 from sf.services.events import AccessEvent, StreamEvent, StreamListener
@@ -221,9 +222,13 @@ class ViewerHub(StreamListener):
         self.owners[event.stream_id] = (event.user_id, event.is_private)
         if event.is_private:
             await self._close_unauthorized(event.stream_id)
+        thumbnail = event.thumbnail
+        if event.is_private:  # everyone still connected may see it: a signed, expiring URL
+            thumbnail = sign_thumbnail(thumbnail, event.stream_id, self.config.internal_secret,
+                                       self.config.playback_url_ttl)
         payload = json.dumps({"type": "stream", "stream_id": event.stream_id,
                               "is_live": event.is_live, "title": event.title,
-                              "thumbnail": event.thumbnail, "ts": event.ts}).encode()
+                              "thumbnail": thumbnail, "ts": event.ts}).encode()
         for socket in list(self.sockets.get(event.stream_id, ())):
             socket.send(payload)
 
