@@ -89,7 +89,7 @@ def make_app(services: Services) -> tornado.web.Application:
         xsrf_cookies=False,  # Bearer tokens; the cookie refresh path has its own CSRF check
         compress_response=True,
         websocket_ping_interval=20,
-        websocket_ping_timeout=30,
+        websocket_ping_timeout=20,
         websocket_max_message_size=4096,
         serve_traceback=False,
     )

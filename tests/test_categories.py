@@ -64,3 +64,21 @@ async def test_no_public_write_endpoints(api):
     assert (await api.post("/api/categories", {"name": "Mine"}, token=token)).status == 405
     assert (await api.put("/api/categories/1", {"name": "Mine"}, token=token)).status == 405
     assert (await api.delete("/api/categories/1", token=token)).status == 405
+
+
+async def test_category_totals_never_count_private_streams(api, services):
+    """Found by the second outside attack: a private stream's audience showed in its
+    category's viewers_count."""
+    public = await go_live(api, services, await api.register("openly"), category_id=3)
+    hidden = await go_live(api, services, await api.register("quietly"), category_id=3,
+                           is_private=True)
+    await set_viewers(services, public, 5)
+    await set_viewers(services, hidden, 7)
+    assert (await api.get("/api/categories/3")).json["viewers_count"] == 5
+    # Going private (and back) moves the stream's viewers out of (and into) the total.
+    await services.db.execute("UPDATE streams SET is_private = true WHERE id = $1", public)
+    await services.cache.forget_public_views()
+    assert (await api.get("/api/categories/3")).json["viewers_count"] == 0
+    await services.db.execute("UPDATE streams SET is_private = false WHERE id = $1", hidden)
+    await services.cache.forget_public_views()
+    assert (await api.get("/api/categories/3")).json["viewers_count"] == 7

@@ -107,7 +107,7 @@ def test_viewers_on_two_nodes_are_summed_and_tabs_count_once(platform, tmp_path)
     async def scenario() -> None:
         first = await connect(platform.base_url, stream_id)  # through nginx, node A
         await first.until(lambda v: v.viewers() == 1, what="the first total")
-        remote = await connect(other["url"], stream_id)       # node B directly
+        remote = await connect(other["url"], stream_id, origin=platform.base_url)  # node B
         await first.until(lambda v: v.viewers() == 2, what="both nodes summed")
         await remote.until(lambda v: v.viewers() == 2, what="node B's view of the total")
         # A second tab of the first viewer (same viewer cookie) does not count again.
@@ -135,7 +135,8 @@ def test_a_killed_node_stops_counting_and_a_stopped_one_says_goodbye(platform, t
 
     async def scenario() -> None:
         watcher = await connect(platform.base_url, stream_id)
-        lost = [await connect(doomed["url"], stream_id) for _ in range(2)]
+        lost = [await connect(doomed["url"], stream_id, origin=platform.base_url)
+                for _ in range(2)]
         await watcher.until(lambda v: v.viewers() == 3, what="three viewers")
         doomed["process"].send_signal(signal.SIGKILL)
         started = time.monotonic()
@@ -146,7 +147,7 @@ def test_a_killed_node_stops_counting_and_a_stopped_one_says_goodbye(platform, t
             viewer.close()
         # A node that is stopped closes its sockets with 1001 (go elsewhere) and withdraws
         # its count at once rather than after the TTL.
-        going = await connect(leaving["url"], stream_id)
+        going = await connect(leaving["url"], stream_id, origin=platform.base_url)
         await watcher.until(lambda v: v.viewers() == 2, what="the leaving node's viewer")
         leaving["process"].send_signal(signal.SIGTERM)
         assert await going.until_closed() == CLOSE_GOING_AWAY
@@ -200,10 +201,19 @@ def test_private_streams_tickets_and_origins(platform):
         await keeper.until(lambda v: any(m["type"] == "stream" and m["title"] == "now private"
                                          for m in v.messages), what="the stream message")
         keeper.close()
-        # Cross-site WebSocket hijacking: a foreign Origin is refused at the handshake.
-        with pytest.raises(tornado.httpclient.HTTPClientError) as refused:
-            await connect(platform.base_url, public_id, origin="https://evil.example")
-        assert refused.value.code == 403
+        # Cross-site WebSocket hijacking: a foreign Origin is refused at the handshake, and
+        # so is another port or scheme of this host, or a look-alike.
+        port = platform.config.http_port
+        for origin in ("https://evil.example", "http://127.0.0.1:9999", "ftp://127.0.0.1",
+                       f"http://evil.com@127.0.0.1:{port}", f"http://127.0.0.1:{port}.evil.com",
+                       "null"):
+            try:
+                accepted = await connect(platform.base_url, public_id, origin=origin)
+            except tornado.httpclient.HTTPClientError as refused:
+                assert refused.code == 403, origin
+            else:
+                accepted.close()
+                raise AssertionError(f"accepted Origin {origin}")
         # An unknown stream does not exist.
         ghost = await connect(platform.base_url, 999999999)
         assert await ghost.until_closed() == CLOSE_NOT_FOUND
@@ -250,7 +260,8 @@ def test_a_redis_restart_is_survived(base_config, tmp_path):
             # REST: public reads answer from PostgreSQL with the last known totals.
             assert node.stream(stream_id)["viewers_count"] == 1
             status, listing, _ = node.request("GET", "/api/streams")
-            assert status == 200 and [s["viewers_count"] for s in listing["data"]] == [1]
+            assert status == 200
+            assert [s["viewers_count"] for s in listing["data"] if s["id"] == stream_id] == [1]
             status, body, headers = node.request("GET", "/api/users/profile",
                                                  token=streamer["token"])
             assert status == 503 and body["error"]["code"] == "internal_error"
@@ -293,3 +304,18 @@ def _redis_up(port: int) -> bool:
 def test_ticket_needs_a_signed_in_user(platform):
     status, body, _ = platform.request("POST", "/api/ws/ticket")
     assert status == 401 and body["error"]["code"] == "unauthorized"
+
+
+def test_control_frame_floods_are_dropped(platform):
+    """Found by the second outside attack: pings and pongs were never counted, and eight
+    sockets sending them kept the API node's loop busy."""
+    stream_id, _ = prepared_stream(platform, "pinged")
+
+    async def scenario() -> None:
+        viewer = await connect(platform.base_url, stream_id)
+        await viewer.until(lambda v: v.viewers() == 1, what="the first total")
+        for _ in range(40):
+            viewer.connection.ping(b"x" * 100)
+        assert await viewer.until_closed() == 1008
+
+    asyncio.run(scenario())

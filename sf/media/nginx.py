@@ -29,7 +29,7 @@ _PLACEHOLDER = re.compile(r"{{(\w+)}}")
 # through a signed, expiring prefix (secure_link) that relative segment URIs inherit. A stream
 # whose directory holds the `.private` marker is refused on the unsigned path.
 HLS_LOCATIONS = r"""
-        location ~ "^/hls/(?<sid>[0-9]{1,18})/(?<exp>[0-9]{1,12})-(?<sig>[A-Za-z0-9_-]{22})/(?<file>[A-Za-z0-9_][A-Za-z0-9_./-]{0,80})$" {
+        location ~ "^/hls/(?<sid>[0-9]{1,18})/(?<exp>[0-9]{1,12})-(?<sig>[A-Za-z0-9_-]{22})/(?<file>[A-Za-z0-9_][A-Za-z0-9_./-]{0,79}[A-Za-z0-9_])$" {
             secure_link $sig,$exp;
             secure_link_md5 "$exp/$sid {{internal_secret}}";
             if ($secure_link = "") { return 403; }
@@ -40,7 +40,7 @@ HLS_LOCATIONS = r"""
             add_header Access-Control-Allow-Origin * always;
             add_header X-Content-Type-Options nosniff always;
         }
-        location ~ "^/hls/(?<sid>[0-9]{1,18})/(?<file>[A-Za-z0-9_][A-Za-z0-9_./-]{0,80})$" {
+        location ~ "^/hls/(?<sid>[0-9]{1,18})/(?<file>[A-Za-z0-9_][A-Za-z0-9_./-]{0,79}[A-Za-z0-9_])$" {
             if (-f {{hls_dir}}/$sid/.private) { return 404; }
             if ($file ~ "\.\.") { return 404; }
             alias {{hls_dir}}/$sid/$file;

@@ -24,6 +24,14 @@ from sf.db.streams import Stream
 log = logging.getLogger("sf.events")
 
 CHANNEL = "sf:events:streams"
+
+
+def channel_name(redis: Redis, name: str) -> str:
+    """A pub/sub channel of this deployment: pub/sub ignores Redis database numbers, so
+    deployments (or test runs) sharing one Redis server on different databases would hear each
+    other's events without the database in the name."""
+    database = redis.connection_pool.connection_kwargs.get("db", 0)
+    return f"{name}:db{database}"
 KINDS = ("live", "updated", "ended", "thumbnail")
 
 
@@ -121,6 +129,7 @@ class EventBus(StreamListener):
     def __init__(self, redis: Redis, node_id: str) -> None:
         self.redis = redis
         self.node_id = node_id
+        self.channel = channel_name(redis, CHANNEL)
         self.subscribers: list[StreamListener] = []
         self._task: asyncio.Task[None] | None = None
         self._outage = False
@@ -131,7 +140,7 @@ class EventBus(StreamListener):
 
     async def _publish(self, event: Event) -> None:
         try:
-            await self.redis.publish(CHANNEL, replace(event, origin=self.node_id).to_json())
+            await self.redis.publish(self.channel, replace(event, origin=self.node_id).to_json())
         except Exception:
             log.warning("could not publish a %s event", event.kind, exc_info=True)
 
@@ -152,7 +161,7 @@ class EventBus(StreamListener):
         while True:
             try:
                 async with self.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
-                    await pubsub.subscribe(CHANNEL)
+                    await pubsub.subscribe(self.channel)
                     if self._outage:
                         log.info("stream events flow again")
                         self._outage = False

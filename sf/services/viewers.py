@@ -14,6 +14,7 @@ import json
 import logging
 import time
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 import pykka
@@ -26,7 +27,7 @@ from sf.errors import NotFound
 from sf.media.hls import sign_thumbnail
 from sf.observability import WS_CONNECTIONS, WS_MESSAGES
 from sf.services.channels import ChannelService
-from sf.services.events import AccessEvent, StreamEvent, StreamListener
+from sf.services.events import AccessEvent, StreamEvent, StreamListener, channel_name
 from sf.services.viewer_counts import ViewerCounts
 
 log = logging.getLogger("sf.viewers")
@@ -35,6 +36,7 @@ VIEWERS_CHANNEL = "sf:events:viewers"   # "a node's count of this stream changed
 TICK = 0.25                             # seconds between flushes
 PUSH_EVERY = 1.0                        # at most one viewers message per stream per second
 RECOUNT_EVERY = 1.0                     # totals of every watched stream, to notice dead nodes
+FAN_OUT_SLICE = 500                     # sockets written between two yields to the loop
 CLOSE_NOT_FOUND = 4404
 CLOSE_GOING_AWAY = 1001
 
@@ -59,6 +61,7 @@ class ViewerHub(StreamListener):
                  channels: ChannelService) -> None:
         self.config = config
         self.redis = redis
+        self.viewers_channel = channel_name(redis, VIEWERS_CHANNEL)
         self.counts = counts
         self.channels = channels
         self.bridge = LoopBridge(asyncio.get_running_loop())
@@ -152,7 +155,7 @@ class ViewerHub(StreamListener):
             for sid in [sid for sid in dirty if not self.local.get(sid)]:
                 self.local.pop(sid, None)
             if dirty:
-                await self.redis.publish(VIEWERS_CHANNEL, json.dumps(sorted(dirty)))
+                await self.redis.publish(self.viewers_channel, json.dumps(sorted(dirty)))
             self.totals.update(await self.counts.totals(sorted(wanted)))
             if self._redis_down:
                 log.info("viewer counts are shared through Redis again")
@@ -162,15 +165,15 @@ class ViewerHub(StreamListener):
             self._lost_redis()
             for sid in wanted:  # keep the sockets going with what this node knows
                 self.totals[sid] = self.local.get(sid, 0)
-        self._push(now)
+        await self._push(now)
 
     def _lost_redis(self) -> None:
         if not self._redis_down:
             log.warning("Redis unreachable: viewers get this node's counts until it is back")
             self._redis_down = True
 
-    def _push(self, now: float) -> None:
-        for stream_id, sockets in self.sockets.items():
+    async def _push(self, now: float) -> None:
+        for stream_id, sockets in list(self.sockets.items()):
             total = self.current_total(stream_id)
             last_total, last_time = self.pushed.get(stream_id, (-1, 0.0))
             changed = total != last_total and now - last_time >= PUSH_EVERY
@@ -179,9 +182,8 @@ class ViewerHub(StreamListener):
                 continue
             payload = json.dumps({"type": "viewers", "stream_id": stream_id, "viewers": total,
                                   "ts": time.time()}).encode()  # encoded once, for every socket
-            for socket in list(targets):
-                socket.send(payload)
-                self.fresh.discard(socket)
+            await self._fan_out(payload, targets)
+            self.fresh.difference_update(targets)
             WS_MESSAGES.inc(len(targets))
             if changed:
                 self.pushed[stream_id] = (total, now)
@@ -201,7 +203,7 @@ class ViewerHub(StreamListener):
         while True:
             try:
                 async with self.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
-                    await pubsub.subscribe(VIEWERS_CHANNEL)
+                    await pubsub.subscribe(self.viewers_channel)
                     async for message in pubsub.listen():
                         try:
                             self.recount.update(int(sid) for sid in json.loads(message["data"])
@@ -229,8 +231,16 @@ class ViewerHub(StreamListener):
         payload = json.dumps({"type": "stream", "stream_id": event.stream_id,
                               "is_live": event.is_live, "title": event.title,
                               "thumbnail": thumbnail, "ts": event.ts}).encode()
-        for socket in list(self.sockets.get(event.stream_id, ())):
+        await self._fan_out(payload, self.sockets.get(event.stream_id, ()))
+
+    @staticmethod
+    async def _fan_out(payload: bytes, sockets: Iterable[ViewerSocket]) -> None:
+        """Send one payload to many sockets, yielding to the loop between slices so that a
+        broadcast to 10,000 viewers does not hold up requests."""
+        for index, socket in enumerate(list(sockets)):
             socket.send(payload)
+            if index % FAN_OUT_SLICE == FAN_OUT_SLICE - 1:
+                await asyncio.sleep(0)
 
     stream_live = stream_updated = stream_ended = thumbnail_changed = _broadcast_state
 
