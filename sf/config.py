@@ -269,6 +269,7 @@ class Config:
     sweep_interval: float = setting(Number(0.05, 3600))
     viewers_sync_seconds: float = setting(Number(0.05, 60))
     stats_sample_seconds: float = setting(Number(0.1, 3600))
+    gc_full_seconds: float = setting(Number(0, 7 * 86400))
     extra: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property

@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import socket
 import time
+from collections import deque
 from typing import Any
 
 import tornado.iostream
@@ -23,6 +25,7 @@ CLOSE_UNAUTHORIZED = 4401
 CLOSE_POLICY = 1008
 MESSAGES_PER_WINDOW, MESSAGE_WINDOW = 20, 10.0  # inbound messages a client may send
 MAX_BUFFERED_BYTES = 64 * 1024                   # unsent bytes before a slow client is dropped
+KERNEL_SEND_BUFFER = 32 * 1024                   # SO_SNDBUF (Linux doubles it): 64 KiB in the kernel
 
 
 class _FrameCache:
@@ -92,7 +95,9 @@ class ViewersSocket(tornado.websocket.WebSocketHandler, BaseHandler):
         self.viewer_id = ""
         self.stream_id = 0
         self.joined = False
-        self.message_times: list[float] = []
+        # When the last inbound messages came; one deque per connection, not a new list per
+        # message (each pong would otherwise leave garbage for the collector).
+        self.message_times: deque[float] = deque(maxlen=MESSAGES_PER_WINDOW + 1)
         self.close_after_open: tuple[int, str] | None = None
 
     @property
@@ -156,7 +161,13 @@ class ViewersSocket(tornado.websocket.WebSocketHandler, BaseHandler):
             return  # went away while we looked the stream up
         connection_stream = self._stream()
         if connection_stream is not None:
+            # Bounded both in Tornado and in the kernel: left to autotuning, the kernel would
+            # queue up to 4 MiB (tcp_wmem) for each client that stops reading before we notice.
+            # Viewer messages are ~100 bytes a second; 128 KiB in all is minutes of them.
             connection_stream.max_write_buffer_size = MAX_BUFFERED_BYTES
+            if connection_stream.socket is not None:
+                connection_stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
+                                                    KERNEL_SEND_BUFFER)
         self.services.viewers.join(self.stream_id, stream.user_id, stream.is_private, self,
                                    self.viewer_id)
         self.joined = True
@@ -173,9 +184,9 @@ class ViewersSocket(tornado.websocket.WebSocketHandler, BaseHandler):
 
     def _count_inbound(self) -> None:
         now = time.monotonic()
-        self.message_times = [t for t in self.message_times if now - t < MESSAGE_WINDOW]
         self.message_times.append(now)
-        if len(self.message_times) > MESSAGES_PER_WINDOW:
+        if (len(self.message_times) > MESSAGES_PER_WINDOW
+                and now - self.message_times[0] < MESSAGE_WINDOW):
             self.close(CLOSE_POLICY, "too many messages")
 
     def _stream(self) -> tornado.iostream.IOStream | None:
@@ -203,7 +214,10 @@ class ViewersSocket(tornado.websocket.WebSocketHandler, BaseHandler):
                 frame = frame[sent:]
             stream.write(frame)
         except tornado.iostream.StreamBufferFullError:
-            self.close(CLOSE_POLICY, "client too slow")
+            # Cut at once: a close frame could not be queued behind the full buffer (Tornado's
+            # close() would raise here and stop the broadcast to every later socket), and a
+            # client that reads nothing would not answer one. on_close does the bookkeeping.
+            stream.close()
         except (tornado.iostream.StreamClosedError, OSError):
             pass  # the connection is going away; on_close does the bookkeeping
 

@@ -19,6 +19,7 @@ import tornado.process
 import tornado.web
 
 from sf.config import Config
+from sf.node.gcpolicy import GcPolicy
 from sf.services.container import Services, start_services
 
 log = logging.getLogger("sf")
@@ -43,8 +44,10 @@ async def serve_node(config: Config, sockets: list[Any], make_app: AppFactory,
                      stop_event: asyncio.Event | None = None) -> None:
     """Run one API node on `sockets` until `stop_event` is set (SIGINT/SIGTERM by default)."""
     services = await start_services(config, ingest=True)
+    gc_policy = GcPolicy(config.gc_full_seconds)
     try:
         await services.start()
+        gc_policy.start()
         server = tornado.httpserver.HTTPServer(
             make_app(services), ssl_options=ssl_context(config), xheaders=False,
             max_body_size=config.max_request_bytes, idle_connection_timeout=120,
@@ -65,6 +68,7 @@ async def serve_node(config: Config, sockets: list[Any], make_app: AppFactory,
             await services.stop()
             await asyncio.wait_for(server.close_all_connections(), timeout=5)
     finally:
+        await gc_policy.stop()
         await services.close()
 
 

@@ -36,7 +36,7 @@ VIEWERS_CHANNEL = "sf:events:viewers"   # "a node's count of this stream changed
 TICK = 0.25                             # seconds between flushes
 PUSH_EVERY = 1.0                        # at most one viewers message per stream per second
 RECOUNT_EVERY = 1.0                     # totals of every watched stream, to notice dead nodes
-FAN_OUT_SLICE = 500                     # sockets written between two yields to the loop
+FAN_OUT_SLICE = 0.001                   # seconds of sending between two yields to the loop
 CLOSE_NOT_FOUND = 4404
 CLOSE_GOING_AWAY = 1001
 
@@ -235,12 +235,17 @@ class ViewerHub(StreamListener):
 
     @staticmethod
     async def _fan_out(payload: bytes, sockets: Iterable[ViewerSocket]) -> None:
-        """Send one payload to many sockets, yielding to the loop between slices so that a
-        broadcast to 10,000 viewers does not hold up requests."""
-        for index, socket in enumerate(list(sockets)):
+        """Send one payload to many sockets, yielding to the loop after every millisecond of
+        sending, so that a broadcast to 10,000 viewers (~150 ms of send() calls on this
+        machine) delays each step of a request by a millisecond at most, not by the whole
+        broadcast (bench/viewers.py: REST p95 during churn 184 ms with 500-socket slices)."""
+        clock = time.perf_counter
+        slice_end = clock() + FAN_OUT_SLICE
+        for socket in list(sockets):
             socket.send(payload)
-            if index % FAN_OUT_SLICE == FAN_OUT_SLICE - 1:
+            if clock() >= slice_end:
                 await asyncio.sleep(0)
+                slice_end = clock() + FAN_OUT_SLICE
 
     stream_live = stream_updated = stream_ended = thumbnail_changed = _broadcast_state
 
