@@ -1,15 +1,15 @@
-"""Short-TTL JSON cache in Redis for hot public reads, shared by every API node.
+"""Short-TTL cache in Redis for hot public reads, shared by every API node.
 
-Entries are keyed by what they depend on and deleted by the writes that change them; the TTL
-bounds staleness for anything an invalidation misses (e.g. live viewer counts).
+Entries are the encoded answers themselves (JSON bytes), written to clients as they are: no
+decode and re-encode per hit. They are keyed by what they depend on and deleted by the writes
+that change them; the TTL bounds staleness for anything an invalidation misses (e.g. live
+viewer counts).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -36,8 +36,8 @@ class Cache:
         self.ttl = ttl
         self.outage = Outage(log, "Redis", "reads go straight to PostgreSQL until it is back")
 
-    async def get_or_set(self, key: str, compute: Callable[[], Awaitable[Any]]) -> Any:
-        """The cached value, or `compute()`'s, stored for the TTL; straight from `compute`
+    async def get_or_set(self, key: str, compute: Callable[[], Awaitable[bytes]]) -> bytes:
+        """The cached bytes, or `compute()`'s, stored for the TTL; straight from `compute`
         while Redis is unreachable."""
         if self.ttl <= 0:
             return await compute()
@@ -48,11 +48,10 @@ class Cache:
             return await compute()
         if raw is not None:
             self.outage.back()
-            return json.loads(raw)
+            return raw  # type: ignore[return-value]  # decode_responses=False: bytes
         value = await compute()
         try:
-            await self.redis.set(PREFIX + key, json.dumps(value, separators=(",", ":")),
-                                 ex=self.ttl)
+            await self.redis.set(PREFIX + key, value, ex=self.ttl)
             self.outage.back()
         except (RedisError, OSError) as error:
             self.outage.lost(error)

@@ -33,6 +33,7 @@ from sf.errors import (
 )
 from sf.ratelimit import Limit
 from sf.schemas import flatten_messages
+from sf.schemas.dump import encode_json
 from sf.security import TokenClaims
 from sf.services.container import Services
 from sf.services.sessions import SessionStore
@@ -180,10 +181,10 @@ class BaseHandler(tornado.web.RequestHandler):
         return mode or "required"
 
     def write_json(self, payload: Any, status: int = 200) -> None:
+        """An answer: a JSON-able value, or JSON bytes a service already encoded (cached)."""
         self.set_status(status)
         self.set_header("Content-Type", "application/json; charset=utf-8")
-        # Tornado's json_encode escapes "</", so no text field can close a script tag.
-        self.finish(tornado.escape.json_encode(payload))
+        self.finish(payload if isinstance(payload, bytes) else encode_json(payload))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]

@@ -41,8 +41,8 @@ async def run_categories(config: Config, args: argparse.Namespace) -> Any:
     try:
         channels = services.channels
         if args.action == "list":
-            result: Any = await channels.list_categories(
-                100, None, lambda items, _: category_schema.dump(items, many=True))
+            result: Any = json.loads(await channels.list_categories(
+                100, None, lambda items, _: category_schema.dump(items, many=True)))
         elif args.action == "add":
             result = category_schema.dump(await channels.add_category(
                 args.name, args.description, args.thumbnail))

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from sf.media.hls import public_playback, sign_playback, sign_thumbnail
+from sf.schemas.dump import CompiledDump, UTCDateTime, utc_iso
 
 # \A...\Z, not ^...$: `$` also matches before a trailing newline ("alice\n").
 USERNAME_RE = re.compile(r"\A[A-Za-z0-9_]{3,30}\Z")
@@ -34,20 +34,6 @@ _INTEGER_TEXT = re.compile(r"[+-]?[0-9]{1,20}")
 # Control characters (other than tab/newline) have no place in text fields, nor do the
 # bidirectional overrides that make a title display as something it is not.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u202a-\u202e\u2066-\u2069]")
-
-
-class UTCDateTime(fields.DateTime):
-    """ISO 8601 in UTC with a `Z` suffix."""
-
-    def _serialize(self, value: Any, attr: Any, obj: Any, **kwargs: Any) -> str | None:
-        if value is None:
-            return None
-        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def utc_iso(value: datetime | None) -> str | None:
-    """The API's time format, for code that builds answers without a schema."""
-    return None if value is None else value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def no_control_chars(value: str) -> None:
@@ -176,7 +162,7 @@ class ErrorSchema(Schema):
     error = fields.Nested(ErrorBodySchema, required=True)
 
 
-class UserPublicSchema(Schema):
+class UserPublicSchema(CompiledDump):
     id = fields.Integer()
     username = fields.String()
     avatar = fields.String(allow_none=True)
@@ -269,7 +255,7 @@ class StreamListQuerySchema(PageQuerySchema):
                          validate=validate.OneOf(["viewers", "started_at", "created_at"]))
 
 
-class CategoryRefSchema(Schema):
+class CategoryRefSchema(CompiledDump):
     id = fields.Integer()
     name = fields.String()
 
@@ -278,7 +264,7 @@ class PlaybackSchema(Schema):
     hls = fields.String()
 
 
-class StreamSchema(Schema):
+class StreamSchema(CompiledDump):
     """A stream; a live private stream's playback URL is signed and expires (nginx secure_link)."""
 
     id = fields.Integer()
@@ -331,7 +317,7 @@ class StreamListSchema(Schema):
     pagination = fields.Nested(PaginationSchema)
 
 
-class CategorySchema(Schema):
+class CategorySchema(CompiledDump):
     id = fields.Integer()
     name = fields.String()
     description = fields.String()

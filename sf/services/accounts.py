@@ -19,6 +19,7 @@ from sf.db.users import User
 from sf.errors import Unauthorized, ValidationFailed, validation_error
 from sf.media.images import AVATAR_URL_PREFIX, ImageWorker
 from sf.ratelimit import LoginThrottle
+from sf.schemas.dump import encode_json
 from sf.security import PasswordHasher, TokenClaims
 from sf.services.channels import ChannelService
 from sf.services.sessions import IssuedTokens, SessionStore
@@ -154,10 +155,10 @@ class AccountService:
     async def get_user(self, user_id: int) -> User:
         return await users_db.get_user(self.db, user_id)
 
-    async def public_user(self, username: str, render: Callable[[User], Any]) -> Any:
-        """A user's public view, rendered by `render`, shared through the cache."""
-        async def load() -> Any:
-            return render(await users_db.get_user_by_username(self.db, username))
+    async def public_user(self, username: str, render: Callable[[User], Any]) -> bytes:
+        """A user's public view, rendered by `render`, as JSON shared through the cache."""
+        async def load() -> bytes:
+            return encode_json(render(await users_db.get_user_by_username(self.db, username)))
 
         return await self.cache.get_or_set(public_user_key(username), load)
 

@@ -23,6 +23,7 @@ from sf.db.stream_keys import StreamKey, StreamSettings
 from sf.db.streams import Stream
 from sf.db.users import User
 from sf.errors import Forbidden
+from sf.schemas.dump import encode_json
 from sf.security import StreamKeyCipher
 from sf.services.events import AccessEvent, StreamEvent, StreamListener, notify
 
@@ -121,8 +122,8 @@ class ChannelService:
         return await streams_db.get_stream(self.db, stream_id, viewer_id)
 
     async def list_streams(self, viewer_id: int | None, filters: dict[str, Any],
-                           loader: Callable[[list[Stream], str | None], Any]) -> Any:
-        """A page of streams rendered by `loader`.
+                           loader: Callable[[list[Stream], str | None], Any]) -> bytes:
+        """A page of streams rendered by `loader`, as JSON.
 
         Anonymous pages (public streams only) are shared through the cache for a short TTL;
         a logged-in viewer may see private streams they were invited to, so their pages come
@@ -130,9 +131,9 @@ class ChannelService:
         raised p99 at 500 req/s). Writes bump the namespace generation.
         """
 
-        async def compute() -> Any:
+        async def compute() -> bytes:
             streams, cursor = await streams_db.list_streams(self.db, viewer_id=viewer_id, **filters)
-            return loader(streams, cursor)
+            return encode_json(loader(streams, cursor))
 
         if viewer_id is not None:
             return await compute()
@@ -143,11 +144,12 @@ class ChannelService:
     # --- categories ----------------------------------------------------------------------------
 
     async def list_categories(self, limit: int, cursor: str | None,
-                              loader: Callable[[list[Any], str | None], Any]) -> Any:
+                              loader: Callable[[list[Any], str | None], Any]) -> bytes:
+        """A page of categories rendered by `loader`, as JSON shared through the cache."""
         generation = await self.cache.generation(CATEGORIES_NAMESPACE)
 
-        async def compute() -> Any:
-            return loader(*await categories_db.list_categories(self.db, limit, cursor))
+        async def compute() -> bytes:
+            return encode_json(loader(*await categories_db.list_categories(self.db, limit, cursor)))
 
         return await self.cache.get_or_set(f"categories:{generation}:{limit}:{cursor}", compute)
 
