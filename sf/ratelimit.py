@@ -35,12 +35,73 @@ class Verdict:
     retry_after: int
 
 
+# KEYS: a session key and a revoked-token key, then the window keys of the limits to count
+# when the session is alive, then those to count when it is not. ARGV: how many keys the first
+# set has, then each limit key's expiry. Returns {alive (1/0), count of each counted key}.
+_COUNT_FOR_SESSION = """
+local alive = 0
+if redis.call('EXISTS', KEYS[1]) == 1 and redis.call('EXISTS', KEYS[2]) == 0 then alive = 1 end
+local alive_keys = tonumber(ARGV[1])
+local first, last = 3, 2 + alive_keys
+if alive == 0 then first, last = 3 + alive_keys, #KEYS end
+local result = {alive}
+for i = first, last do
+  local count = redis.call('INCR', KEYS[i])
+  if count == 1 then redis.call('EXPIRE', KEYS[i], ARGV[i - 1]) end
+  result[#result + 1] = count
+end
+return result
+"""
+
+
 class RateLimiter:
     """Counts requests per window with one pipelined round trip for all limits of a request."""
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self.outage = Outage(log, "Redis", "rate limits are not enforced until it is back")
+        self._count_for_session = redis.register_script(_COUNT_FOR_SESSION)
+
+    async def hit_for_session(self, liveness_keys: tuple[str, str], if_alive: list[Limit],
+                              otherwise: list[Limit]) -> tuple[bool | None, Verdict]:
+        """In one round trip: whether a session is alive (its key exists and its token's
+        revoked key does not), and the verdict of `if_alive` or else `otherwise` (a revoked
+        token must not spend its user's budget). Redis unreachable: (None, allowed)."""
+        now = time.time()
+        keys = [self._key(item, now) for item in [*if_alive, *otherwise]]
+        expiries = [item.window + 1 for item in [*if_alive, *otherwise]]
+        try:
+            result = await self._count_for_session(
+                keys=[*liveness_keys, *keys], args=[len(if_alive), *expiries])
+        except (RedisError, OSError) as error:
+            self.outage.lost(error)
+            return None, self._allowed(if_alive or otherwise)
+        self.outage.back()
+        alive = bool(int(result[0]))
+        return alive, self._verdict(if_alive if alive else otherwise,
+                                    [int(count) for count in result[1:]], now)
+
+    @staticmethod
+    def _key(item: Limit, now: float) -> str:
+        return f"sf:rl:{item.bucket}:{item.identity}:{int(now // item.window)}"
+
+    @staticmethod
+    def _allowed(limits: list[Limit]) -> Verdict:
+        tightest = min(limits, key=lambda item: item.limit)
+        return Verdict(True, tightest.limit, tightest.limit, 0)
+
+    @staticmethod
+    def _verdict(limits: list[Limit], counts: list[int], now: float) -> Verdict:
+        """The tightest verdict over limits and their counts in this window."""
+        verdicts = []
+        for item, count in zip(limits, counts, strict=True):
+            retry_after = max(1, int(item.window - (now % item.window)) + 1)
+            verdicts.append(Verdict(count <= item.limit, item.limit,
+                                    max(0, item.limit - count), retry_after))
+        blocked = [v for v in verdicts if not v.allowed]
+        if blocked:
+            return max(blocked, key=lambda v: v.retry_after)
+        return min(verdicts, key=lambda v: v.remaining)
 
     async def hit(self, limits: list[Limit]) -> Verdict:
         """The verdict for one request; with Redis unreachable every request is allowed
@@ -49,26 +110,15 @@ class RateLimiter:
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for item in limits:
-                    window_start = int(now // item.window)
-                    key = f"sf:rl:{item.bucket}:{item.identity}:{window_start}"
+                    key = self._key(item, now)
                     pipe.incr(key)
                     pipe.expire(key, item.window + 1, nx=True)
                 results = await pipe.execute()
         except (RedisError, OSError) as error:
             self.outage.lost(error)
-            tightest = min(limits, key=lambda item: item.limit)
-            return Verdict(True, tightest.limit, tightest.limit, 0)
+            return self._allowed(limits)
         self.outage.back()
-        verdicts = []
-        for index, item in enumerate(limits):
-            count = int(results[index * 2])
-            retry_after = max(1, int(item.window - (now % item.window)) + 1)
-            verdicts.append(Verdict(count <= item.limit, item.limit,
-                                    max(0, item.limit - count), retry_after))
-        blocked = [v for v in verdicts if not v.allowed]
-        if blocked:
-            return max(blocked, key=lambda v: v.retry_after)
-        return min(verdicts, key=lambda v: v.remaining)
+        return self._verdict(limits, [int(count) for count in results[::2]], now)
 
 
 LOGIN_DELAY_BASE = 0.5   # seconds, once an account's failures pass its ceiling

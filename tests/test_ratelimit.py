@@ -42,6 +42,20 @@ async def test_users_are_limited_per_account_not_per_ip(api, services):
     assert (await api.get("/api/users/alice")).status == 200
 
 
+async def test_a_revoked_token_spends_the_address_budget_not_its_users(api, services):
+    stale = await api.register("revokee")
+    fresh = (await api.post("/api/auth/login", {"username": "revokee",
+                                                "password": "password123"})).json
+    assert (await api.post("/api/auth/logout", token=stale["access_token"])).status == 204
+    await services.redis.delete(*await services.redis.keys("sf:rl:*"))
+    statuses = [(await api.get("/api/users/profile", token=stale["access_token"])).status
+                for _ in range(6)]
+    assert statuses == [401] * 5 + [429]  # counted against the address (limit 5), refused
+    # The user's own budget is untouched: the live session still has all 8 requests.
+    response = await api.get("/api/users/profile", token=fresh["access_token"])
+    assert response.status == 200 and response.headers["X-RateLimit-Remaining"] == "7"
+
+
 class TestLoginThrottle:
     """Failed logins count per account (username and email alike) and client address."""
 

@@ -31,7 +31,7 @@ from sf.errors import (
     UnsupportedMediaType,
     ValidationFailed,
 )
-from sf.ratelimit import Limit
+from sf.ratelimit import Limit, Verdict
 from sf.schemas import flatten_messages
 from sf.schemas.dump import encode_json
 from sf.security import TokenClaims
@@ -80,12 +80,14 @@ def client_ip(request: tornado.httputil.HTTPServerRequest, trusted: tuple[Any, .
     return hops[0] if hops else remote
 
 
-async def bearer_claims(sessions: SessionStore, header: str, mode: str) -> TokenClaims | None:
+async def bearer_claims(sessions: SessionStore, header: str, mode: str,
+                        check: bool = True) -> TokenClaims | None:
     """The claims of an `Authorization: Bearer` header under an auth mode.
 
     `required`: a valid, unrevoked token or Unauthorized. `optional`: the same when a header
     is sent, None without one. `public`: never checked (a malformed header is still refused).
-    Shared by every handler that authenticates, HTTP or WebSocket.
+    `check=False`: signature and expiry only; the caller checks revocation
+    (`SessionStore.liveness_keys`). Shared by every handler that authenticates.
     """
     if not header:
         if mode == "required":
@@ -96,6 +98,8 @@ async def bearer_claims(sessions: SessionStore, header: str, mode: str) -> Token
         raise Unauthorized("Expected 'Authorization: Bearer <token>'")
     if mode == "public":
         return None
+    if not check:
+        return sessions.verify(token.strip())
     return await sessions.authenticate(token.strip())
 
 
@@ -314,36 +318,58 @@ class APIHandler(BaseHandler):
         if size > limit:
             raise PayloadTooLarge(f"Request body exceeds {limit} bytes")
 
-    async def _authenticate(self) -> None:
-        self.claims = await bearer_claims(self.services.sessions,
-                                          self.request.headers.get("Authorization", ""),
-                                          self.auth_mode())
-
-    async def _rate_limit(self) -> None:
+    def _main_limit(self, claims: TokenClaims | None) -> Limit:
+        """The per-user limit for a signed-in request, else the per-address one."""
         config = self.config
-        if self.claims is not None:
-            main = Limit(self.rate_bucket, f"u{self.claims.user_id}", config.rate_limit_user,
+        if claims is not None:
+            return Limit(self.rate_bucket, f"u{claims.user_id}", config.rate_limit_user,
                          config.rate_limit_window)
-        else:
-            main = Limit(self.rate_bucket, f"ip{self.client_ip}", config.rate_limit_anonymous,
-                         config.rate_limit_window)
-        verdict = await self.services.limiter.hit([main, *self.extra_limits()])
+        return Limit(self.rate_bucket, f"ip{self.client_ip}", config.rate_limit_anonymous,
+                     config.rate_limit_window)
+
+    def _apply_verdict(self, verdict: Verdict) -> None:
         self.set_sticky_header("X-RateLimit-Limit", str(verdict.limit))
         self.set_sticky_header("X-RateLimit-Remaining", str(verdict.remaining))
         if not verdict.allowed:
             raise RateLimited(verdict.retry_after)
+
+    async def _rate_limit(self) -> None:
+        self._apply_verdict(await self.services.limiter.hit(
+            [self._main_limit(self.claims), *self.extra_limits()]))
+
+    async def _authenticate_and_limit(self) -> None:
+        """Bearer auth and rate limits in one Redis round trip for a signed token: the
+        session's liveness is checked and the request counted against its user, or, for a
+        revoked token, against the address (so a stolen, revoked token cannot spend its
+        user's budget). Any other failed authentication counts against the address too."""
+        sessions = self.services.sessions
+        try:
+            claims = await bearer_claims(sessions, self.request.headers.get("Authorization", ""),
+                                         self.auth_mode(), check=False)
+        except Unauthorized:
+            await self._rate_limit()
+            raise
+        if claims is None:
+            await self._rate_limit()
+            return
+        extra = self.extra_limits()
+        alive, verdict = await self.services.limiter.hit_for_session(
+            sessions.liveness_keys(claims), [self._main_limit(claims), *extra],
+            [self._main_limit(None), *extra])
+        self._apply_verdict(verdict)
+        if alive is None:
+            # Revocation cannot be checked: refuse rather than trust a possibly revoked token.
+            raise Unavailable("Sign-in is temporarily unavailable, retry shortly")
+        if not alive:
+            raise Unauthorized("Token revoked")
+        self.claims = claims
 
     async def prepare(self) -> None:
         self._apply_cors()
         if self.request.method == "OPTIONS":
             return
         self._check_body_size()
-        try:
-            await self._authenticate()
-        except Unauthorized:
-            await self._rate_limit()  # failed authentications count against the address
-            raise
-        await self._rate_limit()
+        await self._authenticate_and_limit()
 
     def options(self, *args: Any, **kwargs: Any) -> None:
         """CORS preflight."""

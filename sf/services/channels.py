@@ -137,21 +137,18 @@ class ChannelService:
 
         if viewer_id is not None:
             return await compute()
-        generation = await self.cache.generation(STREAMS_NAMESPACE)
         params = "&".join(f"{key}={filters[key]}" for key in sorted(filters))
-        return await self.cache.get_or_set(f"streams:{generation}:anon:{params}", compute)
+        return await self.cache.get_or_set_in(STREAMS_NAMESPACE, f"anon:{params}", compute)
 
     # --- categories ----------------------------------------------------------------------------
 
     async def list_categories(self, limit: int, cursor: str | None,
                               loader: Callable[[list[Any], str | None], Any]) -> bytes:
         """A page of categories rendered by `loader`, as JSON shared through the cache."""
-        generation = await self.cache.generation(CATEGORIES_NAMESPACE)
-
         async def compute() -> bytes:
             return encode_json(loader(*await categories_db.list_categories(self.db, limit, cursor)))
 
-        return await self.cache.get_or_set(f"categories:{generation}:{limit}:{cursor}", compute)
+        return await self.cache.get_or_set_in(CATEGORIES_NAMESPACE, f"{limit}:{cursor}", compute)
 
     async def add_category(self, name: str, description: str = "",
                            thumbnail: str | None = None) -> Category:

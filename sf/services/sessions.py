@@ -96,9 +96,20 @@ class SessionStore:
             raise Unauthorized("Session expired or revoked")
         return self._issue(claims.user_id, claims.session_id, new_id)
 
+    def verify(self, access_token: str) -> TokenClaims:
+        """An access token's claims if its signature and expiry hold (no revocation check:
+        `liveness_keys` name what `authenticate` also checks, for callers that fold the check
+        into a round trip of their own)."""
+        return self.tokens.verify(access_token, "access")
+
+    @staticmethod
+    def liveness_keys(claims: TokenClaims) -> tuple[str, str]:
+        """(the session's key, which must exist; the token's revoked key, which must not)."""
+        return _session_key(claims.session_id), _revoked_key(claims.token_id)
+
     async def authenticate(self, access_token: str) -> TokenClaims:
         """Verify an access token and that neither it nor its session was revoked."""
-        claims = self.tokens.verify(access_token, "access")
+        claims = self.verify(access_token)
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.exists(_session_key(claims.session_id))
