@@ -18,7 +18,8 @@ BUDGETS = {
     "public_user": (2, 3, 0),         # rate limit (INCR, EXPIRE); cached answer
     "streams": (2, 3, 0),             # rate limit; generation + cached page (one script)
     "streams_filtered": (2, 3, 0),
-    "streams_logged_in": (1, 1, 1),   # session liveness + rate limit; the page (never shared)
+    "streams_logged_in": (2, 2, 1),   # liveness + limit; may see private? no: the shared page
+    "streams_invited": (1, 1, 2),     # liveness + limit; may see private? yes: their own page
     "categories": (2, 3, 0),
 }
 
@@ -76,6 +77,10 @@ async def test_hot_routes_stay_within_their_round_trip_budgets(api, services, mo
     stream_id = created.json["id"]
     await services.db.execute("UPDATE streams SET is_live = true, started_at = now() WHERE id = $1",
                               stream_id)
+    owner_private = await api.register("costowner")
+    invited = await api.register("costinvited")
+    assert (await api.put("/api/stream/allowed-viewers/costinvited",
+                          token=owner_private["access_token"])).status in (200, 201, 204)
     routes = {
         "profile": ("/api/users/profile", viewer["access_token"]),
         "public_user": ("/api/users/coststreamer", None),
@@ -83,6 +88,7 @@ async def test_hot_routes_stay_within_their_round_trip_budgets(api, services, mo
         "streams_filtered": ("/api/streams?category_id=1", None),
         "streams_logged_in": ("/api/streams?category_id=1", viewer["access_token"]),
         "categories": ("/api/categories", None),
+        "streams_invited": ("/api/streams?category_id=1", invited["access_token"]),
     }
     costs = Costs(monkeypatch)
     spent = {}

@@ -263,6 +263,11 @@ class TestPrivacy:
         assert (await api.delete("/api/stream/allowed-viewers/invited",
                                  token=owner["access_token"])).status == 204
         assert await sees(invited["access_token"]) == [False] * len(paths)
+        # An invitation shows it at once, though until then the stranger's lists were the
+        # shared (public-only) pages.
+        assert (await api.put("/api/stream/allowed-viewers/stranger",
+                              token=owner["access_token"])).status == 204
+        assert await sees(stranger["access_token"]) == [True] * len(paths)
 
     async def test_public_profile_never_reveals_a_private_live_stream(self, api, services):
         owner = await api.register("hidden")

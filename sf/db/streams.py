@@ -258,6 +258,15 @@ def escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
+async def sees_only_public(db: Executor, viewer_id: int) -> bool:
+    """Whether `visible_to(viewer)` admits public streams only: the viewer owns no private
+    stream and was invited to no channel. Such a viewer's lists are the anonymous ones."""
+    return bool(await db.fetchval(
+        """SELECT NOT (EXISTS (SELECT 1 FROM streams WHERE user_id = $1 AND is_private)
+                       OR EXISTS (SELECT 1 FROM allowed_viewers WHERE viewer_id = $1))""",
+        viewer_id))
+
+
 async def list_streams(db: Executor, *, viewer_id: int | None, is_live: bool | None = True,
                        category_id: int | None = None, username: str | None = None,
                        q: str | None = None, sort: str = "viewers", limit: int = 20,
