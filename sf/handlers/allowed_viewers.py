@@ -17,7 +17,7 @@ class AllowedViewersHandler(APIHandler):
         security: [{bearer: []}]
         parameters:
           - {in: query, name: limit, schema: {type: integer, minimum: 1, maximum: 100, default: 20}}
-          - {in: query, name: cursor, schema: {type: string}}
+          - {in: query, name: cursor, schema: {type: string, pattern: '^[A-Za-z0-9_-]{0,200}$'}, description: the `next_cursor` of the previous page (opaque; it belongs to one sort order)}
         responses:
           200: {description: A page of users, content: {application/json: {schema: UserListSchema}}}
           401: {description: Not authenticated, content: {application/json: {schema: ErrorSchema}}}

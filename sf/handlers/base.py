@@ -208,10 +208,25 @@ class BaseHandler(tornado.web.RequestHandler):
             body = {"code": _STATUS_CODES.get(status_code, "bad_request"), "message": reason}
             if status_code == 401:
                 self.set_header("WWW-Authenticate", 'Bearer realm="sf"')
+        if status_code == 405:  # RFC 9110 §15.5.6: say which methods the resource has
+            self.set_header("Allow", ", ".join(self.allowed_methods()))
         self.clear_header("Content-Disposition")
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
         self.finish(json.dumps({"error": body}))
+
+    @classmethod
+    def allowed_methods(cls) -> list[str]:
+        """The HTTP methods this handler implements (OPTIONS and HEAD as Tornado answers
+        them: OPTIONS for CORS preflight on API handlers, HEAD where GET is)."""
+        methods = [method for method in ("GET", "POST", "PUT", "DELETE", "PATCH")
+                   if getattr(cls, method.lower()) is not getattr(tornado.web.RequestHandler,
+                                                                  method.lower())]
+        if "GET" in methods and cls.head is not tornado.web.RequestHandler.head:
+            methods.append("HEAD")
+        if cls.options is not tornado.web.RequestHandler.options:
+            methods.append("OPTIONS")
+        return methods
 
     def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]

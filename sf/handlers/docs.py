@@ -12,7 +12,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from apispec.yaml_utils import load_yaml_from_docstring
 
 from sf import __version__, schemas
-from sf.handlers.base import BaseHandler
+from sf.handlers.base import APIHandler, BaseHandler
 
 _GROUP = re.compile(r"\(\?P<(\w+)>[^)]*\)")
 METHODS = ("get", "post", "put", "delete")
@@ -64,6 +64,45 @@ def _schema_name(schema: Any) -> str:
     return cls.__name__
 
 
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description,
+            "content": {"application/json": {"schema": "ErrorSchema"}}}
+
+
+def complete_responses(operation: dict[str, Any], handler: Any, method: str, path: str) -> None:
+    """Document the answers the shared API edge can give any operation (base.APIHandler), so
+    that each operation lists every status it can return: authentication (401, and 503 when
+    revocation cannot be checked), rate limits (429), body parsing (400, 413, 415, 422), query
+    validation (422) and path lookups (404). An operation's own text wins where it has one."""
+    if not issubclass(handler, APIHandler):
+        return
+    responses = operation.setdefault("responses", {})
+    mode = handler.auth.get(method.upper(), "required") if isinstance(handler.auth, dict) \
+        else handler.auth
+    added: dict[int, dict[str, Any]] = {429: _error("Rate limited (see Retry-After)")}
+    if mode in ("required", "optional"):
+        added[401] = _error("Authentication required, or the token is invalid, expired or revoked"
+                            if mode == "required" else
+                            "The token sent is invalid, expired or revoked")
+        added[503] = _error("Tokens cannot be checked right now (retry after Retry-After)")
+    body = operation.get("requestBody", {}).get("content", {})
+    if body:
+        added.update({400: _error("The body cannot be read as its Content-Type says"),
+                      413: _error("The body is too large"),
+                      415: _error("Unsupported Content-Type")})
+    if "application/json" in body:
+        added.update({400: _error("The body is not JSON"),
+                      413: _error("The body is too large"),
+                      415: _error("Content-Type is not application/json"),
+                      422: _error("Invalid input (see `fields`)")})
+    if any(param.get("in") == "query" for param in operation.get("parameters", [])):
+        added[422] = _error("Invalid or unknown query parameter (see `fields`)")
+    if "{" in path:
+        added[404] = _error("Not found")
+    for status, response in added.items():
+        responses.setdefault(status, response)
+
+
 def build_openapi(routes: list[Any]) -> dict[str, Any]:
     """The OpenAPI 3.0 document of every documented route (docstring YAML after `---`)."""
     spec = APISpec(
@@ -93,7 +132,8 @@ def build_openapi(routes: list[Any]) -> dict[str, Any]:
                 operations[method] = operation
         if operations:
             path = path_template(pattern)
-            for operation in operations.values():
+            for method, operation in operations.items():
+                complete_responses(operation, handler, method, path)
                 for param in re.findall(r"{(\w+)}", path):
                     params = operation.setdefault("parameters", [])
                     if not any(p.get("name") == param for p in params):

@@ -37,10 +37,10 @@ class StreamsHandler(StreamListMixin):
         tags: [streams]
         parameters:
           - {in: query, name: limit, schema: {type: integer, minimum: 1, maximum: 100, default: 20}}
-          - {in: query, name: cursor, schema: {type: string}}
-          - {in: query, name: category_id, schema: {type: integer}}
-          - {in: query, name: username, schema: {type: string}}
-          - {in: query, name: q, schema: {type: string}, description: title search}
+          - {in: query, name: cursor, schema: {type: string, pattern: '^[A-Za-z0-9_-]{0,200}$'}, description: the `next_cursor` of the previous page (opaque; it belongs to one sort order)}
+          - {in: query, name: category_id, schema: {type: integer, minimum: 1, maximum: 4611686018427387904}}
+          - {in: query, name: username, schema: {type: string, minLength: 1, maxLength: 30}}
+          - {in: query, name: q, schema: {type: string, minLength: 1, maxLength: 100}, description: title search}
           - {in: query, name: is_live, schema: {type: boolean, default: true}}
           - {in: query, name: sort, schema: {type: string, enum: [viewers, started_at, created_at]}}
         responses:
@@ -123,7 +123,7 @@ class UserStreamsHandler(StreamListMixin):
         tags: [streams]
         parameters:
           - {in: query, name: limit, schema: {type: integer, minimum: 1, maximum: 100}}
-          - {in: query, name: cursor, schema: {type: string}}
+          - {in: query, name: cursor, schema: {type: string, pattern: '^[A-Za-z0-9_-]{0,200}$'}, description: the `next_cursor` of the previous page (opaque; it belongs to one sort order)}
         responses:
           200: {description: A page of streams, content: {application/json: {schema: StreamListSchema}}}
           404: {description: No such user, content: {application/json: {schema: ErrorSchema}}}
