@@ -9,6 +9,7 @@ from sf.errors import Unauthorized
 from sf.handlers.base import APIHandler
 from sf.ratelimit import Limit
 from sf.schemas import LoginSchema, RefreshSchema, RegisterSchema, user_private
+from sf.security import TokenClaims
 from sf.services.accounts import LoginResult
 
 REFRESH_COOKIE = "sf_refresh"
@@ -20,7 +21,7 @@ class AuthHandler(APIHandler):
 
     rate_bucket = "auth"
 
-    def extra_limits(self) -> list[Limit]:
+    def extra_limits(self, claims: TokenClaims | None) -> list[Limit]:
         return [Limit("auth-ip", self.client_ip, self.config.rate_limit_auth_ip,
                       self.config.rate_limit_window)]
 

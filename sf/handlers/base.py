@@ -301,8 +301,9 @@ class APIHandler(BaseHandler):
     max_body_setting: ClassVar[str] = "max_body_bytes"
     rate_bucket: ClassVar[str] = "api"
 
-    def extra_limits(self) -> list[Limit]:
-        """Limits beyond the per-IP/per-user one (login, register, key reset add theirs)."""
+    def extra_limits(self, claims: TokenClaims | None) -> list[Limit]:
+        """Limits beyond the per-IP/per-user one (login, register, key reset add theirs), for
+        a request authenticated as `claims` (None: anonymous, or a token that failed)."""
         return []
 
     def decode_argument(self, value: bytes, name: str | None = None) -> str:
@@ -350,7 +351,7 @@ class APIHandler(BaseHandler):
 
     async def _rate_limit(self) -> None:
         self._apply_verdict(await self.services.limiter.hit(
-            [self._main_limit(self.claims), *self.extra_limits()]))
+            [self._main_limit(self.claims), *self.extra_limits(self.claims)]))
 
     async def _authenticate_and_limit(self) -> None:
         """Bearer auth and rate limits in one Redis round trip for a signed token: the
@@ -367,10 +368,9 @@ class APIHandler(BaseHandler):
         if claims is None:
             await self._rate_limit()
             return
-        extra = self.extra_limits()
         alive, verdict = await self.services.limiter.hit_for_session(
-            sessions.liveness_keys(claims), [self._main_limit(claims), *extra],
-            [self._main_limit(None), *extra])
+            sessions.liveness_keys(claims), [self._main_limit(claims), *self.extra_limits(claims)],
+            [self._main_limit(None), *self.extra_limits(None)])
         self._apply_verdict(verdict)
         if alive is None:
             # Revocation cannot be checked: refuse rather than trust a possibly revoked token.

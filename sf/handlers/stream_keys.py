@@ -8,6 +8,7 @@ from sf.db.stream_keys import StreamKey
 from sf.handlers.base import APIHandler
 from sf.ratelimit import Limit
 from sf.schemas import StreamKeySchema, StreamSettingsSchema
+from sf.security import TokenClaims
 
 key_schema = StreamKeySchema()
 settings_schema = StreamSettingsSchema()
@@ -39,10 +40,10 @@ class StreamKeyHandler(StreamKeyBase):
 
 
 class StreamKeyResetHandler(StreamKeyBase):
-    def extra_limits(self) -> list[Limit]:
-        if self.claims is None:
+    def extra_limits(self, claims: TokenClaims | None) -> list[Limit]:
+        if claims is None:
             return []
-        return [Limit("key-reset", f"u{self.claims.user_id}", self.config.rate_limit_key_reset,
+        return [Limit("key-reset", f"u{claims.user_id}", self.config.rate_limit_key_reset,
                       self.config.rate_limit_window)]
 
     async def post(self) -> None:
