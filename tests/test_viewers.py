@@ -319,3 +319,43 @@ def test_control_frame_floods_are_dropped(platform):
         assert await viewer.until_closed() == 1008
 
     asyncio.run(scenario())
+
+
+def test_ending_a_session_ends_its_websocket_access(platform):
+    """Logout or a password change elsewhere ends the session's tickets and closes (4401) the
+    sockets it opened, within the hub's session check: a stolen session must not keep a
+    private stream's messages (signed thumbnails) after the owner locks it out."""
+    stream_id, owner_token = prepared_stream(platform, "lockout", private=True)
+    guest = platform.register("lockguest")
+    platform.request("PUT", "/api/stream/allowed-viewers/lockguest", token=owner_token)
+    status, second, _ = platform.request("POST", "/api/auth/login",
+                                         {"username": "lockguest", "password": "password123"})
+    assert status == 200
+
+    async def scenario() -> None:
+        unused = ticket_for(platform, guest["token"])
+        watching = await connect(platform.base_url, stream_id,
+                                 query=f"?ticket={ticket_for(platform, guest['token'])}")
+        await watching.until(lambda v: v.viewers() is not None, what="the first total")
+        other = await connect(platform.base_url, stream_id,
+                              query=f"?ticket={ticket_for(platform, second['access_token'])}")
+        await other.until(lambda v: v.viewers() is not None, what="the second session's total")
+        assert platform.request("POST", "/api/auth/logout", token=guest["token"])[0] == 204
+        started = time.monotonic()
+        assert await watching.until_closed(timeout=10) == CLOSE_UNAUTHORIZED
+        assert time.monotonic() - started < 7  # SESSION_CHECK_EVERY is 5 s
+        late = await connect(platform.base_url, stream_id, query=f"?ticket={unused}")
+        assert await late.until_closed() == CLOSE_UNAUTHORIZED  # tickets die with the session
+        assert other.close_code is None  # the other session is still signed in
+        # A password change from a third session revokes every other one, the second included.
+        status, third, _ = platform.request("POST", "/api/auth/login",
+                                            {"username": "lockguest", "password": "password123"})
+        assert status == 200
+        changed = platform.request("POST", "/api/users/change-password",
+                                   {"current_password": "password123",
+                                    "new_password": "newpassword456"},
+                                   token=third["access_token"])
+        assert changed[0] == 204
+        assert await other.until_closed(timeout=10) == CLOSE_UNAUTHORIZED
+
+    asyncio.run(scenario())

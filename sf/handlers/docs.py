@@ -49,7 +49,8 @@ Where the contract (API.md) is silent, SF decided:
   `?ticket=` from `POST /api/ws/ticket` (single use, 30 s); an access token in the URL is
   ignored. Anonymous viewers get an `sf_vid` cookie, so their tabs count once. Close codes:
   4404 the stream does not exist for you (also when it turns private or your invite is
-  withdrawn), 4401 invalid or used ticket, 1008 too many messages (over 20 in 10 s) or too
+  withdrawn), 4401 invalid or used ticket, or the signed-in session ended (logout, password
+  change; checked every 5 s), 1008 too many messages (over 20 in 10 s) or too
   slow to read, 1009 a message over 4 KiB, 1001 the node is shutting down (reconnect). A
   handshake from a foreign `Origin` gets 403; over 500 connections from one address, 429.
 - An encoder that reconnects within the grace period (30 s) continues the same stream.

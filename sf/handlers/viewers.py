@@ -17,11 +17,10 @@ import tornado.websocket
 from sf.config import Config
 from sf.errors import NotFound
 from sf.handlers.base import APIHandler, BaseHandler
-from sf.services.viewers import CLOSE_NOT_FOUND
+from sf.services.viewers import CLOSE_NOT_FOUND, CLOSE_UNAUTHORIZED
 
 VIEWER_COOKIE = "sf_vid"
 _VIEWER_ID = re.compile(r"[A-Za-z0-9_-]{22,43}")
-CLOSE_UNAUTHORIZED = 4401
 CLOSE_POLICY = 1008
 MESSAGES_PER_WINDOW, MESSAGE_WINDOW = 20, 10.0  # inbound messages a client may send
 MAX_BUFFERED_BYTES = 64 * 1024                   # unsent bytes before a slow client is dropped
@@ -76,7 +75,8 @@ class TicketHandler(APIHandler):
           401: {description: Not authenticated, content: {application/json: {schema: ErrorSchema}}}
           429: {description: Rate limited, content: {application/json: {schema: ErrorSchema}}}
         """
-        ticket = await self.services.tickets.issue(self.user_id)
+        assert self.claims is not None  # auth "required"
+        ticket = await self.services.tickets.issue(self.claims)
         self.write_json({"ticket": ticket, "expires_in": 30})
 
 
@@ -92,6 +92,7 @@ class ViewersSocket(tornado.websocket.WebSocketHandler, BaseHandler):
     def initialize(self) -> None:
         super().initialize()
         self.account_id: int | None = None
+        self.session_id: str | None = None  # the signed-in session the ticket came from
         self.viewer_id = ""
         self.stream_id = 0
         self.joined = False
@@ -132,9 +133,11 @@ class ViewersSocket(tornado.websocket.WebSocketHandler, BaseHandler):
     async def _handshake(self, *args: Any, **kwargs: Any) -> None:
         ticket = self.get_query_argument("ticket", None)
         if ticket is not None:
-            self.account_id = await self.services.tickets.redeem(ticket)
-            if self.account_id is None:
+            redeemed = await self.services.tickets.redeem(ticket)
+            if redeemed is None:
                 self.close_after_open = (CLOSE_UNAUTHORIZED, "invalid or used ticket")
+            else:
+                self.account_id, self.session_id = redeemed
         if self.account_id is not None:
             self.viewer_id = f"u{self.account_id}"
         else:

@@ -102,7 +102,7 @@ async def start_services(config: Config, *, database_url: str | None = None,
     accounts = AccountService(db, hasher, sessions, throttle, cache, images, channels,
                               avatar_hosts=config.avatar_hosts)
     counts = ViewerCounts(redis, config.node_id)
-    viewers = ViewerHub(config, redis, counts, channels)
+    viewers = ViewerHub(config, redis, counts, channels, sessions)
     channels.add_listener(viewers)
     events.subscribe(viewers)
     statistics = StatisticsService(config, db, redis, counts, cache, channels)

@@ -107,6 +107,19 @@ class SessionStore:
         """(the session's key, which must exist; the token's revoked key, which must not)."""
         return _session_key(claims.session_id), _revoked_key(claims.token_id)
 
+    async def alive(self, session_ids: list[str], chunk: int = 500) -> set[str]:
+        """Which of these sessions still exist (not logged out, not revoked), a pipeline per
+        `chunk` ids so that checking thousands does not hold the loop."""
+        found: set[str] = set()
+        for start in range(0, len(session_ids), chunk):
+            part = session_ids[start:start + chunk]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for session_id in part:
+                    pipe.exists(_session_key(session_id))
+                results = await pipe.execute()
+            found.update(sid for sid, exists in zip(part, results, strict=True) if exists)
+        return found
+
     async def authenticate(self, access_token: str) -> TokenClaims:
         """Verify an access token and that neither it nor its session was revoked."""
         claims = self.verify(access_token)
@@ -161,14 +174,22 @@ class TicketStore:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
 
-    async def issue(self, user_id: int) -> str:
+    async def issue(self, claims: TokenClaims) -> str:
+        """A ticket for the signed-in session of `claims`."""
         ticket = secrets.token_urlsafe(32)
-        await self.redis.set(_ticket_key(ticket), user_id, ex=TICKET_TTL)
+        await self.redis.set(_ticket_key(ticket), f"{claims.user_id}:{claims.session_id}",
+                             ex=TICKET_TTL)
         return ticket
 
-    async def redeem(self, ticket: str) -> int | None:
-        """The user a ticket was issued to, once; None when unknown, used or expired."""
+    async def redeem(self, ticket: str) -> tuple[int, str] | None:
+        """(user id, session id) of a ticket, once; None when unknown, used, expired, or its
+        session has ended since (logout, password change, refresh-token reuse)."""
         if not 20 <= len(ticket) <= 100:
             return None
         value = await self.redis.getdel(_ticket_key(ticket))
-        return int(value) if value is not None else None
+        if value is None:
+            return None
+        user_id, _, session_id = (value.decode() if isinstance(value, bytes) else value).partition(":")
+        if not await self.redis.exists(_session_key(session_id)):
+            return None
+        return int(user_id), session_id

@@ -28,6 +28,7 @@ from sf.media.hls import sign_thumbnail
 from sf.observability import WS_CONNECTIONS, WS_MESSAGES
 from sf.services.channels import ChannelService
 from sf.services.events import AccessEvent, StreamEvent, StreamListener, channel_name
+from sf.services.sessions import SessionStore
 from sf.services.viewer_counts import ViewerCounts
 
 log = logging.getLogger("sf.viewers")
@@ -36,8 +37,10 @@ VIEWERS_CHANNEL = "sf:events:viewers"   # "a node's count of this stream changed
 TICK = 0.25                             # seconds between flushes
 PUSH_EVERY = 1.0                        # at most one viewers message per stream per second
 RECOUNT_EVERY = 1.0                     # totals of every watched stream, to notice dead nodes
+SESSION_CHECK_EVERY = 5.0               # signed-in sockets whose session ended are closed
 FAN_OUT_SLICE = 0.001                   # seconds of sending between two yields to the loop
 CLOSE_NOT_FOUND = 4404
+CLOSE_UNAUTHORIZED = 4401  # also the handler's code for a bad ticket
 CLOSE_GOING_AWAY = 1001
 
 
@@ -45,6 +48,7 @@ class ViewerSocket(Protocol):
     """What the hub needs of a WebSocket connection."""
 
     account_id: int | None  # the signed-in viewer, None when anonymous
+    session_id: str | None  # their session (a socket closes when it ends), None when anonymous
 
     @property
     def client_address(self) -> str: ...
@@ -58,12 +62,14 @@ class ViewerHub(StreamListener):
     """This node's viewers of every stream, and what they are told."""
 
     def __init__(self, config: Config, redis: Redis, counts: ViewerCounts,
-                 channels: ChannelService) -> None:
+                 channels: ChannelService, sessions: SessionStore) -> None:
         self.config = config
         self.redis = redis
         self.viewers_channel = channel_name(redis, VIEWERS_CHANNEL)
         self.counts = counts
         self.channels = channels
+        self.sessions = sessions
+        self._last_session_check = 0.0
         self.bridge = LoopBridge(asyncio.get_running_loop())
         self.sockets: dict[int, set[ViewerSocket]] = defaultdict(set)
         self.fresh: set[ViewerSocket] = set()          # still waiting for their first total
@@ -195,8 +201,35 @@ class ViewerHub(StreamListener):
             await asyncio.sleep(TICK)
             try:
                 await self.flush()
+                if time.monotonic() - self._last_session_check >= SESSION_CHECK_EVERY:
+                    self._last_session_check = time.monotonic()
+                    await self.close_ended_sessions()
             except Exception:
                 log.exception("viewer flush failed")
+
+    async def close_ended_sessions(self) -> int:
+        """Close (4401) the signed-in sockets whose session has ended since they connected:
+        logout, password change or refresh-token reuse ends WebSocket access too, within
+        SESSION_CHECK_EVERY. How many were closed. Redis unreachable: checked next time."""
+        by_session: dict[str, list[ViewerSocket]] = defaultdict(list)
+        for sockets in self.sockets.values():
+            for socket in sockets:
+                if socket.session_id is not None:
+                    by_session[socket.session_id].append(socket)
+        if not by_session:
+            return 0
+        try:
+            alive = await self.sessions.alive(list(by_session))
+        except Exception:
+            self._lost_redis()
+            return 0
+        closed = 0
+        for session_id, ended in by_session.items():
+            if session_id not in alive:
+                for socket in ended:
+                    socket.close(CLOSE_UNAUTHORIZED, "session ended")
+                    closed += 1
+        return closed
 
     async def _follow_other_nodes(self) -> None:
         """Other nodes' count changes: recount those streams at the next tick."""
