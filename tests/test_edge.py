@@ -49,6 +49,18 @@ async def test_wrong_method_is_405_in_error_shape(api):
     response = await api.delete("/api/auth/register")
     assert response.status == 405
     assert "error" in response.json
+    assert response.headers["Allow"] == "POST, OPTIONS"
+
+
+async def test_a_missing_method_is_405_before_authentication(api):
+    """Outside attack F3: without a token, DELETE /api/streams answered 401, not 405."""
+    for method, path in (("DELETE", "/api/streams"), ("HEAD", "/api/streams/1"),
+                         ("PUT", "/api/users/profile/avatar/x"), ("DELETE", "/api/users/profile")):
+        response = await api.request(method, path)
+        if response.status == 404:  # not a route at all
+            continue
+        assert response.status == 405, (method, path, response)
+        assert method not in response.headers["Allow"].split(", ")
 
 
 async def test_internal_error_is_500_without_traceback(api, services, captured_logs):

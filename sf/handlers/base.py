@@ -6,6 +6,7 @@ dict per HTTP method); `sf.app.make_app` refuses to start if one forgets.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import logging
@@ -216,6 +217,7 @@ class BaseHandler(tornado.web.RequestHandler):
         self.finish(json.dumps({"error": body}))
 
     @classmethod
+    @functools.cache
     def allowed_methods(cls) -> list[str]:
         """The HTTP methods this handler implements (OPTIONS and HEAD as Tornado answers
         them: OPTIONS for CORS preflight on API handlers, HEAD where GET is)."""
@@ -383,6 +385,10 @@ class APIHandler(BaseHandler):
         self._apply_cors()
         if self.request.method == "OPTIONS":
             return
+        if self.request.method not in self.allowed_methods():
+            # Before authentication: a method the resource lacks is a 405 (with Allow) for
+            # everyone, not a 401 for those without a token.
+            raise tornado.web.HTTPError(405)
         self._check_body_size()
         await self._authenticate_and_limit()
 
