@@ -61,13 +61,7 @@ class Cache:
         self.outage.back()
         if raw is not None:
             return raw
-        value = await compute()
-        try:
-            await self.redis.set(f"{PREFIX}{namespace}:{int(generation)}:{key}", value,
-                                 ex=self.ttl)
-        except (RedisError, OSError) as error:
-            self.outage.lost(error)
-        return value
+        return await self._compute_and_store(f"{namespace}:{int(generation)}:{key}", compute)
 
     async def get_or_set(self, key: str, compute: Callable[[], Awaitable[bytes]]) -> bytes:
         """The cached bytes, or `compute()`'s, stored for the TTL; straight from `compute`
@@ -82,6 +76,11 @@ class Cache:
         if raw is not None:
             self.outage.back()
             return raw  # type: ignore[return-value]  # decode_responses=False: bytes
+        return await self._compute_and_store(key, compute)
+
+    async def _compute_and_store(self, key: str,
+                                 compute: Callable[[], Awaitable[bytes]]) -> bytes:
+        """A missed entry: `compute()`'s bytes, stored for the TTL when Redis takes them."""
         value = await compute()
         try:
             await self.redis.set(PREFIX + key, value, ex=self.ttl)

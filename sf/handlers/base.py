@@ -81,14 +81,13 @@ def client_ip(request: tornado.httputil.HTTPServerRequest, trusted: tuple[Any, .
     return hops[0] if hops else remote
 
 
-async def bearer_claims(sessions: SessionStore, header: str, mode: str,
-                        check: bool = True) -> TokenClaims | None:
-    """The claims of an `Authorization: Bearer` header under an auth mode.
+def bearer_claims(sessions: SessionStore, header: str, mode: str) -> TokenClaims | None:
+    """The signature-checked claims of an `Authorization: Bearer` header under an auth mode.
 
-    `required`: a valid, unrevoked token or Unauthorized. `optional`: the same when a header
-    is sent, None without one. `public`: never checked (a malformed header is still refused).
-    `check=False`: signature and expiry only; the caller checks revocation
-    (`SessionStore.liveness_keys`). Shared by every handler that authenticates.
+    `required`: a token whose signature and expiry hold, or Unauthorized. `optional`: the same
+    when a header is sent, None without one. `public`: never checked (a malformed header is
+    still refused). Revocation is the caller's to check (`SessionStore.liveness_keys`), in the
+    same round trip as the rate limit.
     """
     if not header:
         if mode == "required":
@@ -99,9 +98,7 @@ async def bearer_claims(sessions: SessionStore, header: str, mode: str,
         raise Unauthorized("Expected 'Authorization: Bearer <token>'")
     if mode == "public":
         return None
-    if not check:
-        return sessions.verify(token.strip())
-    return await sessions.authenticate(token.strip())
+    return sessions.verify(token.strip())
 
 
 class BaseHandler(tornado.web.RequestHandler):
@@ -362,8 +359,8 @@ class APIHandler(BaseHandler):
         user's budget). Any other failed authentication counts against the address too."""
         sessions = self.services.sessions
         try:
-            claims = await bearer_claims(sessions, self.request.headers.get("Authorization", ""),
-                                         self.auth_mode(), check=False)
+            claims = bearer_claims(sessions, self.request.headers.get("Authorization", ""),
+                                   self.auth_mode())
         except Unauthorized:
             await self._rate_limit()
             raise

@@ -14,9 +14,8 @@ import uuid
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
-from sf.errors import Unauthorized, Unavailable
+from sf.errors import Unauthorized
 from sf.security import TokenClaims, TokenService, new_session_id
 
 _ROTATE = """
@@ -97,9 +96,9 @@ class SessionStore:
         return self._issue(claims.user_id, claims.session_id, new_id)
 
     def verify(self, access_token: str) -> TokenClaims:
-        """An access token's claims if its signature and expiry hold (no revocation check:
-        `liveness_keys` name what `authenticate` also checks, for callers that fold the check
-        into a round trip of their own)."""
+        """An access token's claims if its signature and expiry hold. Not whether it was
+        revoked: `liveness_keys` name what to check for that (the API edge folds it into its
+        rate-limit round trip)."""
         return self.tokens.verify(access_token, "access")
 
     @staticmethod
@@ -119,21 +118,6 @@ class SessionStore:
                 results = await pipe.execute()
             found.update(sid for sid, exists in zip(part, results, strict=True) if exists)
         return found
-
-    async def authenticate(self, access_token: str) -> TokenClaims:
-        """Verify an access token and that neither it nor its session was revoked."""
-        claims = self.verify(access_token)
-        try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.exists(_session_key(claims.session_id))
-                pipe.exists(_revoked_key(claims.token_id))
-                session_alive, revoked = await pipe.execute()
-        except (RedisError, OSError):
-            # Revocation cannot be checked: refuse rather than trust a possibly revoked token.
-            raise Unavailable("Sign-in is temporarily unavailable, retry shortly") from None
-        if not session_alive or revoked:
-            raise Unauthorized("Token revoked")
-        return claims
 
     async def revoke(self, claims: TokenClaims) -> None:
         """Log out: drop the session and deny its access token until it expires anyway."""
