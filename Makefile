@@ -6,11 +6,12 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: run test install bench lint clean-var
 
-$(STAMP): setup.cfg pyproject.toml scripts/bootstrap
+$(STAMP): setup.cfg pyproject.toml scripts/bootstrap web/package.json web/package-lock.json
 	scripts/bootstrap
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[test]'
+	cd web && npm ci --no-audit --no-fund --loglevel=error  # hls.js, uPlot: served from web/node_modules
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -160,7 +160,8 @@ async def test_cookie_refresh_requires_csrf_header(api):
     for header in registered.headers.get_list("Set-Cookie"):
         name, _, rest = header.partition("=")
         cookies[name] = rest.split(";")[0]
-        assert "SameSite=Strict" in header and "Path=/api" in header
+        path = "/" if name == "sf_csrf" else "/api"  # page scripts read the CSRF half
+        assert "SameSite=Strict" in header and f"Path={path};" in header + ";"
     assert "HttpOnly" in next(h for h in registered.headers.get_list("Set-Cookie")
                               if h.startswith("sf_refresh="))
     cookie_header = f"sf_refresh={cookies['sf_refresh']}"

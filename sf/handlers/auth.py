@@ -14,6 +14,7 @@ from sf.services.accounts import LoginResult
 
 REFRESH_COOKIE = "sf_refresh"
 CSRF_COOKIE = "sf_csrf"
+CSRF_COOKIE_PATH = "/"
 
 
 class AuthHandler(APIHandler):
@@ -31,7 +32,9 @@ class AuthHandler(APIHandler):
             "httponly": True, "secure": self.is_https, "samesite": "Strict", "path": "/api",
             "expires_days": None, "max_age": self.config.refresh_token_ttl}
         self.set_cookie(REFRESH_COOKIE, tokens.refresh_token, **cookie_options)
-        cookie_options["httponly"] = False
+        # The CSRF token is the double-submit half that page scripts read and send back as
+        # X-CSRF-Token: readable (not HttpOnly) on every page, which live outside /api.
+        cookie_options.update(httponly=False, path=CSRF_COOKIE_PATH)
         self.set_cookie(CSRF_COOKIE, self.services.tokens.csrf_token(tokens.session_id),
                         **cookie_options)
         self.write_json({
@@ -100,7 +103,7 @@ class LogoutHandler(AuthHandler):
         assert self.claims is not None
         await self.services.accounts.logout(self.claims)
         self.clear_cookie(REFRESH_COOKIE, path="/api")
-        self.clear_cookie(CSRF_COOKIE, path="/api")
+        self.clear_cookie(CSRF_COOKIE, path=CSRF_COOKIE_PATH)
         self.set_status(204)
         self.finish()
 

@@ -1,0 +1,392 @@
+"""The web front in a real browser: headless Chromium (Debian's) driven by Playwright, against
+a real platform (nginx + API node + FFmpeg publishing a synthetic stream).
+
+Screenshots of every page go to var/test-artifacts/web/ (git-ignored with var/).
+"""
+
+from __future__ import annotations
+
+import re
+import ssl
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
+
+from sf.config import PROJECT_ROOT
+from sf.node.tls import write_self_signed
+from tests.media_platform import Platform, wait_for
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's; Playwright's own browser download cannot work here
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                  "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"]
+ARTIFACTS = PROJECT_ROOT / "var" / "test-artifacts" / "web"
+PASSWORD = "password123"
+XSS_TITLE = '<img src=x onerror="window.__xss=1"> Live & "loud" <script>window.__xss=2</script>'
+XSS_BIO = "<b>bold?</b><svg onload=\"window.__xss=3\"></svg> I stream </p><iframe src=/>"
+
+pytestmark = pytest.mark.timeout(600)
+
+
+class Pages:
+    """Browser contexts (each a separate visitor with its own cookies) whose pages record every
+    console error and uncaught exception; the test ends by asserting there were none."""
+
+    def __init__(self, browser: Browser, base_url: str, **context_options: Any) -> None:
+        self.browser = browser
+        self.base_url = base_url
+        self.context_options = context_options
+        self.contexts: list[BrowserContext] = []
+        self.errors: list[str] = []
+        self.urls: list[str] = []  # every request and WebSocket URL: tokens never go there
+
+    def new_page(self, viewport: tuple[int, int] = (1280, 800)) -> Page:
+        context = self.browser.new_context(
+            base_url=self.base_url, viewport={"width": viewport[0], "height": viewport[1]},
+            **self.context_options)
+        self.contexts.append(context)
+        page = context.new_page()
+        page.on("console", lambda message: self.errors.append(
+            f"console {message.type}: {message.text} @ {page.url}")
+            if message.type == "error" else None)
+        page.on("pageerror", lambda error: self.errors.append(f"pageerror: {error} @ {page.url}"))
+        page.on("request", lambda request: self.urls.append(request.url))
+        page.on("response", lambda response: self.errors.append(
+            f"HTTP {response.status} {response.url}") if response.status >= 400 else None)
+        page.on("websocket", lambda socket: self.urls.append(socket.url))
+        return page
+
+    def close(self) -> None:
+        for context in self.contexts:
+            context.close()
+
+
+def launch_chromium(playwright: Any) -> Browser:
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)  # type: ignore[no-any-return]
+
+
+def screenshot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        chromium = launch_chromium(playwright)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def platform(base_config: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    node = Platform(base_config, tmp_path_factory.mktemp("web-node"), 18940,
+                    SF_STATS_SAMPLE_SECONDS="2").start()
+    yield node
+    node.stop()
+
+
+@pytest.fixture
+def pages(browser: Browser, platform: Platform) -> Iterator[Pages]:
+    opened = Pages(browser, platform.base_url)
+    yield opened
+    opened.close()
+
+
+def sign_up(page: Page, username: str) -> None:
+    page.goto("/login")
+    page.get_by_test_id("tab-sign-up").click()
+    page.get_by_test_id("signup-username").fill(username)
+    page.get_by_test_id("signup-email").fill(f"{username}@example.com")
+    page.get_by_test_id("signup-password").fill(PASSWORD)
+    screenshot(page, "login")
+    page.get_by_test_id("signup-submit").click()
+    page.wait_for_url("**/dashboard")
+    page.wait_for_function("() => document.querySelector('#rtmp-url').value !== ''")
+
+
+def access_token(page: Page) -> str:
+    return page.evaluate("JSON.parse(localStorage.getItem('sf.session')).access_token")  # type: ignore[no-any-return]
+
+
+def playback_state(page: Page) -> dict[str, float]:
+    return page.evaluate("""() => {
+        const video = document.querySelector('#video');
+        const quality = video.getVideoPlaybackQuality();
+        return {time: video.currentTime, frames: quality.totalVideoFrames,
+                dropped: quality.droppedVideoFrames, paused: video.paused};
+    }""")  # type: ignore[no-any-return]
+
+
+def assert_playing(page: Page) -> None:
+    """The video really plays: time advances and decoded frames rise."""
+    page.wait_for_function("() => window.sfWatch && window.sfWatch.playing", timeout=60_000)
+    before = playback_state(page)
+    time.sleep(3)
+    after = playback_state(page)
+    assert not after["paused"]
+    assert after["time"] - before["time"] > 1.5, (before, after)
+    assert after["frames"] - before["frames"] > 20, (before, after)
+
+
+def wait_for_text(page: Page, test_id: str, pattern: str, timeout: float = 30_000) -> None:
+    page.wait_for_function(
+        "([id, pattern]) => new RegExp(pattern).test("
+        "document.querySelector(`[data-testid=${id}]`)?.textContent || '')",
+        arg=[test_id, pattern], timeout=timeout)
+
+
+def wait_for_status(page: Page, form: str, text: str) -> None:
+    page.wait_for_function("([form, text]) => document.querySelector(`${form} .status`)"
+                           ".textContent === text", arg=[form, text])
+
+
+def assert_no_script_ran(page: Page) -> None:
+    assert page.evaluate("window.__xss") is None
+
+
+def hls_ready(platform: Platform, stream_id: int, segments: int = 2) -> bool:
+    status, body, _ = platform.get(f"/hls/{stream_id}/master.m3u8")
+    if status != 200:
+        return False
+    variants = [line for line in body.decode().splitlines() if line.endswith(".m3u8")]
+    for variant in variants:
+        status, media, _ = platform.get(f"/hls/{stream_id}/{variant}")
+        if status != 200 or media.decode().count("#EXTINF") < segments:
+            return False
+    return bool(variants)
+
+
+def test_csp_and_security_headers_on_every_page(platform: Platform) -> None:
+    for path in ("/", "/watch/1", "/login", "/dashboard", "/static/js/api.js",
+                 "/static/css/app.css", "/vendor/hls/hls.min.js", "/vendor/hls/hls.worker.js",
+                 "/vendor/uplot/uPlot.iife.min.js"):
+        status, body, headers = platform.get(path)
+        assert status == 200, path
+        csp = headers["Content-Security-Policy"]
+        assert "unsafe-inline" not in csp and "unsafe-eval" not in csp, csp
+        assert "worker-src 'self';" in csp  # hls.js's worker is a file, not a blob
+        assert "script-src 'self';" in csp and "style-src 'self';" in csp
+        assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp
+        assert headers["X-Content-Type-Options"] == "nosniff"
+        assert headers["X-Frame-Options"] == "DENY"
+        if path.endswith(".js"):
+            assert headers["Content-Type"].startswith("application/javascript")
+    # Pages carry no inline script or style for the CSP to refuse.
+    for page in ("index", "watch", "login", "dashboard"):
+        html = (PROJECT_ROOT / "web" / f"{page}.html").read_text()
+        assert not re.search(r"<script(?![^>]*\bsrc=)[^>]*>", html), page
+        assert "<style" not in html and not re.search(r"\s(?:style|on[a-z]+)=", html), page
+    # Unknown paths and the library's package files stay out of reach.
+    assert platform.get("/watch/abc")[0] == 404
+    assert platform.get("/vendor/hls/../package.json")[0] in (400, 404)
+    assert platform.get("/package.json")[0] == 404
+    assert platform.get("/node_modules/hls.js/package.json")[0] == 404
+
+
+def test_sign_up_reveal_key_go_live_and_watch(platform: Platform, pages: Pages) -> None:
+    streamer = pages.new_page()
+    sign_up(streamer, "webstar")
+    # The key stays hidden until revealed; the RTMP URL is the one to paste into OBS.
+    assert streamer.get_by_test_id("rtmp-url").input_value() == platform.rtmp
+    key_input = streamer.get_by_test_id("stream-key")
+    assert key_input.input_value() == "" and key_input.get_attribute("type") == "password"
+    status, api_key, _ = platform.request("GET", "/api/stream/key", token=access_token(streamer))
+    assert status == 200 and api_key["stream_key"] not in streamer.content()
+    streamer.get_by_test_id("reveal-key").click()
+    assert key_input.input_value() == api_key["stream_key"]
+    # Reset (two steps) gives a new key at once.
+    streamer.get_by_test_id("reset-key").click()
+    streamer.get_by_test_id("reset-key").click()
+    wait_for(lambda: key_input.input_value() not in ("", api_key["stream_key"]), 10,
+             what="the new key")
+    key = key_input.input_value()
+    assert key.startswith("live_")
+    # Stored-XSS attempts in the default title and the bio, through the forms.
+    defaults = streamer.locator("#defaults-form")
+    defaults.get_by_test_id("default-title").fill(XSS_TITLE)
+    defaults.get_by_test_id("default-category").select_option(label="Just Chatting")
+    defaults.get_by_test_id("defaults-save").click()
+    wait_for_status(streamer, "#defaults-form", "Saved.")
+    streamer.get_by_test_id("bio-input").fill(XSS_BIO)
+    streamer.get_by_test_id("bio-save").click()
+    wait_for_status(streamer, "#profile-form", "Saved.")
+    screenshot(streamer, "dashboard-before-live")
+    # A reload with no access token left signs in again through the refresh cookie + CSRF header.
+    streamer.evaluate("localStorage.removeItem('sf.session')")
+    streamer.reload()
+    wait_for_text(streamer, "nav-user", "^webstar$")
+    streamer.goto("/")
+
+    # Go live with OBS's stand-in (FFmpeg) and the revealed key.
+    platform.publish(key, size="1280x720", rate=24, seconds=240)
+    stream = wait_for(lambda: platform.live_stream_of("webstar"), 30, what="the stream to go live")
+    sid = stream["id"]
+    assert stream["title"] == XSS_TITLE
+    wait_for(lambda: hls_ready(platform, sid), 60, what="the HLS ladder")
+    wait_for(lambda: platform.stream(sid)["thumbnail"], 30, what="a thumbnail")
+
+    # The directory lists it (the title as text), with its thumbnail, and links to it.
+    viewer = pages.new_page()
+    viewer.goto("/")
+    card = viewer.locator(f"[data-stream-id='{sid}']")
+    card.wait_for(timeout=30_000)
+    assert card.get_by_test_id("stream-title").text_content() == XSS_TITLE
+    assert card.locator("img[src^='/media/thumbnails/']").count() == 1
+    assert viewer.locator("img[src=x], [data-testid=stream-grid] script").count() == 0
+    viewer.wait_for_function(
+        f"() => document.querySelector(\"[data-stream-id='{sid}'] img\").naturalWidth > 0")
+    screenshot(viewer, "directory")
+    # Search and category filters narrow the list.
+    viewer.get_by_test_id("search").fill("no such title at all")
+    viewer.wait_for_function(f"() => !document.querySelector(\"[data-stream-id='{sid}']\")")
+    viewer.get_by_test_id("search").fill("loud")
+    card.wait_for(timeout=10_000)
+    # Keyboard: focus the card's link and press Enter.
+    card.get_by_test_id("stream-link").focus()
+    viewer.keyboard.press("Enter")
+    viewer.wait_for_url(f"**/watch/{sid}")
+    assert_playing(viewer)
+    wait_for_text(viewer, "viewers", r"^1 viewer$")
+    assert viewer.get_by_test_id("title").text_content() == XSS_TITLE
+    assert XSS_BIO in (viewer.get_by_test_id("bio").text_content() or "")
+    assert viewer.locator("#bio *, img[src=x], iframe, svg[onload]").count() == 0
+    qualities = viewer.get_by_test_id("quality").locator("option").all_text_contents()
+    assert qualities[0].startswith("Auto") and "720p" in qualities and "480p" in qualities
+    # Latency as hls.js reports it, a sanity bound (bench/web_latency.py measures it properly).
+    latency = viewer.evaluate("window.sfWatch.hls.latency")
+    assert 0 < latency < 8, latency
+
+    # A second viewer (another browser, its own viewer cookie) makes two, on both pages.
+    second = pages.new_page(viewport=(390, 844))  # phone-sized
+    second.goto(f"/watch/{sid}")
+    assert_playing(second)
+    wait_for_text(second, "viewers", r"^2 viewers$")
+    wait_for_text(viewer, "viewers", r"^2 viewers$")
+    # The directory the streamer left open (since before going live) shows the stream and its
+    # count, updated without a reload.
+    streamer.wait_for_function(
+        "(sid) => document.querySelector(`[data-stream-id='${sid}'] [data-role=viewers]`)"
+        "?.textContent === '2 viewers'", arg=sid, timeout=30_000)
+    second.get_by_test_id("quality").select_option(label="480p")
+    screenshot(viewer, "watch")
+    screenshot(second, "watch-phone")
+    assert second.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+
+    # The dashboard: live, healthy transcoder, statistics with a chart; a new live title
+    # reaches the viewers' pages through the WebSocket.
+    streamer.goto("/dashboard")
+    wait_for_text(streamer, "live-state", "^Live since")
+    streamer.wait_for_function("() => document.querySelector('#health').dataset.state === 'healthy'",
+                               timeout=30_000)
+    streamer.locator("#chart canvas").first.wait_for(timeout=60_000)
+    wait_for_text(streamer, "stream-stats", "Peak viewers[1-9]", timeout=60_000)
+    streamer.get_by_test_id("live-title").fill("Renamed <i>live</i>")
+    streamer.get_by_test_id("live-save").click()
+    wait_for_text(viewer, "title", "^Renamed <i>live</i>$")
+    screenshot(streamer, "dashboard-live")
+    for page in (viewer, second, streamer):
+        assert_no_script_ran(page)
+    token = access_token(streamer)
+    assert not [url for url in pages.urls if token in url]
+    assert any("/ws/streams/" in url for url in pages.urls)
+    assert pages.errors == []
+
+
+def test_watch_page_goes_offline_and_comes_back_by_itself(platform: Platform, pages: Pages) -> None:
+    user = platform.register("comeback")
+    publisher = platform.publish(user["key"], seconds=120)
+    first = wait_for(lambda: platform.live_stream_of("comeback"), 30, what="the stream")
+    wait_for(lambda: hls_ready(platform, first["id"]), 60, what="HLS")
+    viewer = pages.new_page()
+    viewer.goto(f"/watch/{first['id']}")
+    assert_playing(viewer)
+    publisher.kill()  # the encoder goes away; past the grace period the stream ends
+    publisher.wait()
+    viewer.get_by_test_id("offline").wait_for(state="visible", timeout=40_000)
+    wait_for_text(viewer, "state", "^OFFLINE$")
+    screenshot(viewer, "watch-offline")
+    wait_for(lambda: not platform.stream(first["id"])["is_live"], 20, what="the stream to end")
+    platform.publish(user["key"], seconds=120)
+    second = wait_for(lambda: platform.live_stream_of("comeback"), 30, what="the new stream")
+    assert second["id"] != first["id"]
+    wait_for(lambda: hls_ready(platform, second["id"]), 60, what="HLS of the new stream")
+    viewer.wait_for_url(f"**/watch/{second['id']}", timeout=30_000)
+    viewer.get_by_test_id("offline").wait_for(state="hidden", timeout=30_000)
+    assert_playing(viewer)
+    wait_for_text(viewer, "viewers", r"^1 viewer$")
+    assert pages.errors == []
+
+
+def test_follow_and_following_tab(platform: Platform, pages: Pages) -> None:
+    star = platform.register("followme")
+    platform.request("PUT", "/api/stream/settings", {"title": "Followed stream"},
+                     token=star["token"])
+    platform.publish(star["key"], seconds=90)
+    stream = wait_for(lambda: platform.live_stream_of("followme"), 30, what="the stream")
+    wait_for(lambda: hls_ready(platform, stream["id"]), 60, what="HLS")
+    fan = pages.new_page(viewport=(390, 844))
+    sign_up(fan, "webfan")
+    fan.goto("/")
+    fan.get_by_test_id("tab-following").click()
+    wait_for_text(fan, "directory-status", "Nobody you follow")
+    fan.goto(f"/watch/{stream['id']}")
+    follow = fan.get_by_test_id("follow")
+    wait_for_text(fan, "follow", "^Follow$")
+    follow.focus()
+    fan.keyboard.press("Enter")
+    wait_for_text(fan, "follow", "^Following$")
+    status, body, _ = platform.request("GET", "/api/users/webfan/following")
+    assert [user["username"] for user in body["data"]] == ["followme"]
+    fan.goto("/")
+    fan.get_by_test_id("tab-following").click()
+    fan.locator(f"[data-stream-id='{stream['id']}']").wait_for(timeout=15_000)
+    screenshot(fan, "directory-following-phone")
+    # Signing out forgets the session and the refresh cookie.
+    fan.get_by_test_id("sign-out").click()
+    fan.get_by_test_id("nav-sign-in").wait_for()
+    assert fan.evaluate("localStorage.getItem('sf.session')") is None
+    cookies = {cookie["name"] for cookie in fan.context.cookies()}
+    assert "sf_refresh" not in cookies and "sf_csrf" not in cookies
+    assert pages.errors == []
+
+
+def test_pages_work_behind_https(base_config: Any, browser: Browser, tmp_path: Path) -> None:
+    node = Platform(base_config, tmp_path, 18960)
+    cert, key = write_self_signed(tmp_path / "tls", "127.0.0.1")
+    node.nginx_config = node.config.replace(tls_cert=str(cert), tls_key=str(key))
+    node.ssl_context = ssl.create_default_context(cafile=str(cert))
+    node.base_url = node.base_url.replace("http://", "https://")
+    node.start()
+    pages = Pages(browser, node.base_url, ignore_https_errors=True)
+    try:
+        status, _, headers = node.get("/")
+        assert status == 200 and "max-age" in headers["Strict-Transport-Security"]
+        assert "script-src 'self'" in headers["Content-Security-Policy"]
+        page = pages.new_page()
+        sign_up(page, "tlsstar")
+        cookies = {cookie["name"]: cookie for cookie in page.context.cookies()}
+        assert cookies["sf_refresh"]["secure"] and cookies["sf_refresh"]["httpOnly"]
+        assert cookies["sf_csrf"]["secure"] and not cookies["sf_csrf"]["httpOnly"]
+        # A prepared stream: its watch page counts this viewer over wss://.
+        status, stream, _ = node.request("POST", "/api/streams", {"title": "Soon"},
+                                         token=access_token(page))
+        assert status == 201, stream
+        page.goto(f"/watch/{stream['id']}")
+        wait_for_text(page, "viewers", r"^1 viewer$")
+        wait_for_text(page, "state", "^OFFLINE$")
+        assert page.evaluate("window.sfWatch.socketMessages") >= 1
+        assert any(url.startswith("wss://") and "ticket=" in url for url in pages.urls)
+        assert not [url for url in pages.urls if access_token(page) in url]
+        page.evaluate("localStorage.removeItem('sf.session')")
+        page.goto("/dashboard")
+        wait_for_text(page, "nav-user", "^tlsstar$")
+        screenshot(page, "dashboard-https")
+        assert pages.errors == []
+    finally:
+        pages.close()
+        node.stop()

@@ -1,0 +1,176 @@
+// The REST API as API.md describes it, for the pages of the web front.
+//
+// Tokens: the access token (15 min) is kept in localStorage so that a page load or a second
+// tab does not need a refresh; the refresh token never is. It lives in the HttpOnly
+// `sf_refresh` cookie (path /api), and a refresh sends the readable `sf_csrf` cookie back as
+// X-CSRF-Token (double submit). Refresh tokens rotate and a reused one revokes the session, so
+// tabs refresh one at a time (Web Locks) and a tab that waited takes the token another one got.
+// Tokens never go into a URL: the viewers WebSocket is opened with a one-time ticket.
+
+const SESSION_KEY = "sf.session";
+const EARLY_REFRESH_MS = 30_000;
+
+export class ApiError extends Error {
+  /** An answer in the API's error shape ({"error": {code, message, fields}}). */
+  constructor(status, error) {
+    super(error.message || `HTTP ${status}`);
+    this.status = status;
+    this.code = error.code || "internal_error";
+    this.fields = error.fields || {};
+  }
+}
+
+function readCookie(name) {
+  for (const part of document.cookie.split(";")) {
+    const [key, ...rest] = part.trim().split("=");
+    if (key === name) return decodeURIComponent(rest.join("="));
+  }
+  return "";
+}
+
+export function session() {
+  /** The stored session ({access_token, expires_at, user}) or null. */
+  try {
+    const value = JSON.parse(localStorage.getItem(SESSION_KEY) || "null");
+    return value && typeof value.access_token === "string" ? value : null;
+  } catch {
+    return null;
+  }
+}
+
+export function currentUser() {
+  const stored = session();
+  return stored ? stored.user : null;
+}
+
+function storeTokens(pair) {
+  const value = {
+    access_token: pair.access_token,
+    expires_at: Date.now() + pair.expires_in * 1000,
+    user: pair.user,
+  };
+  localStorage.setItem(SESSION_KEY, JSON.stringify(value));
+  return value;
+}
+
+export function updateStoredUser(user) {
+  const stored = session();
+  if (stored) localStorage.setItem(SESSION_KEY, JSON.stringify({ ...stored, user }));
+}
+
+function forget() {
+  localStorage.removeItem(SESSION_KEY);
+}
+
+function canRefresh() {
+  return readCookie("sf_csrf") !== "";
+}
+
+async function parse(response) {
+  if (response.status === 204) return null;
+  const type = response.headers.get("Content-Type") || "";
+  const body = type.includes("application/json") ? await response.json() : null;
+  if (!response.ok) {
+    throw new ApiError(response.status, (body && body.error) || {});
+  }
+  return body;
+}
+
+async function refreshOnce(staleToken) {
+  // Inside the lock: another tab may have refreshed while we waited.
+  const stored = session();
+  if (stored && stored.access_token !== staleToken && stored.expires_at - Date.now() > EARLY_REFRESH_MS) {
+    return stored.access_token;
+  }
+  if (!canRefresh()) {
+    forget();
+    return null;
+  }
+  const response = await fetch("/api/auth/refresh-token", {
+    method: "GET",
+    credentials: "same-origin",
+    headers: { "X-CSRF-Token": readCookie("sf_csrf"), Accept: "application/json" },
+  });
+  if (!response.ok) {
+    forget();
+    return null;
+  }
+  return storeTokens(await response.json()).access_token;
+}
+
+async function refresh(staleToken) {
+  if (navigator.locks) {
+    return navigator.locks.request("sf-refresh", () => refreshOnce(staleToken));
+  }
+  return refreshOnce(staleToken); // no Web Locks (a plain-HTTP page on another host): one tab's luck
+}
+
+async function accessToken() {
+  /** A valid access token, refreshed when close to expiry; null when signed out. */
+  const stored = session();
+  if (stored && stored.expires_at - Date.now() > EARLY_REFRESH_MS) return stored.access_token;
+  if (!stored && !canRefresh()) return null;
+  return refresh(stored ? stored.access_token : null);
+}
+
+export async function api(method, path, body = undefined, { auth = "optional" } = {}) {
+  /** Call the API; `auth`: "required" (throws 401 when signed out), "optional", or "none". */
+  const send = async (token) => {
+    const headers = { Accept: "application/json" };
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    if (token) headers.Authorization = `Bearer ${token}`;
+    return fetch(path, {
+      method,
+      headers,
+      credentials: "same-origin",
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+  };
+  let token = auth === "none" ? null : await accessToken();
+  if (!token && auth === "required") {
+    throw new ApiError(401, { code: "unauthorized", message: "Please sign in" });
+  }
+  let response = await send(token);
+  if (response.status === 401 && token) {
+    // Revoked or expired early (clock skew): one refresh, one retry.
+    token = await refresh(token);
+    if (token || auth !== "required") response = await send(token);
+  }
+  return parse(response);
+}
+
+export async function signIn(login, password) {
+  const field = login.includes("@") ? "email" : "username";
+  const pair = await api("POST", "/api/auth/login", { [field]: login, password }, { auth: "none" });
+  return storeTokens(pair).user;
+}
+
+export async function signUp(username, email, password) {
+  const pair = await api("POST", "/api/auth/register", { username, email, password }, { auth: "none" });
+  return storeTokens(pair).user;
+}
+
+export async function signOut() {
+  try {
+    if (session() || canRefresh()) await api("POST", "/api/auth/logout", undefined, { auth: "required" });
+  } catch {
+    // Already signed out on the server: forgetting locally is all that is left.
+  } finally {
+    forget();
+  }
+}
+
+export async function viewersSocketUrl(streamId) {
+  /** The viewers WebSocket URL: anonymous, or with a one-time ticket when signed in. */
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  const url = new URL(`${scheme}//${location.host}/ws/streams/${encodeURIComponent(streamId)}/viewers`);
+  if (currentUser()) {
+    try {
+      const { ticket } = await api("POST", "/api/ws/ticket", undefined, { auth: "required" });
+      url.searchParams.set("ticket", ticket);
+    } catch {
+      // Signed out meanwhile: watch anonymously.
+    }
+  }
+  return url.toString();
+}
