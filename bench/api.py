@@ -50,6 +50,7 @@ def bench_env(config: Any) -> dict[str, str]:
         "SF_REDIS_URL": with_url_path(config.redis_url, "8"),
         "SF_API_PORT": str(API_PORT), "SF_HTTP_PORT": str(HTTP_PORT),
         "SF_RTMP_PORT": str(HTTP_PORT + 3), "SF_MEDIA_CONTROL_PORT": str(HTTP_PORT + 2),
+        "SF_API_INTERNAL_PORT": str(HTTP_PORT + 4),
         "SF_RATE_LIMIT_ANONYMOUS": "100000000", "SF_RATE_LIMIT_USER": "100000000",
         "SF_RATE_LIMIT_AUTH_IP": "100000000", "SF_RATE_LIMIT_AUTH_ACCOUNT": "100000000",
         "SF_LOG_LEVEL": "WARNING", "SF_ENV": "production",

@@ -659,6 +659,7 @@ class Stack:
             "SF_REDIS_URL": f"redis://127.0.0.1:{REDIS_PORT}/0",
             "SF_API_PORT": str(API_PORT), "SF_HTTP_PORT": str(HTTP_PORT),
             "SF_MEDIA_CONTROL_PORT": str(HTTP_PORT + 2), "SF_RTMP_PORT": str(HTTP_PORT + 3),
+            "SF_API_INTERNAL_PORT": str(HTTP_PORT + 4), "SF_API_PROCESSES": "1",  # pinned to CPU 0
             "SF_RATE_LIMIT_ANONYMOUS": "100000000", "SF_RATE_LIMIT_USER": "100000000",
             "SF_RATE_LIMIT_AUTH_IP": "100000000", "SF_RATE_LIMIT_AUTH_ACCOUNT": "100000000",
             "SF_BCRYPT_ROUNDS": "4", "SF_LOG_LEVEL": "WARNING", "SF_ENV": "production",

@@ -38,7 +38,7 @@ from sf.node.dev import run_dev, run_node
 from sf.node.server import run_serve
 from sf.node.tls import write_self_signed
 from sf.observability import configure_logging, log_request
-from sf.ops import commands
+from sf.ops import backup, commands
 from sf.services.container import Services
 
 # Every resource's handlers, in the order their routes are matched.
@@ -145,6 +145,8 @@ COMMANDS: dict[str, Callable[[Config, argparse.Namespace], int]] = {
     "tls-cert": cmd_tls_cert,
     "categories": commands.cmd_categories,
     "keys": commands.cmd_keys,
+    "backup": backup.cmd_backup,
+    "restore": backup.cmd_restore,
 }
 
 
@@ -162,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     secrets_parser.add_argument("action", choices=["init"])
     sub.add_parser("tls-cert", help="create a self-signed certificate for local HTTPS")
     commands.add_parsers(sub)
+    backup.add_parsers(sub)
     return parser
 
 

@@ -122,6 +122,13 @@ class Url(Value):
         return text
 
 
+class OptionalUrl(Url):
+    """A URL, or empty for "none"."""
+
+    def parse(self, name: str, raw: object) -> str:
+        return super().parse(name, raw) if str(raw).strip() else ""
+
+
 class ListOf(Value):
     """A comma-separated list; `item` parses one element."""
 
@@ -216,6 +223,8 @@ class Config:
     api_host: str = setting(Text())
     api_port: int = setting(Integer(1, 65535))
     api_processes: int = setting(Integer(0, 64))
+    api_internal_port: int = setting(Integer(1, 65535))
+    shutdown_grace_seconds: float = setting(Number(0, 600))
     rtmp_port: int = setting(Integer(1, 65535))
     trusted_proxies: tuple[IPNetwork, ...] = setting(Networks())
     cors_origins: tuple[str, ...] = setting(Origins())
@@ -270,6 +279,11 @@ class Config:
     viewers_sync_seconds: float = setting(Number(0.05, 60))
     stats_sample_seconds: float = setting(Number(0.1, 3600))
     gc_full_seconds: float = setting(Number(0, 7 * 86400))
+    alert_webhook_url: str = setting(OptionalUrl("http", "https"))
+    alert_webhook_dedup_seconds: float = setting(Number(0, 86400))
+    alert_webhook_max_per_minute: int = setting(Integer(1, 10000))
+    backup_dir: Path = setting(ProjectPath())
+    backup_keep: int = setting(Integer(1, 10000))
     extra: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -286,6 +300,13 @@ class Config:
     @property
     def secrets_dir(self) -> Path:
         return self.var_dir / "secrets"
+
+    @property
+    def ingest_url(self) -> str:
+        """Where this node's ingest process (process 0) takes nginx-rtmp's callbacks."""
+        host = self.api_host if self.api_host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.api_internal_port}"
 
     @property
     def rtmp_url(self) -> str:
@@ -323,6 +344,8 @@ def load_config(environ: dict[str, str] | None = None, defaults_file: Path = DEF
     assert isinstance(var_dir, Path)
     if not str(raw["media_dir"]):
         values["media_dir"] = var_dir / "media"
+    if not str(raw["backup_dir"]):
+        values["backup_dir"] = var_dir / "backups"
     if not values["media_node_url"]:
         values["media_node_url"] = f"http://127.0.0.1:{values['media_control_port']}"
     if not values["node_id"]:

@@ -34,7 +34,8 @@ def base_config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Config]:
     ensure_secrets(bootstrap_var_dir())
     media = tmp_path_factory.mktemp("media")
     config = load_config({**os.environ, "SF_ENV": "test", "SF_BCRYPT_ROUNDS": "4",
-                          "SF_MEDIA_DIR": str(media), "SF_CACHE_TTL": "2"})
+                          "SF_MEDIA_DIR": str(media), "SF_CACHE_TTL": "2",
+                          "SF_CORS_ORIGINS": "https://app.example.com"})
     localservices.start_all(config)
     name = f"sf_test_{uuid.uuid4().hex[:10]}"
     database_url = run_private(recreate_database(config.database_url, name))

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import ssl
 import subprocess
 import sys
@@ -20,8 +19,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import redis
+
 from sf.config import Config, load_config, with_url_path
 from sf.media import nginx
+from sf.media.process import stop as terminate
 from tests.helpers import MEDIA_REDIS_DB, TEST_PORT_OFFSET
 
 
@@ -36,6 +38,14 @@ def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.2
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def redis_up(port: int) -> bool:
+    try:
+        with redis.Redis(port=port, socket_timeout=1) as client:
+            return bool(client.ping())
+    except redis.RedisError:
+        return False
 
 
 class Platform:
@@ -55,6 +65,7 @@ class Platform:
             "SF_REDIS_URL": with_url_path(base.redis_url, str(MEDIA_REDIS_DB)),
             "SF_HTTP_PORT": str(port_base), "SF_API_PORT": str(port_base + 1),
             "SF_MEDIA_CONTROL_PORT": str(port_base + 2), "SF_RTMP_PORT": str(port_base + 3),
+            "SF_API_INTERNAL_PORT": str(port_base + 4), "SF_API_PROCESSES": "2",
             "SF_TRANSCODE_PRESET": "ultrafast", "SF_PUBLISH_GRACE_SECONDS": "4",
             "SF_SWEEP_INTERVAL": "0.5", "SF_THUMBNAIL_INTERVAL": "2", "SF_BCRYPT_ROUNDS": "4",
             "SF_SEGMENT_RETENTION_SECONDS": "3", "SF_LOG_LEVEL": "INFO",
@@ -77,12 +88,21 @@ class Platform:
     def start(self) -> Platform:
         conf = nginx.render(self.nginx_config)
         self.nginx_process = nginx.start(self.nginx_config, conf)
+        self.start_api()
+        try:
+            wait_for(lambda: self._ready(), 30, what="the API behind nginx")
+        except BaseException:
+            self.stop()  # never leave nginx or API processes holding the ports
+            raise
+        return self
+
+    def start_api(self) -> subprocess.Popen[bytes]:
+        """(Re)start this platform's API node (`sf serve`), not waiting for it."""
         with open(self.api_log, "ab") as log:
             self.api_process = subprocess.Popen(
                 [sys.executable, "-m", "sf.app", "serve"], env=self.env, stdout=log, stderr=log,
                 stdin=subprocess.DEVNULL)
-        wait_for(lambda: self._ready(), 30, what="the API behind nginx")
-        return self
+        return self.api_process
 
     def _ready(self) -> bool:
         try:
@@ -96,12 +116,7 @@ class Platform:
                 publisher.kill()
                 publisher.wait()
         if self.api_process and self.api_process.poll() is None:
-            self.api_process.send_signal(signal.SIGTERM)
-            try:
-                self.api_process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.api_process.kill()
-                self.api_process.wait()
+            terminate(self.api_process)
         if self.nginx_process:
             nginx.stop(self.nginx_process)
 
@@ -109,12 +124,17 @@ class Platform:
         """Another API node sharing PostgreSQL and Redis, as on another machine (own media
         dir, no nginx-rtmp next to it); reach it with `request_node`."""
         port = self.config.api_port + port_shift
-        env = {**self.env, "SF_API_PORT": str(port), "SF_MEDIA_DIR": str(media_dir)}
+        env = {**self.env, "SF_API_PORT": str(port), "SF_API_INTERNAL_PORT": str(port + 50),
+               "SF_API_PROCESSES": "1", "SF_MEDIA_DIR": str(media_dir)}
         log = open(self.workdir / f"api-{port}.log", "ab")  # noqa: SIM115 (closed with the node)
         process = subprocess.Popen([sys.executable, "-m", "sf.app", "serve"], env=env,
                                    stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         node = {"process": process, "url": f"http://127.0.0.1:{port}", "log": log}
-        wait_for(lambda: self._node_ready(node), 30, what="the second API node")
+        try:
+            wait_for(lambda: self._node_ready(node), 30, what="the second API node")
+        except BaseException:
+            self.stop_api_node(node)
+            raise
         return node
 
     def _node_ready(self, node: dict[str, Any]) -> bool:
@@ -135,12 +155,7 @@ class Platform:
     def stop_api_node(self, node: dict[str, Any]) -> None:
         process = node["process"]
         if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            terminate(process)
         node["log"].close()
 
     # --- clients -------------------------------------------------------------------------------

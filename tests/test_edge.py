@@ -193,3 +193,18 @@ async def test_made_up_methods_do_not_grow_the_metrics(api):
     metrics = (await api.get("/metrics")).body.decode()
     assert "XMADEUP" not in metrics
     assert 'method="other"' in metrics
+
+
+async def test_docs_serve_only_the_two_swagger_files_they_load_with_security_headers(api):
+    # Outside attack F3: the package's demo index.html (which renders a foreign document on
+    # this origin), its OAuth redirect page and source maps were all served, bare.
+    for name in ("index.html", "oauth2-redirect.html", "swagger-initializer.js",
+                 "swagger-ui-bundle.js.map", "../__init__.py"):
+        response = await api.get(f"/api/docs/static/{name}")
+        assert response.status == 404, name
+    for name in ("swagger-ui.css", "swagger-ui-bundle.js"):
+        response = await api.get(f"/api/docs/static/{name}")
+        assert response.status == 200, name
+        assert response.headers["Content-Security-Policy"] == "default-src 'none'; frame-ancestors 'none'"
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert response.headers["X-Frame-Options"] == "DENY"

@@ -178,7 +178,7 @@ def test_media_serves_single_avatar_and_thumbnail_files_and_nothing_else(platfor
         "/media/", "/media", "/media/hls/", f"/media/hls/{private_id}/",
         "/media/avatars/", "/media/thumbnails/", f"{avatar_dir}/",
         "/media/notes.txt", "/media/thumbnails/.hidden", "/media/thumbnails/%2ehidden",
-        "/media/../", "/media/..", "/media/%2e%2e/", "/media/%2E%2E/notes.txt",
+        "/media/%2E%2E/notes.txt",
         f"/media/%2e%2e/hls/{private_id}/master.m3u8",
         f"/media/..%2fhls/{private_id}/master.m3u8",
         f"/media/avatars/..%2f..%2fhls%2f{private_id}%2fmaster.m3u8",
@@ -188,12 +188,19 @@ def test_media_serves_single_avatar_and_thumbnail_files_and_nothing_else(platfor
         f"/media/thumbnails/{thumbnail_name}/", f"/media/thumbnails/{thumbnail_name}%00.jpg",
         f"/media/avatars/{thumbnail_name}",  # right name, wrong folder
         f"/hls/{public_id}/..%2f{private_id}/master.m3u8",
-        "/", "/index.html", "/nginx.conf",
+        "/nginx.conf",
     ]
     for path in refused:
         response = edge(platform, "GET", path)
         assert response.status in (400, 403, 404), (path, response.status)
         assert b"private playlist" not in response.body, path
+    # What climbs out of /media/ lands on the site's own front page (web/), never a file.
+    front = edge(platform, "GET", "/")
+    assert front.status == 200 and front.headers["Content-Type"].startswith("text/html")
+    for path in ("/media/../", "/media/..", "/media/%2e%2e/", "/index.html"):
+        response = edge(platform, "GET", path)
+        assert response.status in (200, 400, 403, 404), (path, response.status)
+        assert response.status != 200 or response.body == front.body, path
 
 
 # --- 2. who the client is -----------------------------------------------------------------------

@@ -114,6 +114,8 @@ def test_killed_transcoder_is_restarted_and_the_playlist_keeps_advancing(platfor
     variant = f"/hls/{sid}/360p/index.m3u8"
     wait_for(lambda: platform.media_sequence(variant) is not None, 30, what="a playlist")
     first = wait_for(lambda: platform.transcoder_pids(sid), 10, what="the transcoder")
+    # Killed after it wrote a thumbnail: the new one must overwrite it, not stop to ask.
+    wait_for(lambda: platform.stream(sid)["thumbnail"], 20, what="a thumbnail")
     before = platform.media_sequence(variant)
     os.kill(first[0], signal.SIGKILL)
     restarted = wait_for(lambda: [p for p in platform.transcoder_pids(sid) if p not in first], 20,

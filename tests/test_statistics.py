@@ -393,7 +393,7 @@ async def test_statistics_are_in_the_openapi_document(api):
                          ("/api/v1/users/{username}/statistics", "UserStatisticsSchema")):
         operation = spec["paths"][path]["get"]
         # Its own answers plus the shared edge's (token checks, rate limit).
-        assert set(operation["responses"]) == {"200", "401", "404", "422", "429", "503"}
+        assert set(operation["responses"]) == {"200", "400", "401", "404", "422", "429", "503"}
         assert operation["responses"]["200"]["content"]["application/json"]["schema"] \
             == {"$ref": f"#/components/schemas/{schema}"}
     assert set(spec["components"]["schemas"]["StreamStatisticsSchema"]["properties"]) \

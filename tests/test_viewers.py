@@ -17,7 +17,7 @@ import tornado.httpclient
 import tornado.websocket
 
 from tests.helpers import TEST_PORT_OFFSET
-from tests.media_platform import Platform, wait_for
+from tests.media_platform import Platform, redis_up, wait_for
 
 CLOSE_NOT_FOUND, CLOSE_UNAUTHORIZED, CLOSE_GOING_AWAY = 4404, 4401, 1001
 
@@ -131,7 +131,11 @@ def test_viewers_on_two_nodes_are_summed_and_tabs_count_once(platform, tmp_path)
 def test_a_killed_node_stops_counting_and_a_stopped_one_says_goodbye(platform, tmp_path):
     stream_id, _ = prepared_stream(platform, "survivor")
     doomed = platform.start_api_node(tmp_path / "doomed-media")
-    leaving = platform.start_api_node(tmp_path / "leaving-media", port_shift=101)
+    try:
+        leaving = platform.start_api_node(tmp_path / "leaving-media", port_shift=101)
+    except BaseException:
+        platform.stop_api_node(doomed)
+        raise
 
     async def scenario() -> None:
         watcher = await connect(platform.base_url, stream_id)
@@ -237,11 +241,12 @@ def test_a_redis_restart_is_survived(base_config, tmp_path):
             [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind",
              "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(redis_dir)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(lambda: _redis_up(port), 10, what="redis-server")
+        wait_for(lambda: redis_up(port), 10, what="redis-server")
         return process
 
     server = start_redis()
-    node = Platform(base_config, tmp_path / "node", 18880,
+    # One API process: while Redis is down each process can only count its own sockets.
+    node = Platform(base_config, tmp_path / "node", 18880, SF_API_PROCESSES="1",
                     SF_REDIS_URL=f"redis://127.0.0.1:{port}/0").start()
     try:
         streamer = node.register("weathered")
@@ -292,13 +297,6 @@ def test_a_redis_restart_is_survived(base_config, tmp_path):
         server.kill()
         server.wait()
 
-
-def _redis_up(port: int) -> bool:
-    try:
-        with redis.Redis(port=port, socket_timeout=1) as client:
-            return bool(client.ping())
-    except redis.RedisError:
-        return False
 
 
 def test_ticket_needs_a_signed_in_user(platform):

@@ -22,6 +22,7 @@ from sf.actors.bridge import LoopBridge
 from sf.config import Config
 from sf.media import ffmpeg, hls
 from sf.media.process import die_with_parent
+from sf.observability import TRANSCODER_EXITS
 
 log = logging.getLogger("sf.actors.stream")
 
@@ -119,6 +120,8 @@ class StreamActor(pykka.ThreadingActor):
     # --- lifecycle -----------------------------------------------------------------------------
 
     def on_start(self) -> None:
+        log.info("stream %s: actor started", self.stream_id,
+                 extra={"stream_id": self.stream_id, "event": "actor_started"})
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.thumbnail_path.parent.mkdir(parents=True, exist_ok=True)
         hls.set_private_marker(self.config.media_dir, self.stream_id, self.private)
@@ -131,10 +134,16 @@ class StreamActor(pykka.ThreadingActor):
         self._terminate()
         self.health.state = "stopped"
         self._report_health(force=True)
+        log.info("stream %s: actor stopped", self.stream_id,
+                 extra={"stream_id": self.stream_id, "event": "actor_stopped",
+                        "restarts": self.health.restarts})
 
     def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
         self.stopping = True
         self._terminate()
+        # pykka logs the traceback at ERROR itself; this line only names the stream.
+        log.warning("stream %s: actor failed (%s)", self.stream_id, exception_type.__name__,
+                    extra={"stream_id": self.stream_id, "event": "actor_failed"})
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, ProcessExited):
@@ -179,9 +188,15 @@ class StreamActor(pykka.ThreadingActor):
                               "fps": round(source.fps, 2), "audio": source.has_audio}
         self.health.renditions = [rung.name for rung in rungs]
         self.health.pid = self.process.pid
-        self.health.state = "running" if self.health.consecutive_failures == 0 else "restarting"
+        failures = self.health.consecutive_failures
+        # Degraded stays degraded through its retries until a stable run clears it (in
+        # _on_progress), so the metric and its alert do not flicker with each attempt.
+        self.health.state = ("running" if failures == 0 else
+                             "degraded" if failures >= DEGRADED_AFTER else "restarting")
         log.info("stream %s: ffmpeg started (pid %s, %s)", self.stream_id, self.process.pid,
-                 ",".join(self.health.renditions))
+                 ",".join(self.health.renditions),
+                 extra={"stream_id": self.stream_id, "event": "ffmpeg_started",
+                        "pid": self.process.pid, "generation": generation})
         threading.Thread(target=self._watch, args=(self.process, generation),
                          name=f"ffmpeg-watch-{self.stream_id}", daemon=True).start()
 
@@ -217,8 +232,17 @@ class StreamActor(pykka.ThreadingActor):
         failures = self.health.consecutive_failures
         self.health.state = "degraded" if failures >= DEGRADED_AFTER else "restarting"
         delay = min(MAX_BACKOFF, 0.5 * 2 ** (failures - 1))
+        TRANSCODER_EXITS.inc()
         log.warning("stream %s: ffmpeg exited with %s after %.1fs; restart #%s in %.1fs",
-                    self.stream_id, message.returncode, message.runtime, self.health.restarts, delay)
+                    self.stream_id, message.returncode, message.runtime, self.health.restarts, delay,
+                    extra={"stream_id": self.stream_id, "event": "ffmpeg_exited",
+                           "returncode": message.returncode, "runtime_s": round(message.runtime, 1),
+                           "restarts": self.health.restarts, "restart_in_s": delay,
+                           "error": self.health.last_error or None})
+        if failures == DEGRADED_AFTER:  # once, as it tips over: an alert-worthy event
+            log.error("stream %s: transcoder degraded after %s quick failures in a row",
+                      self.stream_id, failures,
+                      extra={"stream_id": self.stream_id, "event": "ffmpeg_degraded"})
         self._report_health(force=True)
         generation = self.generation
         self._timer = threading.Timer(delay, self._tell_restart, args=(generation,))

@@ -9,12 +9,15 @@ leaves; the actor reports each new count back through the `report` callable it w
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import pykka
+
+log = logging.getLogger("sf.actors.viewers")
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,10 @@ class ViewersActor(pykka.ThreadingActor):
         self.report = report
         self.connections: Counter[str] = Counter()
 
+    def on_start(self) -> None:
+        log.info("stream %s: viewers actor started", self.stream_id,
+                 extra={"stream_id": self.stream_id, "event": "actor_started"})
+
     def on_receive(self, message: Any) -> None:
         before = len(self.connections)
         if isinstance(message, ViewerJoined):
@@ -51,3 +58,5 @@ class ViewersActor(pykka.ThreadingActor):
         if self.connections:
             self.connections.clear()
             self.report(self.stream_id, 0)
+        log.info("stream %s: viewers actor stopped", self.stream_id,
+                 extra={"stream_id": self.stream_id, "event": "actor_stopped"})

@@ -13,10 +13,13 @@ import logging
 import math
 import time
 import uuid
+from asyncio import Future
 from typing import Any, ClassVar
 
 import asyncpg
+import redis.exceptions
 import tornado.web
+import tornado.websocket
 from marshmallow import Schema, ValidationError
 from redis.asyncio import Redis
 
@@ -32,6 +35,7 @@ from sf.errors import (
     UnsupportedMediaType,
     ValidationFailed,
 )
+from sf.observability import RATE_LIMITED
 from sf.ratelimit import Limit, Verdict
 from sf.schemas import flatten_messages
 from sf.schemas.dump import encode_json
@@ -126,6 +130,22 @@ class BaseHandler(tornado.web.RequestHandler):
     def initialize(self) -> None:
         self.claims: TokenClaims | None = None
         self.started = time.perf_counter()
+        # Plain HTTP requests count as in progress until `finish` (a WebSocket is not a request
+        # to wait for: the node closes those with 1001 when it stops).
+        self._in_drain = not isinstance(self, tornado.websocket.WebSocketHandler)
+        if self._in_drain:
+            self.services.drain.started()
+
+    def finish(self, chunk: str | bytes | dict[str, Any] | None = None) -> Future[None]:
+        drain = self.services.drain
+        if drain.draining and not self._headers_written:
+            self.set_header("Connection", "close")  # shutting down: the proxy goes elsewhere
+        try:
+            return super().finish(chunk)
+        finally:
+            if self._in_drain:
+                self._in_drain = False
+                drain.ended()
 
     @property
     def client_ip(self) -> str:
@@ -197,6 +217,8 @@ class BaseHandler(tornado.web.RequestHandler):
                 body["fields"] = exc.fields
             if isinstance(exc, RateLimited | Unavailable):
                 self.set_header("Retry-After", str(exc.retry_after))
+            if isinstance(exc, RateLimited):
+                RATE_LIMITED.labels(getattr(self, "rate_bucket", "api")).inc()
             if isinstance(exc, Unauthorized):
                 self.set_header("WWW-Authenticate", 'Bearer realm="sf"')
         elif status_code >= 500:
@@ -229,12 +251,21 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
+        if is_outage(exc):  # PostgreSQL or Redis unreachable: "retry shortly", not a bug
+            kwargs["exc_info"] = (Unavailable, Unavailable("A service is temporarily "
+                                                           "unavailable, retry shortly"), None)
+            exc = kwargs["exc_info"][1]
         if isinstance(exc, DomainError):
             status_code = exc.status
         super().send_error(status_code, **kwargs)
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         if isinstance(value, DomainError | tornado.web.HTTPError):
+            return
+        if is_outage(value):
+            log.warning("dependency unreachable in %s %s: %s", self.request.method,
+                        self.request.path, type(value).__name__,
+                        extra={"request_id": self.request_id})
             return
         log.error("unhandled error in %s %s", self.request.method, self.request.path,
                   exc_info=(typ, value, tb), extra={"request_id": self.request_id})
@@ -245,6 +276,25 @@ class BaseHandler(tornado.web.RequestHandler):
         if self.claims is None:
             raise Unauthorized("Authentication required")
         return self.claims.user_id
+
+
+# What a request meets when PostgreSQL or Redis is down or restarting (the pool reconnects by
+# itself once it is back): the answer is 503 with Retry-After, not a 500.
+OUTAGE_ERRORS = (
+    ConnectionError,  # refused / reset while connecting or talking
+    TimeoutError,  # pool acquire or socket timeouts
+    asyncpg.PostgresConnectionError,  # includes a connection closed under the query
+    asyncpg.exceptions.AdminShutdownError,  # the server is stopping or restarting
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.CannotConnectNowError,  # starting up
+    asyncpg.exceptions.InternalClientError,  # a pooled connection caught mid-restart
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+)
+
+
+def is_outage(exc: BaseException | None) -> bool:
+    return isinstance(exc, OUTAGE_ERRORS)
 
 
 def text_problem(text: str) -> str | None:

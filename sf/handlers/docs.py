@@ -12,7 +12,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from apispec.yaml_utils import load_yaml_from_docstring
 
 from sf import __version__, schemas
-from sf.handlers.base import APIHandler, BaseHandler
+from sf.handlers.base import CSP_API, APIHandler, BaseHandler
 
 _GROUP = re.compile(r"\(\?P<(\w+)>[^)]*\)")
 METHODS = ("get", "post", "put", "delete")
@@ -80,7 +80,10 @@ def complete_responses(operation: dict[str, Any], handler: Any, method: str, pat
     responses = operation.setdefault("responses", {})
     mode = handler.auth.get(method.upper(), "required") if isinstance(handler.auth, dict) \
         else handler.auth
-    added: dict[int, dict[str, Any]] = {429: _error("Rate limited (see Retry-After)")}
+    added: dict[int, dict[str, Any]] = {
+        429: _error("Rate limited (see Retry-After)"),
+        400: _error("Malformed request: a header, the request line or a cursor cannot be read"),
+    }
     if mode in ("required", "optional"):
         added[401] = _error("Authentication required, or the token is invalid, expired or revoked"
                             if mode == "required" else
@@ -183,14 +186,23 @@ class SwaggerInitHandler(BaseHandler):
 
 
 class SwaggerStaticHandler(tornado.web.StaticFileHandler):
-    """Swagger UI's own files, shipped by the swagger-ui-bundle package (no CDN)."""
+    """The two Swagger UI files the docs page loads, from the swagger-ui-bundle package (no
+    CDN); nothing else of the package (its demo index.html would render a foreign document on
+    this origin), with the API's security headers."""
 
     auth = "public"
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Security-Policy", CSP_API)
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("X-Frame-Options", "DENY")
+        self.set_header("Referrer-Policy", "no-referrer")
 
 
 routes: list[tuple[str, Any] | tuple[str, Any, dict[str, Any]]] = [
     (r"/api/openapi.json", OpenAPIHandler),
     (r"/api/docs", SwaggerUIHandler),
     (r"/api/docs/static/sf-init.js", SwaggerInitHandler),
-    (r"/api/docs/static/(.*)", SwaggerStaticHandler, {"path": swagger_ui_bundle.swagger_ui_path}),
+    (r"/api/docs/static/(swagger-ui\.css|swagger-ui-bundle\.js)", SwaggerStaticHandler,
+     {"path": swagger_ui_bundle.swagger_ui_path}),
 ]

@@ -7,6 +7,7 @@ import asyncio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sf.handlers.base import BaseHandler
+from sf.services.monitoring import refresh_node_metrics
 
 
 class HealthHandler(BaseHandler):
@@ -32,6 +33,10 @@ class ReadyHandler(BaseHandler):
         tags: [ops]
         responses: {200: {description: Ready}, 503: {description: A dependency is down}}
         """
+        if self.services.drain.draining:  # stopping: take this process out of rotation
+            self.set_status(503)
+            self.write({"status": "draining", "checks": {}})
+            return
         checks: dict[str, str] = {}
 
         async def check(name: str, probe: object) -> None:
@@ -51,13 +56,14 @@ class ReadyHandler(BaseHandler):
 class MetricsHandler(BaseHandler):
     auth = "public"
 
-    def get(self) -> None:
-        """Prometheus metrics of this node.
+    async def get(self) -> None:
+        """Prometheus metrics of this API process (scrape each process's internal port).
         ---
         summary: Metrics
         tags: [ops]
         responses: {200: {description: Prometheus text format}}
         """
+        await refresh_node_metrics(self.services)
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
         self.write(generate_latest())
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import logging
 
 import tornado.web
 
@@ -15,11 +16,41 @@ from sf.errors import BadRequest, Conflict, DomainError, Forbidden, NotFound
 from sf.handlers.base import BaseHandler
 from sf.services.ingest import IngestService
 
+log = logging.getLogger("sf.media.callbacks")
+
 
 class RTMPCallbackHandler(BaseHandler):
     auth = "public"  # authenticated by origin network + shared secret below
 
-    def prepare(self) -> None:
+    def initialize(self) -> None:
+        super().initialize()
+        self.callback_stream_id: int | None = None
+        self.forwarded = False
+
+    def on_finish(self) -> None:
+        """One JSON line per callback: which, the stream id, the answer; never the name field
+        (on_publish's is the stream key) nor the query (the callback secret)."""
+        status = self.get_status()
+        callback = (self.request.path or "").rsplit("/", 1)[-1]
+        routine = callback == "on_update" and status < 300  # every 10 s per stream
+        log.log(logging.DEBUG if routine else logging.INFO, "media callback %s", callback,
+                extra={"request_id": self.request_id, "callback": callback, "status": status,
+                       "stream_id": self.callback_stream_id, "forwarded": self.forwarded})
+
+    async def prepare(self) -> None:
+        self.check_caller()
+        ingest = self.ingest
+        if not ingest.owner:  # another process of this node holds the actors: pass it on
+            self.forwarded = True
+            response = await ingest.forward(self.request.uri or "", self.request.body,
+                                            self.request_id)
+            self.set_status(response.code if response.code >= 200 else 502)
+            if location := response.headers.get("Location"):
+                self.set_header("Location", location)
+            self.set_header("Content-Type", "text/plain; charset=utf-8")
+            self.finish(response.body or b"")
+
+    def check_caller(self) -> None:
         try:
             address = ipaddress.ip_address(self.request.remote_ip or "")
         except ValueError:
@@ -46,6 +77,7 @@ class RTMPCallbackHandler(BaseHandler):
         stream_id = await self.ingest.resolve(self.field("name"))
         if stream_id is None:
             raise NotFound("Unknown stream")
+        self.callback_stream_id = stream_id
         return stream_id
 
     @property
@@ -70,6 +102,7 @@ class OnPublishHandler(RTMPCallbackHandler):
             stream_id = await self.ingest.publish(self.field("name"))
         except Conflict:
             raise Forbidden("Already live") from None
+        self.callback_stream_id = stream_id
         # 3xx + Location: nginx-rtmp renames the publish to the stream id, so the key never
         # reaches a path, a playlist, a log, or the transcoder's command line.
         self.set_status(302)

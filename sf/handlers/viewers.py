@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import secrets
 import socket
@@ -17,7 +18,10 @@ import tornado.websocket
 from sf.config import Config
 from sf.errors import NotFound
 from sf.handlers.base import APIHandler, BaseHandler
+from sf.observability import RATE_LIMITED, WS_MESSAGES_RECEIVED
 from sf.services.viewers import CLOSE_NOT_FOUND, CLOSE_UNAUTHORIZED
+
+log = logging.getLogger("sf.ws")
 
 VIEWER_COOKIE = "sf_vid"
 _VIEWER_ID = re.compile(r"[A-Za-z0-9_-]{22,43}")
@@ -100,6 +104,7 @@ class ViewersSocket(tornado.websocket.WebSocketHandler, BaseHandler):
         # message (each pong would otherwise leave garbage for the collector).
         self.message_times: deque[float] = deque(maxlen=MESSAGES_PER_WINDOW + 1)
         self.close_after_open: tuple[int, str] | None = None
+        self.opened_at = 0.0
 
     @property
     def client_address(self) -> str:
@@ -121,6 +126,7 @@ class ViewersSocket(tornado.websocket.WebSocketHandler, BaseHandler):
         elif hub.closing:
             self._refuse(503, "internal_error", "This node is shutting down")
         elif not hub.admits(self.client_address):
+            RATE_LIMITED.labels("ws").inc()
             self._refuse(429, "rate_limited", "Too many viewer connections from this address")
         else:
             await self._handshake(*args, **kwargs)
@@ -150,14 +156,23 @@ class ViewersSocket(tornado.websocket.WebSocketHandler, BaseHandler):
             self.viewer_id = f"a{cookie}"
         await super().get(*args, **kwargs)
 
+    def log_fields(self, **more: Any) -> dict[str, Any]:
+        """The structured fields of this socket's log lines (never its ticket or cookie)."""
+        return {"request_id": self.request_id, "stream_id": self.stream_id or None,
+                "user_id": self.account_id, "client_ip": self.client_address, **more}
+
     async def open(self, stream_id: str) -> None:
         if self.close_after_open:
+            log.info("viewer socket refused", extra=self.log_fields(
+                close_code=self.close_after_open[0], reason=self.close_after_open[1]))
             self.close(*self.close_after_open)
             return
         try:
             self.stream_id = int(stream_id)
             stream = await self.services.channels.get_stream(self.stream_id, self.account_id)
         except (NotFound, ValueError, OverflowError):
+            log.info("viewer socket refused", extra=self.log_fields(
+                close_code=CLOSE_NOT_FOUND, reason="stream not found"))
             self.close(CLOSE_NOT_FOUND, "stream not found")
             return
         if self.ws_connection is None or self.ws_connection.is_closing():
@@ -174,6 +189,8 @@ class ViewersSocket(tornado.websocket.WebSocketHandler, BaseHandler):
         self.services.viewers.join(self.stream_id, stream.user_id, stream.is_private, self,
                                    self.viewer_id)
         self.joined = True
+        self.opened_at = time.monotonic()
+        log.info("viewer connected", extra=self.log_fields())
 
     def on_message(self, message: str | bytes) -> None:
         """Viewers have nothing to say yet; a client that floods is dropped."""
@@ -186,6 +203,7 @@ class ViewersSocket(tornado.websocket.WebSocketHandler, BaseHandler):
         self._count_inbound()
 
     def _count_inbound(self) -> None:
+        WS_MESSAGES_RECEIVED.inc()
         now = time.monotonic()
         self.message_times.append(now)
         if (len(self.message_times) > MESSAGES_PER_WINDOW
@@ -228,6 +246,8 @@ class ViewersSocket(tornado.websocket.WebSocketHandler, BaseHandler):
         if self.joined:
             self.services.viewers.leave(self.stream_id, self, self.viewer_id)
             self.joined = False
+            log.info("viewer disconnected", extra=self.log_fields(
+                close_code=self.close_code, seconds=round(time.monotonic() - self.opened_at, 1)))
 
 
 STREAM_ID = r"(?P<stream_id>\d{1,18})"

@@ -119,7 +119,9 @@ def build_command(config: Config, stream_id: int, source: SourceInfo, rungs: lis
                  f"gte(t-prev_selected_t\\,{config.thumbnail_interval})',"
                  f"scale=-2:{min(THUMBNAIL_HEIGHT, source.height)}[thumb]")
     cmd = [
-        config.ffmpeg, "-hide_banner", "-loglevel", "warning", "-nostats",
+        # -y: a restarted transcoder overwrites the thumbnail its predecessor left (without
+        # it FFmpeg asks, reads "no" from the closed stdin and exits: never recovering).
+        config.ffmpeg, "-hide_banner", "-y", "-nostdin", "-loglevel", "warning", "-nostats",
         "-progress", "pipe:1", "-stats_period", "1",
         "-rw_timeout", "5000000", "-fflags", "nobuffer",
         "-analyzeduration", "1000000", "-probesize", "1000000",

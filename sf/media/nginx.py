@@ -14,6 +14,7 @@ from pathlib import Path
 
 from sf.config import PROJECT_ROOT, Config
 from sf.media.process import die_with_parent
+from sf.media.process import stop as stop_process
 
 log = logging.getLogger("sf.nginx")
 
@@ -51,6 +52,68 @@ HLS_LOCATIONS = r"""
         location /hls/ { return 404; }
 """
 
+# The web front (web/, see its README): pages at their public paths, their own scripts and
+# styles under /static/, the npm libraries they use (installed by the set-up into
+# web/node_modules, never a CDN) under /vendor/. Static files only: nothing here proxies. Every
+# answer carries the pages' strict policy ({{web_headers}}: CSP without 'unsafe-inline', no
+# framing, no referrer); a location with add_header of its own inherits none from the server,
+# so HSTS is part of the snippet when TLS is on.
+WEB_LOCATIONS = r"""
+        location = / {
+            root {{web_dir}};
+            try_files /index.html =404;
+{{web_headers}}
+        }
+        location ~ "^/watch/[0-9]{1,18}$" {
+            root {{web_dir}};
+            try_files /watch.html =404;
+{{web_headers}}
+        }
+        location ~ "^/(?<web_page>login|dashboard)$" {
+            root {{web_dir}};
+            try_files /$web_page.html =404;
+{{web_headers}}
+        }
+        location /static/ {
+            root {{web_dir}};
+{{web_headers}}
+        }
+        location /vendor/hls/ {
+            alias {{web_dir}}/node_modules/hls.js/dist/;
+{{web_headers}}
+        }
+        location /vendor/uplot/ {
+            alias {{web_dir}}/node_modules/uplot/dist/;
+{{web_headers}}
+        }
+"""
+WEB_DIR = PROJECT_ROOT / "web"
+# 'self' covers the same origin's ws:/wss: too (CSP level 3). media-src blob: is the
+# MediaSource object URL hls.js plays from; its transmuxing worker is a file of its own
+# (/vendor/hls/hls.worker.js), so workers need no blob:.
+WEB_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+           "media-src 'self' blob:; connect-src 'self'; worker-src 'self'; font-src 'self'; "
+           "manifest-src 'self'; form-action 'self'; base-uri 'none'; object-src 'none'; "
+           "frame-ancestors 'none'")
+
+
+def web_headers(config: Config) -> str:
+    """The response headers of every web front location (pages, scripts, libraries)."""
+    headers = [
+        f'add_header Content-Security-Policy "{WEB_CSP}" always;',
+        "add_header X-Content-Type-Options nosniff always;",
+        "add_header X-Frame-Options DENY always;",
+        "add_header Referrer-Policy no-referrer always;",
+        'add_header Permissions-Policy "camera=(), microphone=(), geolocation=()" always;',
+        'add_header Cache-Control "no-cache" always;',  # revalidated (ETag): updates show at once
+        "charset utf-8;",
+        "charset_types text/css application/javascript;",
+    ]
+    if config.tls_enabled:
+        headers.append('add_header Strict-Transport-Security "max-age=31536000" always;')
+    return "\n".join(f"            {line}" for line in headers)
+
+
 # Ingest: OBS publishes rtmp://host:port/live/<stream key>; on_publish renames the stream to its
 # id (3xx + Location), so the key never reaches a path, a playlist or a log.
 RTMP_BLOCK = r"""
@@ -81,9 +144,9 @@ rtmp {
             deny play all;
             notify_method post;
             notify_update_timeout 10s;
-            on_publish http://{{api_host}}:{{api_port}}/internal/rtmp/on_publish?secret={{internal_secret}};
-            on_publish_done http://{{api_host}}:{{api_port}}/internal/rtmp/on_publish_done?secret={{internal_secret}};
-            on_update http://{{api_host}}:{{api_port}}/internal/rtmp/on_update?secret={{internal_secret}};
+            on_publish {{ingest_url}}/internal/rtmp/on_publish?secret={{internal_secret}};
+            on_publish_done {{ingest_url}}/internal/rtmp/on_publish_done?secret={{internal_secret}};
+            on_update {{ingest_url}}/internal/rtmp/on_update?secret={{internal_secret}};
         }
     }
 }
@@ -93,6 +156,8 @@ rtmp {
 # multi-node deployment (where every peer on that network reaches it); never proxied by the
 # public server. Only the API nodes may use it: they send the internal secret in X-SF-Control
 # (sf/ingest.py), anyone else gets 403. Only `drop` is enabled (recording is not used).
+# /stat is nginx-rtmp's statistics (publishers, clients, bandwidth), read by the node's API
+# ingest process at each Prometheus scrape (sf/media/rtmp_stat.py), behind the same secret.
 CONTROL_SERVER = r"""
     server {
         listen {{media_control_host}}:{{media_control_port}};
@@ -100,6 +165,10 @@ CONTROL_SERVER = r"""
         location /control/ {
             if ($http_x_sf_control != "{{internal_secret}}") { return 403; }
             rtmp_control drop;
+        }
+        location = /stat {
+            if ($http_x_sf_control != "{{internal_secret}}") { return 403; }
+            rtmp_stat all;
         }
         location / { return 404; }
     }
@@ -130,14 +199,14 @@ _SAFE_SECRET = re.compile(r"[A-Za-z0-9._~+/=-]+")
 
 
 def worker_user_directive(config: Config) -> str:
-    """As root, workers run as www-data when it can reach the media dir, else as root.
+    """As root, workers run as www-data when it can reach the media dir and web/, else as root.
 
     (A project checked out under a 0700 home directory is unreadable to www-data; a dedicated
     deployment gives the media dir to the nginx user instead, see docker/.)
     """
     if os.geteuid() != 0:
         return ""
-    for parent in [config.media_dir, *config.media_dir.parents]:
+    for parent in [config.media_dir, *config.media_dir.parents, WEB_DIR, *WEB_DIR.parents]:
         if parent.exists() and not parent.stat().st_mode & 0o001:
             log.warning("%s is not traversable by www-data: nginx workers run as root", parent)
             return "user root;"
@@ -208,6 +277,7 @@ def template_values(config: Config) -> dict[str, str]:
         "client_max_body_size": str(config.max_request_bytes),
         "api_host": config.api_host,
         "api_port": str(config.api_port),
+        "ingest_url": config.ingest_url,
         "http_host": config.http_host,
         "http_port": str(config.http_port),
         "listen_ssl": " ssl" if config.tls_enabled else "",
@@ -217,6 +287,9 @@ def template_values(config: Config) -> dict[str, str]:
                       "        add_header Strict-Transport-Security \"max-age=31536000\" always;")
         if config.tls_enabled else "",
         "hls_locations": HLS_LOCATIONS,
+        "web_locations": WEB_LOCATIONS,
+        "web_dir": str(WEB_DIR),
+        "web_headers": web_headers(config),
         "rtmp_block": RTMP_BLOCK,
         "control_server": CONTROL_SERVER,
         "rtmp_host": config.http_host,
@@ -298,10 +371,4 @@ def start(config: Config, conf: Path) -> subprocess.Popen[bytes]:
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGQUIT)  # graceful: finish in-flight requests
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    stop_process(process, signal.SIGQUIT, timeout=10)  # graceful: finish in-flight requests

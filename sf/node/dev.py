@@ -6,20 +6,19 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import tornado.netutil
-
 from sf.config import Config
 from sf.db.migrate import migrate
 from sf.media import nginx
 from sf.node import localservices
-from sf.node.server import AppFactory, serve_node
+from sf.node.server import AppFactory, NodeProcesses
 
 log = logging.getLogger("sf.dev")
 
 
 def run_node(config: Config, make_app: AppFactory) -> int:
-    """nginx (HTTP, RTMP, HLS) in front of one API node, until SIGINT/SIGTERM."""
-    sockets = tornado.netutil.bind_sockets(config.api_port, config.api_host)
+    """nginx (HTTP, RTMP, HLS) in front of the node's API processes, until SIGINT/SIGTERM."""
+    # nginx terminates TLS; the API processes behind it speak plain HTTP on loopback.
+    processes = NodeProcesses(config.replace(tls_cert="", tls_key=""), make_app)
     for port in (config.http_port, config.rtmp_port, config.media_control_port):
         if localservices.port_open(port, config.http_host):
             raise SystemExit(f"port {port} is taken: see SF_HTTP_PORT, SF_RTMP_PORT, "
@@ -29,13 +28,11 @@ def run_node(config: Config, make_app: AppFactory) -> int:
         scheme = "https" if config.tls_enabled else "http"
         log.info("SF is up: %s://%s:%s/api/docs, RTMP %s", scheme, config.http_host,
                  config.http_port, config.rtmp_url)
-        # nginx terminates TLS; the API node behind it speaks plain HTTP on loopback.
-        asyncio.run(serve_node(config.replace(tls_cert="", tls_key=""), sockets, make_app))
+        return processes.run()
     except KeyboardInterrupt:
-        pass
+        return 0
     finally:
         nginx.stop(nginx_process)
-    return 0
 
 
 def run_dev(config: Config, make_app: AppFactory) -> int:

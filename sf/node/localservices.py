@@ -44,6 +44,12 @@ def _pg_bin(name: str) -> str:
     return found
 
 
+def postgres_program(name: str) -> str:
+    """The path of a PostgreSQL program (pg_dump, pg_restore, ...) of the installed server's
+    version, which the client tools must match or exceed; ServiceError if there is none."""
+    return _pg_bin(name)
+
+
 def _as_pg(cmd: list[str]) -> list[str]:
     return ["runuser", "-u", PG_USER, "--", *cmd] if _is_root() else cmd
 
@@ -213,6 +219,8 @@ class LocalRedis:
         password = self.password_file.read_text().strip()
         conf = self.dir / "redis.conf"
         fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        # Sessions must survive a restart, even a crash: the append-only file is fsynced every
+        # second (a crash loses at most that), with RDB snapshots beside it in var/redis.
         with os.fdopen(fd, "w") as handle:
             handle.write(
                 f"port {self.port}\nbind 127.0.0.1\nprotected-mode yes\n"
@@ -223,6 +231,10 @@ class LocalRedis:
         subprocess.run([redis_server, str(conf)], check=True, stdin=subprocess.DEVNULL,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _wait_port(self.port, "Redis")
+        # Redis writes its pid file only after it listens; `stop` needs it.
+        deadline = time.monotonic() + 10
+        while not self.running() and time.monotonic() < deadline:
+            time.sleep(0.05)
         return True
 
     def stop(self) -> None:

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import asyncpg
+import redis.exceptions as redis_errors
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 
 from sf.cache import Cache
 from sf.config import Config
 from sf.db.pool import create_pool
 from sf.media.images import ImageWorker
+from sf.observability import AlertWebhook, install_alert_webhook, remove_alert_webhook
 from sf.ratelimit import LoginThrottle, RateLimiter
 from sf.schemas import StreamSchema
 from sf.security import PasswordHasher, StreamKeyCipher, TokenService
@@ -23,6 +29,37 @@ from sf.services.sessions import SessionStore, TicketStore
 from sf.services.statistics import StatisticsService
 from sf.services.viewer_counts import ViewerCounts
 from sf.services.viewers import ViewerHub
+
+
+@dataclass
+class RequestDrain:
+    """The HTTP requests in progress on this process, and whether it is shutting down.
+
+    While it drains, the process still serves the requests that reach it on connections it
+    already has, but every response asks the proxy to close its connection (`Connection:
+    close`), so the proxy's idle connections run out and it goes to the other nodes.
+    """
+
+    inflight: int = 0
+    draining: bool = False
+    last_started: float = 0.0
+
+    def started(self) -> None:
+        self.inflight += 1
+        self.last_started = time.monotonic()
+
+    def ended(self) -> None:
+        self.inflight -= 1
+
+    async def wait(self, grace: float, quiet: float = 1.0) -> None:
+        """Drain: return once no request is in progress and none has started for `quiet`
+        seconds, or after `grace` seconds at most."""
+        self.draining = True
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            if self.inflight <= 0 and time.monotonic() - self.last_started >= quiet:
+                return
+            await asyncio.sleep(0.05)
 
 
 @dataclass(kw_only=True)
@@ -48,9 +85,16 @@ class Services:
     counts: ViewerCounts
     viewers: ViewerHub
     ingest: IngestService | None  # only on a node next to an nginx-rtmp
+    drain: RequestDrain = field(default_factory=RequestDrain)
+    alerts: AlertWebhook | None = None  # ERROR events → SF_ALERT_WEBHOOK_URL, while started
 
     async def start(self) -> None:
         """Start the background parts, in order (stream events first: ingest relies on them)."""
+        config = self.config
+        self.alerts = install_alert_webhook(
+            config.alert_webhook_url, node=config.node_id,
+            dedup_seconds=config.alert_webhook_dedup_seconds,
+            max_per_minute=config.alert_webhook_max_per_minute)
         await self.events.start()
         await self.statistics.start()
         await self.viewers.start()
@@ -68,6 +112,10 @@ class Services:
             finally:
                 await self.statistics.stop()  # never raises
                 await self.events.stop()
+                alerts, self.alerts = self.alerts, None
+                # Off the loop: it gives queued alerts a few seconds to go out.
+                await asyncio.get_running_loop().run_in_executor(None, remove_alert_webhook,
+                                                                 alerts)
 
     async def close(self) -> None:
         """Release connections and threads (after `stop`)."""
@@ -78,16 +126,22 @@ class Services:
 
 
 async def start_services(config: Config, *, database_url: str | None = None,
-                         ingest: bool = False) -> Services:
+                         ingest: bool = False, ingest_owner: bool = True) -> Services:
     """Connect to PostgreSQL and Redis and wire the services together.
 
     `ingest=True` on a node that runs nginx-rtmp (`sf serve`, `sf node`): it then owns the
-    StreamActors of the streams published to it.
+    StreamActors of the streams published to it — in its ingest process (`ingest_owner`); the
+    node's other processes forward nginx-rtmp's callbacks there and drop publishers of the
+    streams they end.
     """
     db = await create_pool(config, database_url)
+    # After a Redis restart the pool still holds connections to the old server: a command
+    # meeting one of those is retried once on a new connection rather than failing the request.
     redis = Redis.from_url(config.redis_url, decode_responses=False,
                            max_connections=256, health_check_interval=30,
-                           socket_connect_timeout=2, socket_timeout=5)
+                           socket_connect_timeout=2, socket_timeout=5,
+                           retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=1),
+                           retry_on_error=[redis_errors.ConnectionError])
     await redis.ping()
     tokens = TokenService(config)
     hasher = PasswordHasher(config.bcrypt_rounds, workers=max(1, os.cpu_count() or 1))
@@ -108,7 +162,7 @@ async def start_services(config: Config, *, database_url: str | None = None,
     statistics = StatisticsService(config, db, redis, counts, cache, channels)
     node_ingest = None
     if ingest:
-        node_ingest = IngestService(config, db, redis, channels)
+        node_ingest = IngestService(config, db, redis, channels, owner=ingest_owner)
         channels.add_listener(node_ingest)
         events.subscribe(node_ingest.remote)
     return Services(

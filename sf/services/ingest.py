@@ -40,15 +40,18 @@ HEALTH_KEY = "sf:media:health:{}"
 
 
 class IngestService(StreamListener):
-    """One per API node that sits next to an nginx-rtmp (a media node).
+    """One per API process of a node that sits next to an nginx-rtmp (a media node).
 
-    As a `StreamListener` of the channel service it stops actors and drops publishers of
-    streams ended on this node; `remote` hears the same about changes made on other nodes.
+    The `owner` (the node's process 0) takes nginx-rtmp's callbacks and holds the actors; the
+    node's other processes `forward` a callback that reaches them to it. As a `StreamListener`
+    of the channel service each drops the publishers of the streams ended through it; `remote`
+    hears changes made by other processes and nodes, and stops the actors they concern.
     """
 
     def __init__(self, config: Config, db: asyncpg.Pool, redis: Redis,
-                 channels: ChannelService) -> None:
+                 channels: ChannelService, *, owner: bool = True) -> None:
         self.config = config
+        self.owner = owner
         self.db = db
         self.redis = redis
         self.channels = channels
@@ -73,8 +76,19 @@ class IngestService(StreamListener):
         self.directory.start(stream.id, private=stream.is_private,
                              passthrough=settings.source_passthrough or self.config.source_passthrough,
                              thumbnail_name=thumbnail_name)
-        log.info("stream %s live (user %s)", stream.id, stream.user_id)
+        log.info("stream %s live (user %s)", stream.id, stream.user_id,
+                 extra={"stream_id": stream.id, "user_id": stream.user_id, "event": "live"})
         return stream.id
+
+    async def forward(self, path: str, body: bytes,
+                      request_id: str) -> tornado.httpclient.HTTPResponse:
+        """A callback that reached a process other than the owner, passed on to the owner
+        (under the same request id, so both log lines name one callback)."""
+        return await self.http.fetch(
+            f"{self.config.ingest_url}{path}", method="POST", body=body, request_timeout=10,
+            follow_redirects=False, raise_error=False,
+            headers={"Content-Type": "application/x-www-form-urlencoded",
+                     "X-Request-ID": request_id})
 
     async def resolve(self, name: str) -> int | None:
         """A callback's stream name — a stream id, or the key it was published with — as an id."""
@@ -85,7 +99,8 @@ class IngestService(StreamListener):
         self.directory.stop(stream_id)
         if await streams_db.mark_disconnected(self.db, stream_id):
             log.info("stream %s: publisher left, %ss grace", stream_id,
-                     self.config.publish_grace_seconds)
+                     self.config.publish_grace_seconds,
+                     extra={"stream_id": stream_id, "event": "publisher_left"})
             if self.config.publish_grace_seconds == 0:
                 await self.channels.end_stream(stream_id)
 
@@ -189,7 +204,8 @@ class IngestService(StreamListener):
                 log.exception("sweep failed")
 
     async def start(self) -> None:
-        self._sweeper = asyncio.ensure_future(self._sweep_forever())
+        if self.owner:
+            self._sweeper = asyncio.ensure_future(self._sweep_forever())
 
     async def stop(self) -> None:
         self.stopping = True

@@ -25,7 +25,7 @@ from sf.actors.viewers import ViewerJoined, ViewerLeft, ViewersActor
 from sf.config import Config
 from sf.errors import NotFound
 from sf.media.hls import sign_thumbnail
-from sf.observability import WS_CONNECTIONS, WS_MESSAGES
+from sf.observability import WS_CONNECTIONS, WS_MESSAGES, WS_OPENED
 from sf.services.channels import ChannelService
 from sf.services.events import AccessEvent, StreamEvent, StreamListener, channel_name
 from sf.services.sessions import SessionStore
@@ -99,6 +99,7 @@ class ViewerHub(StreamListener):
         self.owners[stream_id] = (owner_id, private)
         self.per_address[socket.client_address] += 1
         WS_CONNECTIONS.inc()
+        WS_OPENED.inc()
         ref = self.actors.get(stream_id)
         if ref is None:
             ref = self.actors[stream_id] = ViewersActor.start(stream_id, self._report)
@@ -123,6 +124,10 @@ class ViewerHub(StreamListener):
                 ref.stop(block=False)
         if not sockets:
             del self.sockets[stream_id]
+
+    def local_viewers(self) -> int:
+        """Distinct viewers of this process's sockets, over all streams (for the metrics)."""
+        return sum(self.local.values())
 
     def current_total(self, stream_id: int) -> int:
         return self.totals.get(stream_id, self.local.get(stream_id, 0))
