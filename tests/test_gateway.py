@@ -585,6 +585,11 @@ def test_nginx_errors_are_json_and_redirects_never_name_the_clients_host(platfor
     missing = edge(platform, "GET", "/hls/1/master.m3u8", source=address(70))
     assert missing.status == 404 and missing.headers["Content-Type"].startswith("application/json")
     assert json.loads(missing.body)["error"]["code"] == "not_found"
+    # Outside attack F5: nginx's own answers carry the API's policy too.
+    for response in (trace, missing, edge(platform, "GET", "/media/x", source=address(70))):
+        assert response.headers["Content-Security-Policy"] == \
+            "default-src 'none'; frame-ancestors 'none'"
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
     redirect = edge(platform, "GET", "/api", source=address(70), headers={"Host": "evil.example"})
     assert redirect.status == 301 and "evil" not in redirect.headers["Location"]
 

@@ -105,14 +105,18 @@ def test_viewers_on_two_nodes_are_summed_and_tabs_count_once(platform, tmp_path)
     stream_id, _ = prepared_stream(platform, "summed")
     other = platform.start_api_node(tmp_path / "other-media")
 
+    # Node A's process 0 on its own port: tabs count once per process (README), and through
+    # nginx the second tab could land on the node's other process.
+    process_0 = f"http://127.0.0.1:{platform.config.api_internal_port}"
+
     async def scenario() -> None:
-        first = await connect(platform.base_url, stream_id)  # through nginx, node A
+        first = await connect(process_0, stream_id, origin=platform.base_url)  # node A
         await first.until(lambda v: v.viewers() == 1, what="the first total")
         remote = await connect(other["url"], stream_id, origin=platform.base_url)  # node B
         await first.until(lambda v: v.viewers() == 2, what="both nodes summed")
         await remote.until(lambda v: v.viewers() == 2, what="node B's view of the total")
         # A second tab of the first viewer (same viewer cookie) does not count again.
-        tab = await connect(platform.base_url, stream_id, cookie=first.cookie)
+        tab = await connect(process_0, stream_id, origin=platform.base_url, cookie=first.cookie)
         await tab.until(lambda v: v.viewers() is not None, what="the tab's first total")
         await asyncio.sleep(2.5)
         assert first.viewers() == 2 and remote.viewers() == 2 and tab.viewers() == 2
