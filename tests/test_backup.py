@@ -30,11 +30,11 @@ import tornado.testing
 
 from sf.app import make_app
 from sf.config import Config
+from sf.db.backups import backup_time
 from sf.db.migrate import drop_database, recreate_database
 from sf.node.localservices import LocalRedis, port_open, postgres_program
 from sf.ops.backup import Target
 from sf.services.container import start_services
-from sf.services.monitoring import backup_time
 from tests.conftest import Api
 from tests.helpers import TEST_PORT_OFFSET, go_live, run_private, set_viewers
 

@@ -35,13 +35,8 @@ import asyncpg
 import redis
 
 from sf.config import Config
+from sf.db.backups import BACKUP_NAME, checksum_path, file_sha256, recorded_sha256
 from sf.node.localservices import ServiceError, postgres_program
-from sf.services.monitoring import (
-    BACKUP_NAME,
-    CHECKSUM_SUFFIX,
-    file_sha256,
-    recorded_sha256,
-)
 
 log = logging.getLogger("sf.backup")
 
@@ -131,10 +126,6 @@ def list_backups(directory: Path) -> list[Path]:
     if not directory.is_dir():
         return []
     return sorted(path for path in directory.iterdir() if BACKUP_NAME.match(path.name))
-
-
-def checksum_path(dump: Path) -> Path:
-    return dump.with_name(dump.name + CHECKSUM_SUFFIX)
 
 
 def take_backup(config: Config) -> dict[str, Any]:

@@ -6,16 +6,14 @@ statistics. Everything here awaits (or runs in an executor): a scrape never bloc
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
-import re
 import time
 from collections.abc import Awaitable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from sf.db.backups import backup_time, file_sha256, recorded_sha256
 from sf.media.rtmp_stat import RTMP_STAT, fetch_stat
 from sf.observability import (
     BACKUP_LAST_SUCCESS,
@@ -88,37 +86,6 @@ async def _rtmp_stat(services: Services) -> None:
 
 
 # --- backups: the files `sf backup` (sf/ops/backup.py) writes, read here for their freshness ---
-
-BACKUP_NAME = re.compile(r"^sf-(\d{8}T\d{6}\.\d{3})Z\.dump$")  # sf-20250101T033000.123Z.dump
-CHECKSUM_SUFFIX = ".sha256"  # beside each dump, in `sha256sum` format
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-
-
-def backup_time(name: str) -> float | None:
-    """When the backup file `name` was taken (Unix time), or None if it is not a backup's name."""
-    match = BACKUP_NAME.match(name)
-    if not match:
-        return None
-    return datetime.strptime(match.group(1), "%Y%m%dT%H%M%S.%f").replace(tzinfo=UTC).timestamp()
-
-
-def file_sha256(path: Path) -> str:
-    """The hex SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def recorded_sha256(dump: Path) -> str | None:
-    """The digest written beside `dump`, or None when its checksum file is missing or malformed."""
-    try:
-        words = dump.with_name(dump.name + CHECKSUM_SUFFIX).read_text().split()
-    except (OSError, UnicodeDecodeError):
-        return None
-    digest = words[0].lower() if words else ""
-    return digest if _SHA256.fullmatch(digest) else None
 
 
 class BackupFreshness:
