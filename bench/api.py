@@ -160,6 +160,21 @@ def process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def start_profiler(pid: int, directory: str | None, scenario: str,
+                   seconds: float) -> subprocess.Popen[bytes] | None:
+    """py-spy sampling the API process (from CPU 1) for the scenario's run, or None."""
+    if directory is None:
+        return None
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    spy = subprocess.Popen(
+        [str(ROOT / ".venv" / "bin" / "py-spy"), "record", "--pid", str(pid), "--format", "raw",
+         "--rate", "250", "--duration", str(max(1, int(seconds))),
+         "--output", str(Path(directory) / f"{scenario}.txt")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.sched_setaffinity(spy.pid, {1})
+    return spy
+
+
 # --- seeding and scenarios -----------------------------------------------------------------------
 
 async def api_call(method: str, path: str, body: Any = None,
@@ -196,6 +211,12 @@ def scenario(name: str) -> Any:
     return register
 
 
+@scenario("healthz")
+def healthz_requests(ctx: dict[str, Any], count: int) -> list[Any]:
+    """The floor: Tornado, the access log and metrics, no Redis or PostgreSQL."""
+    return [("GET", "/healthz", {}, b"") for _ in range(count)]
+
+
 @scenario("profile")
 def profile_requests(ctx: dict[str, Any], count: int) -> list[Any]:
     return [("GET", "/api/v1/users/profile",
@@ -230,6 +251,12 @@ def main() -> int:
                         help="logins/s (bcrypt at the configured rounds bounds this)")
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--scenario", nargs="*", default=None)
+    parser.add_argument("--profile", metavar="DIR", default=None,
+                        help="record the API process with py-spy during each scenario "
+                             "(collapsed stacks, DIR/<scenario>.txt)")
+    parser.add_argument("--log-level", default="WARNING",
+                        help="SF_LOG_LEVEL of the API node: INFO writes the access log line of "
+                             "every request (to a file in var/), as production does")
     parser.add_argument("--no-cache", action="store_true",
                         help="SF_CACHE_TTL=0: every list read goes to PostgreSQL")
     args = parser.parse_args()
@@ -239,12 +266,16 @@ def main() -> int:
     env = bench_env(config)
     if args.no_cache:
         env["SF_CACHE_TTL"] = "0"
+    env["SF_LOG_LEVEL"] = args.log_level
     asyncio.run(recreate_database(config.database_url, BENCH_DB))
     bench_config = load_config(env)
     conf = nginx.render(bench_config)
     nginx_process = nginx.start(bench_config, conf)
+    log_path = Path(config.var_dir) / "log" / "bench-api.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    server_log = log_path.open("ab")
     server = subprocess.Popen([str(ROOT / ".venv" / "bin" / "sf"), "serve"], env=env,
-                              preexec_fn=die_with_parent)
+                              stderr=server_log, preexec_fn=die_with_parent)
     try:
         os.sched_setaffinity(server.pid, {0})
         for _ in range(100):
@@ -265,7 +296,8 @@ def main() -> int:
         idle = (process_cpu(server.pid) - idle_before) / 5
         print(f"# SF API benchmark: {os.cpu_count()} cores, server pinned to CPU 0, load generator "
               f"to CPU 1; open-loop schedule; via nginx :{HTTP_PORT}; "
-              f"cache {'off' if args.no_cache else 'on'}; the idle node's own background work "
+              f"cache {'off' if args.no_cache else 'on'}; log level {args.log_level} "
+              f"(to {log_path}); the idle node's own background work "
               f"(viewer flushes, statistics, sweeps) {idle * 1000:.0f} ms CPU/s, included below")
         for name in names:
             rate = args.login_rate if name == "login" else args.rate
@@ -273,7 +305,10 @@ def main() -> int:
             run_generator(name, SCENARIOS[name](ctx, min(count, 200)), rate)  # warm-up
             requests = SCENARIOS[name](ctx, count)
             cpu_before = process_cpu(server.pid)
+            spy = start_profiler(server.pid, args.profile, name, args.seconds)
             result = run_generator(name, requests, rate)
+            if spy is not None:
+                spy.wait()
             cpu_ms = (process_cpu(server.pid) - cpu_before) * 1000 / len(requests)
             print(f"{name:<24} target {rate:>6.0f}/s achieved {result['achieved_rps']:>7.1f}/s  "
                   f"p50 {result['p50_ms']:7.2f} ms  p95 {result['p95_ms']:7.2f} ms  "

@@ -8,8 +8,10 @@ viewer counts).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -21,6 +23,32 @@ log = logging.getLogger("sf.cache")
 PREFIX = "sf:cache:"
 STREAMS_NAMESPACE = "streams"
 CATEGORIES_NAMESPACE = "categories"
+
+
+@dataclass(frozen=True)
+class CacheReads:
+    """Cache entries to read ahead, in the round trip that gates a request
+    (`sf.ratelimit.RateLimiter`): the entries `prefix .. generation .. suffix` under the
+    namespace generation `generation_key`, or, without one, the entries `prefix .. suffix`."""
+
+    generation_key: str | None
+    prefix: str
+    suffixes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Prefetched:
+    """Entries read ahead: `values[key]` is the entry's bytes, or None where it is missing."""
+
+    namespace: str | None
+    generation: int
+    values: dict[str, bytes | None]
+
+
+# The lifetime of entries that every change to what they hold invalidates (by a generation
+# bump), such as a user's own profile: the TTL only bounds an invalidation that was missed,
+# so it can be longer than `SF_CACHE_TTL`, which bounds how stale live viewer counts get.
+INVALIDATED_TTL = 30
 
 
 def public_user_key(username: str) -> str:
@@ -44,14 +72,44 @@ class Cache:
         self.ttl = ttl
         self.outage = Outage(log, "Redis", "reads go straight to PostgreSQL until it is back")
         self._get_in_namespace = redis.register_script(_GET_IN_NAMESPACE)
+        # Misses being computed in this process, by entry key: concurrent requests for an
+        # expired entry wait for one computation instead of each querying PostgreSQL.
+        self._computing: dict[str, asyncio.Future[bytes]] = {}
+
+    def reads(self, namespace: str | None, keys: tuple[str, ...]) -> CacheReads | None:
+        """What to read ahead for `keys` (of `namespace`, or plain keys), or None when the
+        cache is off."""
+        if self.ttl <= 0:
+            return None
+        if namespace is None:
+            return CacheReads(None, PREFIX, keys)
+        return CacheReads(f"{PREFIX}gen:{namespace}", f"{PREFIX}{namespace}:",
+                          tuple(f":{key}" for key in keys))
+
+    @staticmethod
+    def prefetched(namespace: str | None, keys: tuple[str, ...], generation: bytes | None,
+                   entries: tuple[bytes | None, ...] | None) -> Prefetched | None:
+        """The read-ahead entries of `reads(namespace, keys)`, as the gate returned them."""
+        if entries is None:
+            return None
+        return Prefetched(namespace, int(generation or 0), dict(zip(keys, entries, strict=True)))
 
     async def get_or_set_in(self, namespace: str, key: str,
-                            compute: Callable[[], Awaitable[bytes]]) -> bytes:
+                            compute: Callable[[], Awaitable[bytes]],
+                            prefetched: Prefetched | None = None, ttl: int = 0) -> bytes:
         """`get_or_set` for an entry of a namespace that `bump` invalidates as a whole; the
         namespace's generation and the entry are read in one round trip (a single Redis
-        server, as configured: the script names the entry's key itself)."""
+        server, as configured: the script names the entry's key itself), or were read ahead
+        in `prefetched`. `ttl`: a lifetime longer than the configured one (`INVALIDATED_TTL`)."""
         if self.ttl <= 0:
             return await compute()
+        if prefetched is not None and prefetched.namespace == namespace \
+                and key in prefetched.values:
+            raw = prefetched.values[key]
+            if raw is not None:
+                return raw
+            return await self._compute_and_store(f"{namespace}:{prefetched.generation}:{key}",
+                                                 compute, ttl)
         try:
             generation, raw = await self._get_in_namespace(
                 keys=[f"{PREFIX}gen:{namespace}"], args=[f"{PREFIX}{namespace}:", f":{key}"])
@@ -61,13 +119,18 @@ class Cache:
         self.outage.back()
         if raw is not None:
             return raw
-        return await self._compute_and_store(f"{namespace}:{int(generation)}:{key}", compute)
+        return await self._compute_and_store(f"{namespace}:{int(generation)}:{key}", compute,
+                                             ttl)
 
-    async def get_or_set(self, key: str, compute: Callable[[], Awaitable[bytes]]) -> bytes:
-        """The cached bytes, or `compute()`'s, stored for the TTL; straight from `compute`
-        while Redis is unreachable."""
+    async def get_or_set(self, key: str, compute: Callable[[], Awaitable[bytes]],
+                         prefetched: Prefetched | None = None) -> bytes:
+        """The cached bytes (read ahead in `prefetched`, or now), or `compute()`'s, stored for
+        the TTL; straight from `compute` while Redis is unreachable."""
         if self.ttl <= 0:
             return await compute()
+        if prefetched is not None and prefetched.namespace is None and key in prefetched.values:
+            ahead = prefetched.values[key]
+            return ahead if ahead is not None else await self._compute_and_store(key, compute)
         try:
             raw = await self.redis.get(PREFIX + key)
         except (RedisError, OSError) as error:
@@ -78,12 +141,33 @@ class Cache:
             return raw  # type: ignore[return-value]  # decode_responses=False: bytes
         return await self._compute_and_store(key, compute)
 
-    async def _compute_and_store(self, key: str,
-                                 compute: Callable[[], Awaitable[bytes]]) -> bytes:
-        """A missed entry: `compute()`'s bytes, stored for the TTL when Redis takes them."""
-        value = await compute()
+    async def _compute_and_store(self, key: str, compute: Callable[[], Awaitable[bytes]],
+                                 ttl: int = 0) -> bytes:
+        """A missed entry: `compute()`'s bytes, stored for the TTL when Redis takes them.
+        A computation of the same entry already under way in this process is joined."""
+        pending = self._computing.get(key)
+        if pending is not None:
+            await asyncio.wait([pending])
+            if not pending.cancelled():
+                return pending.result()  # its value, or the error it raised (e.g. NotFound)
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._computing[key] = future
         try:
-            await self.redis.set(PREFIX + key, value, ex=self.ttl)
+            value = await compute()
+        except Exception as error:
+            future.set_exception(error)
+            future.exception()  # retrieved: joiners get it; nobody else has to
+            raise
+        except BaseException:
+            future.cancel()  # joiners compute for themselves
+            raise
+        else:
+            future.set_result(value)
+        finally:
+            if self._computing.get(key) is future:
+                del self._computing[key]
+        try:
+            await self.redis.set(PREFIX + key, value, ex=max(ttl, self.ttl))
             self.outage.back()
         except (RedisError, OSError) as error:
             self.outage.lost(error)

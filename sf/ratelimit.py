@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from sf.cache import CacheReads
 from sf.errors import RateLimited
 from sf.observability import Outage
 
@@ -35,51 +36,102 @@ class Verdict:
     retry_after: int
 
 
-# KEYS: a session key and a revoked-token key, then the window keys of the limits to count
-# when the session is alive, then those to count when it is not. ARGV: how many keys the first
-# set has, then each limit key's expiry. Returns {alive (1/0), count of each counted key}.
-_COUNT_FOR_SESSION = """
-local alive = 0
-if redis.call('EXISTS', KEYS[1]) == 1 and redis.call('EXISTS', KEYS[2]) == 0 then alive = 1 end
-local alive_keys = tonumber(ARGV[1])
-local first, last = 3, 2 + alive_keys
-if alive == 0 then first, last = 3 + alive_keys, #KEYS end
+# One round trip per API request: a session's liveness, the rate-limit counts and the cache
+# entries the request will answer from.
+# KEYS: [the session key, the revoked-token key] when ARGV[1] == '1'; the window keys of the
+# limits counted when the session is alive (or when there is no session: ARGV[2] of them), then
+# those counted when it is not; then the cache generation key when ARGV[4] == '1'.
+# ARGV: has-session, #alive keys, #other keys, has-generation, cache prefix, #entries, the
+# entries' suffixes, then each limit key's expiry (alive keys first).
+# Returns {alive (1/0), count of each counted key, generation or false, entry or false ...}.
+_GATE = """
+local has_session, n_alive, n_other = ARGV[1] == '1', tonumber(ARGV[2]), tonumber(ARGV[3])
+local has_generation, prefix, n_entries = ARGV[4] == '1', ARGV[5], tonumber(ARGV[6])
+local first = 1
+local alive = 1
+if has_session then
+  first = 3
+  if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('EXISTS', KEYS[2]) == 1 then alive = 0 end
+end
+local lo, hi = first, first + n_alive - 1
+if alive == 0 then lo, hi = first + n_alive, first + n_alive + n_other - 1 end
 local result = {alive}
-for i = first, last do
+for i = lo, hi do
   local count = redis.call('INCR', KEYS[i])
-  if count == 1 then redis.call('EXPIRE', KEYS[i], ARGV[i - 1]) end
+  if count == 1 then redis.call('EXPIRE', KEYS[i], ARGV[6 + n_entries + i - first + 1]) end
   result[#result + 1] = count
+end
+local generation = ''
+if has_generation then
+  generation = redis.call('GET', KEYS[first + n_alive + n_other]) or '0'
+  result[#result + 1] = generation
+else
+  result[#result + 1] = false
+end
+for i = 1, n_entries do
+  result[#result + 1] = redis.call('GET', prefix .. generation .. ARGV[6 + i])
 end
 return result
 """
 
 
+@dataclass(frozen=True)
+class Gate:
+    """What the gate found for one request."""
+
+    alive: bool | None  # the session's liveness (True without a session; None: unknown)
+    verdict: Verdict
+    generation: bytes | None = None  # the cache namespace's generation, when one was read
+    entries: tuple[bytes | None, ...] | None = None  # the cache reads' values; None: not read
+
+
 class RateLimiter:
-    """Counts requests per window with one pipelined round trip for all limits of a request."""
+    """Counts requests per window in one round trip per request (a Lua script), together with
+    the session check and cache reads that request needs."""
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self.outage = Outage(log, "Redis", "rate limits are not enforced until it is back")
-        self._count_for_session = redis.register_script(_COUNT_FOR_SESSION)
+        self._gate = redis.register_script(_GATE)
+
+    async def hit(self, limits: list[Limit], reads: CacheReads | None = None) -> Gate:
+        """The verdict for one request (and its cache reads); with Redis unreachable every
+        request is allowed (the API keeps answering; nginx's per-address limits still hold)."""
+        return await self._run(None, limits, [], reads)
 
     async def hit_for_session(self, liveness_keys: tuple[str, str], if_alive: list[Limit],
-                              otherwise: list[Limit]) -> tuple[bool | None, Verdict]:
+                              otherwise: list[Limit], reads: CacheReads | None = None) -> Gate:
         """In one round trip: whether a session is alive (its key exists and its token's
         revoked key does not), and the verdict of `if_alive` or else `otherwise` (a revoked
-        token must not spend its user's budget). Redis unreachable: (None, allowed)."""
+        token must not spend its user's budget). Redis unreachable: alive None, allowed."""
+        return await self._run(liveness_keys, if_alive, otherwise, reads)
+
+    async def _run(self, liveness_keys: tuple[str, str] | None, if_alive: list[Limit],
+                   otherwise: list[Limit], reads: CacheReads | None) -> Gate:
         now = time.time()
-        keys = [self._key(item, now) for item in [*if_alive, *otherwise]]
-        expiries = [item.window + 1 for item in [*if_alive, *otherwise]]
+        limits = [*if_alive, *otherwise]
+        keys = [*(liveness_keys or ()), *(self._key(item, now) for item in limits)]
+        suffixes: tuple[str, ...] = ()
+        generation_key = None
+        if reads is not None:
+            suffixes, generation_key = reads.suffixes, reads.generation_key
+            if generation_key is not None:
+                keys.append(generation_key)
+        args = ["1" if liveness_keys else "0", len(if_alive), len(otherwise),
+                "1" if generation_key is not None else "0", reads.prefix if reads else "",
+                len(suffixes), *suffixes, *(item.window + 1 for item in limits)]
         try:
-            result = await self._count_for_session(
-                keys=[*liveness_keys, *keys], args=[len(if_alive), *expiries])
+            result = await self._gate(keys=keys, args=args)
         except (RedisError, OSError) as error:
             self.outage.lost(error)
-            return None, self._allowed(if_alive or otherwise)
+            return Gate(None if liveness_keys else True, self._allowed(if_alive or otherwise))
         self.outage.back()
-        alive = bool(int(result[0]))
-        return alive, self._verdict(if_alive if alive else otherwise,
-                                    [int(count) for count in result[1:]], now)
+        alive = result[0] == 1
+        counted = if_alive if alive else otherwise
+        verdict = self._verdict(counted, result[1:1 + len(counted)], now)
+        rest = result[1 + len(counted):]
+        return Gate(alive, verdict, rest[0] if generation_key is not None else None,
+                    tuple(rest[1:]) if reads is not None else None)
 
     @staticmethod
     def _key(item: Limit, now: float) -> str:
@@ -93,32 +145,19 @@ class RateLimiter:
     @staticmethod
     def _verdict(limits: list[Limit], counts: list[int], now: float) -> Verdict:
         """The tightest verdict over limits and their counts in this window."""
+        if len(limits) == 1:  # the common case, without the lists
+            item, count = limits[0], int(counts[0])
+            return Verdict(count <= item.limit, item.limit, max(0, item.limit - count),
+                           max(1, int(item.window - (now % item.window)) + 1))
         verdicts = []
         for item, count in zip(limits, counts, strict=True):
             retry_after = max(1, int(item.window - (now % item.window)) + 1)
-            verdicts.append(Verdict(count <= item.limit, item.limit,
-                                    max(0, item.limit - count), retry_after))
+            verdicts.append(Verdict(int(count) <= item.limit, item.limit,
+                                    max(0, item.limit - int(count)), retry_after))
         blocked = [v for v in verdicts if not v.allowed]
         if blocked:
             return max(blocked, key=lambda v: v.retry_after)
         return min(verdicts, key=lambda v: v.remaining)
-
-    async def hit(self, limits: list[Limit]) -> Verdict:
-        """The verdict for one request; with Redis unreachable every request is allowed
-        (the API keeps answering; nginx's per-address limits still hold)."""
-        now = time.time()
-        try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for item in limits:
-                    key = self._key(item, now)
-                    pipe.incr(key)
-                    pipe.expire(key, item.window + 1, nx=True)
-                results = await pipe.execute()
-        except (RedisError, OSError) as error:
-            self.outage.lost(error)
-            return self._allowed(limits)
-        self.outage.back()
-        return self._verdict(limits, [int(count) for count in results[::2]], now)
 
 
 LOGIN_DELAY_BASE = 0.5   # seconds, once an account's failures pass its ceiling

@@ -12,6 +12,7 @@ import hmac
 import secrets
 import time
 import uuid
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -71,10 +72,16 @@ class TokenClaims:
 class TokenService:
     """Issues and verifies HS256 JWTs: short-lived access tokens and rotating refresh tokens."""
 
+    VERIFIED_CACHE_SIZE = 8192
+
     def __init__(self, config: Config) -> None:
         self._secret = config.jwt_secret
         self.access_ttl = config.access_token_ttl
         self.refresh_ttl = config.refresh_token_ttl
+        # Tokens whose signature and claims were checked, by (token, type): a client sends the
+        # same access token with every request, and decoding it again cost a tenth of a cached
+        # read (bench/api.py). Expiry is still checked on each use; only valid tokens enter.
+        self._verified: OrderedDict[tuple[str, str], TokenClaims] = OrderedDict()
 
     def _encode(self, user_id: int, session_id: str, token_type: str, ttl: int,
                 token_id: str | None = None) -> tuple[str, TokenClaims]:
@@ -94,6 +101,21 @@ class TokenService:
 
     def verify(self, token: str, token_type: str) -> TokenClaims:
         """Decode and check signature, expiry, issuer and type; Unauthorized otherwise."""
+        key = (token, token_type)
+        claims = self._verified.get(key)
+        if claims is not None:
+            if claims.expires_at > time.time():  # PyJWT's rule: expired once exp <= now
+                self._verified.move_to_end(key)
+                return claims
+            del self._verified[key]
+            raise Unauthorized("Token expired")
+        claims = self._decode(token, token_type)
+        self._verified[key] = claims
+        if len(self._verified) > self.VERIFIED_CACHE_SIZE:
+            self._verified.popitem(last=False)
+        return claims
+
+    def _decode(self, token: str, token_type: str) -> TokenClaims:
         try:
             payload = jwt.decode(
                 token, self._secret, algorithms=[JWT_ALGORITHM], issuer=JWT_ISSUER,

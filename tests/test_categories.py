@@ -59,6 +59,16 @@ async def test_get_category_and_its_live_streams(api, services):
     assert (await api.get("/api/categories/2/streams?limit=0")).status == 422
 
 
+async def test_a_missing_category_stays_404_whatever_the_cache_holds(api):
+    # The same filter through /api/streams is an empty page, cached: the category's own route
+    # must not answer from it (its pages are cached only once the category was found).
+    for _ in range(2):
+        empty = await api.get("/api/streams?category_id=999")
+        assert empty.status == 200 and empty.json["data"] == []
+        missing = await api.get("/api/categories/999/streams")
+        assert missing.status == 404 and missing.json["error"]["code"] == "not_found"
+
+
 async def test_no_public_write_endpoints(api):
     token = (await api.register("frank"))["access_token"]
     assert (await api.post("/api/categories", {"name": "Mine"}, token=token)).status == 405

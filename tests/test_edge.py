@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
@@ -183,6 +184,34 @@ async def test_one_json_access_log_line_per_request_without_secrets(api, capture
     text = captured_logs.read_text()
     assert "hunter2hunter2" not in text
     assert tokens["access_token"] not in text and tokens["refresh_token"] not in text
+
+
+def test_the_access_log_fast_path_writes_what_the_generic_formatter_writes():
+    import logging
+
+    from pythonjsonlogger.json import JsonFormatter
+
+    from sf.observability import RedactingJsonFormatter, access_log, configure_logging
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    configure_logging("INFO", io.StringIO())
+    formatter = root.handlers[0].formatter
+    root.handlers[:], level = saved
+    root.setLevel(level)
+    assert isinstance(formatter, RedactingJsonFormatter)
+    for status, user_id, path in [(200, 7, "/api/v1/streams"), (500, None, "/api/x"),
+                                  (404, None, "/rtmp/live_12_abcdefghijklmnopqrst/x?key=1"),
+                                  (200, 1, "/api/users/\u00e9l\u00e8ve\"quoted")]:
+        record = access_log.makeRecord("sf.access", logging.INFO, __file__, 1, "request", (),
+                                       None, extra={
+            "access_fields": True, "request_id": "abc123def456", "method": "GET",
+            "path": path, "status": status, "duration_ms": 1.25, "user_id": user_id,
+            "client_ip": "203.0.113.7"})
+        fast = formatter.format(record)
+        generic = JsonFormatter.format(formatter, record)
+        assert fast == generic, (fast, generic)
+        assert "abcdefghijklmnopqrst" not in fast
 
 
 async def test_made_up_methods_do_not_grow_the_metrics(api):

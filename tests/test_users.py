@@ -218,6 +218,41 @@ async def test_change_password_revokes_other_sessions(api):
     assert new.status == 200
 
 
+async def test_the_own_profile_is_never_stale_after_a_write(api, services):
+    """GET /api/users/profile is cached (under the generation every such write bumps): each
+    change shows on the very next read."""
+    from tests.helpers import go_live
+
+    tokens = await api.register("mona", password="password123")
+    token = tokens["access_token"]
+
+    async def profile() -> dict:
+        response = await api.get("/api/users/profile", token=token)
+        assert response.status == 200
+        return response.json
+
+    first = await profile()
+    assert await profile() == first  # cached now
+    assert (await api.put("/api/users/profile", {"bio": "new bio"}, token=token)).status == 200
+    assert (await profile())["bio"] == "new bio"
+    fan = await api.register("monafan")
+    assert (await api.post("/api/users/mona/follow", token=fan["access_token"])).status in (200,
+                                                                                            201,
+                                                                                            204)
+    assert (await profile())["followers_count"] == 1
+    before = (await profile())["updated_at"]
+    await asyncio.sleep(0.01)
+    assert (await api.post("/api/users/change-password", {
+        "current_password": "password123", "new_password": "newpassword456"},
+        token=token)).status == 204
+    assert (await profile())["updated_at"] != before
+    await go_live(api, services, tokens)
+    assert (await profile())["is_live"] is True
+    # Another user's token reads their own profile, never this one.
+    assert (await api.get("/api/users/profile",
+                          token=fan["access_token"])).json["username"] == "monafan"
+
+
 def resident_bytes() -> int:
     with open("/proc/self/status") as status:
         line = next(line for line in status if line.startswith("VmRSS:"))

@@ -6,6 +6,7 @@ nothing left to do. Each file runs in its own transaction with its bookkeeping r
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import re
@@ -53,10 +54,19 @@ async def recreate_database(admin_dsn: str, name: str, apply_migrations: bool = 
     return url
 
 
-async def drop_database(admin_dsn: str, name: str) -> None:
+async def drop_database(admin_dsn: str, name: str, attempts: int = 20) -> None:
+    """Drop a database, ending its sessions. An autovacuum worker in it (the server's own
+    session, which our role may not end) finishes within moments: wait for it."""
     connection = await asyncpg.connect(admin_dsn)
     try:
-        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        for attempt in range(attempts):
+            try:
+                await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                return
+            except asyncpg.InsufficientPrivilegeError:
+                if attempt == attempts - 1:
+                    raise
+                await asyncio.sleep(0.25)
     finally:
         await connection.close()
 

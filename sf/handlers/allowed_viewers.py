@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sf.handlers.base import USERNAME_ROUTE, APIHandler
-from sf.schemas import PageQuerySchema, page, user_public
+from sf.schemas import page, page_query, user_public
 
 
 class AllowedViewersHandler(APIHandler):
@@ -23,7 +23,7 @@ class AllowedViewersHandler(APIHandler):
           401: {description: Not authenticated, content: {application/json: {schema: ErrorSchema}}}
           422: {description: Bad limit or cursor, content: {application/json: {schema: ErrorSchema}}}
         """
-        query = self.parse_query(PageQuerySchema())
+        query = self.parse_query(page_query)
         users, cursor = await self.services.channels.allowed_viewers(
             self.user_id, query["limit"], query["cursor"])
         self.write_json(page(users, cursor, user_public))

@@ -23,6 +23,7 @@ import tornado.websocket
 from marshmallow import Schema, ValidationError
 from redis.asyncio import Redis
 
+from sf.cache import Prefetched
 from sf.config import Config
 from sf.errors import (
     BadRequest,
@@ -36,7 +37,7 @@ from sf.errors import (
     ValidationFailed,
 )
 from sf.observability import RATE_LIMITED
-from sf.ratelimit import Limit, Verdict
+from sf.ratelimit import Gate, Limit, Verdict
 from sf.schemas import flatten_messages
 from sf.schemas.dump import encode_json
 from sf.security import TokenClaims
@@ -61,23 +62,29 @@ def _is_row_id(text: str) -> bool:
     return text.isascii() and text.isdigit() and len(text) <= 19 and 0 < int(text) <= 2**63 - 1
 
 
+@functools.lru_cache(maxsize=4096)
+def is_trusted(address: str, trusted: tuple[Any, ...]) -> bool:
+    """Whether `address` is one of the configured proxies (remembered: every request asks)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in trusted)
+
+
 def client_ip(request: tornado.httputil.HTTPServerRequest, trusted: tuple[Any, ...]) -> str:
     """The client's address: X-Forwarded-For is read right to left, trusted proxies skipped."""
     remote = request.remote_ip or "0.0.0.0"
-
-    def is_trusted(address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        return any(ip in network for network in trusted)
-
-    if not is_trusted(remote):
+    if not is_trusted(remote, trusted):
         return remote
-    forwarded = request.headers.get("X-Forwarded-For", "")
+    return _forwarded_client(remote, request.headers.get("X-Forwarded-For", ""), trusted)
+
+
+@functools.lru_cache(maxsize=4096)
+def _forwarded_client(remote: str, forwarded: str, trusted: tuple[Any, ...]) -> str:
     hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
     for hop in reversed(hops):
-        if not is_trusted(hop):
+        if not is_trusted(hop, trusted):
             try:
                 return str(ipaddress.ip_address(hop))
             except ValueError:
@@ -129,6 +136,7 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def initialize(self) -> None:
         self.claims: TokenClaims | None = None
+        self.prefetched: Prefetched | None = None
         self.started = time.perf_counter()
         # Plain HTTP requests count as in progress until `finish` (a WebSocket is not a request
         # to wait for: the node closes those with 1001 when it stops).
@@ -162,11 +170,7 @@ class BaseHandler(tornado.web.RequestHandler):
     @property
     def from_trusted_proxy(self) -> bool:
         """The peer is a configured proxy (nginx), whose forwarding headers are believed."""
-        try:
-            remote = ipaddress.ip_address(self.request.remote_ip or "")
-        except ValueError:
-            return False
-        return any(remote in network for network in self.config.trusted_proxies)
+        return is_trusted(self.request.remote_ip or "", self.config.trusted_proxies)
 
     def set_sticky_header(self, name: str, value: str) -> None:
         """A header that survives `clear()`, which Tornado runs before writing an error."""
@@ -398,15 +402,41 @@ class APIHandler(BaseHandler):
         if not verdict.allowed:
             raise RateLimited(verdict.retry_after)
 
+    def cache_reads(self, claims: TokenClaims | None) -> tuple[str | None, tuple[str, ...]]:
+        """The cache entries this request answers from, as (namespace or None, keys), read
+        in the same Redis round trip as its rate limit (`self.prefetched`); () when none.
+        Called before the handler runs, for GET: input it cannot parse means no read-ahead
+        (the handler refuses it after the request was counted)."""
+        return None, ()
+
+    def _wanted_reads(self, claims: TokenClaims | None) -> tuple[str | None, tuple[str, ...]]:
+        if self.request.method != "GET":
+            return None, ()
+        try:
+            return self.cache_reads(claims)
+        except DomainError:
+            return None, ()
+
+    def _prefetch(self, wanted: tuple[str | None, tuple[str, ...]], gate: Gate) -> None:
+        if wanted[1]:
+            self.prefetched = self.services.cache.prefetched(*wanted, gate.generation,
+                                                             gate.entries)
+
     async def _rate_limit(self) -> None:
-        self._apply_verdict(await self.services.limiter.hit(
-            [self._main_limit(self.claims), *self.extra_limits(self.claims)]))
+        """Count an anonymous request (or one whose authentication failed) by its address."""
+        wanted = self._wanted_reads(None)
+        gate = await self.services.limiter.hit(
+            [self._main_limit(None), *self.extra_limits(None)],
+            self.services.cache.reads(*wanted) if wanted[1] else None)
+        self._apply_verdict(gate.verdict)
+        self._prefetch(wanted, gate)
 
     async def _authenticate_and_limit(self) -> None:
         """Bearer auth and rate limits in one Redis round trip for a signed token: the
         session's liveness is checked and the request counted against its user, or, for a
         revoked token, against the address (so a stolen, revoked token cannot spend its
-        user's budget). Any other failed authentication counts against the address too."""
+        user's budget). Any other failed authentication counts against the address too.
+        The same round trip reads the cache entries the request answers from."""
         sessions = self.services.sessions
         try:
             claims = bearer_claims(sessions, self.request.headers.get("Authorization", ""),
@@ -417,16 +447,19 @@ class APIHandler(BaseHandler):
         if claims is None:
             await self._rate_limit()
             return
-        alive, verdict = await self.services.limiter.hit_for_session(
+        wanted = self._wanted_reads(claims)
+        gate = await self.services.limiter.hit_for_session(
             sessions.liveness_keys(claims), [self._main_limit(claims), *self.extra_limits(claims)],
-            [self._main_limit(None), *self.extra_limits(None)])
-        self._apply_verdict(verdict)
-        if alive is None:
+            [self._main_limit(None), *self.extra_limits(None)],
+            self.services.cache.reads(*wanted) if wanted[1] else None)
+        self._apply_verdict(gate.verdict)
+        if gate.alive is None:
             # Revocation cannot be checked: refuse rather than trust a possibly revoked token.
             raise Unavailable("Sign-in is temporarily unavailable, retry shortly")
-        if not alive:
+        if not gate.alive:
             raise Unauthorized("Token revoked")
         self.claims = claims
+        self._prefetch(wanted, gate)
 
     async def prepare(self) -> None:
         self._apply_cors()
@@ -478,7 +511,16 @@ class APIHandler(BaseHandler):
         return self._load(schema, data)
 
     def parse_query(self, schema: Schema) -> dict[str, Any]:
-        """The query string, validated by `schema` (repeated parameters are an error)."""
+        """The query string, validated by `schema` (repeated parameters are an error); parsed
+        once per request and schema (`cache_reads` and the handler both read it)."""
+        parsed = getattr(self, "_parsed_query", None)
+        if parsed is not None and parsed[0] is schema:
+            return dict(parsed[1])
+        query = self._parse_query(schema)
+        self._parsed_query = (schema, query)
+        return dict(query)
+
+    def _parse_query(self, schema: Schema) -> dict[str, Any]:
         data: dict[str, Any] = {}
         for name, values in self.request.query_arguments.items():
             if len(values) > 1:

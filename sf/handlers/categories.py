@@ -7,7 +7,8 @@ from typing import Any
 from sf.db import categories as categories_db
 from sf.handlers.base import APIHandler
 from sf.handlers.streams import StreamListMixin
-from sf.schemas import PageQuerySchema, category_schema, page
+from sf.schemas import category_schema, page, page_query
+from sf.security import TokenClaims
 
 
 def category_page(items: list[Any], cursor: str | None) -> dict[str, Any]:
@@ -28,9 +29,13 @@ class CategoriesHandler(APIHandler):
         responses:
           200: {description: A page of categories, content: {application/json: {schema: CategoryListSchema}}}
         """
-        query = self.parse_query(PageQuerySchema())
+        query = self.parse_query(page_query)
         self.write_json(await self.services.channels.list_categories(
-            query["limit"], query["cursor"], category_page))
+            query["limit"], query["cursor"], category_page, self.prefetched))
+
+    def cache_reads(self, claims: TokenClaims | None) -> tuple[str | None, tuple[str, ...]]:
+        query = self.parse_query(page_query)
+        return self.services.channels.category_list_reads(query["limit"], query["cursor"])
 
 
 class CategoryHandler(APIHandler):
@@ -61,8 +66,15 @@ class CategoryStreamsHandler(StreamListMixin):
           200: {description: A page of streams, content: {application/json: {schema: StreamListSchema}}}
           404: {description: No such category, content: {application/json: {schema: ErrorSchema}}}
         """
-        await categories_db.get_category(self.db, int(category_id))
-        await self.write_stream_list(category_id=int(category_id))
+        await self.write_stream_list()
+
+    def fixed_filters(self) -> dict[str, Any]:
+        return {"category_id": int(self.path_kwargs["category_id"])}
+
+    async def check_listing(self) -> None:
+        """404 for a category that does not exist (checked when a page is computed: a cached
+        page was computed after the check, and removing a category empties the cache)."""
+        await categories_db.get_category(self.db, int(self.path_kwargs["category_id"]))
 
 
 CATEGORY_ID = r"(?P<category_id>\d{1,18})"

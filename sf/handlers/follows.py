@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sf.db import follows as follows_db
 from sf.handlers.base import USERNAME_ROUTE, APIHandler
-from sf.schemas import PageQuerySchema, page, user_public
+from sf.schemas import page, page_query, user_public
 
 
 class FollowHandler(APIHandler):
@@ -58,7 +58,7 @@ class FollowListHandler(APIHandler):
           200: {description: A page of users, content: {application/json: {schema: UserListSchema}}}
           404: {description: No such user, content: {application/json: {schema: ErrorSchema}}}
         """
-        query = self.parse_query(PageQuerySchema())
+        query = self.parse_query(page_query)
         users, cursor = await follows_db.list_follow_side(self.db, username, self.side,
                                                           query["limit"], query["cursor"])
         self.write_json(page(users, cursor, user_public))

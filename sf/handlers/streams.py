@@ -7,24 +7,38 @@ from typing import Any
 from sf.db.users import get_user_by_username
 from sf.handlers.base import USERNAME_ROUTE, APIHandler
 from sf.schemas import (
-    PageQuerySchema,
     StreamCreateSchema,
-    StreamListQuerySchema,
     StreamUpdateSchema,
     page,
+    page_query,
+    stream_list_query,
 )
+from sf.security import TokenClaims
 
 
 class StreamListMixin(APIHandler):
+    """A list of streams filtered by the query (`StreamListQuerySchema`) and by `fixed_filters`
+    (from the path); `check_listing` runs before a page is computed (not on cache hits)."""
+
     def stream_page(self, streams: list[Any], cursor: str | None) -> dict[str, Any]:
         return page(streams, cursor, self.services.stream_schema)
 
-    async def write_stream_list(self, **fixed: Any) -> None:
-        filters = self.parse_query(StreamListQuerySchema())
-        filters.update(fixed)
+    def fixed_filters(self) -> dict[str, Any]:
+        return {}
+
+    check_listing: Any = None  # an async method, or None
+
+    def _filters(self) -> dict[str, Any]:
+        return {**self.parse_query(stream_list_query), **self.fixed_filters()}
+
+    def cache_reads(self, claims: TokenClaims | None) -> tuple[str | None, tuple[str, ...]]:
+        return self.services.channels.stream_list_reads(
+            claims.user_id if claims else None, self._filters(), self.check_listing is not None)
+
+    async def write_stream_list(self) -> None:
         viewer = self.claims.user_id if self.claims else None
-        self.write_json(await self.services.channels.list_streams(viewer, filters,
-                                                                  self.stream_page))
+        self.write_json(await self.services.channels.list_streams(
+            viewer, self._filters(), self.stream_page, self.prefetched, self.check_listing))
 
 
 class StreamsHandler(StreamListMixin):
@@ -128,7 +142,7 @@ class UserStreamsHandler(StreamListMixin):
           200: {description: A page of streams, content: {application/json: {schema: StreamListSchema}}}
           404: {description: No such user, content: {application/json: {schema: ErrorSchema}}}
         """
-        query = self.parse_query(PageQuerySchema())
+        query = self.parse_query(page_query)
         user = await get_user_by_username(self.db, username)
         viewer = self.claims.user_id if self.claims else None
         filters = {"username": user.username, "is_live": None, "sort": "created_at", **query}

@@ -7,6 +7,7 @@ import tornado.httputil
 from sf.errors import UnsupportedMediaType, ValidationFailed
 from sf.handlers.base import USERNAME_ROUTE, APIHandler
 from sf.schemas import ChangePasswordSchema, ProfileUpdateSchema, user_private, user_public
+from sf.security import TokenClaims
 
 
 class ProfileHandler(APIHandler):
@@ -22,7 +23,11 @@ class ProfileHandler(APIHandler):
           200: {description: Profile, content: {application/json: {schema: UserPrivateSchema}}}
           401: {description: Not authenticated, content: {application/json: {schema: ErrorSchema}}}
         """
-        self.write_json(user_private.dump(await self.services.accounts.get_user(self.user_id)))
+        self.write_json(await self.services.accounts.profile(self.user_id, user_private.dump,
+                                                             self.prefetched))
+
+    def cache_reads(self, claims: TokenClaims | None) -> tuple[str | None, tuple[str, ...]]:
+        return self.services.accounts.profile_reads(claims.user_id) if claims else (None, ())
 
     async def put(self) -> None:
         """Update email, bio or avatar URL (partial updates allowed).
@@ -121,6 +126,9 @@ class ChangePasswordHandler(APIHandler):
 class PublicUserHandler(APIHandler):
     auth = "optional"
 
+    def cache_reads(self, claims: TokenClaims | None) -> tuple[str | None, tuple[str, ...]]:
+        return self.services.accounts.public_user_reads(self.path_kwargs["username"])
+
     async def get(self, username: str) -> None:
         """A user's public profile.
         ---
@@ -131,7 +139,8 @@ class PublicUserHandler(APIHandler):
           200: {description: User, content: {application/json: {schema: UserPublicSchema}}}
           404: {description: No such user, content: {application/json: {schema: ErrorSchema}}}
         """
-        self.write_json(await self.services.accounts.public_user(username, user_public.dump))
+        self.write_json(await self.services.accounts.public_user(username, user_public.dump,
+                                                                 self.prefetched))
 
 
 

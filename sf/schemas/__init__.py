@@ -255,6 +255,11 @@ class StreamListQuerySchema(PageQuerySchema):
                          validate=validate.OneOf(["viewers", "started_at", "created_at"]))
 
 
+# Query schemas are stateless: one instance serves every request.
+page_query = PageQuerySchema()
+stream_list_query = StreamListQuerySchema()
+
+
 class CategoryRefSchema(CompiledDump):
     id = fields.Integer()
     name = fields.String()

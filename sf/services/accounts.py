@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
-from sf.cache import Cache, public_user_key
+from sf.cache import INVALIDATED_TTL, STREAMS_NAMESPACE, Cache, Prefetched, public_user_key
 from sf.db import users as users_db
 from sf.db.users import User
 from sf.errors import Unauthorized, ValidationFailed, validation_error
@@ -155,12 +155,34 @@ class AccountService:
     async def get_user(self, user_id: int) -> User:
         return await users_db.get_user(self.db, user_id)
 
-    async def public_user(self, username: str, render: Callable[[User], Any]) -> bytes:
+    @staticmethod
+    def profile_reads(user_id: int) -> tuple[str, tuple[str, ...]]:
+        """The cache entry `profile` answers from, to read ahead (`Cache.reads`)."""
+        return STREAMS_NAMESPACE, (f"profile:{user_id}",)
+
+    async def profile(self, user_id: int, render: Callable[[User], Any],
+                      prefetched: Prefetched | None = None) -> bytes:
+        """The user's own profile, rendered by `render`, as JSON. Cached under the streams
+        generation, which every write that changes it bumps (profile, avatar and password
+        changes, follows, going live or ending): the key is the signed-in user's own id."""
+        async def load() -> bytes:
+            return encode_json(render(await users_db.get_user(self.db, user_id)))
+
+        namespace, (key,) = self.profile_reads(user_id)
+        return await self.cache.get_or_set_in(namespace, key, load, prefetched, INVALIDATED_TTL)
+
+    @staticmethod
+    def public_user_reads(username: str) -> tuple[None, tuple[str, ...]]:
+        """The cache entry `public_user` answers from, to read ahead (`Cache.reads`)."""
+        return None, (public_user_key(username),)
+
+    async def public_user(self, username: str, render: Callable[[User], Any],
+                          prefetched: Prefetched | None = None) -> bytes:
         """A user's public view, rendered by `render`, as JSON shared through the cache."""
         async def load() -> bytes:
             return encode_json(render(await users_db.get_user_by_username(self.db, username)))
 
-        return await self.cache.get_or_set(public_user_key(username), load)
+        return await self.cache.get_or_set(public_user_key(username), load, prefetched)
 
     async def _check_password(self, user: User, password: str, client_ip: str) -> bool:
         """A password check outside login, throttled like a login of the same account: a
@@ -185,4 +207,5 @@ class AccountService:
             raise ValidationFailed("Invalid input",
                                    fields={"new_password": ["must differ from the current one"]})
         await users_db.set_password_hash(self.db, user.id, await self._hash(new))
+        await self.cache.forget_public_views()  # the cached profile's updated_at
         await self.sessions.revoke_all(user.id, keep_session=claims.session_id)

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
 
-from sf.cache import CATEGORIES_NAMESPACE, STREAMS_NAMESPACE, Cache
+from sf.cache import CATEGORIES_NAMESPACE, INVALIDATED_TTL, STREAMS_NAMESPACE, Cache, Prefetched
 from sf.db import allowed_viewers as allowed_db
 from sf.db import categories as categories_db
 from sf.db import stream_keys as keys_db
@@ -78,12 +78,15 @@ class ChannelService:
 
     async def allow_viewer(self, owner_id: int, username: str) -> User:
         """Invite a user to every private stream of the owner's channel."""
-        return await allowed_db.allow(self.db, owner_id, username)
+        viewer = await allowed_db.allow(self.db, owner_id, username)
+        await self.cache.forget_public_views()  # their lists are no longer the public ones
+        return viewer
 
     async def revoke_viewer(self, owner_id: int, username: str) -> User:
         """End an invite: the user gets no new playback URL from now on (signed URLs they
         hold expire within `playback_url_ttl`)."""
         viewer = await allowed_db.revoke(self.db, owner_id, username)
+        await self.cache.forget_public_views()
         await notify(self.listeners, AccessEvent(owner_id, viewer.id, time.time()))
         return viewer
 
@@ -121,36 +124,71 @@ class ChannelService:
     async def get_stream(self, stream_id: int, viewer_id: int | None) -> Stream:
         return await streams_db.get_stream(self.db, stream_id, viewer_id)
 
+    @staticmethod
+    def _page_key(filters: dict[str, Any], checked: bool) -> str:
+        params = "&".join(f"{key}={filters[key]}" for key in sorted(filters))
+        return f"{'checked' if checked else 'anon'}:{params}"
+
+    def stream_list_reads(self, viewer_id: int | None, filters: dict[str, Any],
+                          checked: bool = False) -> tuple[str, tuple[str, ...]]:
+        """The cache entries `list_streams` answers from, to read ahead (`Cache.reads`): the
+        shared page, and for a signed-in viewer whether they see public streams only."""
+        page_key = self._page_key(filters, checked)
+        if viewer_id is None:
+            return STREAMS_NAMESPACE, (page_key,)
+        return STREAMS_NAMESPACE, (page_key, f"public-only:{viewer_id}")
+
     async def list_streams(self, viewer_id: int | None, filters: dict[str, Any],
-                           loader: Callable[[list[Stream], str | None], Any]) -> bytes:
+                           loader: Callable[[list[Stream], str | None], Any],
+                           prefetched: Prefetched | None = None,
+                           check: Callable[[], Awaitable[Any]] | None = None) -> bytes:
         """A page of streams rendered by `loader`, as JSON.
 
         Pages of public streams only are shared through the cache for a short TTL: every
         anonymous page, and a signed-in viewer's when they can see no private stream at all
-        (one indexed lookup; most viewers). A viewer who owns a private stream or was invited
-        to one gets their page straight from PostgreSQL (bench/api.py: per-viewer cache
-        entries were rarely hit). Writes bump the namespace generation.
+        (most viewers; that fact is cached too, under the same generation). A viewer who owns
+        a private stream or was invited to one gets their page straight from PostgreSQL
+        (bench/api.py: per-viewer cache entries were rarely hit). Writes bump the namespace
+        generation. `check` (e.g. that the category exists) runs before a page is computed:
+        a page is only cached once it passed, and cached under its own keys.
         """
 
         async def compute(viewer: int | None) -> bytes:
+            if check is not None:
+                await check()
             streams, cursor = await streams_db.list_streams(self.db, viewer_id=viewer, **filters)
             return encode_json(loader(streams, cursor))
 
-        if viewer_id is not None and not await streams_db.sees_only_public(self.db, viewer_id):
+        if viewer_id is not None and not await self._sees_only_public(viewer_id, prefetched):
             return await compute(viewer_id)
-        params = "&".join(f"{key}={filters[key]}" for key in sorted(filters))
-        return await self.cache.get_or_set_in(STREAMS_NAMESPACE, f"anon:{params}",
-                                              lambda: compute(None))
+        return await self.cache.get_or_set_in(STREAMS_NAMESPACE,
+                                              self._page_key(filters, check is not None),
+                                              lambda: compute(None), prefetched)
+
+    async def _sees_only_public(self, viewer_id: int, prefetched: Prefetched | None) -> bool:
+        async def look_up() -> bytes:
+            return b"1" if await streams_db.sees_only_public(self.db, viewer_id) else b"0"
+
+        # Whatever changes it (invites, private streams) bumps the generation.
+        return await self.cache.get_or_set_in(STREAMS_NAMESPACE, f"public-only:{viewer_id}",
+                                              look_up, prefetched, INVALIDATED_TTL) == b"1"
 
     # --- categories ----------------------------------------------------------------------------
 
+    @staticmethod
+    def category_list_reads(limit: int, cursor: str | None) -> tuple[str, tuple[str, ...]]:
+        """The cache entry `list_categories` answers from, to read ahead (`Cache.reads`)."""
+        return CATEGORIES_NAMESPACE, (f"{limit}:{cursor}",)
+
     async def list_categories(self, limit: int, cursor: str | None,
-                              loader: Callable[[list[Any], str | None], Any]) -> bytes:
+                              loader: Callable[[list[Any], str | None], Any],
+                              prefetched: Prefetched | None = None) -> bytes:
         """A page of categories rendered by `loader`, as JSON shared through the cache."""
         async def compute() -> bytes:
             return encode_json(loader(*await categories_db.list_categories(self.db, limit, cursor)))
 
-        return await self.cache.get_or_set_in(CATEGORIES_NAMESPACE, f"{limit}:{cursor}", compute)
+        namespace, (key,) = self.category_list_reads(limit, cursor)
+        return await self.cache.get_or_set_in(namespace, key, compute, prefetched)
 
     async def add_category(self, name: str, description: str = "",
                            thumbnail: str | None = None) -> Category:
