@@ -6,6 +6,8 @@ from sf.handlers.base import USERNAME_ROUTE, APIHandler
 from sf.handlers.streams import STREAM_ID
 from sf.schemas import StatisticsQuerySchema, StreamStatisticsSchema, UserStatisticsSchema
 
+STATISTICS_QUERY = StatisticsQuerySchema()
+
 stream_statistics_schema = StreamStatisticsSchema()
 user_statistics_schema = UserStatisticsSchema()
 
@@ -29,7 +31,7 @@ class StreamStatisticsHandler(APIHandler):
           404: {description: No such stream (or private to you), content: {application/json: {schema: ErrorSchema}}}
           422: {description: Unknown query parameter, content: {application/json: {schema: ErrorSchema}}}
         """
-        self.parse_query(StatisticsQuerySchema())
+        self.parse_query(STATISTICS_QUERY)
         viewer = self.claims.user_id if self.claims else None
         statistics = await self.services.statistics.stream_statistics(int(stream_id), viewer)
         self.write_json(stream_statistics_schema.dump(statistics))
@@ -52,7 +54,7 @@ class UserStatisticsHandler(APIHandler):
           404: {description: No such user, content: {application/json: {schema: ErrorSchema}}}
           422: {description: Unknown query parameter, content: {application/json: {schema: ErrorSchema}}}
         """
-        self.parse_query(StatisticsQuerySchema())
+        self.parse_query(STATISTICS_QUERY)
         viewer = self.claims.user_id if self.claims else None
         statistics = await self.services.statistics.user_statistics(username, viewer)
         self.write_json(user_statistics_schema.dump(statistics))
