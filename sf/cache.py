@@ -77,9 +77,9 @@ class Cache:
         self._computing: dict[str, asyncio.Future[bytes]] = {}
 
     def reads(self, namespace: str | None, keys: tuple[str, ...]) -> CacheReads | None:
-        """What to read ahead for `keys` (of `namespace`, or plain keys), or None when the
-        cache is off."""
-        if self.ttl <= 0:
+        """What to read ahead for `keys` (of `namespace`, or plain keys), or None when there
+        is nothing to read or the cache is off."""
+        if self.ttl <= 0 or not keys:
             return None
         if namespace is None:
             return CacheReads(None, PREFIX, keys)

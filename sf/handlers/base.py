@@ -427,8 +427,7 @@ class APIHandler(BaseHandler):
         """Count an anonymous request (or one whose authentication failed) by its address."""
         wanted = self._wanted_reads(None)
         gate = await self.services.limiter.hit(
-            [self._main_limit(None), *self.extra_limits(None)],
-            self.services.cache.reads(*wanted) if wanted[1] else None)
+            [self._main_limit(None), *self.extra_limits(None)], self.services.cache.reads(*wanted))
         self._apply_verdict(gate.verdict)
         self._prefetch(wanted, gate)
 
@@ -451,8 +450,7 @@ class APIHandler(BaseHandler):
         wanted = self._wanted_reads(claims)
         gate = await self.services.limiter.hit_for_session(
             sessions.liveness_keys(claims), [self._main_limit(claims), *self.extra_limits(claims)],
-            [self._main_limit(None), *self.extra_limits(None)],
-            self.services.cache.reads(*wanted) if wanted[1] else None)
+            [self._main_limit(None), *self.extra_limits(None)], self.services.cache.reads(*wanted))
         self._apply_verdict(gate.verdict)
         if gate.alive is None:
             # Revocation cannot be checked: refuse rather than trust a possibly revoked token.
@@ -512,29 +510,22 @@ class APIHandler(BaseHandler):
         return self._load(schema, data)
 
     def parse_query(self, schema: Schema) -> dict[str, Any]:
-        """The query string, validated by `schema` (repeated parameters are an error); parsed
-        once per request and schema (`cache_reads` and the handler both read it)."""
-        parsed = getattr(self, "_parsed_query", None)
-        if parsed is not None and parsed[0] is schema:
-            return dict(parsed[1])
-        query = self._parse_query(schema)
-        self._parsed_query = (schema, query)
-        return dict(query)
+        """The query string, validated by `schema` (repeated parameters are an error).
 
-    def _parse_query(self, schema: Schema) -> dict[str, Any]:
-        """Loaded once per (schema, query string) and remembered: a few query strings make
-        most list requests (a directory's pages), and a marshmallow load was 4% of one.
-        Refused queries are not remembered; they raise each time."""
+        Loaded once per (schema, query string) and remembered: a few query strings make most
+        list requests (a directory's pages; `cache_reads` and the handler both ask), and a
+        marshmallow load was 4% of one. Refused queries are not remembered; they raise each
+        time."""
         key = (schema, self.request.query)
         loaded = _QUERIES.get(key)
         if loaded is not None:
             _QUERIES.move_to_end(key)
-            return loaded
+            return dict(loaded)
         loaded = self._load_query(schema)
         _QUERIES[key] = loaded
         if len(_QUERIES) > _QUERIES_KEPT:
             _QUERIES.popitem(last=False)
-        return loaded
+        return dict(loaded)
 
     def _load_query(self, schema: Schema) -> dict[str, Any]:
         data: dict[str, Any] = {}
