@@ -152,6 +152,45 @@ async def test_swagger_ui_is_served_locally(api):
     assert asset.status == 200 and len(asset.body) > 100_000
 
 
+async def test_docs_assets_are_compressed_once_and_rate_limited(api, monkeypatch):
+    """Outside attack F8: the 1 MB bundle was gzipped per request (~40 ms of API CPU each),
+    outside any rate limit: an anonymous CPU flood."""
+    import gzip
+    from pathlib import Path
+
+    import swagger_ui_bundle
+
+    from sf.handlers import docs
+
+    compressions = 0
+    real_compress = docs.gzip.compress
+
+    def counting(*args, **kwargs):
+        nonlocal compressions
+        compressions += 1
+        return real_compress(*args, **kwargs)
+
+    monkeypatch.setattr(docs.gzip, "compress", counting)
+    original = Path(swagger_ui_bundle.swagger_ui_path, "swagger-ui-bundle.js").read_bytes()
+    remaining = []
+    for _ in range(10):
+        response = await api.client.fetch(
+            api.base_url + "/api/docs/static/swagger-ui-bundle.js", raise_error=False,
+            headers={"Accept-Encoding": "gzip"}, decompress_response=False)
+        assert response.code == 200 and response.headers["Content-Encoding"] == "gzip"
+        assert gzip.decompress(response.body) == original
+        remaining.append(int(response.headers["X-RateLimit-Remaining"]))
+    assert compressions <= 1  # once per application, not once per request
+    assert remaining == sorted(remaining, reverse=True) and remaining[0] > remaining[-1]
+    plain = await api.get("/api/docs/static/swagger-ui-bundle.js",
+                          headers={"Accept-Encoding": "identity"})
+    assert plain.body == original and "Content-Encoding" not in plain.headers
+    spec = await api.client.fetch(api.base_url + "/api/openapi.json", raise_error=False,
+                                  headers={"Accept-Encoding": "gzip"}, decompress_response=False)
+    assert json.loads(gzip.decompress(spec.body))["openapi"].startswith("3.")
+    assert "X-RateLimit-Limit" in spec.headers
+
+
 async def test_health_readiness_and_metrics(api):
     assert (await api.get("/healthz")).json == {"status": "ok"}
     ready = await api.get("/readyz")

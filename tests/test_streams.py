@@ -213,6 +213,28 @@ async def test_user_streams_newest_first_including_ended(api, services):
     assert (await api.get("/api/users/nobody/streams")).status == 404
 
 
+async def test_a_cursor_spelled_none_is_refused_cold_or_warm(api):
+    # Outside attack F6: the cache key wrote a missing cursor and the text "None" alike.
+    assert (await api.get("/api/streams?cursor=None&limit=7")).status == 422
+    assert (await api.get("/api/streams?limit=7")).status == 200  # now cached
+    refused = await api.get("/api/streams?cursor=None&limit=7")
+    assert refused.status == 422 and "cursor" in refused.json["error"]["fields"]
+
+
+async def test_long_queries_are_answered_but_not_remembered(api):
+    # Outside attack F7: queries are parsed before the rate limit is counted; thousands of long
+    # valid ones held ~33 MB per process in the parsed-query memo.
+    from sf.handlers import base
+
+    queries = [f"q={index:03d}" + "&" * 300 + "limit=5" for index in range(5)]
+    for query in queries:
+        assert (await api.get(f"/api/streams?{query}")).status == 200
+    remembered = {raw for _, raw in base._QUERIES}
+    assert not remembered & set(queries)
+    assert (await api.get("/api/streams?limit=6")).status == 200
+    assert "limit=6" in {raw for _, raw in base._QUERIES}  # short ones are
+
+
 class TestPrivacy:
     """A private stream exists only for its owner and the viewers the owner invited."""
 

@@ -522,9 +522,10 @@ class APIHandler(BaseHandler):
             _QUERIES.move_to_end(key)
             return dict(loaded)
         loaded = self._load_query(schema)
-        _QUERIES[key] = loaded
-        if len(_QUERIES) > _QUERIES_KEPT:
-            _QUERIES.popitem(last=False)
+        if len(self.request.query) <= _QUERY_KEPT_LENGTH:
+            _QUERIES[key] = loaded
+            if len(_QUERIES) > _QUERIES_KEPT:
+                _QUERIES.popitem(last=False)
         return dict(loaded)
 
     def _load_query(self, schema: Schema) -> dict[str, Any]:
@@ -539,6 +540,9 @@ class APIHandler(BaseHandler):
 # Parsed query strings by (schema instance, query string): schemas are module-level instances.
 _QUERIES: OrderedDict[tuple[Schema, str], dict[str, Any]] = OrderedDict()
 _QUERIES_KEPT = 4096
+# Only short ones: a request is parsed before its rate limit is counted, and thousands of
+# long valid queries held ~33 MB a process (outside attack F7). Pages' queries are short.
+_QUERY_KEPT_LENGTH = 256
 
 
 class NotFoundHandler(APIHandler):

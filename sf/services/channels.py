@@ -6,6 +6,7 @@ this module knows nothing of actors or Redis pub/sub (layers call downward only)
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -126,8 +127,9 @@ class ChannelService:
 
     @staticmethod
     def _page_key(filters: dict[str, Any], checked: bool) -> str:
-        params = "&".join(f"{key}={filters[key]}" for key in sorted(filters))
-        return f"{'checked' if checked else 'anon'}:{params}"
+        # JSON, not key=value text: no two filter sets share a key (a cursor "None" and no
+        # cursor did, outside attack F6).
+        return f"{'checked' if checked else 'anon'}:{json.dumps(filters, sort_keys=True)}"
 
     def stream_list_reads(self, viewer_id: int | None, filters: dict[str, Any],
                           checked: bool = False) -> tuple[str, tuple[str, ...]]:
