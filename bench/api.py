@@ -165,9 +165,12 @@ def start_profiler(pid: int, directory: str | None, scenario: str,
     """py-spy sampling the API process (from CPU 1) for the scenario's run, or None."""
     if directory is None:
         return None
+    py_spy = ROOT / ".venv" / "bin" / "py-spy"
+    if not py_spy.exists():
+        raise SystemExit("--profile needs py-spy: .venv/bin/pip install py-spy")
     Path(directory).mkdir(parents=True, exist_ok=True)
     spy = subprocess.Popen(
-        [str(ROOT / ".venv" / "bin" / "py-spy"), "record", "--pid", str(pid), "--format", "raw",
+        [str(py_spy), "record", "--pid", str(pid), "--format", "raw",
          "--rate", "250", "--duration", str(max(1, int(seconds))),
          "--output", str(Path(directory) / f"{scenario}.txt")],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
