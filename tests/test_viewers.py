@@ -269,11 +269,13 @@ def test_a_redis_restart_is_survived(base_config, tmp_path):
             # before the periodic copy has written it).
             database = await asyncpg.connect(node.config.database_url)
             try:
-                for _ in range(100):
+                for _ in range(300):  # the periodic copy; slower when the suite loads the CPUs
                     if await database.fetchval("SELECT viewers_count FROM streams WHERE id = $1",
                                                stream_id) == 1:
                         break
                     await asyncio.sleep(0.1)
+                else:
+                    raise AssertionError("PostgreSQL never got the live total")
             finally:
                 await database.close()
             server.send_signal(signal.SIGKILL)
