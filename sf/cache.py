@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -94,52 +95,43 @@ class Cache:
             return None
         return Prefetched(namespace, int(generation or 0), dict(zip(keys, entries, strict=True)))
 
-    async def get_or_set_in(self, namespace: str, key: str,
+    async def get_or_set_in(self, namespace: str | None, key: str,
                             compute: Callable[[], Awaitable[bytes]],
                             prefetched: Prefetched | None = None, ttl: int = 0) -> bytes:
-        """`get_or_set` for an entry of a namespace that `bump` invalidates as a whole; the
-        namespace's generation and the entry are read in one round trip (a single Redis
-        server, as configured: the script names the entry's key itself), or were read ahead
-        in `prefetched`. `ttl`: a lifetime longer than the configured one (`INVALIDATED_TTL`)."""
+        """The cached bytes, or `compute()`'s, stored for the TTL (`ttl`: a longer lifetime,
+        `INVALIDATED_TTL`); straight from `compute` while Redis is unreachable.
+
+        An entry of a namespace that `bump` invalidates as a whole is read together with the
+        namespace's generation in one round trip (a single Redis server, as configured: the
+        script names the entry's key itself); namespace None: a plain key, which writes
+        delete. Either may have been read ahead, in `prefetched`."""
         if self.ttl <= 0:
             return await compute()
+        raw: Any  # bytes or None (decode_responses=False)
         if prefetched is not None and prefetched.namespace == namespace \
                 and key in prefetched.values:
-            raw = prefetched.values[key]
-            if raw is not None:
-                return raw
-            return await self._compute_and_store(f"{namespace}:{prefetched.generation}:{key}",
-                                                 compute, ttl)
-        try:
-            generation, raw = await self._get_in_namespace(
-                keys=[f"{PREFIX}gen:{namespace}"], args=[f"{PREFIX}{namespace}:", f":{key}"])
-        except (RedisError, OSError) as error:
-            self.outage.lost(error)
-            return await compute()
-        self.outage.back()
+            generation, raw = prefetched.generation, prefetched.values[key]
+        else:
+            try:
+                if namespace is None:
+                    generation, raw = 0, await self.redis.get(PREFIX + key)
+                else:
+                    generation, raw = await self._get_in_namespace(
+                        keys=[f"{PREFIX}gen:{namespace}"],
+                        args=[f"{PREFIX}{namespace}:", f":{key}"])
+            except (RedisError, OSError) as error:
+                self.outage.lost(error)
+                return await compute()
+            self.outage.back()
         if raw is not None:
-            return raw
-        return await self._compute_and_store(f"{namespace}:{int(generation)}:{key}", compute,
-                                             ttl)
+            return bytes(raw)
+        entry = key if namespace is None else f"{namespace}:{int(generation)}:{key}"
+        return await self._compute_and_store(entry, compute, ttl)
 
     async def get_or_set(self, key: str, compute: Callable[[], Awaitable[bytes]],
-                         prefetched: Prefetched | None = None) -> bytes:
-        """The cached bytes (read ahead in `prefetched`, or now), or `compute()`'s, stored for
-        the TTL; straight from `compute` while Redis is unreachable."""
-        if self.ttl <= 0:
-            return await compute()
-        if prefetched is not None and prefetched.namespace is None and key in prefetched.values:
-            ahead = prefetched.values[key]
-            return ahead if ahead is not None else await self._compute_and_store(key, compute)
-        try:
-            raw = await self.redis.get(PREFIX + key)
-        except (RedisError, OSError) as error:
-            self.outage.lost(error)
-            return await compute()
-        if raw is not None:
-            self.outage.back()
-            return raw  # type: ignore[return-value]  # decode_responses=False: bytes
-        return await self._compute_and_store(key, compute)
+                         prefetched: Prefetched | None = None, ttl: int = 0) -> bytes:
+        """`get_or_set_in` for a plain key (no namespace)."""
+        return await self.get_or_set_in(None, key, compute, prefetched, ttl)
 
     async def _compute_and_store(self, key: str, compute: Callable[[], Awaitable[bytes]],
                                  ttl: int = 0) -> bytes:

@@ -182,7 +182,10 @@ class AccountService:
         async def load() -> bytes:
             return encode_json(render(await users_db.get_user_by_username(self.db, username)))
 
-        return await self.cache.get_or_set(public_user_key(username), load, prefetched)
+        # Every change to a public profile deletes its key (`forget_public_views(username)`):
+        # profile and avatar edits, follows, a stream going live, ending or turning private.
+        return await self.cache.get_or_set(public_user_key(username), load, prefetched,
+                                           INVALIDATED_TTL)
 
     async def _check_password(self, user: User, password: str, client_ip: str) -> bool:
         """A password check outside login, throttled like a login of the same account: a
