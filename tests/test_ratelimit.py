@@ -172,3 +172,93 @@ class TestUntrustedPeer:
                                      headers={"X-Forwarded-For": f"192.0.2.{index + 10}"})
             statuses.append(response.status)
         assert statuses == [404, 404, 404, 429]
+
+
+class TestTheGateConnection:
+    """The gate's own pipelined connection (sf/ratelimit.py `PipelinedScript`) against the real
+    Redis: replies matched to their calls, a flushed script cache, a dropped connection, a
+    stalled server and wrong credentials."""
+
+    @staticmethod
+    def limits(identity: str) -> list:
+        from sf.ratelimit import Limit
+        return [Limit("gatetest", identity, 1000, 60)]
+
+    async def test_concurrent_calls_each_get_their_own_reply(self, services):
+        import asyncio
+        limiter = services.limiter
+        # identity i is hit i + 1 times, all at once over the one connection
+        calls = [limiter.hit(self.limits(f"id{i}")) for i in range(20) for _ in range(i + 1)]
+        gates = await asyncio.gather(*calls)
+        counts: dict[int, list[int]] = {}
+        position = 0
+        for i in range(20):
+            counts[i] = sorted(1000 - gate.verdict.remaining
+                               for gate in gates[position:position + i + 1])
+            position += i + 1
+        assert all(counts[i] == list(range(1, i + 2)) for i in range(20))
+        assert all(gate.alive for gate in gates)
+
+    async def test_a_flushed_script_cache_is_reloaded(self, services):
+        first = await services.limiter.hit(self.limits("flush"))
+        await services.redis.script_flush()
+        second = await services.limiter.hit(self.limits("flush"))
+        assert (first.verdict.remaining, second.verdict.remaining) == (999, 998)
+        assert not services.limiter.outage.down
+
+    async def test_a_killed_connection_is_replaced_without_failing_open(self, services):
+        await services.limiter.hit(self.limits("kill"))
+        pipeline = services.limiter._gate._pipeline
+        assert pipeline is not None and not pipeline.closed
+        killed = await services.redis.execute_command("CLIENT", "KILL", "TYPE", "normal",
+                                                      "SKIPME", "yes")
+        assert killed >= 1
+        gate = await services.limiter.hit(self.limits("kill"))
+        # counted on a new connection (2), not allowed blindly as in an outage
+        assert gate.verdict.remaining == 998 and gate.alive is True
+        assert services.limiter._gate._pipeline is not pipeline
+        assert not services.limiter.outage.down
+
+    async def test_a_stalled_server_times_out_and_fails_open(self, config):
+        import time as clock
+
+        from redis.asyncio import Redis
+
+        from sf.ratelimit import RateLimiter
+        redis = Redis.from_url(config.redis_url, socket_timeout=0.5)
+        limiter = RateLimiter(redis)
+        try:
+            assert (await limiter.hit(self.limits("stall"))).verdict.remaining == 999
+            await redis.execute_command("CLIENT", "PAUSE", "1500", "WRITE")
+            started = clock.monotonic()
+            gate = await limiter.hit(self.limits("stall"))
+            took = clock.monotonic() - started
+            assert gate.alive is True and gate.verdict.allowed  # failed open, as in an outage
+            assert limiter.outage.down
+            assert 0.4 <= took < 1.4, took  # the socket timeout, not the pause
+            await redis.execute_command("CLIENT", "UNPAUSE")
+            gate = await limiter.hit(self.limits("stall"))  # on a new connection
+            assert not limiter.outage.down and gate.verdict.remaining <= 998
+        finally:
+            await redis.execute_command("CLIENT", "UNPAUSE")
+            limiter.close()
+            await redis.aclose()
+
+    async def test_wrong_credentials_are_an_outage_not_a_pass(self, config):
+        from urllib.parse import urlsplit, urlunsplit
+
+        from redis.asyncio import Redis
+
+        from sf.ratelimit import RateLimiter
+        parts = urlsplit(config.redis_url)
+        wrong = urlunsplit(parts._replace(
+            netloc=f":not-the-password@{parts.hostname}:{parts.port}"))
+        redis = Redis.from_url(wrong)
+        limiter = RateLimiter(redis)
+        try:
+            gate = await limiter.hit(self.limits("auth"))
+            assert limiter.outage.down and gate.verdict.allowed
+            assert limiter._gate._pipeline is None  # nothing half-open kept
+        finally:
+            limiter.close()
+            await redis.aclose()

@@ -12,6 +12,8 @@ import asyncpg
 import pytest
 from redis.asyncio.client import Pipeline, Redis
 
+from sf import ratelimit
+
 # route → (Redis round trips, Redis commands, SQL statements) of one warm request.
 # One script (sf/ratelimit.py's gate) checks the session, counts the rate limits and reads the
 # cache entries the answer comes from.
@@ -37,6 +39,7 @@ class Costs:
         original_pipeline = Pipeline.execute
         original_execute = asyncpg.Connection._execute
         original_simple = asyncpg.Connection.execute
+        original_call = ratelimit._Pipeline.call  # the gate's own pipelined connection
 
         async def command(self: Redis, *args: Any, **options: Any) -> Any:
             costs.counts["redis_round_trips"] += 1
@@ -49,6 +52,11 @@ class Costs:
                 costs.counts["redis_commands"] += len(self.command_stack)
             return await original_pipeline(self, *args, **kwargs)
 
+        def call(self: ratelimit._Pipeline, command: bytes) -> Any:
+            costs.counts["redis_round_trips"] += 1
+            costs.counts["redis_commands"] += 1
+            return original_call(self, command)
+
         async def execute(self: asyncpg.Connection, *args: Any, **kwargs: Any) -> Any:
             costs.counts["sql"] += 1
             return await original_execute(self, *args, **kwargs)
@@ -60,6 +68,7 @@ class Costs:
 
         monkeypatch.setattr(Redis, "execute_command", command)
         monkeypatch.setattr(Pipeline, "execute", pipeline)
+        monkeypatch.setattr(ratelimit._Pipeline, "call", call)
         monkeypatch.setattr(asyncpg.Connection, "_execute", execute)
         monkeypatch.setattr(asyncpg.Connection, "execute", simple)
 

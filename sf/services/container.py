@@ -119,6 +119,7 @@ class Services:
 
     async def close(self) -> None:
         """Release connections and threads (after `stop`)."""
+        self.limiter.close()
         await self.redis.aclose()
         await self.db.close()
         self.hasher.executor.shutdown(wait=False)
