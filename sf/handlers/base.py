@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 
 import asyncpg
 import redis.exceptions
+import tornado.httputil
 import tornado.web
 import tornado.websocket
 from marshmallow import Schema, ValidationError
@@ -56,6 +57,20 @@ _STATUS_CODES = {
     415: "unsupported_media_type", 422: "validation_error", 429: "rate_limited",
 }
 CSP_API = "default-src 'none'; frame-ancestors 'none'"
+# Every response's headers, in Tornado's order (its own three first, with the Date between).
+_STANDING_HEADERS = {"Server": f"TornadoServer/{tornado.version}",
+                     "Content-Type": "text/html; charset=UTF-8"}
+_API_HEADERS = {"API-Version": "1", "X-Content-Type-Options": "nosniff",
+                "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY",
+                "Content-Security-Policy": CSP_API, "Cache-Control": "no-store"}
+_DATE = [0, ""]  # the second and its HTTP date: formatted once a second, not per response
+
+
+def _http_date() -> str:
+    now = int(time.time())
+    if now != _DATE[0]:
+        _DATE[:] = [now, tornado.httputil.format_timestamp(now)]
+    return str(_DATE[1])
 
 
 def _is_row_id(text: str) -> bool:
@@ -63,34 +78,79 @@ def _is_row_id(text: str) -> bool:
     return text.isascii() and text.isdigit() and len(text) <= 19 and 0 < int(text) <= 2**63 - 1
 
 
-@functools.lru_cache(maxsize=4096)
+class _Trust:
+    """Memoized decisions about one configured tuple of trusted proxy networks (every request
+    asks; hashing the tuple of networks for an lru_cache key costs more than the answer)."""
+
+    __slots__ = ("networks", "peers", "forwarded")
+    LIMIT = 4096  # memo entries each, forgotten all at once when full
+
+    def __init__(self, networks: tuple[Any, ...]) -> None:
+        self.networks = networks
+        self.peers: dict[str, bool] = {}
+        self.forwarded: dict[tuple[str, str], str] = {}
+
+    def trusts(self, address: str) -> bool:
+        known = self.peers.get(address)
+        if known is None:
+            try:
+                ip = ipaddress.ip_address(address)
+            except ValueError:
+                known = False
+            else:
+                known = any(ip in network for network in self.networks)
+            if len(self.peers) >= self.LIMIT:
+                self.peers.clear()
+            self.peers[address] = known
+        return known
+
+    def forwarded_client(self, remote: str, forwarded: str) -> str:
+        """The rightmost untrusted hop of X-Forwarded-For (from a trusted `remote`)."""
+        key = (remote, forwarded)
+        known = self.forwarded.get(key)
+        if known is None:
+            known = remote
+            hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
+            for hop in reversed(hops):
+                if not self.trusts(hop):
+                    try:
+                        known = str(ipaddress.ip_address(hop))
+                    except ValueError:
+                        pass
+                    break
+            else:
+                known = hops[0] if hops else remote
+            if len(self.forwarded) >= self.LIMIT:
+                self.forwarded.clear()
+            self.forwarded[key] = known
+        return known
+
+
+_TRUSTS: dict[int, _Trust] = {}
+
+
+def _trust(networks: tuple[Any, ...]) -> _Trust:
+    """The memo of a configured tuple, found by identity (it is held, so its id stays its)."""
+    trust = _TRUSTS.get(id(networks))
+    if trust is None or trust.networks is not networks:
+        if len(_TRUSTS) >= 64:
+            _TRUSTS.clear()
+        trust = _TRUSTS[id(networks)] = _Trust(networks)
+    return trust
+
+
 def is_trusted(address: str, trusted: tuple[Any, ...]) -> bool:
-    """Whether `address` is one of the configured proxies (remembered: every request asks)."""
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return any(ip in network for network in trusted)
+    """Whether `address` is one of the configured proxies."""
+    return _trust(trusted).trusts(address)
 
 
 def client_ip(request: tornado.httputil.HTTPServerRequest, trusted: tuple[Any, ...]) -> str:
     """The client's address: X-Forwarded-For is read right to left, trusted proxies skipped."""
     remote = request.remote_ip or "0.0.0.0"
-    if not is_trusted(remote, trusted):
+    trust = _trust(trusted)
+    if not trust.trusts(remote):
         return remote
-    return _forwarded_client(remote, request.headers.get("X-Forwarded-For", ""), trusted)
-
-
-@functools.lru_cache(maxsize=4096)
-def _forwarded_client(remote: str, forwarded: str, trusted: tuple[Any, ...]) -> str:
-    hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
-    for hop in reversed(hops):
-        if not is_trusted(hop, trusted):
-            try:
-                return str(ipaddress.ip_address(hop))
-            except ValueError:
-                return remote
-    return hops[0] if hops else remote
+    return trust.forwarded_client(remote, request.headers.get("X-Forwarded-For", ""))
 
 
 def bearer_claims(sessions: SessionStore, header: str, mode: str) -> TokenClaims | None:
@@ -180,6 +240,15 @@ class BaseHandler(tornado.web.RequestHandler):
         self._sticky_headers[name] = value
         self.set_header(name, value)
 
+    def clear(self) -> None:
+        """Tornado's `clear`, with every standing header set in one go (`set_default_headers`)
+        rather than one validated `set_header` each: they are constants or checked here."""
+        self._headers = tornado.httputil.HTTPHeaders()
+        self.set_default_headers()
+        self._write_buffer: list[bytes] = []
+        self._status_code = 200
+        self._reason = "OK"
+
     def set_default_headers(self) -> None:
         if not getattr(self, "request_id", ""):
             # Only the proxy in front (nginx sets $request_id) names a request; a client's own
@@ -189,15 +258,13 @@ class BaseHandler(tornado.web.RequestHandler):
             valid = (8 <= len(incoming) <= 64 and incoming.isascii()
                      and incoming.replace("-", "").isalnum())
             self.request_id = incoming if valid else uuid.uuid4().hex
-        self.set_header("X-Request-ID", self.request_id)
-        self.set_header("API-Version", "1")
-        self.set_header("X-Content-Type-Options", "nosniff")
-        self.set_header("Referrer-Policy", "no-referrer")
-        self.set_header("X-Frame-Options", "DENY")
-        self.set_header("Content-Security-Policy", CSP_API)
-        self.set_header("Cache-Control", "no-store")
+        headers = self._headers
+        headers.update(_STANDING_HEADERS)
+        headers["Date"] = _http_date()
+        headers["X-Request-ID"] = self.request_id
+        headers.update(_API_HEADERS)
         if self.is_https:
-            self.set_header("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
+            headers["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
         for name, value in getattr(self, "_sticky_headers", {}).items():
             self.set_header(name, value)
 
