@@ -276,3 +276,36 @@ async def test_docs_serve_only_the_two_swagger_files_they_load_with_security_hea
         assert response.headers["Content-Security-Policy"] == "default-src 'none'; frame-ancestors 'none'"
         assert response.headers["X-Content-Type-Options"] == "nosniff"
         assert response.headers["X-Frame-Options"] == "DENY"
+
+
+async def test_the_node_server_keeps_tcp_nodelay_on_between_responses(app, services):
+    """sf/node/server.py: Tornado turns TCP_NODELAY off after each response (a setsockopt per
+    request each way); the node's server leaves it on, and answers as before."""
+    import socket
+
+    import tornado.iostream
+    import tornado.netutil
+
+    from sf.node.server import DrainingHTTPServer
+    server = DrainingHTTPServer(app)
+    server.drain = services.drain
+    [listener] = tornado.netutil.bind_sockets(0, "127.0.0.1")
+    server.add_sockets([listener])
+    port = listener.getsockname()[1]
+    client = tornado.iostream.IOStream(socket.socket())
+    try:
+        await client.connect(("127.0.0.1", port))
+        for _ in range(2):  # keep-alive: the second response too
+            await client.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            head = await client.read_until(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200")
+            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length")))
+            await client.read_bytes(length)
+            [connection] = server._connections
+            stream = connection.stream
+            assert stream.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        client.close()
+        server.stop()
+        await server.close_all_connections()

@@ -26,6 +26,7 @@ from typing import Any
 
 import tornado.httpserver
 import tornado.httputil
+import tornado.iostream
 import tornado.netutil
 import tornado.web
 
@@ -90,6 +91,18 @@ class DrainingHTTPServer(tornado.httpserver.HTTPServer):
     def start_request(self, server_conn: object, request_conn: tornado.httputil.HTTPConnection
                       ) -> tornado.httputil.HTTPMessageDelegate:
         return CountedRequest(super().start_request(server_conn, request_conn), self.drain)
+
+    def handle_stream(self, stream: tornado.iostream.IOStream, address: tuple[Any, ...]) -> None:
+        # Tornado turns TCP_NODELAY on to send each response and off again after it: two
+        # setsockopt calls per request. Its responses go out in one write (headers and body
+        # together), which Nagle's algorithm could only delay, so here it stays on.
+        stream.set_nodelay(True)
+        stream.set_nodelay = _nodelay_stays_on  # type: ignore[method-assign]
+        super().handle_stream(stream, address)
+
+
+def _nodelay_stays_on(value: bool) -> None:
+    """`IOStream.set_nodelay` of the API's connections (`DrainingHTTPServer.handle_stream`)."""
 
 
 # Builds the Tornado application from the node's services (`sf.app.make_app`).
