@@ -71,3 +71,18 @@ async def test_the_gate_reads_ahead_what_the_cache_then_serves(services):
                                      prefetched) == b"late"
     assert await cache.get_or_set_in("streams", "other",
                                      lambda: asyncio.sleep(0, b"fresh")) == b"fresh"
+
+
+def test_page_keys_are_remembered_without_merging_filter_sets():
+    """ChannelService._page_key memoizes per filter set: a remembered key is the one JSON
+    gives, whatever the order, and values equal as dict keys (1, 1.0, True) stay apart."""
+    from sf.services.channels import ChannelService
+    key = ChannelService._page_key
+    first = key({"limit": 20, "category_id": 3, "cursor": None}, False)
+    again = key({"cursor": None, "category_id": 3, "limit": 20}, False)
+    assert first == again == 'anon:{"category_id": 3, "cursor": null, "limit": 20}'
+    assert key({"cursor": "None", "category_id": 3, "limit": 20}, False) != first
+    assert key({"limit": 20, "category_id": 3, "cursor": None}, True).startswith("checked:")
+    assert len({key({"limit": 1}, False), key({"limit": True}, False),
+                key({"limit": 1.0}, False)}) == 3
+    assert key({"tags": ["a"]}, False) == 'anon:{"tags": ["a"]}'  # unhashable: not memoized

@@ -31,6 +31,11 @@ from sf.services.events import AccessEvent, StreamEvent, StreamListener, notify
 log = logging.getLogger("sf.channels")
 
 
+# Page keys of recent filter sets (ChannelService._page_key), forgotten all at once when full.
+_PAGE_KEYS: dict[tuple[Any, ...], str] = {}
+_PAGE_KEYS_LIMIT = 4096
+
+
 class ChannelService:
     """Everything a streamer does with their channel, plus the public stream reads."""
 
@@ -128,8 +133,21 @@ class ChannelService:
     @staticmethod
     def _page_key(filters: dict[str, Any], checked: bool) -> str:
         # JSON, not key=value text: no two filter sets share a key (a cursor "None" and no
-        # cursor did, outside attack F6).
-        return f"{'checked' if checked else 'anon'}:{json.dumps(filters, sort_keys=True)}"
+        # cursor did, outside attack F6). Remembered: every list request asks, twice.
+        try:  # each value with its type: 1, 1.0 and True are equal as dict keys
+            key = (checked, *sorted(
+                (name, value.__class__, value) for name, value in filters.items()))
+            memo: tuple[Any, ...] | None = key
+            known = _PAGE_KEYS.get(key)
+        except TypeError:  # an unhashable filter value
+            memo, known = None, None
+        if known is None:
+            known = f"{'checked' if checked else 'anon'}:{json.dumps(filters, sort_keys=True)}"
+            if memo is not None:
+                if len(_PAGE_KEYS) >= _PAGE_KEYS_LIMIT:
+                    _PAGE_KEYS.clear()
+                _PAGE_KEYS[memo] = known
+        return known
 
     def stream_list_reads(self, viewer_id: int | None, filters: dict[str, Any],
                           checked: bool = False) -> tuple[str, tuple[str, ...]]:
