@@ -144,12 +144,12 @@ class _Pipeline(asyncio.Protocol):
         if not self.waiting:
             return
         loop = asyncio.get_running_loop()
-        overdue = self.waiting[0][1] + self.timeout - loop.time()
-        if overdue <= 0:
+        left = self.waiting[0][1] + self.timeout - loop.time()  # of the oldest call's time
+        if left <= 0:
             self.timed_out = True
             self.abort()
         else:
-            self._watchdog = loop.call_later(overdue, self._check)
+            self._watchdog = loop.call_later(left, self._check)
 
 
 class PipelinedScript:
@@ -205,7 +205,7 @@ class PipelinedScript:
         """The live connection, opened when there is none (concurrent callers share one)."""
         if self._pipeline is not None and not self._pipeline.closed:
             return self._pipeline
-        if self._connecting is None:
+        if self._connecting is None or self._connecting.done():  # (a failed one is not kept)
             self._connecting = asyncio.ensure_future(self._open())
         connecting = self._connecting
         try:
