@@ -46,16 +46,6 @@ HANDLER_MODULES = (health, docs, auth, users, follows, stream_keys, allowed_view
                    categories, statistics, viewers, media_hooks)
 
 
-class MediaFileHandler(tornado.web.StaticFileHandler):
-    """Avatars and thumbnails straight from the media dir (nginx serves them in front)."""
-
-    auth = "public"
-
-    def set_extra_headers(self, path: str) -> None:
-        self.set_header("X-Content-Type-Options", "nosniff")
-        self.set_header("Cache-Control", "public, max-age=86400")
-
-
 def collect_routes(services: Services) -> list[Any]:
     """Every module's route table, `/api/...` also served as canonical `/api/v1/...`.
 
@@ -72,8 +62,6 @@ def collect_routes(services: Services) -> list[Any]:
             if pattern.startswith("/api/"):
                 table.append(("/api/v1/" + pattern[len("/api/"):], *route[1:]))
             table.append(route)
-    table.append((r"/media/((?:avatars|thumbnails)/.*)", MediaFileHandler,
-                  {"path": str(services.config.media_dir)}))
     return table
 
 

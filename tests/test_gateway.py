@@ -190,6 +190,23 @@ def test_media_serves_single_avatar_and_thumbnail_files_and_nothing_else(platfor
         f"/hls/{public_id}/..%2f{private_id}/master.m3u8",
         "/nginx.conf",
     ]
+    # Outside attack 2026-11-27 F1: nginx chose the location by the normalized path (/api/x)
+    # and proxied the raw one to the API, whose /media route followed it into hls/. nginx now
+    # refuses such raw paths itself: its own answer ("HTTP 404"), the API never sees them.
+    climbing = [
+        f"/media/thumbnails/../../api/x#/../../media/hls/{private_id}/master.m3u8",
+        f"/media/thumbnails/../../ws/x#/../../media/hls/{private_id}/360p/seg_00001.ts",
+        f"/media/thumbnails/../../api/x#/../../media/thumbnails/{thumbnail_name}",
+        f"/api/x/..%2f..%2fmedia/hls/{private_id}/master.m3u8",
+        f"/api/%2e%2e/media/hls/{private_id}/master.m3u8",
+        "/api/users/someone#fragment", "/api/./users/someone", "/api/users/..",
+    ]
+    for path in climbing:
+        response = edge(platform, "GET", path)
+        assert response.status == 404, (path, response.status)
+        assert json.loads(response.body)["error"]["message"] == "HTTP 404", path
+        assert b"private playlist" not in response.body, path
+    refused += climbing
     for path in refused:
         response = edge(platform, "GET", path)
         assert response.status in (400, 403, 404), (path, response.status)
@@ -585,11 +602,23 @@ def test_nginx_errors_are_json_and_redirects_never_name_the_clients_host(platfor
     missing = edge(platform, "GET", "/hls/1/master.m3u8", source=address(70))
     assert missing.status == 404 and missing.headers["Content-Type"].startswith("application/json")
     assert json.loads(missing.body)["error"]["code"] == "not_found"
-    # Outside attack F5: nginx's own answers carry the API's policy too.
-    for response in (trace, missing, edge(platform, "GET", "/media/x", source=address(70))):
+    # Outside attack F3 (2026-11-27): a body over nginx's limit is refused with JSON whatever
+    # the path's extension says.
+    too_large = edge(platform, "POST", "/api/x.html", source=address(70),
+                     body={"blob": "x" * (platform.config.max_request_bytes + 1024)})
+    assert too_large.status == 413
+    assert too_large.headers["Content-Type"].startswith("application/json")
+    assert json.loads(too_large.body)["error"]["code"] == "payload_too_large"
+    # Outside attack F5, and F2 (2026-11-27): nginx's own answers carry the API's policy too.
+    for response in (trace, missing, too_large,
+                     edge(platform, "GET", "/media/x", source=address(70))):
         assert response.headers["Content-Security-Policy"] == \
             "default-src 'none'; frame-ancestors 'none'"
         assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert response.headers["Referrer-Policy"] == "no-referrer"
+        assert response.headers["X-Frame-Options"] == "DENY"
+        assert response.headers["Cache-Control"] == "no-store"
+        assert len(response.headers["X-Request-ID"]) == 32
     redirect = edge(platform, "GET", "/api", source=address(70), headers={"Host": "evil.example"})
     assert redirect.status == 301 and "evil" not in redirect.headers["Location"]
 

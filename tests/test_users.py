@@ -142,8 +142,26 @@ async def test_avatar_upload_is_reencoded_resized_and_stripped(api, services, fm
         assert image.size == (256, 192)  # aspect ratio kept
         assert not image.getexif()
     assert b"SecretCameraMaker" not in stored.read_bytes()
-    served = await api.get(url)
-    assert served.status == 200 and served.body == stored.read_bytes()
+    # nginx serves the file (tests/test_gateway.py); the API has no file routes at all.
+    assert (await api.get(url)).status == 404
+
+
+async def test_the_api_serves_no_media_files_by_any_path(api, services):
+    """Outside attack 2026-11-27 F1: the API had its own /media route (a StaticFileHandler over
+    the media dir) that followed `..` into hls/, private streams included; nginx forwarded
+    such raw paths to it. Files are nginx's alone now."""
+    hls = services.config.media_dir / "hls" / "424242"
+    hls.mkdir(parents=True, exist_ok=True)
+    (hls / "master.m3u8").write_bytes(b"#EXTM3U private")
+    (hls / ".private").touch()
+    for path in ("/media/thumbnails/../../api/x#/../../media/hls/424242/master.m3u8",
+                 "/media/thumbnails/../hls/424242/master.m3u8",
+                 "/media/thumbnails/..%2fhls%2f424242%2fmaster.m3u8",
+                 "/media/avatars/..%2F..%2Fmedia%2Fhls%2F424242%2Fmaster.m3u8",
+                 "/media/hls/424242/master.m3u8"):
+        response = await api.get(path)
+        assert response.status == 404, path
+        assert b"private" not in response.body, path
 
 
 async def test_avatar_multipart_upload_replaces_previous_file(api, services):
