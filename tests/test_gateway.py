@@ -12,6 +12,7 @@ from __future__ import annotations
 import http.client
 import io
 import json
+import os
 import random
 import re
 import select
@@ -28,8 +29,9 @@ import redis
 from PIL import Image
 
 from sf.media import nginx
-from sf.media.hls import new_thumbnail_name, sign_playback
+from sf.media.hls import new_thumbnail_name, sign_playback, sign_thumbnail
 from sf.node.tls import write_self_signed
+from tests.helpers import TEST_PORT_OFFSET
 from tests.media_platform import Platform, wait_for
 
 AUTH_LIMIT = 5  # SF_RATE_LIMIT_AUTH_IP of this module's platform
@@ -572,6 +574,100 @@ def test_gateway_config_of_the_compose_deployment_is_valid_and_sets_identity(tmp
     assert result.returncode == 0, result.stderr
 
 
+def local_gateway(tmp_path: Path, api_port: int, media_port: int, port: int) -> str:
+    """docker/gateway.conf with its compose service names and paths pointed at this machine."""
+    gateway = (REPO / "docker" / "gateway.conf").read_text()
+    temp = "".join(f"    {kind}_temp_path {tmp_path}/{kind};\n"
+                   for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    local = (gateway.replace("/etc/nginx/sf-proxy-headers.conf",
+                             str(REPO / "docker" / "gateway-proxy-headers.conf"))
+             .replace("/var/log/nginx/access.log", str(tmp_path / "access.log"))
+             .replace("api:8081", f"127.0.0.1:{api_port}")
+             .replace("media:8080", f"127.0.0.1:{media_port}")
+             .replace("listen 8080;", f"listen 127.0.0.1:{port};")
+             .replace("worker_processes auto;", "worker_processes 1;")
+             .replace("http {\n", "http {\n" + temp, 1))
+    # Its workers write request bodies under tmp_path, which only its owner can enter.
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    return f"{user}pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\n" + local
+
+
+def test_the_compose_gateway_passes_what_the_node_serves_and_answers_in_the_api_shape(
+        platform, tmp_path):
+    """docker/gateway.conf run for real in front of this platform's node (outside attack
+    2026-11-27 F-B, F-C, F-D): a private stream's signed thumbnail and a 2 MB avatar pass;
+    the gateway's own answers are JSON with the API's standing headers."""
+    port = 18590 + TEST_PORT_OFFSET
+    (tmp_path / "gateway.conf").write_text(local_gateway(
+        tmp_path, platform.config.api_port, platform.config.http_port, port))
+    gateway = subprocess.Popen(["nginx", "-p", str(tmp_path), "-c", str(tmp_path / "gateway.conf"),
+                                "-e", str(tmp_path / "error.log"), "-g", "daemon off;"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def up() -> bool:
+            assert gateway.poll() is None, (tmp_path / "error.log").read_text()
+            try:
+                return fetch(port, "GET", "/healthz").status == 200
+            except OSError:
+                return False
+
+        wait_for(up, 10, what="the gateway")
+        # A private stream's thumbnail under its signed prefix (the node checks the signature).
+        stream_id = 970000000 + random.randint(0, 9999)
+        name = new_thumbnail_name(stream_id)
+        media = platform.config.media_dir / "thumbnails"
+        (media / name).write_bytes(b"\xff\xd8\xff private thumbnail")
+        (media / f"{stream_id}.private").touch()
+        signed = sign_thumbnail(f"/media/thumbnails/{name}", stream_id,
+                                platform.config.internal_secret, 60)
+        assert signed is not None
+        for via in (platform.config.http_port, port):
+            response = fetch(via, "GET", signed, source=address(80))
+            assert response.status == 200 and response.body.endswith(b"private thumbnail"), via
+        assert fetch(port, "GET", f"/media/thumbnails/{name}", source=address(80)).status == 404
+
+        # An avatar of 2 MB (the API takes up to SF_MAX_AVATAR_BYTES, 5 MB).
+        source = address(81)
+        response = fetch(port, "POST", "/api/auth/register", source=source, body={
+            "username": "gatewayavatar", "email": "gatewayavatar@example.com",
+            "password": "password123"})
+        assert response.status == 201, response.body
+        token = response.json()["access_token"]
+        picture = io.BytesIO()
+        Image.frombytes("RGB", (900, 900), random.randbytes(900 * 900 * 3)).save(picture, "PNG")
+        assert picture.tell() > 2_000_000
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30,
+                                          source_address=(source, 0))
+        conn.request("PUT", "/api/users/profile/avatar", body=picture.getvalue(), headers={
+            "Content-Type": "image/png", "Authorization": f"Bearer {token}"})
+        uploaded = conn.getresponse()
+        assert uploaded.status == 200, uploaded.read()[:200]
+        conn.close()
+
+        # The gateway's own answers: the guard's 404, an unknown path, TRACE, a body over 6 MB.
+        own = [fetch(port, "GET", "/api/x/%2e%2e/y.html", source=address(82)),
+               fetch(port, "GET", "/nope.js", source=address(82)),
+               fetch(port, "TRACE", "/api/x", source=address(82)),
+               fetch(port, "POST", "/api/x.html", source=address(82),
+                     body={"blob": "x" * (7 * 1024 * 1024)})]
+        assert [response.status for response in own] == [404, 404, 405, 413]
+        assert own[2].headers["Allow"]
+        for response in own:
+            assert response.headers["Content-Type"].startswith("application/json")
+            assert json.loads(response.body)["error"]["code"] in (
+                "not_found", "bad_request", "payload_too_large")
+            assert response.headers["Content-Security-Policy"] == \
+                "default-src 'none'; frame-ancestors 'none'"
+            assert response.headers["X-Content-Type-Options"] == "nosniff"
+            assert response.headers["Referrer-Policy"] == "no-referrer"
+            assert response.headers["X-Frame-Options"] == "DENY"
+            assert response.headers["Cache-Control"] == "no-store"
+            assert len(response.headers["X-Request-ID"]) == 32
+    finally:
+        gateway.terminate()
+        gateway.wait(timeout=10)
+
+
 def test_behind_a_named_proxy_its_forwarded_for_is_believed_and_nobody_elses(base_config,
                                                                           tmp_path):
     """A media node behind the compose gateway (SF_REAL_IP_FROM): viewers keep their own
@@ -609,9 +705,20 @@ def test_nginx_errors_are_json_and_redirects_never_name_the_clients_host(platfor
     assert too_large.status == 413
     assert too_large.headers["Content-Type"].startswith("application/json")
     assert json.loads(too_large.body)["error"]["code"] == "payload_too_large"
+    # A range or precondition nginx cannot meet on a file (attack 2026-11-27 F-A): JSON too.
+    unsatisfiable = edge(platform, "GET", "/", source=address(70),
+                         headers={"Range": "bytes=99999999-"})
+    precondition = edge(platform, "GET", "/", source=address(70), headers={"If-Match": '"no"'})
+    assert (unsatisfiable.status, precondition.status) == (416, 412)
+    # (nginx's range filter has already added the file location's headers when the 416 goes to
+    # the error page: both sets are sent, the API's among them.)
+    assert json.loads(unsatisfiable.body)["error"]["message"] == "HTTP 416"
+    assert "no-store" in unsatisfiable.headers.get_all("Cache-Control")
+    assert len(unsatisfiable.headers["X-Request-ID"]) == 32
     # Outside attack F5, and F2 (2026-11-27): nginx's own answers carry the API's policy too.
-    for response in (trace, missing, too_large,
+    for response in (trace, missing, too_large, precondition,
                      edge(platform, "GET", "/media/x", source=address(70))):
+        assert response.headers["Content-Type"].startswith("application/json")
         assert response.headers["Content-Security-Policy"] == \
             "default-src 'none'; frame-ancestors 'none'"
         assert response.headers["X-Content-Type-Options"] == "nosniff"
