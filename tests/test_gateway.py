@@ -574,6 +574,18 @@ def test_gateway_config_of_the_compose_deployment_is_valid_and_sets_identity(tmp
     assert result.returncode == 0, result.stderr
 
 
+def assert_nginx_answer_policy(response: Response) -> None:
+    """An answer nginx wrote itself: JSON, with the API's standing headers."""
+    assert response.headers["Content-Type"].startswith("application/json")
+    assert response.headers["Content-Security-Policy"] == \
+        "default-src 'none'; frame-ancestors 'none'"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["Referrer-Policy"] == "no-referrer"
+    assert response.headers["X-Frame-Options"] == "DENY"
+    assert response.headers["Cache-Control"] == "no-store"
+    assert len(response.headers["X-Request-ID"]) == 32
+
+
 def local_gateway(tmp_path: Path, api_port: int, media_port: int, port: int) -> str:
     """docker/gateway.conf with its compose service names and paths pointed at this machine."""
     gateway = (REPO / "docker" / "gateway.conf").read_text()
@@ -653,16 +665,9 @@ def test_the_compose_gateway_passes_what_the_node_serves_and_answers_in_the_api_
         assert [response.status for response in own] == [404, 404, 405, 413]
         assert own[2].headers["Allow"]
         for response in own:
-            assert response.headers["Content-Type"].startswith("application/json")
             assert json.loads(response.body)["error"]["code"] in (
                 "not_found", "bad_request", "payload_too_large")
-            assert response.headers["Content-Security-Policy"] == \
-                "default-src 'none'; frame-ancestors 'none'"
-            assert response.headers["X-Content-Type-Options"] == "nosniff"
-            assert response.headers["Referrer-Policy"] == "no-referrer"
-            assert response.headers["X-Frame-Options"] == "DENY"
-            assert response.headers["Cache-Control"] == "no-store"
-            assert len(response.headers["X-Request-ID"]) == 32
+            assert_nginx_answer_policy(response)
     finally:
         gateway.terminate()
         gateway.wait(timeout=10)
@@ -718,14 +723,7 @@ def test_nginx_errors_are_json_and_redirects_never_name_the_clients_host(platfor
     # Outside attack F5, and F2 (2026-11-27): nginx's own answers carry the API's policy too.
     for response in (trace, missing, too_large, precondition,
                      edge(platform, "GET", "/media/x", source=address(70))):
-        assert response.headers["Content-Type"].startswith("application/json")
-        assert response.headers["Content-Security-Policy"] == \
-            "default-src 'none'; frame-ancestors 'none'"
-        assert response.headers["X-Content-Type-Options"] == "nosniff"
-        assert response.headers["Referrer-Policy"] == "no-referrer"
-        assert response.headers["X-Frame-Options"] == "DENY"
-        assert response.headers["Cache-Control"] == "no-store"
-        assert len(response.headers["X-Request-ID"]) == 32
+        assert_nginx_answer_policy(response)
     redirect = edge(platform, "GET", "/api", source=address(70), headers={"Host": "evil.example"})
     assert redirect.status == 301 and "evil" not in redirect.headers["Location"]
 
