@@ -268,11 +268,11 @@ class Gate:
 
 
 class RateLimiter:
-    """Counts requests per window in one round trip per request (a Lua script), together with
-    the session check and cache reads that request needs."""
+    """Counts requests per window in one round trip per request (a Lua script, on the gate's
+    own connection to `redis`'s server), together with the session check and cache reads that
+    request needs."""
 
     def __init__(self, redis: Redis) -> None:
-        self.redis = redis
         self.outage = Outage(log, "Redis", "rate limits are not enforced until it is back")
         self._gate = PipelinedScript(redis, _GATE)
 
