@@ -273,6 +273,9 @@ class Config:
     media_control_host: str = setting(Text())
     media_control_port: int = setting(Integer(1, 65535))
     media_node_url: str = setting(Text())
+    media_http_port: int = setting(Integer(1, 65535))
+    media_origin: str = setting(Text())
+    edge_workers: int = setting(Integer(0, 64))
     playback_url_ttl: int = setting(Integer(30, 86400))
     ws_connections_per_address: int = setting(Integer(1, 100000))
     sweep_interval: float = setting(Number(0.05, 3600))
@@ -348,6 +351,8 @@ def load_config(environ: dict[str, str] | None = None, defaults_file: Path = DEF
         values["backup_dir"] = var_dir / "backups"
     if not values["media_node_url"]:
         values["media_node_url"] = f"http://127.0.0.1:{values['media_control_port']}"
+    if not values["media_origin"]:
+        values["media_origin"] = f"127.0.0.1:{values['media_http_port']}"
     if not values["node_id"]:
         values["node_id"] = f"{socket.gethostname()}-{values['api_port']}"
     if values["database_pool_min"] > values["database_pool_max"]:  # type: ignore[operator]
