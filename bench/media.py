@@ -126,12 +126,12 @@ def health(platform: Platform, stream_id: int) -> dict[str, Any]:
 
 
 def newest_segment(url: str) -> int | None:
-    """Number of the newest segment in a media playlist (segments are numbered from the epoch
-    second FFmpeg started at, one per segment duration)."""
+    """Number of the newest segment in a media playlist (`seg_<run>_<n>.ts`: numbered from the
+    epoch second FFmpeg started at, one per segment duration)."""
     status, body = fetch(url)
     if status != 200:
         return None
-    numbers = [int(line[4:-3]) for line in body.decode().splitlines()
+    numbers = [int(line[:-3].rsplit("_", 1)[1]) for line in body.decode().splitlines()
                if line.startswith("seg_") and line.endswith(".ts")]
     return max(numbers) if numbers else None
 

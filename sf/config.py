@@ -198,6 +198,17 @@ class Ladder(ListOf):
         return height
 
 
+class Endpoints(ListOf):
+    """host:port pairs such as 127.0.0.1:8081,media-0.media:8083 (nginx upstream servers)."""
+
+    def item(self, name: str, part: str) -> str:
+        host, sep, port = part.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 \
+                or not re.fullmatch(r"[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]", host):
+            raise self.fail(name, f"{part!r} is not host:port")
+        return part
+
+
 _HOST_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 
 
@@ -276,6 +287,8 @@ class Config:
     media_http_port: int = setting(Integer(1, 65535))
     media_origin: str = setting(Text())
     edge_workers: int = setting(Integer(0, 64))
+    edge_api_servers: tuple[str, ...] = setting(Endpoints())
+    edge_media_origins: tuple[str, ...] = setting(Endpoints())
     playback_url_ttl: int = setting(Integer(30, 86400))
     ws_connections_per_address: int = setting(Integer(1, 100000))
     sweep_interval: float = setting(Number(0.05, 3600))
@@ -353,6 +366,12 @@ def load_config(environ: dict[str, str] | None = None, defaults_file: Path = DEF
         values["media_node_url"] = f"http://127.0.0.1:{values['media_control_port']}"
     if not values["media_origin"]:
         values["media_origin"] = f"127.0.0.1:{values['media_http_port']}"
+    if not values["edge_api_servers"]:
+        api_host = str(values["api_host"])
+        api_host = "127.0.0.1" if api_host in ("0.0.0.0", "::", "") else api_host
+        values["edge_api_servers"] = (f"{api_host}:{values['api_port']}",)
+    if not values["edge_media_origins"]:
+        values["edge_media_origins"] = (values["media_origin"],)
     if not values["node_id"]:
         values["node_id"] = f"{socket.gethostname()}-{values['api_port']}"
     if values["database_pool_min"] > values["database_pool_max"]:  # type: ignore[operator]

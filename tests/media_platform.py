@@ -66,6 +66,7 @@ class Platform:
             "SF_HTTP_PORT": str(port_base), "SF_API_PORT": str(port_base + 1),
             "SF_MEDIA_CONTROL_PORT": str(port_base + 2), "SF_RTMP_PORT": str(port_base + 3),
             "SF_API_INTERNAL_PORT": str(port_base + 4), "SF_API_PROCESSES": "2",
+            "SF_MEDIA_HTTP_PORT": str(port_base + 6),
             "SF_TRANSCODE_PRESET": "ultrafast", "SF_PUBLISH_GRACE_SECONDS": "4",
             "SF_SWEEP_INTERVAL": "0.5", "SF_THUMBNAIL_INTERVAL": "2", "SF_BCRYPT_ROUNDS": "4",
             "SF_SEGMENT_RETENTION_SECONDS": "3", "SF_LOG_LEVEL": "INFO",
@@ -79,7 +80,7 @@ class Platform:
         self.base_url = f"http://127.0.0.1:{port_base}"
         self.rtmp = f"rtmp://127.0.0.1:{port_base + 3}/live"
         self.api_log = workdir / "api.log"
-        self.nginx_process: subprocess.Popen[bytes] | None = None
+        self.front: nginx.Front | None = None
         self.api_process: subprocess.Popen[bytes] | None = None
         self.publishers: list[subprocess.Popen[bytes]] = []
 
@@ -92,8 +93,7 @@ class Platform:
         with redis.Redis.from_url(self.config.redis_url) as client:
             for key in client.scan_iter("sf:rl:*", count=1000):
                 client.delete(key)
-        conf = nginx.render(self.nginx_config)
-        self.nginx_process = nginx.start(self.nginx_config, conf)
+        self.front = nginx.Front(self.nginx_config).start()
         self.start_api()
         try:
             wait_for(lambda: self._ready(), 30, what="the API behind nginx")
@@ -123,8 +123,8 @@ class Platform:
                 publisher.wait()
         if self.api_process and self.api_process.poll() is None:
             terminate(self.api_process)
-        if self.nginx_process:
-            nginx.stop(self.nginx_process)
+        if self.front:
+            self.front.stop()
 
     def start_api_node(self, media_dir: Path, port_shift: int = 100) -> dict[str, Any]:
         """Another API node sharing PostgreSQL and Redis, as on another machine (own media

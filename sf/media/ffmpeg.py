@@ -8,6 +8,7 @@ probe sizes matter more to latency than anything else on the input side).
 from __future__ import annotations
 
 import json
+import secrets
 import subprocess
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -158,7 +159,9 @@ def build_command(config: Config, stream_id: int, source: SourceInfo, rungs: lis
         "-hls_flags", "independent_segments+delete_segments+temp_file+discont_start",
         "-hls_start_number_source", "epoch",
         "-master_pl_name", "master.m3u8", "-var_stream_map", " ".join(stream_map),
-        "-hls_segment_filename", str(out_dir / "%v" / "seg_%d.ts"),
+        # Segment names carry a token of this run as well as the sequence number: a transcoder
+        # restarted here or on another media node never reuses a name an edge may have cached.
+        "-hls_segment_filename", str(out_dir / "%v" / f"seg_{secrets.token_hex(4)}_%d.ts"),
         str(out_dir / "%v" / "index.m3u8"),
         "-map", "[thumb]", "-fps_mode", "vfr", "-f", "image2", "-update", "1",
         "-atomic_writing", "1",

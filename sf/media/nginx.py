@@ -19,6 +19,7 @@ from sf.media.process import stop as stop_process
 log = logging.getLogger("sf.nginx")
 
 TEMPLATE = PROJECT_ROOT / "conf" / "nginx" / "nginx.conf.template"
+EDGE_TEMPLATE = PROJECT_ROOT / "conf" / "nginx" / "edge.conf.template"
 RTMP_MODULE_CANDIDATES = (
     "/usr/lib/nginx/modules/ngx_rtmp_module.so",
     "/usr/share/nginx/modules/ngx_rtmp_module.so",
@@ -36,7 +37,9 @@ HLS_LOCATIONS = r"""
             if ($secure_link = "") { return 403; }
             if ($secure_link = "0") { return 410; }
             if ($file ~ "\.\.") { return 404; }
+{{live_playlists_only}}
             alias {{hls_dir}}/$sid/$file;
+            add_header X-Accel-Expires $sf_edge_cache_until always;
             add_header Cache-Control $hls_cache_control always;
             add_header Access-Control-Allow-Origin * always;
             add_header X-Content-Type-Options nosniff always;
@@ -44,13 +47,93 @@ HLS_LOCATIONS = r"""
         location ~ "^/hls/(?<sid>[0-9]{1,18})/(?<file>[A-Za-z0-9_][A-Za-z0-9_./-]{0,79}[A-Za-z0-9_])$" {
             if (-f {{hls_dir}}/$sid/.private) { return 404; }
             if ($file ~ "\.\.") { return 404; }
+{{live_playlists_only}}
             alias {{hls_dir}}/$sid/$file;
+            add_header X-Accel-Expires $sf_edge_cache_until always;
             add_header Cache-Control $hls_cache_control always;
             add_header Access-Control-Allow-Origin * always;
             add_header X-Content-Type-Options nosniff always;
         }
         location /hls/ { return 404; }
 """
+
+# A node serves a stream's playlists only while it transcodes it (the StreamActor keeps the
+# `.live` marker, sf/media/hls.py): with several media nodes behind the edge, a node the encoder
+# has left (reconnected elsewhere) answers 404 rather than a playlist that no longer advances,
+# and the edge asks the next origin. Segments stay: their names are unique to a transcoder run.
+LIVE_PLAYLISTS_ONLY = r"""            set $sf_stale "";
+            if ($file ~ "\.m3u8$") { set $sf_stale "playlist"; }
+            if (!-f {{hls_dir}}/$sid/.live) { set $sf_stale "${sf_stale}-off-air"; }
+            if ($sf_stale = "playlist-off-air") { return 404; }"""
+
+
+def edge_hls_location(signed: bool, playlist: bool) -> str:
+    """One of the edge's four /hls/ locations: public or signed, playlist or segment.
+
+    Signatures are checked here, before the cache, so an expired or foreign signature never
+    reaches a cached answer; the key is the scope, the stream id and the file (never the host,
+    the query or the signature itself), and the origin gets the same path without the query.
+    Playlists live 1 s (nginx's floor) and one request refreshes them while the others are
+    served the stale one; a new segment is fetched once however many ask
+    (proxy_cache_lock).
+    """
+    prefix = r"(?<exp>[0-9]{1,12})-(?<sig>[A-Za-z0-9_-]{22})/" if signed else ""
+    files = (r"[A-Za-z0-9_][A-Za-z0-9_./-]{0,74}\.m3u8" if playlist
+             else r"[A-Za-z0-9_][A-Za-z0-9_./-]{0,79}[A-Za-z0-9_](?<!\.m3u8)")
+    lines = [f'        location ~ "^/hls/(?<sid>[0-9]{{1,18}})/{prefix}(?<file>{files})$" {{']
+    if signed:
+        lines += ['            secure_link $sig,$exp;',
+                  '            secure_link_md5 "$exp/$sid {{internal_secret}}";',
+                  '            if ($secure_link = "") { return 403; }',
+                  '            if ($secure_link = "0") { return 410; }']
+    lines += ['            if ($file ~ "\\.\\.") { return 404; }',
+              "{{proxy_headers}}",
+              '            proxy_set_header Connection "";',
+              "            proxy_cache sf_hls;",
+              f'            proxy_cache_key "{"signed" if signed else "public"}/$sid/$file";',
+              # The origin's X-Accel-Expires (the end of the current second) bounds playlists
+              # and public segments to at most 1 s, where proxy_cache_valid's 1 s means 1-2 s.
+              "            proxy_ignore_headers Cache-Control Expires Set-Cookie Vary"
+              + (" X-Accel-Expires" if signed and not playlist else "")
+              + " X-Accel-Redirect X-Accel-Limit-Rate X-Accel-Buffering X-Accel-Charset;",
+              "            proxy_hide_header Set-Cookie;",
+              "            proxy_cache_lock on;",
+              "            proxy_cache_lock_timeout 5s;",
+              "            proxy_cache_lock_age 5s;"]
+    # A public segment is asked again (If-Modified-Since: 304, no body) once it is a second old,
+    # so a stream made private stops being served unsigned within a second even from the cache;
+    # a signed one was checked above and stays. Playlists are simply fetched again (a rewrite
+    # within the same second would pass a date check).
+    lines += ["            proxy_cache_valid 200 " + ("10m;" if signed and not playlist else "1s;"),
+              # Others are served the stale copy while one request refreshes it; not in the
+              # background: a refresh that finds 404 (ended, made private) must answer 404 itself.
+              "            proxy_cache_use_stale updating;"]
+    if not signed and not playlist:
+        lines += ["            proxy_cache_revalidate on;"]
+    lines += ["            proxy_next_upstream error timeout http_404 http_502 http_503;",
+              "            proxy_connect_timeout 2s;",
+              "            add_header X-Cache $upstream_cache_status always;",
+              "            proxy_pass http://sf_media/hls/$sid/"
+              + ("$exp-$sig/" if signed else "") + "$file;",
+              "        }"]
+    return "\n".join(lines)
+
+
+EDGE_HLS_LOCATIONS = "\n".join(
+    edge_hls_location(signed, playlist) for signed in (True, False) for playlist in (True, False)
+) + "\n        location /hls/ { return 404; }\n"
+
+# nginx's own error answers (edge and origin): the API's error shape and standing headers.
+ERROR_HEADERS = """\
+            types { }
+            default_type "application/json; charset=utf-8";
+            add_header X-Request-ID $request_id always;
+            add_header Referrer-Policy no-referrer always;
+            add_header X-Frame-Options DENY always;
+            add_header Cache-Control no-store always;
+            add_header API-Version 1 always;
+            add_header X-Content-Type-Options nosniff always;
+            add_header Content-Security-Policy "default-src 'none'; frame-ancestors 'none'" always;"""
 
 # The web front (web/, see its README): pages at their public paths, their own scripts and
 # styles under /static/, the npm libraries they use (installed by the set-up into
@@ -192,6 +275,10 @@ PROXY_HEADER_LINES = tuple(line.strip() for line in PROXY_HEADERS.splitlines())
 # Concurrent requests per client address (see the template's comment for the reasoning).
 LIMIT_CONN_HTTP = 100
 LIMIT_CONN_WS = 500
+# WebSocket handshakes per client address at the edge: a sustained 10 a second with bursts of
+# 40 (a page of tabs reopening after a network change) pass; a flood is refused with 429.
+WS_HANDSHAKES_PER_SECOND = 10
+WS_HANDSHAKE_BURST = 40
 NOFILE_CAP = 65536
 # The internal secret is written into quoted nginx strings (secure_link_md5, the control check)
 # and callback URLs: nothing there may end a string, start a variable or need escaping.
@@ -215,6 +302,10 @@ def worker_user_directive(config: Config) -> str:
 
 def nginx_dir(config: Config) -> Path:
     return config.var_dir / "nginx"
+
+
+def edge_dir(config: Config) -> Path:
+    return config.var_dir / "edge"
 
 
 def file_limits() -> tuple[int, int]:
@@ -261,8 +352,18 @@ def unprotected_proxies(text: str) -> list[str]:
             if not all(line in block for line in PROXY_HEADER_LINES)]
 
 
-def template_values(config: Config) -> dict[str, str]:
-    """The values of every {{placeholder}} of the template (media parts are added by later code)."""
+LOOPBACK = ("127.0.0.1/32", "::1/128")
+
+
+def real_ip_lines(proxies: tuple[object, ...]) -> str:
+    """Believe X-Forwarded-For from exactly these proxies (nothing when there are none)."""
+    lines = "".join(f"    set_real_ip_from {network};\n" for network in proxies)
+    return lines + ("    real_ip_header X-Forwarded-For;\n    real_ip_recursive on;"
+                    if proxies else "")
+
+
+def template_values(config: Config, origin: bool = True) -> dict[str, str]:
+    """The values of every {{placeholder}} of the node template (`origin`) or the edge's."""
     module = next((path for path in RTMP_MODULE_CANDIDATES if os.path.exists(path)), "")
     if not _SAFE_SECRET.fullmatch(config.internal_secret):
         raise ValueError("SF_INTERNAL_SECRET may hold only letters, digits and ._~+/=- "
@@ -286,7 +387,20 @@ def template_values(config: Config) -> dict[str, str]:
                       "        ssl_protocols TLSv1.2 TLSv1.3;\n"
                       "        add_header Strict-Transport-Security \"max-age=31536000\" always;")
         if config.tls_enabled else "",
-        "hls_locations": HLS_LOCATIONS,
+        "hls_locations": HLS_LOCATIONS if origin else EDGE_HLS_LOCATIONS,
+        "live_playlists_only": LIVE_PLAYLISTS_ONLY,
+        "error_headers": ERROR_HEADERS,
+        "media_http_port": str(config.media_http_port),
+        "edge_dir": str(edge_dir(config)),
+        "edge_workers": str(config.edge_workers or "auto"),
+        "edge_worker_connections": str(max(256, nofile * 3 // 4)),
+        "api_servers": "".join(f"        server {server} max_fails=1 fail_timeout=2s;\n"
+                               for server in config.edge_api_servers).rstrip("\n"),
+        "media_servers": "".join(f"        server {server} max_fails=1 fail_timeout=10s;\n"
+                                 for server in config.edge_media_origins).rstrip("\n"),
+        "hls_cache_max_size": "1g",
+        "ws_handshakes_per_second": str(WS_HANDSHAKES_PER_SECOND),
+        "ws_handshake_burst": str(WS_HANDSHAKE_BURST),
         "web_locations": WEB_LOCATIONS,
         "web_dir": str(WEB_DIR),
         "web_headers": web_headers(config),
@@ -299,10 +413,8 @@ def template_values(config: Config) -> dict[str, str]:
         "hls_dir": str(config.media_dir / "hls"),
         "internal_secret": config.internal_secret,
         "hls_segment_max_age": "86400",
-        "real_ip_lines": "".join(f"    set_real_ip_from {network};\n"
-                                 for network in config.real_ip_from)
-        + ("    real_ip_header X-Forwarded-For;\n    real_ip_recursive on;"
-           if config.real_ip_from else ""),
+        "real_ip_lines": real_ip_lines(
+            (*LOOPBACK, *config.real_ip_from) if origin else config.real_ip_from),
         "worker_rlimit_nofile": str(nofile),
         "worker_connections": str(connections),
         "limit_conn_http": str(LIMIT_CONN_HTTP),
@@ -312,11 +424,22 @@ def template_values(config: Config) -> dict[str, str]:
 
 
 def render(config: Config, extra: dict[str, str] | None = None) -> Path:
-    """Write var/nginx/nginx.conf; unknown or unfilled placeholders are an error."""
+    """Write var/nginx/nginx.conf (the node: RTMP, its files, control); unknown or unfilled
+    placeholders are an error."""
+    return _render(config, TEMPLATE, nginx_dir(config), template_values(config), extra)
+
+
+def render_edge(config: Config, extra: dict[str, str] | None = None) -> Path:
+    """Write var/edge/nginx.conf: the public HTTP edge in front of API processes and media nodes."""
+    return _render(config, EDGE_TEMPLATE, edge_dir(config),
+                   template_values(config, origin=False), extra)
+
+
+def _render(config: Config, template: Path, directory: Path, values: dict[str, str],
+            extra: dict[str, str] | None) -> Path:
     config.media_dir.mkdir(parents=True, exist_ok=True)
-    values = template_values(config)
     values.update(extra or {})
-    text = TEMPLATE.read_text()
+    text = template.read_text()
     missing = sorted(set(_PLACEHOLDER.findall(text)) - set(values))
     if missing:
         raise ValueError(f"nginx template placeholders without values: {', '.join(missing)}")
@@ -331,14 +454,17 @@ def render(config: Config, extra: dict[str, str] | None = None) -> Path:
     if unprotected:
         raise ValueError("nginx locations proxy without the PROXY_HEADERS snippet: "
                          + "; ".join(unprotected))
-    directory = nginx_dir(config)
-    for sub in ("tmp/body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi"):
+    for sub in ("tmp/body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi", "cache"):
         (directory / sub).mkdir(parents=True, exist_ok=True)
     (config.var_dir / "log").mkdir(parents=True, exist_ok=True)
     config.media_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(config.media_dir, 0o755)
     (config.media_dir / "hls").mkdir(parents=True, exist_ok=True)
     (config.media_dir / "thumbnails").mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0 and "user www-data;" in rendered:
+        # The workers write the edge's cache and temporary files.
+        for path in [directory / "tmp", directory / "cache", *(directory / "tmp").iterdir()]:
+            shutil.chown(path, "www-data")
     path = directory / "nginx.conf"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # holds the callback secret
     with os.fdopen(fd, "w") as handle:
@@ -348,8 +474,12 @@ def render(config: Config, extra: dict[str, str] | None = None) -> Path:
 
 def nginx_command(config: Config, conf: Path) -> list[str]:
     binary = shutil.which(config.nginx) or config.nginx
-    return [binary, "-p", str(nginx_dir(config)), "-c", str(conf),
-            "-e", str(config.var_dir / "log" / "nginx-error.log")]
+    return [binary, "-p", str(conf.parent), "-c", str(conf),
+            "-e", str(config.var_dir / "log" / f"{_log_prefix(conf)}-error.log")]
+
+
+def _log_prefix(conf: Path) -> str:
+    return "edge" if conf.parent.name == "edge" else "nginx"
 
 
 def check(config: Config, conf: Path) -> None:
@@ -360,15 +490,41 @@ def check(config: Config, conf: Path) -> None:
 
 
 def start(config: Config, conf: Path) -> subprocess.Popen[bytes]:
-    """Run nginx in the foreground as our child; it dies with us."""
+    """Run nginx with `conf` in the foreground as our child; it dies with us."""
     check(config, conf)
     process = subprocess.Popen([*nginx_command(config, conf), "-g", "daemon off;"],
                                stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
     time.sleep(0.2)
     if process.poll() is not None:
-        raise RuntimeError(f"nginx exited at start (see {config.var_dir / 'log' / 'nginx-error.log'})")
+        log_file = config.var_dir / "log" / f"{_log_prefix(conf)}-error.log"
+        raise RuntimeError(f"nginx exited at start (see {log_file})")
     return process
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
     stop_process(process, signal.SIGQUIT, timeout=10)  # graceful: finish in-flight requests
+
+
+class Front:
+    """The node's two nginx: the media node's own (RTMP, its files) and the public edge."""
+
+    def __init__(self, config: Config, edge: bool = True) -> None:
+        self.config = config
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.edge = edge
+
+    def start(self) -> Front:
+        try:
+            self.processes.append(start(self.config, render(self.config)))
+            if self.edge:
+                self.processes.append(start(self.config, render_edge(self.config)))
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """The edge first (no new requests), then the node."""
+        for process in reversed(self.processes):
+            stop(process)
+        self.processes.clear()

@@ -16,14 +16,16 @@ log = logging.getLogger("sf.dev")
 
 
 def run_node(config: Config, make_app: AppFactory) -> int:
-    """nginx (HTTP, RTMP, HLS) in front of the node's API processes, until SIGINT/SIGTERM."""
+    """The public edge nginx in front of the node's API processes and its media nginx (RTMP,
+    HLS origin), until SIGINT/SIGTERM."""
     # nginx terminates TLS; the API processes behind it speak plain HTTP on loopback.
     processes = NodeProcesses(config.replace(tls_cert="", tls_key=""), make_app)
-    for port in (config.http_port, config.rtmp_port, config.media_control_port):
+    for port in (config.http_port, config.rtmp_port, config.media_control_port,
+                 config.media_http_port):
         if localservices.port_open(port, config.http_host):
             raise SystemExit(f"port {port} is taken: see SF_HTTP_PORT, SF_RTMP_PORT, "
-                             "SF_MEDIA_CONTROL_PORT")
-    nginx_process = nginx.start(config, nginx.render(config))
+                             "SF_MEDIA_CONTROL_PORT, SF_MEDIA_HTTP_PORT")
+    front = nginx.Front(config).start()
     try:
         scheme = "https" if config.tls_enabled else "http"
         log.info("SF is up: %s://%s:%s/api/docs, RTMP %s", scheme, config.http_host,
@@ -32,7 +34,7 @@ def run_node(config: Config, make_app: AppFactory) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
-        nginx.stop(nginx_process)
+        front.stop()
 
 
 def run_dev(config: Config, make_app: AppFactory) -> int:
