@@ -111,7 +111,10 @@ def go_live(platform: Platform, username: str, source: str) -> tuple[Any, dict[s
 
 
 def nginx_log(platform: Platform) -> str:
-    return (platform.config.var_dir / "log" / "nginx-access.log").read_text(errors="replace")
+    """What the public edge and the node's own nginx logged."""
+    return "".join((platform.config.var_dir / "log" / name).read_text(errors="replace")
+                   for name in ("edge-access.log", "nginx-access.log")
+                   if (platform.config.var_dir / "log" / name).exists())
 
 
 def api_log_records(platform: Platform) -> list[dict[str, Any]]:
@@ -136,6 +139,7 @@ def test_media_serves_single_avatar_and_thumbnail_files_and_nothing_else(platfor
         (directory / "master.m3u8").write_bytes(content)
         (directory / "360p" / "index.m3u8").write_bytes(content)
         (directory / "360p" / "seg_00001.ts").write_bytes(b"G" + content)
+        (directory / ".live").write_text("a transcoder")  # as a running StreamActor keeps it
     (media / "hls" / str(private_id) / ".private").touch()
     (media / "notes.txt").write_bytes(secret)
     (media / "thumbnails" / ".hidden").write_bytes(secret)
@@ -290,7 +294,7 @@ def test_request_id_from_a_client_talking_to_the_api_directly_is_not_echoed(plat
 
 
 def test_rendered_config_keeps_identity_headers_and_queries_out_of_the_log(platform):
-    conf = (platform.config.var_dir / "nginx" / "nginx.conf").read_text()
+    conf = (platform.config.var_dir / "edge" / "nginx.conf").read_text()  # the public edge
     assert nginx.unprotected_proxies(conf) == []
     assert conf.count("proxy_pass") == conf.count("proxy_set_header X-Forwarded-For $remote_addr;")
     assert "$proxy_add_x_forwarded_for" not in conf
