@@ -5,8 +5,9 @@ API node pinned to CPU 0 with nginx in front on :17280, all state in a temporary
 creates a user and a prepared stream over REST, then from processes pinned to CPU 1:
 
 - ramps up N anonymous viewers (`/ws/streams/{id}/viewers`, one fresh `sf_vid` each, so each
-  counts once) split over several client processes and source addresses 127.77.x.y (at most
-  200 per address: the node's own per-address limit stays at its default of 500);
+  counts once) split over several client processes, each from a source address of its own,
+  four per /24 (127.80.0.0/12: the platform counts a few anonymous viewers per address range
+  and limits handshakes per address, as it would for real viewers);
 - measures an open-loop REST load (200/s of `GET /api/streams`, `GET /api/users/<name>`, the
   stream list over 1,000 seeded live streams as in bench/api.py) alone first (baseline: this
   shared machine's own noise), then during the hold and the churn;
@@ -24,14 +25,11 @@ node's RSS and CPU per phase (and how busy CPU 0 was with other work), REST late
 --profile the API node's event loop per phase from py-spy (`.venv/bin/pip install py-spy`).
 
     .venv/bin/python bench/viewers.py [--viewers 10000] [--processes 4] [--seconds 30]
-        [--hold 10] [--via api|gateway] [--ladder] [--profile] [--details] [--keep]
+        [--hold 10] [--via edge|api] [--ladder] [--profile] [--details] [--keep]
 
---via api (default): clients connect straight to the API node. The node's own nginx runs one
-worker (nginx-rtmp needs it) with worker_connections ~9,900 and a proxied WebSocket costs it
-two descriptors, so it cannot carry 10,000 viewers; REST still goes through it.
---via gateway: clients and REST go through a gateway nginx rendered from docker/gateway.conf
-(no RTMP, `--gateway-workers` workers, `reuseport` so the kernel spreads connections evenly
-over them), pinned to CPU 1 with the clients.
+--via edge (default): clients and REST go through the platform's public port, the edge nginx
+that `make run` starts (one worker per core, `reuseport`), as users do.
+--via api: clients connect straight to the API node (what the server alone costs).
 """
 
 from __future__ import annotations
@@ -41,6 +39,7 @@ import asyncio
 import base64
 import hashlib
 import importlib.util
+import itertools
 import json
 import math
 import multiprocessing
@@ -80,11 +79,11 @@ api_bench = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(api_bench)
 Connection = api_bench.Connection
 
-HTTP_PORT, API_PORT, GATEWAY_PORT = 17280, 17281, 17290  # + control 17282, RTMP 17283
+HTTP_PORT, API_PORT = 17280, 17281  # + control 17282, RTMP 17283, media HTTP 17286
 REDIS_PORT = 17379
 BENCH_DB = "sf_bench_viewers"
 SERVER_CPU, CLIENT_CPU = 0, 1
-PER_SOURCE = 200            # sockets per client source address (server limit: 500)
+PER_NETWORK = 4             # anonymous viewers per /24 (what the platform counts at most)
 MAX_PER_PROCESS = 5000      # sockets per client process (20,000 descriptors at most)
 LADDER = (1000, 2500, 5000, 10000)
 TARGET_DELAY_P99, TARGET_RSS, TARGET_REST_P95 = 1.0, 1 << 30, 0.050
@@ -94,6 +93,12 @@ IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 ANCILLARY = socket.CMSG_SPACE(16)
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def viewer_address(number: int) -> str:
+    """The source address of viewer `number`: its own, PER_NETWORK of them per /24."""
+    network, host = divmod(number, PER_NETWORK)
+    return f"127.{80 + network // 256}.{network % 256}.{1 + host}"
 
 
 def log(message: str) -> None:
@@ -369,7 +374,7 @@ def client_process(pipe: Any, params: dict[str, Any]) -> None:
                 delay = params["start_at"] + index / params["rate"] - time.time()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                task = asyncio.ensure_future(fleet.connect(sources[index // PER_SOURCE]))
+                task = asyncio.ensure_future(fleet.connect(sources[index]))
                 pending.add(task)
                 task.add_done_callback(pending.discard)
             if pending:
@@ -414,6 +419,7 @@ def churn_process(pipe: Any, params: dict[str, Any]) -> None:
         base = params["base"]
         state = {"running": False, "deadline": 0.0}
         join_failures: Counter[str] = Counter()
+        addresses = itertools.count(params["first_address"])
 
         async def step(number: int) -> None:
             size = rng.randint(1, params["size"])
@@ -421,7 +427,7 @@ def churn_process(pipe: Any, params: dict[str, Any]) -> None:
             before = base + len(pool)
             if joining:
                 viewers = [v for v in await asyncio.gather(
-                    *(fleet.connect(params["source"]) for _ in range(size))) if v]
+                    *(fleet.connect(viewer_address(next(addresses))) for _ in range(size))) if v]
                 results = await asyncio.gather(*(asyncio.wait_for(asyncio.shield(v.open_future),  # type: ignore[arg-type]
                                                                   15) for v in viewers),
                                                return_exceptions=True)
@@ -631,13 +637,12 @@ class Sampler(threading.Thread):
 # --- the stack ------------------------------------------------------------------------------------
 
 class Stack:
-    """PostgreSQL database, Redis db, nginx, one API node (CPU 0), maybe a gateway nginx."""
+    """PostgreSQL database, Redis server, the node's nginx and the edge, one API node (CPU 0)."""
 
-    def __init__(self, via: str, gateway_workers: int) -> None:
-        self.via, self.gateway_workers = via, gateway_workers
+    def __init__(self, via: str) -> None:
+        self.via = via
         self.work = Path(tempfile.mkdtemp(prefix="sf-bench-viewers-"))
-        self.nginx_process: subprocess.Popen[bytes] | None = None
-        self.gateway_process: subprocess.Popen[bytes] | None = None
+        self.front: nginx.Front | None = None
         self.server: subprocess.Popen[bytes] | None = None
         self.redis_process: subprocess.Popen[bytes] | None = None
         self.api_log = self.work / "api.log"
@@ -660,6 +665,7 @@ class Stack:
             "SF_API_PORT": str(API_PORT), "SF_HTTP_PORT": str(HTTP_PORT),
             "SF_MEDIA_CONTROL_PORT": str(HTTP_PORT + 2), "SF_RTMP_PORT": str(HTTP_PORT + 3),
             "SF_API_INTERNAL_PORT": str(HTTP_PORT + 4), "SF_API_PROCESSES": "1",  # pinned to CPU 0
+            "SF_MEDIA_HTTP_PORT": str(HTTP_PORT + 6),
             "SF_RATE_LIMIT_ANONYMOUS": "100000000", "SF_RATE_LIMIT_USER": "100000000",
             "SF_RATE_LIMIT_AUTH_IP": "100000000", "SF_RATE_LIMIT_AUTH_ACCOUNT": "100000000",
             "SF_BCRYPT_ROUNDS": "4", "SF_LOG_LEVEL": "WARNING", "SF_ENV": "production",
@@ -668,20 +674,17 @@ class Stack:
             self.env.pop(name, None)
         asyncio.run(recreate_database(base.database_url, BENCH_DB))
         self.config = load_config(self.env)
-        self.nginx_process = nginx.start(self.config, nginx.render(self.config))
+        self.front = nginx.Front(self.config).start()
         with open(self.api_log, "ab") as output:
             self.server = subprocess.Popen(
                 [str(ROOT / ".venv" / "bin" / "sf"), "serve"], env=self.env, stdout=output,
                 stderr=output, stdin=subprocess.DEVNULL, preexec_fn=pinned(SERVER_CPU))
-        if self.via == "gateway":
-            self.gateway_process = self.start_gateway()
         deadline = time.time() + 30
         while time.time() < deadline:
             if self.server.poll() is not None:
                 raise RuntimeError(f"the API node exited: {self.log_tail()}")
             try:
-                if self.call("GET", "/readyz", port=HTTP_PORT)[0] == 200 and (
-                        self.via != "gateway" or self.call("GET", "/healthz")[0] == 200):
+                if self.call("GET", "/readyz", port=HTTP_PORT)[0] == 200:
                     return
             except (OSError, ValueError, asyncio.IncompleteReadError):
                 pass
@@ -710,54 +713,12 @@ class Stack:
 
     @property
     def entry_port(self) -> int:
-        """Where REST goes: the gateway, or the node's nginx."""
-        return GATEWAY_PORT if self.via == "gateway" else HTTP_PORT
+        """Where REST goes: the public port (the edge)."""
+        return HTTP_PORT
 
     @property
     def ws_port(self) -> int:
-        return GATEWAY_PORT if self.via == "gateway" else API_PORT
-
-    def start_gateway(self) -> subprocess.Popen[bytes]:
-        """docker/gateway.conf, pointed at this stack: same limits, headers and timeouts."""
-        directory = self.work / "gateway"
-        for sub in ("tmp/body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi"):
-            (directory / sub).mkdir(parents=True, exist_ok=True)
-        shutil.copy(ROOT / "docker" / "gateway-proxy-headers.conf",
-                    directory / "sf-proxy-headers.conf")
-        text = (ROOT / "docker" / "gateway.conf").read_text()
-        replacements = [
-            ("worker_processes auto;", f"worker_processes {self.gateway_workers};"),
-            ("server api:8081;", f"server 127.0.0.1:{API_PORT};"),
-            ("http://media:8080", f"http://127.0.0.1:{HTTP_PORT}"),
-            ("listen 8080;", f"listen 127.0.0.1:{GATEWAY_PORT} reuseport;"),
-            ("/var/log/nginx/access.log", str(directory / "access.log")),
-            ("/etc/nginx/sf-proxy-headers.conf", str(directory / "sf-proxy-headers.conf")),
-        ]
-        for old, new in replacements:
-            if old not in text:
-                raise RuntimeError(f"docker/gateway.conf changed: no {old!r} to replace")
-            text = text.replace(old, new)
-        text, resolvers = re.subn(r"^\s*resolver [^;]*;\n", "", text, flags=re.MULTILINE)
-        temp = "".join(f"    {kind}_temp_path {directory}/tmp/{sub};\n" for kind, sub in (
-            ("client_body", "body"), ("proxy", "proxy"), ("fastcgi", "fastcgi"),
-            ("uwsgi", "uwsgi"), ("scgi", "scgi")))
-        text = text.replace("http {\n", "http {\n" + temp, 1)
-        text = (f"pid {directory}/nginx.pid;\nerror_log {directory}/error.log warn;\n"
-                f"{nginx.worker_user_directive(self.config)}\n") + text
-        conf = directory / "nginx.conf"
-        conf.write_text(text)
-        binary = shutil.which(self.config.nginx) or self.config.nginx
-        command = [binary, "-p", str(directory), "-c", str(conf), "-e",
-                   str(directory / "error.log")]
-        checked = subprocess.run([*command, "-t", "-q"], capture_output=True, text=True)
-        if checked.returncode != 0:
-            raise RuntimeError(f"gateway configuration is invalid: {checked.stderr.strip()}")
-        process = subprocess.Popen([*command, "-g", "daemon off;"], stdin=subprocess.DEVNULL,
-                                   preexec_fn=pinned(CLIENT_CPU))
-        time.sleep(0.3)
-        if process.poll() is not None:
-            raise RuntimeError(f"gateway nginx exited at start (see {directory / 'error.log'})")
-        return process
+        return HTTP_PORT if self.via == "edge" else API_PORT
 
     def call(self, method: str, path: str, body: Any = None, token: str | None = None,
              port: int | None = None) -> tuple[int, Any]:
@@ -804,9 +765,8 @@ class Stack:
             except subprocess.TimeoutExpired:
                 self.server.kill()
                 self.server.wait()
-        for process in (self.gateway_process, self.nginx_process):
-            if process is not None:
-                nginx.stop(process)
+        if self.front is not None:
+            self.front.stop()
         if self.redis_process is not None and self.redis_process.poll() is None:
             self.redis_process.terminate()
             try:
@@ -946,7 +906,7 @@ class Run:
 
     def execute(self) -> dict[str, Any]:
         args, n = self.args, self.n
-        stack = Stack(args.via, args.gateway_workers)
+        stack = Stack(args.via)
         sampler: Sampler | None = None
         profiler = Profiler(stack, args.profile)
         try:
@@ -962,9 +922,7 @@ class Run:
             assert status == 201, stream
             stream_id = stream["id"]
             api_bench.seed_streams({"database_url": stack.env["SF_DATABASE_URL"]})
-            proxies = {"nginx": stack.nginx_process.pid} if stack.nginx_process else {}
-            if stack.gateway_process:
-                proxies["gateway"] = stack.gateway_process.pid
+            proxies = {"nginx": stack.front.processes[0].pid, "edge": stack.front.processes[1].pid}
             if stack.redis_process:
                 proxies["redis"] = stack.redis_process.pid
             assert stack.server is not None
@@ -981,14 +939,16 @@ class Run:
             start_at = phases["baseline_end"] + 1.0
             phases["ramp"] = start_at
             clients = []
-            for index, share in enumerate(shares):
-                sources = [f"127.77.{index}.{1 + k}" for k in range(math.ceil(share / PER_SOURCE))]
+            first = 0
+            for share in shares:
+                sources = [viewer_address(first + k) for k in range(share)]
+                first += share
                 clients.append(self.spawn(client_process, {
                     "stream_id": stream_id, "port": stack.ws_port, "count": share,
                     "rate": args.ramp_rate * share / n, "start_at": start_at,
                     "sources": sources}))
             churn = self.spawn(churn_process, {
-                "stream_id": stream_id, "port": stack.ws_port, "source": "127.78.0.1",
+                "stream_id": stream_id, "port": stack.ws_port, "first_address": n + 1000,
                 "seed": 1, "size": args.churn_size, "every": args.churn_every,
                 "max_pool": 4 * args.churn_size, "base": n})
             sampler = Sampler(stack.server.pid, proxies)  # after the forks
@@ -1244,12 +1204,10 @@ def ms(value: float) -> str:
 
 def report(f: dict[str, Any], stack: Stack, args: argparse.Namespace) -> None:
     n = f["n"]
-    path = ("clients → gateway nginx (docker/gateway.conf, "
-            f"{stack.gateway_workers} workers, reuseport, CPU {CLIENT_CPU}) :{GATEWAY_PORT} → "
-            f"API node :{API_PORT}; REST through the gateway"
-            if f["via"] == "gateway" else
-            f"clients → API node :{API_PORT} directly (no proxy: the node's nginx, one worker, "
-            f"cannot hold 10,000 proxied WebSockets); REST through the node's nginx :{HTTP_PORT}")
+    path = (f"clients and REST → the public port :{HTTP_PORT} (edge nginx, one worker per core, "
+            f"reuseport) → API node :{API_PORT}"
+            if f["via"] == "edge" else
+            f"clients → API node :{API_PORT} directly; REST through the edge :{HTTP_PORT}")
     print(f"== {n} viewers, one stream, one API node (CPU {SERVER_CPU}); {f['processes']} client "
           f"processes ({'/'.join(map(str, f['shares']))} sockets) + churn + REST on CPU "
           f"{CLIENT_CPU}")
@@ -1354,8 +1312,7 @@ def main() -> int:
     parser.add_argument("--hold", type=float, default=10, help="churn-free hold before it")
     parser.add_argument("--baseline", type=float, default=10,
                         help="REST alone before the ramp (the machine's own noise)")
-    parser.add_argument("--via", choices=("api", "gateway"), default="api")
-    parser.add_argument("--gateway-workers", type=int, default=4)
+    parser.add_argument("--via", choices=("edge", "api"), default="edge")
     parser.add_argument("--ramp-rate", type=float, default=500, help="connections/s")
     parser.add_argument("--rest-rate", type=float, default=200, help="REST requests/s")
     parser.add_argument("--churn-every", type=float, default=2.0)
