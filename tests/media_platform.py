@@ -6,9 +6,11 @@ would. Everything is checked over HTTP/RTMP and on disk, never through internals
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import ssl
 import subprocess
 import sys
@@ -51,8 +53,10 @@ def redis_up(port: int) -> bool:
 class Platform:
     """nginx (HTTP + RTMP) and one API node on their own ports, media in a temp dir."""
 
-    def __init__(self, base: Config, workdir: Path, port_base: int, **overrides: str) -> None:
+    def __init__(self, base: Config, workdir: Path, port_base: int, *, edge: bool = True,
+                 **overrides: str) -> None:
         self.workdir = workdir
+        self.edge = edge  # False: a media node behind another platform's edge
         port_base += TEST_PORT_OFFSET
         var_dir = workdir / "var"
         (var_dir / "secrets").mkdir(parents=True, exist_ok=True)
@@ -93,10 +97,12 @@ class Platform:
         with redis.Redis.from_url(self.config.redis_url) as client:
             for key in client.scan_iter("sf:rl:*", count=1000):
                 client.delete(key)
-        self.front = nginx.Front(self.nginx_config).start()
+        self.front = nginx.Front(self.nginx_config, edge=self.edge).start()
         self.start_api()
         try:
-            wait_for(lambda: self._ready(), 30, what="the API behind nginx")
+            wait_for(lambda: self._ready() if self.edge else self._node_ready(
+                {"url": f"http://127.0.0.1:{self.config.api_port}"}), 30,
+                what="the API behind nginx")
         except BaseException:
             self.stop()  # never leave nginx or API processes holding the ports
             raise
@@ -115,6 +121,27 @@ class Platform:
             return self.request("GET", "/readyz")[0] == 200
         except (OSError, ValueError):
             return False
+
+    def kill(self) -> None:
+        """SIGKILL everything of this node at once, as when its machine dies: nginx (master and
+        workers), the API processes and their FFmpeg children."""
+        roots = [process.pid for process in (self.front.processes if self.front else [])]
+        if self.api_process is not None:
+            roots.append(self.api_process.pid)
+        doomed, queue = set(), list(roots)
+        while queue:
+            pid = queue.pop()
+            doomed.add(pid)
+            children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+            queue.extend(int(child) for child in children.stdout.split() if int(child) not in doomed)
+        for pid in doomed:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for process in [*(self.front.processes if self.front else []), self.api_process]:
+            if process is not None:
+                process.wait()
+        if self.front is not None:
+            self.front.processes.clear()
 
     def stop(self) -> None:
         for publisher in self.publishers:
