@@ -129,22 +129,18 @@ FAIL_TIMEOUT = 2
 
 
 def test_a_rolling_restart_of_two_api_nodes_fails_no_request(base_config, tmp_path):
+    api_port = 18721 + TEST_PORT_OFFSET
     node = Platform(base_config, tmp_path, 18720, SF_API_PROCESSES="1",
-                    SF_RATE_LIMIT_USER="1000000", SF_RATE_LIMIT_ANONYMOUS="1000000").start()
+                    SF_RATE_LIMIT_USER="1000000", SF_RATE_LIMIT_ANONYMOUS="1000000",
+                    SF_EDGE_API_SERVERS=f"127.0.0.1:{api_port},127.0.0.1:{api_port + 100}").start()
     other = node.start_api_node(tmp_path / "other-media")
     try:
-        # nginx balances over both API nodes. A node that refuses a connection is left out
-        # for fail_timeout (the request goes to the other one); the operator restarts the next
-        # node once the previous one is ready and that time has passed.
-        conf = Path(node.config.var_dir) / "nginx" / "nginx.conf"
-        text = conf.read_text()
-        first = f"server {node.config.api_host}:{node.config.api_port}"
-        second = other["url"].removeprefix("http://")
-        conf.write_text(text.replace(
-            f"{first};", f"{first} max_fails=1 fail_timeout={FAIL_TIMEOUT}s;\n"
-                         f"        server {second} max_fails=1 fail_timeout={FAIL_TIMEOUT}s;", 1))
-        node.nginx_process.send_signal(signal.SIGHUP)
-        time.sleep(1)
+        # The edge balances over both API nodes. A node that refuses a connection is left out
+        # for fail_timeout (FAIL_TIMEOUT s: the request goes to the other one); the operator
+        # restarts the next node once the previous one is ready and that time has passed.
+        assert other["url"].endswith(f":{api_port + 100}")
+        edge_conf = (Path(node.config.var_dir) / "edge" / "nginx.conf").read_text()
+        assert f"fail_timeout={FAIL_TIMEOUT}s" in edge_conf
         token = node.register("roller")["token"]
         client = SteadyClient(node, token)
         client.start()
@@ -278,12 +274,13 @@ def test_a_trickling_client_keeps_no_nginx_worker_alive_and_tickets_stay_out_of_
                                              "Sec-WebSocket-Version": "13",
                                              "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
         assert status == 502  # the API is down: nginx could not connect
-        errors = (Path(node.config.var_dir) / "log" / "nginx-error.log").read_text()
+        log_dir = Path(node.config.var_dir) / "log"
+        errors = "".join(path.read_text() for path in log_dir.glob("*-error.log"))
         assert ticket not in errors
 
-        workers = [int(pid) for pid in subprocess.run(
-            ["pgrep", "-P", str(node.nginx_process.pid)], capture_output=True,
-            text=True).stdout.split()]
+        assert node.front is not None
+        workers = [int(pid) for master in node.front.processes for pid in subprocess.run(
+            ["pgrep", "-P", str(master.pid)], capture_output=True, text=True).stdout.split()]
         assert workers
         port = int(node.base_url.rsplit(":", 1)[1])
         slow = socket.create_connection(("127.0.0.1", port))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import signal
 import subprocess
 import threading
@@ -117,7 +116,6 @@ class StreamActor(pykka.ThreadingActor):
         self._thumbnail_mtime = 0.0
         self._last_health = 0.0
         self._timer: threading.Timer | None = None
-        self.token = secrets.token_hex(8)  # whose `.live` marker it is (sf/media/hls.py)
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -127,7 +125,7 @@ class StreamActor(pykka.ThreadingActor):
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.thumbnail_path.parent.mkdir(parents=True, exist_ok=True)
         hls.set_private_marker(self.config.media_dir, self.stream_id, self.private)
-        hls.set_live_marker(self.config.media_dir, self.stream_id, self.token, True)
+        hls.set_live_marker(self.config.media_dir, self.stream_id, True)
         self._spawn()
 
     def on_stop(self) -> None:
@@ -135,7 +133,6 @@ class StreamActor(pykka.ThreadingActor):
         if self._timer:
             self._timer.cancel()
         self._terminate()
-        hls.set_live_marker(self.config.media_dir, self.stream_id, self.token, False)
         self.health.state = "stopped"
         self._report_health(force=True)
         log.info("stream %s: actor stopped", self.stream_id,
@@ -145,7 +142,6 @@ class StreamActor(pykka.ThreadingActor):
     def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
         self.stopping = True
         self._terminate()
-        hls.set_live_marker(self.config.media_dir, self.stream_id, self.token, False)
         # pykka logs the traceback at ERROR itself; this line only names the stream.
         log.warning("stream %s: actor failed (%s)", self.stream_id, exception_type.__name__,
                     extra={"stream_id": self.stream_id, "event": "actor_failed"})

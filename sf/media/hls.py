@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 PRIVATE_MARKER = ".private"
-LIVE_MARKER = ".live"  # present while this node transcodes the stream: nginx serves playlists
+LIVE_MARKER = ".live"  # this node holds the stream's current playlists: nginx serves them
 
 
 def hls_dir_for(media_dir: Path, stream_id: int) -> Path:
@@ -54,26 +54,16 @@ def set_private_marker(media_dir: Path, stream_id: int, private: bool) -> None:
     _mark(directory / PRIVATE_MARKER, private)
 
 
-def set_live_marker(media_dir: Path, stream_id: int, holder: str, live: bool) -> None:
-    """Whether this node's nginx serves the stream's playlists (only while it transcodes it).
-
-    The marker holds the token of the actor that set it: an actor that stops removes only its
-    own, never the marker of the one that replaced it (a reconnect starts a new actor while the
-    old one is still stopping its FFmpeg).
-    """
+def set_live_marker(media_dir: Path, stream_id: int, live: bool) -> None:
+    """Whether this node's nginx serves the stream's playlists: set when its transcoder starts
+    here, removed when the stream goes live on another media node (an encoder that reconnected
+    elsewhere), so the edge never gets this node's stale playlists."""
     directory = hls_dir_for(media_dir, stream_id)
-    marker = directory / LIVE_MARKER
     if live:
         directory.mkdir(parents=True, exist_ok=True)
-        temporary = directory / f"{LIVE_MARKER}.{holder}"
-        temporary.write_text(holder)
-        temporary.replace(marker)
+    elif not directory.is_dir():
         return
-    try:
-        if marker.read_text() == holder:
-            marker.unlink(missing_ok=True)
-    except OSError:
-        pass
+    _mark(directory / LIVE_MARKER, live)
 
 
 def set_thumbnail_private_marker(media_dir: Path, stream_id: int, private: bool) -> None:

@@ -57,10 +57,11 @@ HLS_LOCATIONS = r"""
         location /hls/ { return 404; }
 """
 
-# A node serves a stream's playlists only while it transcodes it (the StreamActor keeps the
-# `.live` marker, sf/media/hls.py): with several media nodes behind the edge, a node the encoder
-# has left (reconnected elsewhere) answers 404 rather than a playlist that no longer advances,
-# and the edge asks the next origin. Segments stay: their names are unique to a transcoder run.
+# A node serves a stream's playlists only while it holds the current ones (the `.live` marker,
+# sf/media/hls.py: set when its transcoder starts, removed when the stream goes live on another
+# media node): a node the encoder has left for another answers 404 rather than a playlist that
+# no longer advances, and the edge asks the next origin. Segments stay: their names are unique
+# to a transcoder run.
 LIVE_PLAYLISTS_ONLY = r"""            set $sf_stale "";
             if ($file ~ "\.m3u8$") { set $sf_stale "playlist"; }
             if (!-f {{hls_dir}}/$sid/.live) { set $sf_stale "${sf_stale}-off-air"; }

@@ -224,5 +224,11 @@ class RemoteStreamChanges(StreamListener):
     async def stream_updated(self, event: StreamEvent) -> None:
         self.ingest.apply_privacy(event.stream_id, event.is_private)
 
+    async def stream_live(self, event: StreamEvent) -> None:
+        """Live on another media node (its encoder reconnected there): this node's copy of the
+        playlists is stale from now on, and nginx stops serving it (the `.live` marker)."""
+        if self.ingest.owner and event.stream_id not in self.ingest.directory:
+            hls.set_live_marker(self.ingest.config.media_dir, event.stream_id, False)
+
     async def stream_ended(self, event: StreamEvent) -> None:
         self.ingest.directory.stop(event.stream_id)
