@@ -39,6 +39,10 @@ log = logging.getLogger("sf.admission")
 LADDER, SOURCE_ONLY, REFUSED = "ladder", "source_only", "refused"
 REFUSAL_MEMORY = 120.0  # seconds a refusal for lack of room is remembered per user
 RANGE_PREFIX = {4: 24, 6: 64}
+OUTCOMES = ((LADDER, "ok"),
+            *((SOURCE_ONLY, reason) for reason in ("capacity", "cpu", "new_account",
+                                                   "range_ladders")),
+            *((REFUSED, reason) for reason in ("capacity", "cpu", "range_rate", "not_h264")))
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,13 @@ class TranscoderAdmission:
         self.capacity = config.max_transcoders or usable_cores()
         self.reserved = 0       # ladders admitted whose actor has not started yet
         self._refused: dict[int, float] = {}  # user → when refused here for lack of room
+
+    @staticmethod
+    def export_outcomes() -> None:
+        """Every (decision, reason) at 0 from the start: increase() over a series that
+        appears with its first publish would miss that publish."""
+        for decision, reason in OUTCOMES:
+            TRANSCODER_ADMISSIONS.labels(decision, reason)
 
     @property
     def transcoders(self) -> int:

@@ -307,6 +307,7 @@ class IngestService(StreamListener):
 
     async def start(self) -> None:
         if self.owner:
+            self.admission.export_outcomes()
             self._reporter = asyncio.ensure_future(self._report_forever())
             self._sweeper = asyncio.ensure_future(self._sweep_forever())
 
