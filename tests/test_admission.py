@@ -113,7 +113,7 @@ def test_a_full_node_refuses_while_another_has_room_else_serves_source_only(two_
     a, b = two_nodes
     users = {name: a.register(name) for name in ("first", "second", "third", "fourth", "fifth")}
 
-    first, names = goes_live_with(a, "first", users["first"]["key"])
+    _, names = goes_live_with(a, "first", users["first"]["key"])
     assert names == ["360p"]  # A's one ladder
     # A is full and B has room: refused, so the encoder's retry (through the RTMP balancer)
     # lands on B, which transcodes it.
@@ -145,7 +145,6 @@ def test_a_full_node_refuses_while_another_has_room_else_serves_source_only(two_
                   reason="capacity") == 2
     assert metric(text, "sf_transcoder_admissions_total", decision="ladder", reason="ok") == 1
     assert metric(metrics(b), "sf_transcoders_running") == 2
-    assert first
 
 
 def _full(node: Platform) -> bool:
