@@ -300,6 +300,13 @@ class Config:
     alert_webhook_max_per_minute: int = setting(Integer(1, 10000))
     backup_dir: Path = setting(ProjectPath())
     backup_keep: int = setting(Integer(1, 10000))
+    # Media node liveness and transcoder admission (issue 19)
+    media_node_heartbeat_ttl: float = setting(Number(1, 300))
+    max_transcoders: int = setting(Integer(0, 1000))
+    transcode_cpu_max_percent: int = setting(Integer(1, 100))
+    transcode_min_account_age_minutes: int = setting(Integer(0, 525600))
+    publish_range_go_lives_per_hour: int = setting(Integer(0, 1000000))
+    publish_range_ladders: int = setting(Integer(0, 1000))
     extra: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property

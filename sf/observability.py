@@ -66,6 +66,20 @@ TRANSCODER_RESTARTS = Gauge("sf_transcoder_restarts", "FFmpeg restarts of a live
                             ["stream_id"])
 TRANSCODER_DEGRADED = Gauge("sf_transcoder_degraded", "1 when a stream's FFmpeg keeps failing",
                             ["stream_id"])
+# Transcoder admission and media node liveness (issue 19), from a media node's ingest process.
+TRANSCODERS_RUNNING = Gauge("sf_transcoders_running",
+                            "Transcoded ladders running on this media node (source-only excluded)")
+TRANSCODER_CAPACITY = Gauge("sf_transcoder_capacity",
+                            "Ladders this media node admits at most (SF_MAX_TRANSCODERS)")
+NODE_CPU_BUSY = Gauge("sf_node_cpu_busy_ratio",
+                      "Share of the media node's CPU busy over the last seconds (admission's guard)")
+TRANSCODER_ADMISSIONS = Counter("sf_transcoder_admissions_total",
+                                "Publishes by what admission gave them (ladder, source_only, "
+                                "refused) and why", ["decision", "reason"])
+STREAMS_TAKEN_OFFLINE = Counter("sf_streams_taken_offline_total",
+                                "Live streams taken offline because their media node died")
+MEDIA_NODES_ALIVE = Gauge("sf_media_nodes_alive",
+                          "Media nodes with a current heartbeat, as this media node sees them")
 
 
 # Text none of the patterns can match (no "live_<digit>", "eyJ", "=" or "/hls/<digit>") is

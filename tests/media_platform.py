@@ -75,6 +75,12 @@ class Platform:
             "SF_SWEEP_INTERVAL": "0.5", "SF_THUMBNAIL_INTERVAL": "2", "SF_BCRYPT_ROUNDS": "4",
             "SF_SEGMENT_RETENTION_SECONDS": "3", "SF_LOG_LEVEL": "INFO",
             "SF_RATE_LIMIT_AUTH_IP": "1000", "SF_RATE_LIMIT_KEY_RESET": "1000",
+            # Transcoder admission off: tests register accounts and publish from 127.0.0.1 at
+            # once, expecting a ladder, on a machine busy with other suites (tests/
+            # test_admission.py turns each limit on).
+            "SF_MAX_TRANSCODERS": "64", "SF_TRANSCODE_CPU_MAX_PERCENT": "100",
+            "SF_TRANSCODE_MIN_ACCOUNT_AGE_MINUTES": "0", "SF_PUBLISH_RANGE_GO_LIVES_PER_HOUR": "0",
+            "SF_PUBLISH_RANGE_LADDERS": "0",
             **overrides,
         }
         self.config = load_config(self.env)

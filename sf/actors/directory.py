@@ -11,7 +11,7 @@ import pykka
 from sf.actors.bridge import LoopBridge
 from sf.actors.stream_actor import GetHealth, MediaEvents, SetPrivate, StreamActor
 from sf.config import Config
-from sf.observability import LIVE_STREAMS
+from sf.observability import LIVE_STREAMS, TRANSCODERS_RUNNING
 
 log = logging.getLogger("sf.actors")
 
@@ -24,6 +24,7 @@ class StreamDirectory:
         self.bridge = bridge
         self.events = events
         self._actors: dict[int, pykka.ActorRef[Any]] = {}
+        self._ladders: set[int] = set()  # streams transcoded (the others are source-only)
 
     def __contains__(self, stream_id: int) -> bool:
         return stream_id in self._actors
@@ -31,19 +32,31 @@ class StreamDirectory:
     def stream_ids(self) -> list[int]:
         return list(self._actors)
 
+    def transcoders(self) -> int:
+        """Streams of this node with a transcoded ladder."""
+        return len(self._ladders)
+
     def start(self, stream_id: int, *, private: bool, passthrough: bool,
-              thumbnail_name: str) -> None:
+              thumbnail_name: str, source_only: bool = False) -> None:
         """Start the stream's actor (replacing a previous one of the same stream)."""
         self.stop(stream_id)
         self._actors[stream_id] = StreamActor.start(
-            stream_id, self.config, self.bridge, self.events, private, passthrough, thumbnail_name)
-        LIVE_STREAMS.set(len(self._actors))
+            stream_id, self.config, self.bridge, self.events, private, passthrough, thumbnail_name,
+            source_only)
+        if not source_only:
+            self._ladders.add(stream_id)
+        self._count()
 
     def stop(self, stream_id: int) -> None:
         ref = self._actors.pop(stream_id, None)
         if ref is not None:
             ref.stop(block=False)  # the actor stops FFmpeg on its own thread
+        self._ladders.discard(stream_id)
+        self._count()
+
+    def _count(self) -> None:
         LIVE_STREAMS.set(len(self._actors))
+        TRANSCODERS_RUNNING.set(len(self._ladders))
 
     def set_private(self, stream_id: int, private: bool) -> None:
         ref = self._actors.get(stream_id)
@@ -69,7 +82,8 @@ class StreamDirectory:
         """Stop every actor and wait (off the loop) until their FFmpegs are gone."""
         refs = list(self._actors.values())
         self._actors.clear()
-        LIVE_STREAMS.set(0)
+        self._ladders.clear()
+        self._count()
         futures = [ref.stop(block=False) for ref in refs]
 
         def wait_all() -> None:

@@ -39,6 +39,8 @@ class MediaEvents(Protocol):
 
     async def on_health(self, stream_id: int, health: dict[str, Any]) -> None: ...
 
+    async def on_not_copyable(self, stream_id: int, reason: str) -> None: ...
+
 
 # --- messages ----------------------------------------------------------------------------------
 
@@ -97,7 +99,8 @@ class StreamActor(pykka.ThreadingActor):
     """One live stream on this node: runs, restarts (with backoff) and stops its FFmpeg."""
 
     def __init__(self, stream_id: int, config: Config, bridge: LoopBridge, events: MediaEvents,
-                 private: bool, passthrough: bool, thumbnail_name: str) -> None:
+                 private: bool, passthrough: bool, thumbnail_name: str,
+                 source_only: bool = False) -> None:
         super().__init__()
         self.stream_id = stream_id
         self.config = config
@@ -105,6 +108,7 @@ class StreamActor(pykka.ThreadingActor):
         self.events = events
         self.private = private
         self.passthrough = passthrough
+        self.source_only = source_only  # no room for a transcoder: the copied source alone
         self.out_dir = hls.hls_dir_for(config.media_dir, stream_id)
         self.thumbnail_path = hls.thumbnails_dir(config.media_dir) / thumbnail_name
         self.thumbnail_name = thumbnail_name
@@ -170,7 +174,7 @@ class StreamActor(pykka.ThreadingActor):
         self.started_at = time.monotonic()
         try:
             source = ffmpeg.probe_source(self.config, ffmpeg.source_url(self.config, self.stream_id))
-            rungs = ffmpeg.plan_ladder(self.config, source, self.passthrough)
+            rungs = ffmpeg.plan_ladder(self.config, source, self.passthrough, self.source_only)
             command = ffmpeg.build_command(self.config, self.stream_id, source, rungs,
                                            self.out_dir, self.thumbnail_path)
             for rung in rungs:
@@ -181,6 +185,12 @@ class StreamActor(pykka.ThreadingActor):
                 self.process = subprocess.Popen(
                     command, stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL,
                     start_new_session=True, preexec_fn=die_with_parent)
+        except ffmpeg.NotCopyable as exc:
+            # Retrying cannot help: the loop ends the stream (which stops this actor).
+            self.health.last_error = str(exc)[:300]
+            self.health.state = "stopped"
+            self.bridge.submit(self.events.on_not_copyable, self.stream_id, str(exc))
+            return
         except (RuntimeError, OSError, subprocess.SubprocessError, ValueError) as exc:
             self.health.last_error = str(exc)[:300]
             self.actor_ref.tell(ProcessExited(generation, -1, 0.0))

@@ -126,10 +126,11 @@ async def record_samples(db: Executor, ts: datetime | None, totals: dict[int, in
 
 
 async def ended_unclosed_streams(db: Executor) -> list[int]:
-    """Ended streams whose statistics are not closed yet."""
+    """Ended streams whose statistics are not closed yet (an offline stream, whose media node
+    died, is not live but not ended either: it may resume, so its statistics stay open)."""
     rows = await db.fetch(
         """SELECT st.stream_id FROM stream_statistics st JOIN streams s ON s.id = st.stream_id
-            WHERE NOT st.closed AND NOT s.is_live ORDER BY st.stream_id""")
+            WHERE NOT st.closed AND s.ended_at IS NOT NULL ORDER BY st.stream_id""")
     return [int(row["stream_id"]) for row in rows]
 
 
@@ -152,7 +153,7 @@ async def close_streams(db: Executor, unique: dict[int, int], max_step: float) -
              FROM unnest($1::bigint[], $2::integer[]) AS u(stream_id, unique_viewers),
                   streams s
             WHERE st.stream_id = u.stream_id AND s.id = st.stream_id
-              AND NOT st.closed AND NOT s.is_live
+              AND NOT st.closed AND s.ended_at IS NOT NULL
            RETURNING st.stream_id""", list(unique), list(unique.values()), float(max_step))
     return len(rows)
 

@@ -186,26 +186,33 @@ async def lock_user_publishing(db: asyncpg.Connection, user_id: int) -> None:
 
 async def resume_after_disconnect(db: asyncpg.Connection, user_id: int, grace: int,
                                   media_node: str | None) -> int | None:
-    """The user's live stream whose publisher left less than `grace` s ago, taken up again.
+    """The user's stream whose publisher left, or whose media node died, less than `grace` s
+    ago, taken up again on `media_node` (whichever node the encoder reached).
 
-    None when there is none (an expired one is ended first); Conflict when the user's live
+    None when there is none (one past its grace is ended first); Conflict when the user's live
     stream still has a connected publisher.
     """
-    row = await db.fetchrow(
+    rows = await db.fetch(
         """SELECT id, disconnected_at,
                   disconnected_at > now() - make_interval(secs => $2) AS within_grace
-             FROM streams WHERE user_id = $1 AND is_live FOR UPDATE""", user_id, float(grace))
-    if row is None:
-        return None
-    if row["disconnected_at"] is None:
+             FROM streams
+            WHERE user_id = $1
+              AND (is_live OR (NOT is_live AND ended_at IS NULL AND disconnected_at IS NOT NULL))
+            ORDER BY disconnected_at DESC NULLS FIRST, id DESC
+              FOR UPDATE""", user_id, float(grace))
+    if any(row["disconnected_at"] is None for row in rows):
         raise Conflict("This user is already live")
-    if not row["within_grace"]:
-        await end_stream(db, row["id"])
-        return None
-    await db.execute(
-        """UPDATE streams SET disconnected_at = NULL, last_seen_at = now(), media_node = $2,
-                  updated_at = now() WHERE id = $1""", row["id"], media_node)
-    return int(row["id"])
+    resumed = None
+    for row in rows:
+        if resumed is None and row["within_grace"]:
+            resumed = int(row["id"])
+        else:
+            await end_stream(db, row["id"])
+    if resumed is not None:
+        await db.execute(
+            """UPDATE streams SET is_live = true, disconnected_at = NULL, last_seen_at = now(),
+                      media_node = $2, updated_at = now() WHERE id = $1""", resumed, media_node)
+    return resumed
 
 
 async def mark_disconnected(db: Executor, stream_id: int) -> bool:
@@ -225,13 +232,67 @@ async def touch_live(db: Executor, stream_id: int) -> bool:
 
 
 async def expired_live_streams(db: Executor, grace: int, liveness_timeout: int) -> list[int]:
-    """Live streams whose publisher left more than `grace` s ago, or that went silent."""
+    """Live streams whose publisher left more than `grace` s ago, or that went silent, and
+    offline streams (their media node died) not resumed within `grace`."""
     rows = await db.fetch(
         """SELECT id FROM streams
             WHERE is_live AND (disconnected_at < now() - make_interval(secs => $1)
-                               OR last_seen_at < now() - make_interval(secs => $2))""",
+                               OR last_seen_at < now() - make_interval(secs => $2))
+           UNION ALL
+           SELECT id FROM streams
+            WHERE NOT is_live AND ended_at IS NULL AND disconnected_at IS NOT NULL
+              AND disconnected_at < now() - make_interval(secs => $1)""",
         float(grace), float(liveness_timeout))
     return [int(row["id"]) for row in rows]
+
+
+async def live_media_nodes(db: Executor) -> list[str]:
+    """The media nodes (control URLs) that ingest live streams."""
+    rows = await db.fetch("SELECT DISTINCT media_node FROM streams"
+                          " WHERE is_live AND media_node IS NOT NULL")
+    return [str(row["media_node"]) for row in rows]
+
+
+async def take_offline(db: Executor, media_nodes: list[str]) -> list[int]:
+    """The live streams of dead media nodes go offline: not live, not ended, disconnected
+    (since now, unless their publisher had already left); their ids."""
+    rows = await db.fetch(
+        """UPDATE streams SET is_live = false, viewers_count = 0,
+                  disconnected_at = COALESCE(disconnected_at, now()), updated_at = now()
+            WHERE is_live AND media_node = ANY($1::text[]) RETURNING id""", media_nodes)
+    return [int(row["id"]) for row in rows]
+
+
+# --- transcoder admission (sf/services/admission.py) ----------------------------------------
+
+RANGE_LOCK_CLASS = 0x5F72  # "_r": the first key of the two-key advisory locks of address ranges
+
+
+async def lock_publish_range(db: asyncpg.Connection, address_range: str) -> None:
+    """Serialize the go-lives from one address range until the transaction ends, so that its
+    limits are counted exactly even when its publishes arrive at once."""
+    await db.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", RANGE_LOCK_CLASS,
+                     address_range)
+
+
+async def go_lives_from_range(db: Executor, address_range: str) -> int:
+    """Streams that went live from this range in the last hour (a resume is no new go-live)."""
+    return int(await db.fetchval(
+        "SELECT count(*) FROM streams WHERE publish_range = $1"
+        " AND started_at > now() - interval '1 hour'", address_range))
+
+
+async def ladders_from_range(db: Executor, address_range: str) -> int:
+    """Live streams from this range with a connected publisher and a transcoded ladder."""
+    return int(await db.fetchval(
+        "SELECT count(*) FROM streams WHERE publish_range = $1 AND is_live"
+        " AND disconnected_at IS NULL AND transcoded", address_range))
+
+
+async def record_publish_origin(db: Executor, stream_id: int, address_range: str | None,
+                                transcoded: bool) -> None:
+    await db.execute("UPDATE streams SET publish_range = $2, transcoded = $3 WHERE id = $1",
+                     stream_id, address_range, transcoded)
 
 
 async def set_thumbnail(db: Executor, stream_id: int, url: str) -> Stream | None:

@@ -112,3 +112,10 @@ async def set_password_hash(db: Executor, user_id: int, password_hash: str) -> N
         "UPDATE users SET password_hash = $2, updated_at = now() WHERE id = $1",
         user_id, password_hash,
     )
+
+
+async def account_age_seconds(db: Executor, user_id: int) -> float:
+    """How long ago the account was created, by the database's clock (0 for no such user)."""
+    age = await db.fetchval(
+        "SELECT EXTRACT(epoch FROM now() - created_at) FROM users WHERE id = $1", user_id)
+    return float(age) if age is not None else 0.0

@@ -68,6 +68,13 @@ class RTMPCallbackHandler(BaseHandler):
             raise BadRequest(f"Expected exactly one '{name}' field")
         return values[0].decode("utf-8", "replace")
 
+    def optional_field(self, name: str) -> str:
+        """A form field that may be missing ("" then), but never repeated."""
+        if len(self.request.body_arguments.get(name, [])) > 1 \
+                or self.request.query_arguments.get(name):
+            raise BadRequest(f"Expected at most one '{name}' field")
+        return self.field(name) if name in self.request.body_arguments else ""
+
     async def stream_id(self) -> int:
         """The stream a callback is about.
 
@@ -99,7 +106,8 @@ class OnPublishHandler(RTMPCallbackHandler):
         if self.field("app") != "live":
             raise Forbidden("Unknown application")
         try:
-            stream_id = await self.ingest.publish(self.field("name"))
+            # addr: the publisher's address, for the per-range limits of transcoder admission.
+            stream_id = await self.ingest.publish(self.field("name"), self.optional_field("addr"))
         except Conflict:
             raise Forbidden("Already live") from None
         self.callback_stream_id = stream_id

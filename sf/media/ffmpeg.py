@@ -88,11 +88,22 @@ def probe_source(config: Config, url: str, timeout: float = 15.0) -> SourceInfo:
                       video.get("codec_name", "h264"))
 
 
-def plan_ladder(config: Config, source: SourceInfo, passthrough: bool) -> list[Rung]:
+class NotCopyable(RuntimeError):
+    """Source-only was asked for, but the source's video cannot be copied into HLS."""
+
+
+def plan_ladder(config: Config, source: SourceInfo, passthrough: bool,
+                source_only: bool = False) -> list[Rung]:
     """The configured rungs at or below the source height (never upscaled).
 
-    A source smaller than every rung gets one rung at its own height.
+    A source smaller than every rung gets one rung at its own height. `source_only` (no room
+    for a transcoder, see sf/services/admission.py): the copied source alone, no x264 at all;
+    NotCopyable when the source is not H.264 (HLS in MPEG-TS carries H.264 only).
     """
+    if source_only:
+        if source.video_codec != "h264":
+            raise NotCopyable(f"source-only needs an H.264 source, not {source.video_codec}")
+        return [Rung("source", source.height, 0, 160, copy=True)]
     heights = [h for h in config.ladder if h <= source.height]
     if not heights:
         heights = [source.height - source.height % 2]
@@ -136,8 +147,10 @@ def build_command(config: Config, stream_id: int, source: SourceInfo, rungs: lis
             cmd += ["-map", "0:v:0", f"-c:v:{output_index}", "copy"]
         else:
             kbps = rung.video_kbps
+            # The profile per encoded stream: given to a copied one it fails the whole command
+            # ("Unable to parse option value main"), which broke source_passthrough.
             cmd += ["-map", f"[v{encoded_index}]", f"-c:v:{output_index}", "libx264",
-                    f"-b:v:{output_index}", f"{kbps}k",
+                    f"-profile:v:{output_index}", "main", f"-b:v:{output_index}", f"{kbps}k",
                     f"-maxrate:v:{output_index}", f"{int(kbps * 1.1)}k",
                     f"-bufsize:v:{output_index}", f"{kbps}k"]
             encoded_index += 1
@@ -146,11 +159,12 @@ def build_command(config: Config, stream_id: int, source: SourceInfo, rungs: lis
             cmd += ["-map", "0:a:0", f"-b:a:{output_index}", f"{rung.audio_kbps}k"]
             entry += f",a:{output_index}"
         stream_map.append(f"{entry},name:{rung.name}")
-    cmd += [
-        "-preset", config.transcode_preset, "-tune", "zerolatency", "-profile:v", "main",
-        "-g", str(gop), "-keyint_min", str(gop), "-sc_threshold", "0",
-        "-force_key_frames", f"expr:gte(t,n_forced*{segment})",
-    ]
+    if encoded:
+        cmd += [
+            "-preset", config.transcode_preset, "-tune", "zerolatency",
+            "-g", str(gop), "-keyint_min", str(gop), "-sc_threshold", "0",
+            "-force_key_frames", f"expr:gte(t,n_forced*{segment})",
+        ]
     if source.has_audio:
         cmd += ["-c:a", "aac", "-ac", "2", "-ar", "48000"]
     cmd += [

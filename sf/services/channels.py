@@ -31,6 +31,11 @@ from sf.services.events import AccessEvent, StreamEvent, StreamListener, notify
 log = logging.getLogger("sf.channels")
 
 
+# What a media node's admission says of a publish, decided inside its go-live transaction
+# (connection, user id, whether it resumes a stream): the address range it came from and
+# whether it gets a transcoded ladder; it refuses by raising a domain error.
+PublishGate = Callable[[asyncpg.Connection, int, bool], Awaitable[tuple[str | None, bool]]]
+
 # Page keys of recent filter sets (ChannelService._page_key), forgotten all at once when full.
 _PAGE_KEYS: dict[tuple[Any, ...], str] = {}
 _PAGE_KEYS_LIMIT = 4096
@@ -230,13 +235,17 @@ class ChannelService:
     # --- publishing ----------------------------------------------------------------------------
 
     async def authorize_publish(self, presented_key: str, media_node: str | None = None,
-                                resume_within: int = 0) -> Stream:
+                                resume_within: int = 0,
+                                admit: PublishGate | None = None) -> Stream:
         """The stream an RTMP publish with this key goes live as.
 
         Unknown key → Forbidden. An encoder that reconnects within `resume_within` seconds of
-        losing its connection continues the same stream; otherwise the user's prepared stream
-        goes live, or a new one opens from their default settings. A second concurrent
-        publish of one user → Conflict.
+        losing its connection (or its media node) continues the same stream, on whichever node
+        it reached; otherwise the user's prepared stream goes live, or a new one opens from
+        their default settings. A second concurrent publish of one user → Conflict. `admit`
+        (the media node's transcoder admission) runs in the same transaction before anything
+        changes: it may refuse by raising, and says where the publish came from and whether it
+        gets a ladder, which the stream records.
         """
         user_id = await keys_db.find_user_by_key(self.db, self.cipher, presented_key)
         if user_id is None:
@@ -245,13 +254,30 @@ class ChannelService:
             await streams_db.lock_user_publishing(connection, user_id)
             stream_id = await streams_db.resume_after_disconnect(
                 connection, user_id, resume_within, media_node)
+            origin = None
+            if admit is not None:
+                origin = await admit(connection, user_id, stream_id is not None)
             if stream_id is None:
                 sealed = await keys_db.sealed_key(connection, user_id)
                 stream_id = await streams_db.go_live(connection, user_id, sealed, media_node)
+            if origin is not None:
+                await streams_db.record_publish_origin(connection, stream_id, *origin)
         stream = await streams_db.get_stream(self.db, stream_id, user_id)
         await self.cache.forget_public_views(stream.username)
         await self._tell("live", stream)
         return stream
+
+    async def take_offline_streams_of(self, media_nodes: list[str]) -> list[int]:
+        """The live streams of dead media nodes go offline (resumable within the grace period
+        on any node); listeners hear `stream_offline`. The ids taken offline."""
+        stream_ids = await streams_db.take_offline(self.db, media_nodes)
+        if stream_ids:
+            await self.cache.forget_public_views()
+        for stream_id in stream_ids:
+            stream = await streams_db.load_stream(self.db, stream_id)
+            if stream is not None:
+                await self._tell("offline", stream)
+        return stream_ids
 
     async def stream_of_callback_name(self, name: str) -> int | None:
         """The stream an nginx-rtmp callback names: a stream id, or the key it was published

@@ -25,6 +25,7 @@ from sf.services.accounts import AccountService
 from sf.services.channels import ChannelService
 from sf.services.events import EventBus
 from sf.services.ingest import IngestService
+from sf.services.media_nodes import MediaNodeRegistry
 from sf.services.sessions import SessionStore, TicketStore
 from sf.services.statistics import StatisticsService
 from sf.services.viewer_counts import ViewerCounts
@@ -84,6 +85,7 @@ class Services:
     tickets: TicketStore
     counts: ViewerCounts
     viewers: ViewerHub
+    media_nodes: MediaNodeRegistry  # which media nodes are alive (read by any node)
     ingest: IngestService | None  # only on a node next to an nginx-rtmp
     drain: RequestDrain = field(default_factory=RequestDrain)
     alerts: AlertWebhook | None = None  # ERROR events → SF_ALERT_WEBHOOK_URL, while started
@@ -161,9 +163,10 @@ async def start_services(config: Config, *, database_url: str | None = None,
     channels.add_listener(viewers)
     events.subscribe(viewers)
     statistics = StatisticsService(config, db, redis, counts, cache, channels)
+    media_nodes = MediaNodeRegistry(redis, config.media_node_heartbeat_ttl)
     node_ingest = None
     if ingest:
-        node_ingest = IngestService(config, db, redis, channels, owner=ingest_owner)
+        node_ingest = IngestService(config, db, redis, channels, media_nodes, owner=ingest_owner)
         channels.add_listener(node_ingest)
         events.subscribe(node_ingest.remote)
     return Services(
@@ -173,5 +176,5 @@ async def start_services(config: Config, *, database_url: str | None = None,
         stream_schema=StreamSchema(playback_secret=config.internal_secret,
                                    playback_ttl=config.playback_url_ttl),
         tickets=TicketStore(redis), counts=counts, viewers=viewers,
-        ingest=node_ingest,
+        media_nodes=media_nodes, ingest=node_ingest,
     )

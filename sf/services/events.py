@@ -32,7 +32,7 @@ def channel_name(redis: Redis, name: str) -> str:
     other's events without the database in the name."""
     database = redis.connection_pool.connection_kwargs.get("db", 0)
     return f"{name}:db{database}"
-KINDS = ("live", "updated", "ended", "thumbnail")
+KINDS = ("live", "updated", "ended", "thumbnail", "offline")
 
 
 @dataclass(frozen=True)
@@ -106,12 +106,17 @@ class StreamListener:
     async def thumbnail_changed(self, event: StreamEvent) -> None:
         """A new thumbnail was taken."""
 
+    async def stream_offline(self, event: StreamEvent) -> None:
+        """The stream's media node died: not live, not ended; its encoder may resume it on
+        any media node within the grace period (then `stream_live`), else it ends."""
+
     async def viewer_revoked(self, event: AccessEvent) -> None:
         """A viewer lost access to an owner's private streams."""
 
 
 _METHODS = {"live": "stream_live", "updated": "stream_updated", "ended": "stream_ended",
-            "thumbnail": "thumbnail_changed", "revoked": "viewer_revoked"}
+            "thumbnail": "thumbnail_changed", "offline": "stream_offline",
+            "revoked": "viewer_revoked"}
 
 
 async def notify(listeners: list[StreamListener], event: Event) -> None:
@@ -144,7 +149,7 @@ class EventBus(StreamListener):
         except Exception:
             log.warning("could not publish a %s event", event.kind, exc_info=True)
 
-    stream_live = stream_updated = stream_ended = thumbnail_changed = _publish
+    stream_live = stream_updated = stream_ended = thumbnail_changed = stream_offline = _publish
     viewer_revoked = _publish
 
     async def start(self) -> None:

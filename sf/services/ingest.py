@@ -26,17 +26,25 @@ from sf.db import streams as streams_db
 from sf.db.streams import Stream
 from sf.media import hls
 from sf.observability import (
+    MEDIA_NODES_ALIVE,
+    NODE_CPU_BUSY,
+    STREAMS_TAKEN_OFFLINE,
+    TRANSCODER_ADMISSIONS,
+    TRANSCODER_CAPACITY,
     TRANSCODER_DEGRADED,
     TRANSCODER_FPS,
     TRANSCODER_RESTARTS,
     TRANSCODER_SPEED,
 )
+from sf.services.admission import REFUSED, Admission, TranscoderAdmission
 from sf.services.channels import ChannelService
 from sf.services.events import StreamEvent, StreamListener
+from sf.services.media_nodes import CpuMonitor, MediaNode, MediaNodeRegistry
 
 log = logging.getLogger("sf.ingest")
 
 HEALTH_KEY = "sf:media:health:{}"
+CPU_SAMPLE_SECONDS = 1.0
 
 
 class IngestService(StreamListener):
@@ -49,16 +57,23 @@ class IngestService(StreamListener):
     """
 
     def __init__(self, config: Config, db: asyncpg.Pool, redis: Redis,
-                 channels: ChannelService, *, owner: bool = True) -> None:
+                 channels: ChannelService, registry: MediaNodeRegistry, *,
+                 owner: bool = True) -> None:
         self.config = config
         self.owner = owner
         self.db = db
         self.redis = redis
         self.channels = channels
+        self.registry = registry
         self.bridge = LoopBridge(asyncio.get_running_loop())
         self.directory = StreamDirectory(config, self.bridge, self)
         self.remote = RemoteStreamChanges(self)
+        self.cpu = CpuMonitor()
+        self.admission = TranscoderAdmission(config, registry, self.cpu,
+                                             self.directory.transcoders)
         self._sweeper: asyncio.Task[None] | None = None
+        self._reporter: asyncio.Task[None] | None = None
+        self._next_beat = 0.0  # monotonic time of the next heartbeat
         self.stopping = False
         self.http = tornado.httpclient.AsyncHTTPClient()
         if shutil.which(config.ffmpeg) is None:
@@ -66,16 +81,44 @@ class IngestService(StreamListener):
 
     # --- nginx-rtmp callbacks ------------------------------------------------------------------
 
-    async def publish(self, presented_key: str) -> int:
-        """on_publish: authorize the key, go live (or resume), start the actor; the stream id."""
-        stream = await self.channels.authorize_publish(
-            presented_key, media_node=self.config.media_node_url,
-            resume_within=self.config.publish_grace_seconds)
-        settings = await keys_db.get_settings(self.db, stream.user_id)
-        thumbnail_name = await self._thumbnail_name(stream)
-        self.directory.start(stream.id, private=stream.is_private,
-                             passthrough=settings.source_passthrough or self.config.source_passthrough,
-                             thumbnail_name=thumbnail_name)
+    async def publish(self, presented_key: str, address: str = "") -> int:
+        """on_publish: authorize the key, admit (ladder, source-only or refused: a domain
+        error), go live (or resume), start the actor; the stream id. `address`: the
+        publisher's, as nginx-rtmp saw it."""
+        admission = self.admission
+        # Asked before the go-live transaction (no Redis round trip while it holds its locks),
+        # and only when this node looks full; "no" when Redis cannot tell.
+        others_have_room = bool(admission.lack_of_room() and await admission.others_with_room())
+        decided: list[Admission] = []
+
+        async def admit(connection: asyncpg.Connection, user_id: int,
+                        resumed: bool) -> tuple[str | None, bool]:
+            decision = await admission.decide(connection, user_id, address, resumed,
+                                              others_have_room)
+            decided.append(decision)
+            if decision.decision == REFUSED:
+                admission.record(decision, user_id, None)
+                raise admission.refusal(decision)
+            return decision.address_range, decision.transcoded
+
+        try:
+            stream = await self.channels.authorize_publish(
+                presented_key, media_node=self.config.media_node_url,
+                resume_within=self.config.publish_grace_seconds, admit=admit)
+        except BaseException:
+            for decision in decided:
+                admission.release(decision)
+            raise
+        decision = decided[-1]
+        try:
+            settings = await keys_db.get_settings(self.db, stream.user_id)
+            thumbnail_name = await self._thumbnail_name(stream)
+            self.directory.start(stream.id, private=stream.is_private,
+                                 passthrough=settings.source_passthrough or self.config.source_passthrough,
+                                 thumbnail_name=thumbnail_name, source_only=not decision.transcoded)
+        finally:
+            admission.release(decision)
+        admission.record(decision, stream.user_id, stream.id)
         log.info("stream %s live (user %s)", stream.id, stream.user_id,
                  extra={"stream_id": stream.id, "user_id": stream.user_id, "event": "live"})
         return stream.id
@@ -148,6 +191,16 @@ class IngestService(StreamListener):
         if not self.stopping:
             await self.channels.set_thumbnail(stream_id, url)
 
+    async def on_not_copyable(self, stream_id: int, reason: str) -> None:
+        """A source-only stream whose source cannot be copied (not H.264): refused after all."""
+        if self.stopping or stream_id not in self.directory:
+            return
+        TRANSCODER_ADMISSIONS.labels(REFUSED, "not_h264").inc()
+        log.warning("stream %s refused: %s", stream_id, reason,
+                    extra={"event": "admission", "decision": REFUSED, "reason": "not_h264",
+                           "stream_id": stream_id})
+        await self.channels.end_stream(stream_id)
+
     async def on_health(self, stream_id: int, health: dict[str, Any]) -> None:
         if self.stopping:
             return
@@ -174,13 +227,62 @@ class IngestService(StreamListener):
         return hls.new_thumbnail_name(stream.id)
 
     async def sweep(self) -> None:
-        """End streams past their grace period or silent too long; drop old segments."""
+        """Take the streams of dead media nodes offline; end streams past their grace period
+        or silent too long; drop old segments."""
+        await self.take_dead_nodes_offline()
         expired = await streams_db.expired_live_streams(
             self.db, self.config.publish_grace_seconds, self.config.stream_liveness_timeout)
         for stream_id in expired:
             log.info("stream %s: ended by the sweeper", stream_id)
             await self.channels.end_stream(stream_id)
         await asyncio.get_running_loop().run_in_executor(None, self._remove_old_media)
+
+    async def take_dead_nodes_offline(self) -> list[int]:
+        """Live streams ingested by media nodes whose heartbeat stopped go offline (their
+        viewers are told; their encoders may resume them on any node within the grace
+        period). Nothing happens while the registry cannot be trusted (Redis down)."""
+        nodes = await streams_db.live_media_nodes(self.db)
+        dead = await self.registry.dead_among(nodes, self.config.media_node_url)
+        if not dead:
+            return []
+        stream_ids = await self.channels.take_offline_streams_of(dead)
+        if stream_ids:  # every surviving node tries; the one that took them reports
+            STREAMS_TAKEN_OFFLINE.inc(len(stream_ids))
+            log.error("media node lost (%s): %s live streams taken offline",
+                      ", ".join(dead), len(stream_ids),
+                      extra={"event": "media_node_lost", "media_nodes": dead,
+                             "stream_ids": stream_ids})
+        return stream_ids
+
+    def node_state(self) -> MediaNode:
+        """What this media node's heartbeat says of it."""
+        config, admission = self.config, self.admission
+        return MediaNode(url=config.media_node_url, node_id=config.node_id,
+                         origin=config.media_origin, rtmp_url=config.rtmp_url,
+                         transcoders=admission.transcoders, capacity=admission.capacity,
+                         cpu_busy=self.cpu.busy, has_room=admission.lack_of_room() is None)
+
+    async def report(self) -> None:
+        """One round of the reporter: sample the CPU, heartbeat when due, export the load."""
+        await self.cpu.sample()
+        now = time.monotonic()
+        if now >= self._next_beat:
+            self._next_beat = now + self.registry.interval
+            await self.registry.beat(self.node_state())
+            with contextlib.suppress(Exception):  # Redis unreachable: the gauge keeps its value
+                MEDIA_NODES_ALIVE.set(len(await self.registry.alive()))
+        busy = self.cpu.busy
+        if busy is not None:
+            NODE_CPU_BUSY.set(busy)
+        TRANSCODER_CAPACITY.set(self.admission.capacity)
+
+    async def _report_forever(self) -> None:
+        while True:
+            try:
+                await self.report()
+            except Exception:
+                log.exception("media node report failed")
+            await asyncio.sleep(min(CPU_SAMPLE_SECONDS, self.registry.interval))
 
     def _remove_old_media(self) -> None:
         root = self.config.media_dir / "hls"
@@ -205,13 +307,18 @@ class IngestService(StreamListener):
 
     async def start(self) -> None:
         if self.owner:
+            self.admission.export_outcomes()
+            self._reporter = asyncio.ensure_future(self._report_forever())
             self._sweeper = asyncio.ensure_future(self._sweep_forever())
 
     async def stop(self) -> None:
         self.stopping = True
-        if self._sweeper:
-            self._sweeper.cancel()
-            await asyncio.gather(self._sweeper, return_exceptions=True)
+        tasks = [task for task in (self._sweeper, self._reporter) if task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self.owner:
+            await self.registry.withdraw(self.config.media_node_url)
         await self.directory.stop_all()
 
 

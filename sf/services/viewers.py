@@ -286,6 +286,7 @@ class ViewerHub(StreamListener):
                 slice_end = clock() + FAN_OUT_SLICE
 
     stream_live = stream_updated = stream_ended = thumbnail_changed = _broadcast_state
+    stream_offline = _broadcast_state
 
     async def _close_unauthorized(self, stream_id: int) -> None:
         """A stream became private: only its owner and invited viewers stay."""

@@ -1,0 +1,313 @@
+"""Media node liveness (issue 19 point 4): two real media nodes (nginx-rtmp + `sf serve`) share
+PostgreSQL and a Redis server of this module's own, which one test stops and starts again.
+
+- Each node heartbeats its addresses and load into the registry.
+- A Redis outage longer than the heartbeat TTL takes no stream offline.
+- A SIGKILLed node: its streams are offline within 15 s, viewers on the surviving node are
+  told, the encoder's reconnect to the survivor resumes the same stream id; a stream whose
+  encoder does not come back ends after the grace period, its statistics closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+import tornado.httpclient
+import tornado.websocket
+from redis.asyncio import Redis
+
+from sf.services.media_nodes import NODE_KEY, NODES_KEY, MediaNode, MediaNodeRegistry
+from tests.helpers import TEST_PORT_OFFSET, run_private
+from tests.media_platform import Platform, redis_up, wait_for
+
+PORT_A, PORT_B = 19100, 19140
+REDIS_PORT = 19190 + TEST_PORT_OFFSET
+GRACE = 12
+OFFLINE_WITHIN = 15.0
+
+
+class RedisServer:
+    """A redis-server of this module's own (append-only, as production runs it)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.command = [shutil.which("redis-server") or "redis-server", "--port",
+                        str(REDIS_PORT), "--bind", "127.0.0.1", "--save", "", "--appendonly",
+                        "yes", "--appendfsync", "always", "--dir", str(directory)]
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+        wait_for(lambda: redis_up(REDIS_PORT), 10, what="redis-server")
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("media-nodes-redis"))
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture(scope="module")
+def nodes(base_config, tmp_path_factory, redis_server) -> Iterator[tuple[Platform, Platform]]:
+    common = {"SF_REDIS_URL": f"redis://127.0.0.1:{REDIS_PORT}/0",
+              "SF_PUBLISH_GRACE_SECONDS": str(GRACE), "SF_STATS_SAMPLE_SECONDS": "1",
+              "SF_RATE_LIMIT_ANONYMOUS": "100000"}
+    a = Platform(base_config, tmp_path_factory.mktemp("media-node-a"), PORT_A, **common)
+    b = Platform(base_config, tmp_path_factory.mktemp("media-node-b"), PORT_B, **common)
+    a.start()
+    try:
+        b.start()
+    except BaseException:
+        a.stop()
+        raise
+    yield a, b
+    b.stop()
+    a.stop()
+
+
+def registry_view() -> dict[str, Any]:
+    async def read() -> dict[str, Any]:
+        redis = Redis.from_url(f"redis://127.0.0.1:{REDIS_PORT}/0")
+        try:
+            return await MediaNodeRegistry(redis, 6).alive()
+        finally:
+            await redis.aclose()
+
+    return run_private(read())  # type: ignore[no-any-return]
+
+
+def query(base_config, sql: str, *args: Any) -> Any:
+    async def run() -> Any:
+        connection = await asyncpg.connect(base_config.database_url)
+        try:
+            return await connection.fetchval(sql, *args)
+        finally:
+            await connection.close()
+
+    return run_private(run())
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (read from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def kill_node(node: Platform) -> None:
+    """SIGKILL the whole media node at once (nginx and its workers, the API supervisor, its
+    processes and their FFmpegs), as a machine that dies: none of our code runs."""
+    assert node.nginx_process is not None and node.api_process is not None
+    roots = [node.nginx_process.pid, node.api_process.pid]
+    for pid in [*roots, *(child for root in roots for child in descendants(root))]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    node.api_process.wait(timeout=10)
+    node.nginx_process.wait(timeout=10)
+
+
+class Viewer:
+    """A viewer WebSocket that keeps every message it gets."""
+
+    def __init__(self, connection: tornado.websocket.WebSocketClientConnection) -> None:
+        self.connection = connection
+        self.messages: list[dict[str, Any]] = []
+        self._reader = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        while (message := await self.connection.read_message()) is not None:
+            self.messages.append(json.loads(message))
+
+    def stream_states(self) -> list[bool]:
+        return [m["is_live"] for m in self.messages if m["type"] == "stream"]
+
+    async def until(self, predicate: Any, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}: {self.messages[-5:]}")
+            await asyncio.sleep(0.05)
+
+
+async def watch(node: Platform, stream_id: int) -> Viewer:
+    url = node.base_url.replace("http://", "ws://") + f"/ws/streams/{stream_id}/viewers"
+    request = tornado.httpclient.HTTPRequest(url, headers={"Origin": node.base_url},
+                                             request_timeout=10)
+    return Viewer(await tornado.websocket.websocket_connect(request))
+
+
+async def poll(what: Any, timeout: float, description: str) -> Any:
+    """Poll a blocking check from a coroutine, letting the loop (the sockets) run between."""
+    deadline = time.monotonic() + timeout
+    while not (value := what()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {description}")
+        await asyncio.sleep(0.2)
+    return value
+
+
+def test_no_node_is_judged_dead_unless_the_judges_own_view_of_redis_is_sound(base_config):
+    """The registry alone, on the session's Redis: a node whose heartbeat stopped is dead only
+    to a judge whose own heartbeats have reached Redis for a whole TTL and are there now."""
+
+    def node(url: str) -> MediaNode:
+        return MediaNode(url, url, "127.0.0.1:1", "rtmp://127.0.0.1:1/live", 0, 1, None, True)
+
+    async def scenario() -> None:
+        redis = Redis.from_url(base_config.redis_url)
+        unreachable = Redis.from_url(f"redis://127.0.0.1:{REDIS_PORT + 1}/0",
+                                     socket_connect_timeout=1)
+        a, judge = "http://node-a.test", "http://judge.test"
+        try:
+            await redis.delete(NODES_KEY, NODE_KEY.format(a), NODE_KEY.format(judge))
+            node_a, registry = MediaNodeRegistry(redis, 1.0), MediaNodeRegistry(redis, 1.0)
+            assert await node_a.beat(node(a)) and await registry.beat(node(judge))
+            assert await registry.dead_among([a], judge) == []  # not trusted yet
+            await asyncio.sleep(1.2)  # a's heartbeat expires; the judge's too
+            assert await registry.dead_among([a], judge) == []  # its own heartbeat is missing
+            assert await registry.beat(node(judge))
+            assert await registry.dead_among([a, "http://never-seen.test"], judge) == [a]
+            # The judge's own Redis fails once: it judges nothing for a TTL after it is back.
+            registry.redis = unreachable
+            assert not await registry.beat(node(judge))
+            registry.redis = redis
+            assert await registry.beat(node(judge))
+            assert await registry.dead_among([a], judge) == []
+            await asyncio.sleep(1.1)
+            assert await registry.beat(node(judge))
+            assert await registry.dead_among([a], judge) == [a]
+            assert set(await registry.alive()) == {judge}
+            await registry.withdraw(a)  # stopped on purpose: gone, not dead
+            assert await registry.dead_among([a], judge) == []
+        finally:
+            await redis.delete(NODES_KEY, NODE_KEY.format(a), NODE_KEY.format(judge))
+            await redis.aclose()
+            await unreachable.aclose()
+
+    run_private(scenario())
+
+
+def test_each_media_node_heartbeats_its_addresses_and_load(nodes):
+    a, b = nodes
+    alive = wait_for(lambda: (view := registry_view()) and len(view) == 2 and view, 10,
+                     what="both heartbeats")
+    for node in (a, b):
+        entry = alive[node.config.media_node_url]
+        assert entry.origin == node.config.media_origin
+        assert entry.rtmp_url == node.config.rtmp_url
+        assert entry.capacity == 64 and entry.transcoders == 0 and entry.has_room
+        assert entry.node_id == f"{node.config.node_id}.0"  # the ingest process
+
+
+def test_a_redis_outage_longer_than_the_heartbeat_takes_no_stream_offline(
+        nodes, redis_server, base_config):
+    a, _ = nodes
+    user = a.register("weathers_outage")
+    publisher = a.publish(user["key"], seconds=120)
+    stream = wait_for(lambda: a.live_stream_of("weathers_outage"), 20, what="live")
+    live = "SELECT is_live FROM streams WHERE id = $1"
+    try:
+        redis_server.kill()
+        down_until = time.monotonic() + 9  # longer than the TTL: every heartbeat expires
+        while time.monotonic() < down_until:
+            assert query(base_config, live, stream["id"]) is True
+            time.sleep(0.5)
+        redis_server.start()  # the expired heartbeats come back from the append-only file
+        wait_for(lambda: len(registry_view()) == 2, 15, what="both heartbeats again")
+        watched_until = time.monotonic() + 8
+        while time.monotonic() < watched_until:
+            assert query(base_config, live, stream["id"]) is True
+            time.sleep(0.3)
+        assert publisher.poll() is None
+    finally:
+        publisher.kill()
+        publisher.wait()
+        assert a.request("DELETE", f"/api/streams/{stream['id']}", token=user["token"])[0] == 204
+
+
+def test_a_killed_media_node_goes_offline_and_its_encoder_resumes_on_the_survivor(
+        nodes, base_config):
+    a, b = nodes
+    returning, lost = a.register("comes_back"), a.register("never_back")
+    a.publish(returning["key"], seconds=120)
+    a.publish(lost["key"], seconds=120)
+    stream = wait_for(lambda: a.live_stream_of("comes_back"), 20, what="live on A")
+    gone = wait_for(lambda: a.live_stream_of("never_back"), 20, what="the second live on A")
+    wait_for(lambda: a.get(f"/hls/{stream['id']}/master.m3u8")[0] == 200, 30,
+             what="A's transcoder")
+    wait_for(lambda: query(base_config, "SELECT count(*) FROM stream_statistics WHERE "
+                           "stream_id = ANY($1::bigint[])", [stream["id"], gone["id"]]) == 2,
+             20, what="the statistics of both streams")
+
+    async def scenario() -> None:
+        viewer = await watch(b, stream["id"])
+        await viewer.until(lambda: any(m["type"] == "viewers" for m in viewer.messages), 10,
+                           "the first viewers message")
+        kill_node(a)
+        killed = time.monotonic()
+        seen = await poll(lambda: b.stream(stream["id"])["is_live"] is False, OFFLINE_WITHIN + 5,
+                          "the stream to go offline")
+        offline_after = time.monotonic() - killed
+        assert seen and offline_after <= OFFLINE_WITHIN, offline_after
+        await viewer.until(lambda: False in viewer.stream_states(), 5, "the offline message")
+        offline = b.stream(stream["id"])
+        assert offline["ended_at"] is None  # offline, not ended: the encoder may come back
+        assert b.live_stream_of("comes_back") is None
+
+        # The encoder reconnects, through the balancer, to the surviving node.
+        b.publish(returning["key"], seconds=120)
+        resumed = await poll(lambda: b.live_stream_of("comes_back"), 20, "the resume on B")
+        assert resumed["id"] == stream["id"]
+        await viewer.until(lambda: viewer.stream_states()[-1:] == [True], 10,
+                           "the live-again message")
+        await poll(lambda: b.get(f"/hls/{stream['id']}/master.m3u8")[0] == 200, 30,
+                   "B's transcoder")
+        viewer.connection.close()
+
+    asyncio.run(scenario())
+    assert query(base_config, "SELECT media_node FROM streams WHERE id = $1",
+                 stream["id"]) == b.config.media_node_url
+    # The other encoder never comes back: ended after the grace, statistics closed; the
+    # resumed stream's stayed open through its offline spell.
+    ended = wait_for(lambda: b.stream(gone["id"])["ended_at"], GRACE + 10,
+                     what="the lost stream to end")
+    assert ended and b.stream(gone["id"])["is_live"] is False
+    closed = "SELECT closed FROM stream_statistics WHERE stream_id = $1"
+    wait_for(lambda: query(base_config, closed, gone["id"]) is True, 10,
+             what="the lost stream's statistics to close")
+    assert query(base_config, closed, stream["id"]) is False
+    logs = b.logs()
+    assert "media node lost" in logs and a.config.media_node_url in logs
