@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -103,40 +101,6 @@ def query(base_config, sql: str, *args: Any) -> Any:
             await connection.close()
 
     return run_private(run())
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below `pid` (read from /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(parent, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def kill_node(node: Platform) -> None:
-    """SIGKILL the whole media node at once (nginx and its workers, the API supervisor, its
-    processes and their FFmpegs), as a machine that dies: none of our code runs."""
-    assert node.nginx_process is not None and node.api_process is not None
-    roots = [node.nginx_process.pid, node.api_process.pid]
-    for pid in [*roots, *(child for root in roots for child in descendants(root))]:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    node.api_process.wait(timeout=10)
-    node.nginx_process.wait(timeout=10)
 
 
 class Viewer:
@@ -276,7 +240,7 @@ def test_a_killed_media_node_goes_offline_and_its_encoder_resumes_on_the_survivo
         viewer = await watch(b, stream["id"])
         await viewer.until(lambda: any(m["type"] == "viewers" for m in viewer.messages), 10,
                            "the first viewers message")
-        kill_node(a)
+        a.kill()
         killed = time.monotonic()
         seen = await poll(lambda: b.stream(stream["id"])["is_live"] is False, OFFLINE_WITHIN + 5,
                           "the stream to go offline")

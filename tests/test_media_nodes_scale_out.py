@@ -231,7 +231,7 @@ def test_a_killed_media_node_takes_its_streams_offline_and_they_resume_on_the_ot
         publish_to(node_a, balancer.url, user["key"], seconds=120)
         viewer.until(lambda m: m["type"] == "stream" and m["is_live"] is True, 30)
         assert node_a.stream(sid)["is_live"] is True
-        assert node_a.transcoder_pids(sid)
+        wait_for(lambda: node_a.transcoder_pids(sid), 20, what="A's transcoder")
         assert wait_for(lambda: watchable(node_a, f"/hls/{sid}"), 30, what="playback from A")
     finally:
         viewer.close()
