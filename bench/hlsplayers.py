@@ -12,17 +12,22 @@ playlist and then behaves like hls.js on a live stream:
   its #EXTINF duration. A segment that arrives after the buffer ran out is a *stall* (the
   picture froze); playback then resumes from that segment's arrival.
 
-Everything is raw asyncio (BufferedProtocol: bodies are received into one shared buffer and
-only counted, playlists are kept) with hand-written HTTP/1.1, so a player costs little CPU.
+So that thousands of players cost little CPU, each is a non-blocking socket watched by the
+asyncio loop (add_reader, no transports or streams) speaking hand-written HTTP/1.1: answers are
+received into one shared buffer, playlists kept, and a segment's body past its first read is
+received with MSG_TRUNC, which TCP drops in the kernel without copying it to us (the server and
+the kernel's loopback still carry every byte).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import errno
 import os
 import posixpath
 import resource
+import socket
 import time
 from array import array
 from typing import Any
@@ -32,6 +37,7 @@ TIMEOUT = 10.0           # hls.js: manifest and level loading time out after 10 
 SEGMENT_ATTEMPTS = 3     # a failed segment is retried this often (0.5 s apart), then skipped
 LIVE_START_SEGMENTS = 3  # hls.js liveSyncDurationCount
 RECV_SIZE = 256 * 1024
+DISCARD_SIZE = 4 * 1024 * 1024
 
 
 def source_address(index: int) -> str:
@@ -94,6 +100,7 @@ class Generator:
         self.master_path: str = cfg["master_path"]
         self.buffer = bytearray(RECV_SIZE)
         self.view = memoryview(self.buffer)
+        self.sink = bytearray(DISCARD_SIZE)  # never written: MSG_TRUNC only sizes against it
         offset = time.time() - self.loop.time()  # wall clock = loop clock + offset
         self.offset = offset
         self.measure_from = cfg["measure_from"] - offset
@@ -127,10 +134,12 @@ class Generator:
             if player.kind is not None and now - player.sent_at > TIMEOUT:
                 kind, player.kind = player.kind, None
                 self.error("timeout", kind)
-                if player.transport is not None:
-                    player.closing = True
-                    player.transport.abort()
+                player.close()
                 player.failed(kind)
+            elif player.connecting and now - player.connect_started > TIMEOUT:
+                player.close()
+                self.error("connect (timeout)", "connection")
+                player.pause(1.0)
         if not self.stopping:
             self.loop.call_later(1.0, self.sweep)
 
@@ -142,13 +151,13 @@ class Generator:
             self.loop.call_at(due + 0.05, self.tick, due + 0.05)
 
 
-class Player(asyncio.BufferedProtocol):
+class Player:
     def __init__(self, gen: Generator, index: int) -> None:
         self.gen, self.index = gen, index
         self.source = (source_address(index), 0)
-        self.transport: asyncio.Transport | None = None
+        self.sock: socket.socket | None = None
         self.connecting = False
-        self.closing = False  # the connection is being closed: wait for connection_lost
+        self.connect_started = 0.0
         self.paused = False
         self.kind: str | None = None      # the request in flight
         self.sent_at = 0.0
@@ -166,6 +175,7 @@ class Player(asyncio.BufferedProtocol):
     def _reset_response(self) -> None:
         self.head = bytearray()
         self.in_body = False
+        self.discard = False  # a segment's body: received and thrown away in the kernel
         self.remaining = 0
         self.status = 0
         self.close_after = False
@@ -180,7 +190,7 @@ class Player(asyncio.BufferedProtocol):
 
     def pump(self) -> None:
         """Send the next request if none is in flight."""
-        if self.kind is not None or self.paused or self.closing or self.gen.stopping:
+        if self.kind is not None or self.paused or self.gen.stopping:
             return
         if self.playlist_path is None:
             kind, path = MASTER, self.gen.master_path.encode()
@@ -190,10 +200,9 @@ class Player(asyncio.BufferedProtocol):
             kind, path = SEGMENT, self.queue[0][2]
         else:
             return
-        if self.transport is None:
-            if not self.connecting:
-                self.connecting = True
-                self.gen.loop.create_task(self.connect())
+        if self.sock is None or self.connecting:
+            if self.sock is None:
+                self.connect()
             return
         if kind == PLAYLIST:
             self.want_playlist = False
@@ -201,17 +210,57 @@ class Player(asyncio.BufferedProtocol):
         self.kind = kind
         self._reset_response()
         self.sent_at = self.gen.loop.time()
-        self.transport.write(b"GET " + path + b" HTTP/1.1\r\n" + self.gen.host_header)
-
-    async def connect(self) -> None:
         try:
-            await asyncio.wait_for(self.gen.loop.create_connection(
-                lambda: self, self.gen.host, self.gen.port, local_addr=self.source), TIMEOUT)
-        except OSError as error:  # TimeoutError included
-            self.connecting = False
-            reason = getattr(error, "strerror", None) or type(error).__name__
-            self.gen.error(f"connect ({reason})", "connection")
+            self.sock.send(b"GET " + path + b" HTTP/1.1\r\n" + self.gen.host_header)
+        except OSError as error:  # the server closed the idle connection meanwhile
+            self.lost(error)
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            sock.bind(self.source)
+            code = sock.connect_ex((self.gen.host, self.gen.port))
+        except OSError as error:
+            code = error.errno or -1
+        if code not in (0, errno.EINPROGRESS):
+            sock.close()
+            self.gen.error(f"connect ({os.strerror(code)})", "connection")
             self.pause(1.0)
+            return
+        self.sock, self.connecting = sock, True
+        self.connect_started = self.gen.loop.time()
+        self.gen.loop.add_writer(sock.fileno(), self.connected)
+
+    def connected(self) -> None:
+        assert self.sock is not None
+        self.gen.loop.remove_writer(self.sock.fileno())
+        code = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        self.connecting = False
+        if code:
+            self.sock.close()
+            self.sock = None
+            self.gen.error(f"connect ({os.strerror(code)})", "connection")
+            self.pause(1.0)
+            return
+        self.gen.counts["connections"] += 1
+        self.gen.loop.add_reader(self.sock.fileno(), self.readable)
+        self.pump()
+
+    def close(self) -> None:
+        if self.sock is not None:
+            fd = self.sock.fileno()
+            self.gen.loop.remove_writer(fd) if self.connecting else self.gen.loop.remove_reader(fd)
+            self.sock.close()
+            self.sock, self.connecting = None, False
+
+    def lost(self, error: OSError | None) -> None:
+        """The connection failed or the server closed it."""
+        self.close()
+        if self.kind is not None and not self.gen.stopping:
+            kind, self.kind = self.kind, None
+            self.gen.error("reset" if error else "closed", kind)
+            self.failed(kind)
 
     def pause(self, seconds: float) -> None:
         self.paused = True
@@ -239,37 +288,40 @@ class Player(asyncio.BufferedProtocol):
         else:
             self.pause(1.0)
 
-    # --- protocol ----------------------------------------------------------------------------
+    # --- answers -----------------------------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport, self.connecting = transport, False
-        self.gen.counts["connections"] += 1
-        self.pump()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.transport, self.closing = None, False
-        if self.kind is not None and not self.gen.stopping:
-            kind, self.kind = self.kind, None
-            self.gen.error("reset" if exc else "closed", kind)
-            self.failed(kind)
-        self.pump()
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self.gen.view
-
-    def buffer_updated(self, nbytes: int) -> None:
-        if self.kind is None:
-            if not self.closing and self.transport is not None:
-                self.gen.error("unexpected data", "connection")
-                self.closing = True
-                self.transport.abort()
+    def readable(self) -> None:
+        sock = self.sock
+        assert sock is not None
+        gen = self.gen
+        try:
+            if self.discard:
+                # MSG_TRUNC: TCP drops the bytes without copying them to us (tcp(7)).
+                nbytes = sock.recv_into(gen.sink, min(self.remaining, DISCARD_SIZE), socket.MSG_TRUNC)
+            else:
+                nbytes = sock.recv_into(gen.buffer)
+        except BlockingIOError:
             return
-        self.gen.counts["bytes"] += nbytes
+        except OSError as error:
+            self.lost(error)
+            return
+        if nbytes == 0:
+            self.lost(None)
+            return
+        gen.counts["bytes"] += nbytes
+        if self.kind is None:
+            gen.error("unexpected data", "connection")
+            self.close()
+            return
+        if self.discard:
+            self.remaining -= nbytes
+            if self.remaining <= 0:
+                self._complete()
+            return
         start = 0
         if not self.in_body:
             if self.head:
-                self.head += self.gen.view[:nbytes]
+                self.head += gen.view[:nbytes]
                 end = self.head.find(b"\r\n\r\n")
                 if end < 0:
                     return
@@ -277,13 +329,13 @@ class Player(asyncio.BufferedProtocol):
                 self._header(header)
                 self._body(data, 0, len(data))
                 return
-            end = self.gen.buffer.find(b"\r\n\r\n", 0, nbytes)
+            end = gen.buffer.find(b"\r\n\r\n", 0, nbytes)
             if end < 0:
-                self.head += self.gen.view[:nbytes]
+                self.head += gen.view[:nbytes]
                 return
-            self._header(bytes(self.gen.view[:end]))
+            self._header(bytes(gen.view[:end]))
             start = end + 4
-        self._body(self.gen.view, start, nbytes)
+        self._body(gen.view, start, nbytes)
 
     def _header(self, header: bytes) -> None:
         self.in_body = True
@@ -312,15 +364,16 @@ class Player(asyncio.BufferedProtocol):
         self.remaining -= end - start
         if self.remaining <= 0:
             self._complete()
+        elif self.kind == SEGMENT:
+            self.discard = True
 
     def _complete(self) -> None:
         gen, kind = self.gen, self.kind
         assert kind is not None
         now = gen.loop.time()
         self.kind = None
-        if self.close_after and self.transport is not None:
-            self.closing = True  # the server ends the connection: a new one for the next request
-            self.transport.close()
+        if self.close_after:
+            self.close()  # the server ends the connection: a new one for the next request
         if self.remaining < 0:
             gen.error("longer than Content-Length", kind)
         gen.counts[kind + "s"] += 1
@@ -429,8 +482,7 @@ async def run_players(cfg: dict[str, Any]) -> dict[str, Any]:
     cpu = cpu_seconds() - marks.get("measure", marks["start"])
     playing = sum(1 for p in gen.players if p.last_segment_at > loop.time() - 3.0)
     for player in gen.players:
-        if player.transport is not None:
-            player.transport.abort()
+        player.close()
     await asyncio.sleep(0.1)
     return {
         "errors": dict(gen.errors), "counts": dict(gen.counts),
