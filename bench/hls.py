@@ -27,10 +27,11 @@ measures for --seconds:
   themselves (with their event loop's lateness: a late generator measures itself) and the
   whole machine.
 
---capacity: then h2load (Debian's nghttp2-client) over HTTP/1.1, open loop (--rps), at
-increasing rates against the media playlist and the two newest segments (half the rate each),
-until errors appear, p99 passes the target or the achieved rate falls short; per rate it prints
-the achieved rate, p50/p99/max, errors and the edge's CPU.
+--capacity: then h2load (Debian's nghttp2-client) over HTTP/1.1, open loop (--rps, 10/s per
+connection over many connections), at increasing rates against the media playlist and the two
+newest segments (half the rate each, the segments fetched once first so that the edge's cache
+holds them), until errors appear, p99 passes the target or the achieved rate falls short; per
+rate it prints the achieved rate, p50/p99/max, errors and the edge's CPU.
 
     .venv/bin/python bench/hls.py [--viewers 10000] [--processes 2] [--seconds 30] [--capacity]
         [--keep] [--url http://127.0.0.1:8080]
@@ -59,7 +60,6 @@ from bench.hlsstack import (  # noqa: E402
     PlaylistWatcher,
     Stack,
     cpu_by_label,
-    h2load_result,
     h2load_step,
     hls_requests,
     http,
@@ -242,7 +242,8 @@ def capacity(args: argparse.Namespace, base_url: str, playlist: str, roots: list
         print(f"capacity: {H2LOAD_MISSING}")
         return
     work = Path(tempfile.mkdtemp(prefix="sf-hlsbench-h2load-"))
-    print(f"\n# capacity: h2load --h1 --rps (open loop), {args.step_seconds:.0f} s per rate, half the "
+    print(f"\n# capacity: h2load --h1 --rps (open loop: 10/s per connection, 5 staggered h2load per kind), "
+          f"{args.step_seconds:.0f} s per rate, half the "
           "rate on the media playlist, half on its two newest segments")
     print(f"{'target/s':>9} {'achieved/s':>10} {'errors':>6} {'playlist p50/p99 ms':>20} "
           f"{'segment p50/p99/max ms':>24} {'edge CPU':>9} {'machine':>8}")
@@ -256,15 +257,12 @@ def capacity(args: argparse.Namespace, base_url: str, playlist: str, roots: list
         for path in segments:  # in the edge's cache first: the step measures serving, not one fill
             http(base_url + path)
         before, busy0, t0 = tree_cpu(roots), machine_busy(), time.monotonic()
-        steps = [h2load_step(base_url, [playlist], rate / 2, args.step_seconds, work, f"pl-{rate}"),
-                 h2load_step(base_url, segments, rate / 2, args.step_seconds, work, f"seg-{rate}")]
-        for step in steps:
-            step.wait()
+        step = h2load_step(base_url, {f"playlist-{rate:.0f}": [playlist], f"segment-{rate:.0f}": segments},
+                           rate / 2, args.step_seconds, work)
         elapsed = time.monotonic() - t0
         cpu = cpu_by_label(before, tree_cpu(roots), elapsed)
         busy = machine_percent(busy0, machine_busy())
-        pl = h2load_result(work, f"pl-{rate}", rate / 2, args.step_seconds)
-        sg = h2load_result(work, f"seg-{rate}", rate / 2, args.step_seconds)
+        pl, sg = step[f"playlist-{rate:.0f}"], step[f"segment-{rate:.0f}"]
         edge = cpu.get("edge nginx workers", cpu.get("media nginx workers", float("nan")))
         achieved, errors = pl["achieved"] + sg["achieved"], pl["errors"] + sg["errors"]
         print(f"{rate:>9.0f} {achieved:>10.0f} {errors:>6} {pl['p50'] * 1000:>9.1f}/{pl['p99'] * 1000:<10.1f}"

@@ -234,7 +234,7 @@ def tree_cpu(roots: list[int]) -> dict[int, tuple[str, int]]:
         if "ffmpeg" in cmd.split(" ", 1)[0]:
             return "publisher ffmpeg" if "testsrc2" in cmd else "transcoder ffmpeg"
         if " sf dev" in cmd or cmd.endswith("sf dev "):
-            return "sf dev"
+            return "sf dev + API processes"
         return "API processes" if "python" in cmd else cmd.split(" ", 1)[0] or "?"
 
     todo = [(root, "") for root in roots if root in stats]
@@ -283,32 +283,50 @@ def hls_requests(access_log: Path, start: int) -> dict[str, int]:
 
 # --- capacity: h2load, open loop ---------------------------------------------------------------
 
-def h2load_step(base_url: str, paths: list[str], rate: float, seconds: float,
-                work: Path, name: str) -> subprocess.Popen[bytes]:
-    """h2load over HTTP/1.1 at `rate` requests/s in total, spread over enough connections
-    that each sends at most 10/s (h2load sends a due request on a busy connection only after
-    the answer: few requests per connection keep the schedule open-loop)."""
-    clients = int(max(4, min(2000, rate / 10)))
-    return subprocess.Popen(
-        ["h2load", "--h1", "-t", "1", "-c", str(clients), "--rps", f"{rate / clients:.3f}",
-         "-D", str(int(seconds)), "-T", "10", "-N", "10", "--log-file", str(work / f"{name}.log"),
-         *[base_url + path for path in paths]],
-        stdout=(work / f"{name}.out").open("wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+H2LOAD_PER_CLIENT = 10.0  # requests/s per connection
+H2LOAD_INSTANCES = 5      # h2load processes per kind, started 1/(5 x 10) s apart
 
 
-def h2load_result(work: Path, name: str, rate: float, seconds: float) -> dict[str, Any]:
+def h2load_step(base_url: str, groups: dict[str, list[str]], rate: float, seconds: float,
+                work: Path) -> dict[str, dict[str, Any]]:
+    """h2load over HTTP/1.1 at `rate` requests/s for each group of paths; per group: achieved
+    rate, errors and latency percentiles (from h2load's per-request log).
+
+    h2load's --rps sends a request that falls due on a busy connection only after its answer
+    (closed loop): so each connection is asked for few requests (10/s), over many connections.
+    Its clients' timers all start together and fire in step, so the clients are split over 5
+    h2load processes started 20 ms apart: bursts of a fifth every 20 ms, not all every 100 ms.
+    """
+    clients = max(1, round(rate / H2LOAD_PER_CLIENT / H2LOAD_INSTANCES))
+    processes = []
+    for instance in range(H2LOAD_INSTANCES):
+        for name, paths in groups.items():
+            stem = work / f"{name}-{instance}"
+            processes.append(subprocess.Popen(
+                ["h2load", "--h1", "-t", "1", "-c", str(clients),
+                 "--rps", f"{rate / H2LOAD_INSTANCES / clients:.3f}", "-D", str(int(seconds)),
+                 "-T", "10", "-N", "10", "--log-file", f"{stem}.log",
+                 *[base_url + path for path in paths]],
+                stdout=open(f"{stem}.out", "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
+                stdin=subprocess.DEVNULL))
+        time.sleep(1 / H2LOAD_PER_CLIENT / H2LOAD_INSTANCES)
+    for process in processes:
+        process.wait()
+    return {name: h2load_result(work, name, int(seconds)) for name in groups}
+
+
+def h2load_result(work: Path, name: str, seconds: float) -> dict[str, Any]:
     times, errors = [], 0
-    for line in (work / f"{name}.log").read_text().splitlines():
-        parts = line.split("\t")
-        if len(parts) == 3:
-            times.append(int(parts[2]) / 1e6)
-            errors += parts[1] != "200"
-    out = (work / f"{name}.out").read_text(errors="replace")
-    for line in out.splitlines():  # "requests: 100 total, 100 started, 100 done, 95 succeeded, 5 failed, ..."
-        if line.startswith("requests:"):
-            fields = {f.split()[1]: int(f.split()[0]) for f in line[9:].split(",") if f.strip()}
-            errors = max(errors, fields.get("failed", 0) + fields.get("errored", 0)
-                         + fields.get("timeout", 0))
-    return {"name": name, "target": rate, "achieved": len(times) / seconds, "errors": errors,
-            "p50": percentile(times, 50), "p99": percentile(times, 99),
-            "max": max(times, default=float("nan"))}
+    for instance in range(H2LOAD_INSTANCES):
+        for line in (work / f"{name}-{instance}.log").read_text().splitlines():
+            parts = line.split("\t")
+            if len(parts) == 3:
+                times.append(int(parts[2]) / 1e6)
+                errors += parts[1] != "200"
+        # "requests: 100 total, 100 started, 100 done, 95 succeeded, 5 failed, 5 errored, 0 timeout"
+        for line in (work / f"{name}-{instance}.out").read_text(errors="replace").splitlines():
+            if line.startswith("requests:"):
+                fields = {f.split()[1]: int(f.split()[0]) for f in line[9:].split(",") if f.strip()}
+                errors += fields.get("errored", 0) + fields.get("timeout", 0)
+    return {"achieved": len(times) / seconds, "errors": errors, "p50": percentile(times, 50),
+            "p99": percentile(times, 99), "max": max(times, default=float("nan"))}
