@@ -40,7 +40,6 @@ rate it prints the achieved rate, p50/p99/max, errors and the edge's CPU.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import multiprocessing
 import shutil
 import sys
@@ -96,20 +95,19 @@ def run_players(args: argparse.Namespace, host: str, port: int, master: str) -> 
     start = time.time() + 3.0  # the processes start and import meanwhile
     measure_from = start + args.ramp + args.warmup
     end = measure_from + args.seconds
-    use_uvloop = args.loop == "uvloop" or (args.loop == "auto" and importlib.util.find_spec("uvloop"))
     pipes, processes = [], []
     for k in range(args.processes):
         receive, send = context.Pipe(duplex=False)
         cfg = {"host": host, "port": port, "master_path": master, "indices": range(k, args.viewers,
                args.processes), "total": args.viewers, "start": start, "ramp": args.ramp,
-               "measure_from": measure_from, "end": end, "nice": args.nice, "uvloop": bool(use_uvloop)}
+               "measure_from": measure_from, "end": end, "nice": args.nice}
         process = context.Process(target=player_process, args=(cfg, send), daemon=True)
         process.start()
         send.close()
         pipes.append(receive)
         processes.append(process)
     return {"pipes": pipes, "processes": processes, "start": start, "measure_from": measure_from,
-            "end": end, "loop": "uvloop" if use_uvloop else "asyncio"}
+            "end": end}
 
 
 def collect(run: dict[str, Any]) -> dict[str, Any]:
@@ -160,7 +158,7 @@ def ms(values: Any, p: float) -> str:
 
 
 def report(args: argparse.Namespace, run: dict[str, Any], results: dict[str, Any],
-           stack: Stack | None, watcher: PlaylistWatcher | None, origin: dict[str, int] | None,
+           watcher: PlaylistWatcher | None, origin: dict[str, int] | None,
            cpu: dict[str, float], busy: float, segment: tuple[float, int]) -> bool:
     seconds = run["end"] - run["measure_from"]
     counts, errors = results["counts"], results["errors"]
@@ -176,8 +174,8 @@ def report(args: argparse.Namespace, run: dict[str, Any], results: dict[str, Any
     rate = counts.get("bytes", 0) / (run["end"] - run["start"])
     requests = sum(counts.get(k, 0) for k in ("masters", "playlists", "segments"))
     kbits = segment[1] * 8 / segment[0] / 1000
-    print(f"\n# SF HLS viewers: {args.viewers} players in {args.processes} processes (nice {args.nice},"
-          f" {run['loop']}), ramp {args.ramp:.0f} s + warm-up {args.warmup:.0f} s, measured "
+    print(f"\n# SF HLS viewers: {args.viewers} players in {args.processes} processes (nice {args.nice}),"
+          f" ramp {args.ramp:.0f} s + warm-up {args.warmup:.0f} s, measured "
           f"{seconds:.0f} s; 480p rung: {segment[0]:.2f} s segments, ~{kbits:.0f} kbit/s")
     rows = [
         ("players playing at the end", f"{results['playing']} / {args.viewers}"),
@@ -288,7 +286,6 @@ def main() -> int:
     parser.add_argument("--ramp", type=float, default=None, help="seconds (default N/1000, >= 5)")
     parser.add_argument("--warmup", type=float, default=5)
     parser.add_argument("--nice", type=int, default=10)
-    parser.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto")
     parser.add_argument("--capacity", action="store_true")
     parser.add_argument("--rates", type=float, nargs="+",
                         default=[1000, 2000, 4000, 6000, 8000, 10000, 15000, 20000, 30000, 40000])
@@ -335,7 +332,7 @@ def main() -> int:
             time.sleep(1.5)  # nginx flushes its access log buffer every second
             origin = hls_requests(access_log, offset) if access_log else None
             busy = machine_percent(busy0, busy1)
-            passed = report(args, run, results, stack, watcher, origin,
+            passed = report(args, run, results, watcher, origin,
                             cpu_by_label(before, after, seconds) if roots else {}, busy, segment)
         if args.capacity:
             capacity(args, base_url, playlist, roots)

@@ -498,9 +498,6 @@ def player_process(cfg: dict[str, Any], conn: Any) -> None:
     """multiprocessing target: run this share of the players, send the figures back."""
     if cfg.get("nice"):
         os.nice(cfg["nice"])
-    if cfg.get("uvloop"):
-        import uvloop
-        uvloop.install()
     try:
         conn.send(asyncio.run(run_players(cfg)))
     except BaseException as error:  # the parent prints it: a silent child hides a broken run
