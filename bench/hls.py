@@ -170,6 +170,9 @@ def report(args: argparse.Namespace, run: dict[str, Any], results: dict[str, Any
         newest = results["playlist_newest"]
         produced = max(newest) - min(newest) if newest else 0
     times, headroom = results["segment_times"], results["headroom"]
+    # A cache that expires on whole seconds serves ages that depend on when, within the second,
+    # the origin writes: so that phase is printed too.
+    phase = percentile([t % 1 for t in written.values()], 50) if watcher else 0.0
     error_total = sum(errors.values())
     rate = counts.get("bytes", 0) / (run["end"] - run["start"])
     requests = sum(counts.get(k, 0) for k in ("masters", "playlists", "segments"))
@@ -192,7 +195,8 @@ def report(args: argparse.Namespace, run: dict[str, Any], results: dict[str, Any
          f"p50 {percentile(headroom, 50):.2f}  min {min(headroom, default=float('nan')):.2f}"),
         ("playlist age s", f"p50 {percentile(ages, 50):.2f}  p99 {percentile(ages, 99):.2f}  "
          f"max {max(ages, default=float('nan')):.2f}  (n={len(ages)}, "
-         + ("written: playlist mtime at the origin" if watcher else "first seen by a player: lower bound")
+         + (f"written: playlist mtime at the origin, {phase:.2f} s past each second" if watcher
+            else "first seen by a player: lower bound")
          + (f", {unknown} unknown)" if unknown else ")")),
         ("throughput", f"{rate / 1e6:.1f} MB/s, {requests / (run['end'] - run['start']):.0f} req/s"),
     ]
