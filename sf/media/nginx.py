@@ -74,8 +74,7 @@ def edge_hls_location(signed: bool, playlist: bool) -> str:
     Signatures are checked here, before the cache, so an expired or foreign signature never
     reaches a cached answer; the key is the scope, the stream id and the file (never the host,
     the query or the signature itself), and the origin gets the same path without the query.
-    Playlists live 1 s (nginx's floor) and one request refreshes them while the others are
-    served the stale one; a new segment is fetched once however many ask
+    Playlists are fetched once per half second; a new segment once however many ask
     (proxy_cache_lock).
     """
     prefix = r"(?<exp>[0-9]{1,12})-(?<sig>[A-Za-z0-9_-]{22})/" if signed else ""
@@ -91,20 +90,29 @@ def edge_hls_location(signed: bool, playlist: bool) -> str:
               "{{proxy_headers}}",
               '            proxy_set_header Connection "";',
               "            proxy_cache sf_hls;",
-              f'            proxy_cache_key "{"signed" if signed else "public"}/$sid/$file";',
+              f'            proxy_cache_key "{"signed" if signed else "public"}/$sid/$file'
+              + ("@$sf_half_second" if playlist else "") + '";',
               # The origin's X-Accel-Expires (the end of the current second) bounds playlists
               # and public segments to at most 1 s, where proxy_cache_valid's 1 s means 1-2 s.
               "            proxy_ignore_headers Cache-Control Expires Set-Cookie Vary"
-              + (" X-Accel-Expires" if signed and not playlist else "")
+              + (" X-Accel-Expires" if signed or playlist else "")
               + " X-Accel-Redirect X-Accel-Limit-Rate X-Accel-Buffering X-Accel-Charset;",
               "            proxy_hide_header Set-Cookie;",
-              "            proxy_cache_lock on;",
-              "            proxy_cache_lock_timeout 5s;",
+              # A waiter rechecks the lock after min(500 ms, the timeout): 150 ms bounds what a
+              # viewer asking for a segment being fetched waits (a fetch from an origin nearby
+              # takes a few ms); past it the request goes to the origin itself, uncached.
+              "            proxy_cache_lock " + ("off;" if playlist else "on;"),
+              "            proxy_cache_lock_timeout 150ms;",
               "            proxy_cache_lock_age 5s;"]
+    # A playlist's key names the half second it is asked in, so every edge fetches each
+    # playlist twice a second and serves it at most ~0.5 s old whenever in the second the
+    # transcoder writes it (nginx's cache counts whole seconds: a 1 s validity would serve it
+    # up to 2 s old, bench/hls.py). The fetches of a new half second are not serialized (a
+    # lock waiter sleeps up to 150 ms): the few requests that arrive during the millisecond
+    # of one fetch each make their own.
     # A public segment is asked again (If-Modified-Since: 304, no body) once it is a second old,
     # so a stream made private stops being served unsigned within a second even from the cache;
-    # a signed one was checked above and stays. Playlists are simply fetched again (a rewrite
-    # within the same second would pass a date check).
+    # a signed one was checked above and stays.
     lines += ["            proxy_cache_valid 200 " + ("10m;" if signed and not playlist else "1s;"),
               # Others are served the stale copy while one request refreshes it; not in the
               # background: a refresh that finds 404 (ended, made private) must answer 404 itself.
