@@ -16,7 +16,15 @@ from typing import Any
 
 import tornado.web
 
-from sf.config import Config, ConfigError, bootstrap_var_dir, ensure_secrets, load_config
+from sf.config import (
+    EDGE_SECRET_NAMES,
+    SECRET_NAMES,
+    Config,
+    ConfigError,
+    bootstrap_var_dir,
+    ensure_secrets,
+    load_config,
+)
 from sf.db.migrate import migrate
 from sf.handlers import (
     allowed_viewers,
@@ -34,7 +42,7 @@ from sf.handlers import (
 )
 from sf.handlers.base import AUTH_MODES, NotFoundHandler
 from sf.node import localservices
-from sf.node.dev import run_dev, run_node
+from sf.node.dev import run_dev, run_edge, run_node
 from sf.node.server import run_serve
 from sf.node.tls import write_self_signed
 from sf.observability import configure_logging, log_request
@@ -115,7 +123,11 @@ def cmd_dev(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_node(config: Config, args: argparse.Namespace) -> int:
-    return run_node(config, make_app)
+    return run_node(config, make_app, edge=not args.no_edge)
+
+
+def cmd_edge(config: Config, args: argparse.Namespace) -> int:
+    return run_edge(config)
 
 
 def cmd_tls_cert(config: Config, args: argparse.Namespace) -> int:
@@ -128,6 +140,7 @@ COMMANDS: dict[str, Callable[[Config, argparse.Namespace], int]] = {
     "serve": cmd_serve,
     "dev": cmd_dev,
     "node": cmd_node,
+    "edge": cmd_edge,
     "migrate": cmd_migrate,
     "services": cmd_services,
     "tls-cert": cmd_tls_cert,
@@ -143,7 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run an API node (behind nginx)")
     sub.add_parser("dev", help="run everything locally: PostgreSQL, Redis, nginx, the API")
-    sub.add_parser("node", help="run a media + API node: nginx (HTTP, RTMP, HLS) and an API node")
+    node = sub.add_parser("node", help="run a node: the public edge nginx, the media nginx "
+                          "(RTMP, HLS origin) and the API processes")
+    node.add_argument("--no-edge", action="store_true",
+                      help="a media node behind a separate edge (`sf edge`): no public HTTP port")
+    sub.add_parser("edge", help="run only the public HTTP edge nginx (a gateway machine), in "
+                   "front of SF_EDGE_API_SERVERS and SF_EDGE_MEDIA_ORIGINS")
     sub.add_parser("migrate", help="apply pending SQL migrations")
     services = sub.add_parser("services", help="local PostgreSQL and Redis under var/")
     services.add_argument("action", choices=["start", "stop", "status"])
@@ -167,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "secrets":
             return 0
     try:
-        config = load_config()
+        # The edge checks playback signatures and holds no other secret.
+        config = load_config(secrets=EDGE_SECRET_NAMES if args.command == "edge" else SECRET_NAMES)
     except ConfigError as exc:
         print(f"sf: configuration error: {exc}", file=sys.stderr)
         return 2

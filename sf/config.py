@@ -27,6 +27,8 @@ ENV_PREFIX = "SF_"
 SECRET_NAMES = (
     "jwt_secret", "stream_key_encryption_keys", "stream_key_lookup_secret", "internal_secret"
 )
+# What the public edge alone (`sf edge`) needs: it checks playback signatures, nothing else.
+EDGE_SECRET_NAMES = ("internal_secret",)
 
 
 class ConfigError(ValueError):
@@ -341,8 +343,13 @@ class Config:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
 
-def load_config(environ: dict[str, str] | None = None, defaults_file: Path = DEFAULTS_FILE) -> Config:
-    """Read conf/sf.toml, apply SF_* overrides, validate, and fill secrets from var/secrets."""
+def load_config(environ: dict[str, str] | None = None, defaults_file: Path = DEFAULTS_FILE,
+                secrets: tuple[str, ...] = SECRET_NAMES) -> Config:
+    """Read conf/sf.toml, apply SF_* overrides, validate, and fill secrets from var/secrets.
+
+    `secrets` are the secrets this process needs (an error when missing); the others are read
+    if given and left empty otherwise (the edge machine never holds the API's keys).
+    """
     environ = dict(os.environ if environ is None else environ)
     try:
         with open(defaults_file, "rb") as handle:
@@ -389,20 +396,21 @@ def load_config(environ: dict[str, str] | None = None, defaults_file: Path = DEF
         if values[name] and not Path(str(values[name])).is_file():
             raise ConfigError(f"{_env_name(name)}: file {values[name]} does not exist")
     for name in SECRET_NAMES:
-        if not values[name]:
-            values[name] = _read_secret(var_dir / "secrets" / name, name)
+        path = var_dir / "secrets" / name
+        if not values[name] and (name in secrets or path.exists()):
+            values[name] = _read_secret(path, name)
     values["database_url"] = _with_password(
         str(values["database_url"]), var_dir / "secrets" / "postgres_password"
     )
     values["redis_url"] = _with_password(str(values["redis_url"]), var_dir / "secrets" / "redis_password")
     config = Config(**values, extra={k: environ[k] for k in unknown})  # type: ignore[arg-type]
-    parse_encryption_keys(config.stream_key_encryption_keys)
-    if len(config.jwt_secret) < 32:
-        raise ConfigError("SF_JWT_SECRET must be at least 32 characters")
-    if len(config.stream_key_lookup_secret) < 16:
-        raise ConfigError("SF_STREAM_KEY_LOOKUP_SECRET must be at least 16 characters")
-    if len(config.internal_secret) < 16:
-        raise ConfigError("SF_INTERNAL_SECRET must be at least 16 characters")
+    given = {name for name in SECRET_NAMES if name in secrets or values[name]}
+    if "stream_key_encryption_keys" in given:
+        parse_encryption_keys(config.stream_key_encryption_keys)
+    for name, least in (("jwt_secret", 32), ("stream_key_lookup_secret", 16),
+                        ("internal_secret", 16)):
+        if name in given and len(str(values[name])) < least:
+            raise ConfigError(f"{_env_name(name)} must be at least {least} characters")
     return config
 
 

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from sf.config import ConfigError, load_config, new_encryption_key_spec
+from sf.config import EDGE_SECRET_NAMES, ConfigError, load_config, new_encryption_key_spec
 
 
 def env(**overrides):
@@ -67,3 +67,24 @@ def test_no_cross_origin_caller_is_trusted_by_default():
     # are not separated by port, so any page there could refresh a user's tokens.
     environ = {key: value for key, value in os.environ.items() if key != "SF_CORS_ORIGINS"}
     assert load_config(environ).cors_origins == ()
+
+
+def test_the_edge_needs_only_the_internal_secret(tmp_path):
+    """`sf edge` runs on a gateway machine that holds no API key: only the internal secret
+    (playback signatures) is required there, and still checked."""
+    bare = {k: v for k, v in os.environ.items() if not k.startswith("SF_")}
+    bare["SF_VAR_DIR"] = str(tmp_path)
+    config = load_config({**bare, "SF_INTERNAL_SECRET": "i" * 32}, secrets=EDGE_SECRET_NAMES)
+    assert config.internal_secret == "i" * 32
+    assert config.jwt_secret == config.stream_key_encryption_keys == ""
+    for environ, fragment in ((bare, "SF_INTERNAL_SECRET is not set"),
+                              ({**bare, "SF_INTERNAL_SECRET": "short"}, "at least 16")):
+        with pytest.raises(ConfigError) as info:
+            load_config(environ, secrets=EDGE_SECRET_NAMES)
+        assert fragment in str(info.value)
+    # A secret given anyway is still checked; every other command needs all of them.
+    with pytest.raises(ConfigError, match="SF_JWT_SECRET must be at least 32"):
+        load_config({**bare, "SF_INTERNAL_SECRET": "i" * 32, "SF_JWT_SECRET": "short"},
+                    secrets=EDGE_SECRET_NAMES)
+    with pytest.raises(ConfigError, match="sf secrets init"):
+        load_config({**bare, "SF_INTERNAL_SECRET": "i" * 32})

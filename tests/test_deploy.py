@@ -5,9 +5,10 @@ The manifests are rendered by the real kustomize (kubectl from the `kubectl-cli-
 and validated against the Kubernetes OpenAPI schemas (`kubernetes-validate`, strict: unknown
 fields fail), then held to SF's own rules: probes and resources everywhere, no committed
 Secret, one image, only real SF_ settings (loaded through `sf.config.load_config`, so a bad
-value fails too), and the gateway's nginx config equal to the compose gateway's and accepted
-by `nginx -t`. The units go through `systemd-analyze verify` and `systemd-analyze security`;
-the workflow through the GitHub Actions schema (`check-jsonschema`).
+value fails too), and the gateway (`sf edge`) wired to the API Service and to every media pod's
+origin. The compose file goes through the Compose specification's schema and the same wiring
+checks. The units go through `systemd-analyze verify` and `systemd-analyze security`; the
+workflow through the GitHub Actions schema (`check-jsonschema`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,14 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from sf.config import Config, ensure_secrets, load_config, new_encryption_key_spec
+from sf.config import (
+    EDGE_SECRET_NAMES,
+    SECRET_NAMES,
+    Config,
+    ensure_secrets,
+    load_config,
+    new_encryption_key_spec,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 K8S = REPO / "deploy" / "k8s"
@@ -173,7 +181,7 @@ def test_api_probes_readiness_and_liveness_and_scales_by_pods(overlay):
 def test_media_nodes_own_their_streams_and_are_reachable_per_pod(overlay):
     media = by_name(overlay, "StatefulSet")["sf-media"]
     container = media["spec"]["template"]["spec"]["containers"][0]
-    assert container["command"] == ["sf", "node"]
+    assert container["command"] == ["sf", "node", "--no-edge"]  # the gateway is the edge
     env = {e["name"]: e for e in container["env"]}
     headless = by_name(overlay, "Service")[media["spec"]["serviceName"]]
     assert headless["spec"]["clusterIP"] == "None" and headless["spec"]["publishNotReadyAddresses"]
@@ -276,13 +284,14 @@ def test_one_sf_image_everywhere_pinned_to_the_release_the_ci_publishes():
                 if step.get("uses", "").startswith("docker/metadata-action"))
     assert meta["with"]["images"] == "ghcr.io/${{ github.repository_owner }}/sf"
     compose = yaml.safe_load((REPO / "docker" / "compose.yaml").read_text())
+    sf_services = {name: service["image"] for name, service in compose["services"].items()
+                   if service.get("command", [""])[0] == "sf"}
+    assert set(sf_services.values()) == {"sf:latest"} and "gateway" in sf_services
     for overlay in OVERLAYS:
         images = {(w["metadata"]["name"], c["name"]): c["image"]
                   for w in workloads(overlay) for _, c in pod_containers(w)}
         sf_images = {image for image in images.values() if is_sf_image(image)}
-        assert len(sf_images) == 1, images
-        others = {key: image for key, image in images.items() if not is_sf_image(image)}
-        assert others == {("sf-gateway", "gateway"): compose["services"]["gateway"]["image"]}
+        assert len(sf_images) == 1 and len(set(images.values())) == 1, images  # the gateway too
         for workload in workloads(overlay):
             for _, container in pod_containers(workload):
                 if is_sf_image(container["image"]):
@@ -344,13 +353,15 @@ def test_every_variable_the_pods_set_is_a_real_sf_setting_with_a_valid_value(ove
             environ = container_environment(overlay, container)
             unknown = {name for name in environ if name not in SF_SETTINGS | NON_SF_ENV}
             assert not unknown, f"{workload['metadata']['name']}: not SF settings: {unknown}"
-            config = load_config(environ)  # raises ConfigError naming a bad value
+            edge = container["command"] == ["sf", "edge"]
+            # Raises ConfigError naming a bad value (the edge needs only the internal secret).
+            config = load_config(environ, secrets=EDGE_SECRET_NAMES if edge else SECRET_NAMES)
             assert config.env == "production" and not config.extra
-            if kind == "main":
+            if kind == "main" and not edge:
                 # One API process per pod (the cluster scales by pods; base/api.yaml says why).
                 assert environ["SF_API_PROCESSES"] == "1" and config.api_processes == 1
                 checked += 1
-            if container["command"] == ["sf", "node"]:
+            if container["command"][:2] == ["sf", "node"]:
                 assert config.media_node_url == "http://sf-media-0.sf-media.sf.svc:8082"
                 assert config.node_id == "sf-media-0"
     assert checked == 2
@@ -365,51 +376,161 @@ def test_a_wrong_setting_in_a_pod_would_be_caught():
     assert "SF_API_PROCESES" in load_config(environ).extra
 
 
-# --- the gateway ------------------------------------------------------------------------------
+# --- the gateway: `sf edge` in front of the API and every media node's origin -----------------
 
-K8S_GATEWAY = K8S / "base" / "gateway"
-# The only differences from docker/gateway.conf: the cluster's Service names, no Docker DNS.
-GATEWAY_REWRITES = (("server api:8081;", "server sf-api:8081;"),
-                    ("http://media:8080", "http://sf-media-http:8080"))
-
-
-def nginx_lines(text: str) -> list[str]:
-    lines = (line.split("#", 1)[0].strip() if not line.lstrip().startswith(("\"~", "'"))
-             else line.strip() for line in text.splitlines())
-    return [line for line in lines if line]
+def endpoint(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    return host, int(port)
 
 
-def test_gateway_config_is_the_compose_gateways_with_cluster_names(tmp_path):
-    compose = (REPO / "docker" / "gateway.conf").read_text()
-    for old, new in GATEWAY_REWRITES:
-        assert old in compose
-        compose = compose.replace(old, new)
-    expected = [line for line in nginx_lines(compose) if not line.startswith("resolver ")]
-    assert nginx_lines((K8S_GATEWAY / "nginx.conf").read_text()) == expected
-    assert (K8S_GATEWAY / "sf-proxy-headers.conf").read_text() == \
-        (REPO / "docker" / "gateway-proxy-headers.conf").read_text()
-    # The ConfigMap the pods mount carries exactly these files, at the paths nginx.conf uses.
-    for overlay in OVERLAYS:
-        data = by_name(overlay, "ConfigMap")
-        gateway_cm = next(cm for name, cm in data.items() if name.startswith("sf-gateway-"))
-        assert gateway_cm["data"]["nginx.conf"] == (K8S_GATEWAY / "nginx.conf").read_text()
-        gateway = by_name(overlay, "Deployment")["sf-gateway"]["spec"]["template"]["spec"]
-        mounts = {m["mountPath"]: m.get("subPath") for m in gateway["containers"][0]["volumeMounts"]}
-        assert mounts["/etc/nginx/nginx.conf"] == "nginx.conf"
-        assert mounts["/etc/nginx/sf-proxy-headers.conf"] == "sf-proxy-headers.conf"
-        services = by_name(overlay, "Service")
-        for host, port in re.findall(r"(sf-[a-z-]+):(\d+)", (K8S_GATEWAY / "nginx.conf").read_text()):
-            assert int(port) in {p["port"] for p in services[host]["spec"]["ports"]}, host
-    # nginx itself accepts it, with the Service names pointed at loopback.
-    local = (K8S_GATEWAY / "nginx.conf").read_text()
-    local = (local.replace("/etc/nginx/sf-proxy-headers.conf", str(K8S_GATEWAY / "sf-proxy-headers.conf"))
-             .replace("/var/log/nginx/access.log", str(tmp_path / "access.log"))
-             .replace("sf-api:8081", "127.0.0.1:9").replace("sf-media-http:8080", "127.0.0.1:9"))
-    (tmp_path / "nginx.conf").write_text(f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\n"
-                                         + local)
-    result = subprocess.run(["nginx", "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"),
-                             "-e", str(tmp_path / "error.log")], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
+def container_port(container: dict[str, Any], port: int | str) -> int:
+    """A container's port number, named or not."""
+    if isinstance(port, int):
+        return port
+    return next(p["containerPort"] for p in container["ports"] if p.get("name") == port)
+
+
+def ports_open_to_the_gateway(overlay: str, pods: str) -> set[int]:
+    """The ports of `pods` that a NetworkPolicy opens to the gateway pods."""
+    found = set()
+    for policy in by_name(overlay, "NetworkPolicy").values():
+        if policy["spec"]["podSelector"]["matchLabels"].get("app.kubernetes.io/name") != pods:
+            continue
+        for rule in policy["spec"]["ingress"]:
+            peers = [peer.get("podSelector", {}).get("matchLabels", {}) for peer in
+                     rule.get("from", [])]
+            if {"app.kubernetes.io/name": "sf-gateway"} in peers:
+                found.update(port["port"] for port in rule["ports"])
+    return found
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_gateway_runs_sf_edge_in_front_of_the_api_service_and_every_media_pod(overlay):
+    deployments, services = by_name(overlay, "Deployment"), by_name(overlay, "Service")
+    container = deployments["sf-gateway"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["sf", "edge"] and is_sf_image(container["image"])
+    config = load_config(container_environment(overlay, container), secrets=EDGE_SECRET_NAMES)
+    # It holds no secret but the internal one (signed playback), and is the edge: it believes
+    # nobody's X-Forwarded-For (the pods' SF_REAL_IP_FROM is not its setting).
+    keys = {entry["valueFrom"]["secretKeyRef"]["key"] for entry in container.get("env", [])
+            if "secretKeyRef" in entry.get("valueFrom", {})}
+    assert keys == {"internal-secret"} and config.real_ip_from == ()
+    assert not any(ref.get("configMapRef", {}).get("name") == "sf-config"
+                   for ref in container["envFrom"])
+    # A read-only root: it writes its var dir (HLS cache, temporary files, logs), a volume.
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert str(config.var_dir) in {mount["mountPath"] for mount in container["volumeMounts"]}
+    assert container_port(container, "http") == config.http_port
+
+    # /api/ and /ws/: the sf-api Service, on the port the API pods listen on.
+    api = deployments["sf-api"]["spec"]["template"]["spec"]["containers"][0]
+    api_config = load_config(container_environment(overlay, api))
+    ((host, port),) = map(endpoint, config.edge_api_servers)
+    service = services[host]
+    assert service["spec"]["selector"] == \
+        deployments["sf-api"]["spec"]["selector"]["matchLabels"]
+    service_port = next(p for p in service["spec"]["ports"] if p["port"] == port)
+    assert container_port(api, service_port["targetPort"]) == api_config.api_port
+    assert ports_open_to_the_gateway(overlay, "sf-api") == {api_config.api_port}
+
+    # /hls/ and /media/: every pod of the media StatefulSet by its stable name (the headless
+    # Service's), on the port its origin listens on, open to the gateway on the pod network.
+    media = by_name(overlay, "StatefulSet")["sf-media"]
+    media_container = media["spec"]["template"]["spec"]["containers"][0]
+    media_config = load_config(container_environment(overlay, media_container))
+    origin = media_config.media_http_port
+    assert container_port(media_container, "origin") == origin
+    assert media_config.media_control_host == "0.0.0.0"
+    headless = media["spec"]["serviceName"]
+    assert config.edge_media_origins == tuple(
+        f"{media['metadata']['name']}-{n}.{headless}:{origin}"
+        for n in range(media["spec"]["replicas"]))
+    assert origin in {p["port"] for p in services[headless]["spec"]["ports"]}
+    assert ports_open_to_the_gateway(overlay, "sf-media") == {origin}
+
+
+COMPOSE = REPO / "docker" / "compose.yaml"
+# What `docker compose` would read from the environment (.env): fake, but valid, values.
+COMPOSE_ENV = {"POSTGRES_PASSWORD": "password", "SF_JWT_SECRET": "j" * 48,
+               "SF_STREAM_KEY_ENCRYPTION_KEYS": new_encryption_key_spec("k1"),
+               "SF_STREAM_KEY_LOOKUP_SECRET": "l" * 32, "SF_INTERNAL_SECRET": "i" * 32}
+
+
+def compose_environment(service: dict[str, Any]) -> dict[str, str]:
+    """What an SF container of the compose file sees: the image's ENV, then its environment
+    with ${NAME}, ${NAME:?message} and ${NAME:-default} filled in as compose does."""
+    def fill(match: re.Match[str]) -> str:
+        name, operator, default = match.groups()
+        if name in COMPOSE_ENV:
+            return COMPOSE_ENV[name]
+        assert operator == "-", f"{name} has no value and no default"
+        return default
+
+    environ = {k: v for k, v in dockerfile_env().items() if k.startswith("SF_")}
+    for name, value in service.get("environment", {}).items():
+        environ[name] = re.sub(r"\$\{(\w+)(?::([?-])([^}]*))?\}", fill, str(value))
+    return environ
+
+
+def check_compose_schema(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec",
+                           str(path)], capture_output=True, text=True, timeout=120)
+
+
+def test_the_compose_file_matches_the_compose_specification(tmp_path):
+    result = check_compose_schema(COMPOSE)
+    assert result.returncode == 0, result.stdout + result.stderr
+    broken = tmp_path / "compose.yaml"  # the check bites: a misspelt key
+    broken.write_text(COMPOSE.read_text().replace("    read_only: true", "    readonly: true"))
+    assert broken.read_text() != COMPOSE.read_text()
+    assert check_compose_schema(broken).returncode != 0
+
+
+def test_the_compose_gateway_runs_sf_edge_in_front_of_the_api_and_every_media_node():
+    compose = yaml.safe_load(COMPOSE.read_text())
+    services = compose["services"]
+    gateway = services["gateway"]
+    assert gateway["command"] == ["sf", "edge"] and gateway["image"] == "sf:latest"
+    config = load_config(compose_environment(gateway), secrets=EDGE_SECRET_NAMES)
+    assert config.env == "production" and not config.extra and config.real_ip_from == ()
+    # No secret but the internal one, no database or Redis address.
+    assert {name for name in gateway["environment"]
+            if re.search(r"SECRET|KEYS|PASSWORD|_URL$", name)} == {"SF_INTERNAL_SECRET"}
+    # A read-only container but for its var dir (HLS cache, temporary files, logs).
+    assert gateway["read_only"] is True
+    assert str(config.var_dir) in {volume.split(":")[1] for volume in gateway["volumes"]}
+    # The only public HTTP port; no origin, control or API port is published anywhere.
+    published = {name: [str(port).split(":")[-1] for port in service.get("ports", [])]
+                 for name, service in services.items()}
+    assert published["gateway"] == [str(config.http_port)]
+    assert all(ports == ["1935"] for name, ports in published.items() if ports and name != "gateway")
+
+    # API: the compose service(s) running `sf serve`, on their port (every replica behind one
+    # name: `sf edge` takes each address the name resolves to).
+    for host, port in map(endpoint, config.edge_api_servers):
+        assert services[host]["command"] == ["sf", "serve"]
+        assert load_config(compose_environment(services[host])).api_port == port
+
+    # Media: every media node the file defines (the second behind a profile), each by its
+    # service name on the port its origin listens on, reachable on the compose network, with its
+    # own node id, control URL and RTMP port; its origin believes the gateway's X-Forwarded-For.
+    nodes = {name: service for name, service in services.items()
+             if service.get("command", [])[:2] == ["sf", "node"]}
+    assert sorted(host for host, _ in map(endpoint, config.edge_media_origins)) == sorted(nodes)
+    assert [name for name, service in nodes.items() if "profiles" not in service] == ["media"]
+    assert len(nodes) >= 2
+    subnet = compose["networks"]["default"]["ipam"]["config"][0]["subnet"]
+    node_ids, rtmp_ports = set(), set()
+    for host, port in map(endpoint, config.edge_media_origins):
+        service = nodes[host]
+        assert service["command"] == ["sf", "node", "--no-edge"], host
+        node = load_config(compose_environment(service))
+        assert node.media_http_port == port and node.media_control_host == "0.0.0.0", host
+        assert node.media_node_url == f"http://{host}:{node.media_control_port}", host
+        assert [str(network) for network in node.real_ip_from] == [subnet], host
+        node_ids.add(node.node_id)
+        rtmp_ports.update(str(port).split(":")[0] for port in service["ports"])
+    assert len(node_ids) == len(rtmp_ports) == len(nodes)
 
 
 # --- systemd --------------------------------------------------------------------------------

@@ -9,17 +9,22 @@ minute) never meet this one.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
+import http.server
 import io
 import json
 import os
 import random
 import re
 import select
+import signal
 import socket
 import ssl
 import struct
 import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +35,7 @@ from PIL import Image
 
 from sf.media import nginx
 from sf.media.hls import new_thumbnail_name, sign_playback, sign_thumbnail
+from sf.node import localservices
 from sf.node.tls import write_self_signed
 from tests.helpers import TEST_PORT_OFFSET
 from tests.media_platform import Platform, wait_for
@@ -555,29 +561,6 @@ def test_rtmp_play_only_from_loopback_and_control_needs_the_secret(platform):
     assert publisher.wait(timeout=10) is not None
 
 
-def test_gateway_config_of_the_compose_deployment_is_valid_and_sets_identity(tmp_path):
-    gateway = (REPO / "docker" / "gateway.conf").read_text()
-    snippet = (REPO / "docker" / "gateway-proxy-headers.conf").read_text()
-    assert [line for line in snippet.splitlines() if line and not line.startswith("#")] == list(
-        nginx.PROXY_HEADER_LINES)
-    include = "include /etc/nginx/sf-proxy-headers.conf;"
-    assert gateway.count("proxy_pass") == gateway.count(include)
-    assert "$proxy_add_x_forwarded_for" not in gateway
-    assert "proxy_set_header X-Forwarded-For" not in gateway  # only through the snippet
-    assert "/media/ { return 404; }" in gateway
-    assert "limit_conn_status 429;" in gateway and "client_header_timeout 10s;" in gateway
-    # nginx itself checks it, with the compose service names pointed at loopback.
-    local = (gateway.replace("/etc/nginx/sf-proxy-headers.conf",
-                             str(REPO / "docker" / "gateway-proxy-headers.conf"))
-             .replace("/var/log/nginx/access.log", str(tmp_path / "access.log"))
-             .replace("api:8081", "127.0.0.1:9").replace("media:8080", "127.0.0.1:9"))
-    local = f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\n" + local
-    (tmp_path / "gateway.conf").write_text(local)
-    result = subprocess.run(["nginx", "-t", "-p", str(tmp_path), "-c", str(tmp_path / "gateway.conf"),
-                             "-e", str(tmp_path / "error.log")], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-
-
 def assert_nginx_answer_policy(response: Response) -> None:
     """An answer nginx wrote itself: JSON, with the API's standing headers."""
     assert response.headers["Content-Type"].startswith("application/json")
@@ -590,59 +573,102 @@ def assert_nginx_answer_policy(response: Response) -> None:
     assert len(response.headers["X-Request-ID"]) == 32
 
 
-def local_gateway(tmp_path: Path, api_port: int, media_port: int, port: int) -> str:
-    """docker/gateway.conf with its compose service names and paths pointed at this machine."""
-    gateway = (REPO / "docker" / "gateway.conf").read_text()
-    temp = "".join(f"    {kind}_temp_path {tmp_path}/{kind};\n"
-                   for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-    local = (gateway.replace("/etc/nginx/sf-proxy-headers.conf",
-                             str(REPO / "docker" / "gateway-proxy-headers.conf"))
-             .replace("/var/log/nginx/access.log", str(tmp_path / "access.log"))
-             .replace("api:8081", f"127.0.0.1:{api_port}")
-             .replace("media:8080", f"127.0.0.1:{media_port}")
-             .replace("listen 8080;", f"listen 127.0.0.1:{port};")
-             .replace("worker_processes auto;", "worker_processes 1;")
-             .replace("http {\n", "http {\n" + temp, 1))
-    # Its workers write request bodies under tmp_path, which only its owner can enter.
-    user = "user root;\n" if os.geteuid() == 0 else ""
-    return f"{user}pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\n" + local
+# --- the edge on its own machine: `sf edge` (compose's and Kubernetes' gateway) ---------------
 
+class SeparateEdge:
+    """`sf edge` as its own process, as the gateway container runs it: its own var dir and port,
+    no secret but the internal one (it gets no var/secrets and none of the API's keys)."""
 
-def test_the_compose_gateway_passes_what_the_node_serves_and_answers_in_the_api_shape(
-        platform, tmp_path):
-    """docker/gateway.conf run for real in front of this platform's node (outside attack
-    2026-11-27 F-B, F-C, F-D): a private stream's signed thumbnail and a 2 MB avatar pass;
-    the gateway's own answers are JSON with the API's standing headers."""
-    port = 18590 + TEST_PORT_OFFSET
-    (tmp_path / "gateway.conf").write_text(local_gateway(
-        tmp_path, platform.config.api_port, platform.config.http_port, port))
-    gateway = subprocess.Popen(["nginx", "-p", str(tmp_path), "-c", str(tmp_path / "gateway.conf"),
-                                "-e", str(tmp_path / "error.log"), "-g", "daemon off;"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
+    def __init__(self, workdir: Path, port: int, api: str, media: str, secret: str) -> None:
+        self.port = port
+        self.var_dir = workdir / "var"
+        env = {name: value for name, value in os.environ.items() if not name.startswith("SF_")}
+        env.update({"SF_VAR_DIR": str(self.var_dir), "SF_HTTP_HOST": "127.0.0.1",
+                    "SF_HTTP_PORT": str(port), "SF_EDGE_WORKERS": "1", "SF_ENV": "production",
+                    "SF_EDGE_API_SERVERS": api, "SF_EDGE_MEDIA_ORIGINS": media,
+                    "SF_INTERNAL_SECRET": secret})
+        self.log = workdir / "edge.log"
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen([sys.executable, "-m", "sf.app", "edge"], env=env,
+                                            stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+
         def up() -> bool:
-            assert gateway.poll() is None, (tmp_path / "error.log").read_text()
+            assert self.process.poll() is None, self.log.read_text()
             try:
-                return fetch(port, "GET", "/healthz").status == 200
+                fetch(port, "GET", "/nope")
+                return True
             except OSError:
                 return False
 
-        wait_for(up, 10, what="the gateway")
-        # A private stream's thumbnail under its signed prefix (the node checks the signature).
+        try:
+            wait_for(up, 15, what="sf edge")
+        except BaseException:
+            self.stop()
+            raise
+
+    def nginx_pids(self) -> list[int]:
+        pid_file = self.var_dir / "edge" / "nginx.pid"
+        master = int(pid_file.read_text()) if pid_file.exists() else 0
+        found = subprocess.run(["pgrep", "-P", str(master)], capture_output=True, text=True)
+        return [master, *map(int, found.stdout.split())] if master else []
+
+    def stop(self) -> int | None:
+        pids = self.nginx_pids()
+        if self.process.poll() is None:
+            self.process.terminate()
+        try:
+            return self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            # (nginx's master dies with `sf edge`, its workers would not: they go too.)
+            for pid in [self.process.pid, *pids]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            self.process.wait()
+            return None
+
+
+@pytest.fixture(scope="module")
+def media_node(base_config, tmp_path_factory):
+    """A media node behind a separate edge, as the compose and Kubernetes media nodes run:
+    `sf node --no-edge` (media nginx and API processes, no public port)."""
+    node = Platform(base_config, tmp_path_factory.mktemp("edgeless-node"), 18580, edge=False)
+    with open(node.api_log, "ab") as log:
+        process = subprocess.Popen([sys.executable, "-m", "sf.app", "node", "--no-edge"],
+                                   env=node.env, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: process.poll() is None and node._node_ready(
+            {"url": f"http://127.0.0.1:{node.config.api_port}"}), 30, what="sf node --no-edge")
+        yield node
+    finally:
+        process.terminate()
+        assert process.wait(timeout=30) == 0, node.api_log.read_text()[-2000:]
+
+
+def test_sf_edge_in_front_of_a_media_node_passes_what_it_serves_and_answers_in_the_api_shape(
+        media_node, tmp_path):
+    """The gateway of compose and Kubernetes (`sf edge`), run for real in front of a node without
+    an edge (outside attack 2026-11-27 F-B, F-C, F-D, on the shape deployed now): a private
+    stream's signed thumbnail and a 2 MB avatar pass; the client's address reaches the API; the
+    edge's own answers are JSON with the API's standing headers; SIGTERM stops it whole."""
+    node = media_node.config
+    assert not localservices.port_open(node.http_port)  # the node has no public port itself
+    port = 18590 + TEST_PORT_OFFSET
+    gateway = SeparateEdge(tmp_path, port, f"127.0.0.1:{node.api_port}",
+                           f"127.0.0.1:{node.media_http_port}", node.internal_secret)
+    try:
+        # A private stream's thumbnail under its signed prefix (the origin checks the signature).
         stream_id = 970000000 + random.randint(0, 9999)
         name = new_thumbnail_name(stream_id)
-        media = platform.config.media_dir / "thumbnails"
+        media = node.media_dir / "thumbnails"
         (media / name).write_bytes(b"\xff\xd8\xff private thumbnail")
         (media / f"{stream_id}.private").touch()
-        signed = sign_thumbnail(f"/media/thumbnails/{name}", stream_id,
-                                platform.config.internal_secret, 60)
+        signed = sign_thumbnail(f"/media/thumbnails/{name}", stream_id, node.internal_secret, 60)
         assert signed is not None
-        for via in (platform.config.http_port, port):
-            response = fetch(via, "GET", signed, source=address(80))
-            assert response.status == 200 and response.body.endswith(b"private thumbnail"), via
+        response = fetch(port, "GET", signed, source=address(80))
+        assert response.status == 200 and response.body.endswith(b"private thumbnail")
         assert fetch(port, "GET", f"/media/thumbnails/{name}", source=address(80)).status == 404
 
-        # An avatar of 2 MB (the API takes up to SF_MAX_AVATAR_BYTES, 5 MB).
+        # An avatar of 2 MB (the API takes up to SF_MAX_AVATAR_BYTES, 5 MB), then served back.
         source = address(81)
         response = fetch(port, "POST", "/api/auth/register", source=source, body={
             "username": "gatewayavatar", "email": "gatewayavatar@example.com",
@@ -655,12 +681,23 @@ def test_the_compose_gateway_passes_what_the_node_serves_and_answers_in_the_api_
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30,
                                           source_address=(source, 0))
         conn.request("PUT", "/api/users/profile/avatar", body=picture.getvalue(), headers={
-            "Content-Type": "image/png", "Authorization": f"Bearer {token}"})
+            "Content-Type": "image/png", "Authorization": f"Bearer {token}",
+            "X-Request-ID": SPOOFED_ID, "X-Forwarded-For": "198.51.100.7"})
         uploaded = conn.getresponse()
-        assert uploaded.status == 200, uploaded.read()[:200]
+        profile = json.loads(uploaded.read())
         conn.close()
+        assert uploaded.status == 200, profile
+        avatar = fetch(port, "GET", profile["avatar"], source=source)
+        assert avatar.status == 200 and avatar.body[:4] == b"RIFF"
+        # The API saw the client's own address, under a request id the edge chose.
+        request_id = uploaded.headers["X-Request-ID"]
+        assert NGINX_REQUEST_ID.fullmatch(request_id) and request_id != SPOOFED_ID
+        record = wait_for(lambda: next((r for r in api_log_records(media_node)
+                                        if r.get("request_id") == request_id), None), 5,
+                          what="the API access log line")
+        assert record["client_ip"] == source
 
-        # The gateway's own answers: the guard's 404, an unknown path, TRACE, a body over 6 MB.
+        # The edge's own answers: the guard's 404, an unknown path, TRACE, a body over 6 MB.
         own = [fetch(port, "GET", "/api/x/%2e%2e/y.html", source=address(82)),
                fetch(port, "GET", "/nope.js", source=address(82)),
                fetch(port, "TRACE", "/api/x", source=address(82)),
@@ -672,9 +709,111 @@ def test_the_compose_gateway_passes_what_the_node_serves_and_answers_in_the_api_
             assert json.loads(response.body)["error"]["code"] in (
                 "not_found", "bad_request", "payload_too_large")
             assert_nginx_answer_policy(response)
+
+        pids = gateway.nginx_pids()
+        assert len(pids) >= 2  # master, its worker, the cache manager and loader
     finally:
-        gateway.terminate()
-        gateway.wait(timeout=10)
+        code = gateway.stop()
+    assert code == 0, gateway.log.read_text()
+    assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()]  # nginx went with it
+
+
+class EchoServer:
+    """An upstream that answers every request with the headers it received, and its name."""
+
+    def __init__(self, host: str, port: int, name: str) -> None:
+        class Echo(http.server.BaseHTTPRequestHandler):
+            def answer(self) -> None:
+                body = json.dumps({"name": name, "path": self.path,
+                                   "headers": dict(self.headers.items())}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = do_PUT = do_DELETE = answer
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer((host, port), Echo)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_sf_edge_sets_the_client_identity_on_every_location_it_proxies(tmp_path):
+    """What the API and the origins receive from `sf edge`: the client's address SET as
+    X-Forwarded-For and X-Real-IP (never appended to what the client sent), its own request id,
+    its own scheme, no Forwarded header; on /api/, /ws/, the probes, /media/ and all four /hls/
+    locations (public and signed, playlists and segments)."""
+    port = 18591 + TEST_PORT_OFFSET
+    echo = EchoServer("127.0.0.1", 18592 + TEST_PORT_OFFSET, "echo")
+    secret = "edge-identity-secret-0123456789"
+    gateway = SeparateEdge(tmp_path, port, f"127.0.0.1:{18592 + TEST_PORT_OFFSET}",
+                           f"127.0.0.1:{18592 + TEST_PORT_OFFSET}", secret)
+    signed = sign_playback(4242, secret, 60)
+    paths = ["/api/streams?x=1", "/ws/streams/1/viewers", "/healthz", "/readyz",
+             "/media/avatars/12-abcdefgh.webp", "/media/thumbnails/12-abcdefgh.jpg",
+             "/hls/4242/master.m3u8", "/hls/4242/720p/seg_00001.ts",
+             signed, signed.replace("master.m3u8", "720p/seg_00002.ts")]
+    source = address(90)
+    try:
+        for path in paths:
+            response = fetch(port, "GET", path, source=source, headers={
+                "X-Forwarded-For": "198.51.100.7", "X-Real-IP": "198.51.100.7",
+                "X-Forwarded-Proto": "https", "X-Request-ID": SPOOFED_ID,
+                "Forwarded": "for=198.51.100.7"})
+            assert response.status == 200, (path, response.status, response.body[:200])
+            seen = {name.lower(): value for name, value in response.json()["headers"].items()}
+            assert seen["x-forwarded-for"] == source, (path, seen)
+            assert seen["x-real-ip"] == source, path
+            assert seen["x-forwarded-proto"] == "http", path
+            assert NGINX_REQUEST_ID.fullmatch(seen["x-request-id"]), path
+            assert "forwarded" not in seen, path
+    finally:
+        gateway.stop()
+        echo.stop()
+
+
+def test_the_edge_follows_its_upstream_names_to_new_addresses(tmp_path, base_config):
+    """`sf edge` looks SF_EDGE_API_SERVERS / SF_EDGE_MEDIA_ORIGINS up itself: it starts while a
+    name is unknown (its own 502 meanwhile), and reloads when a name's address changes (a
+    media pod restarted under its stable name, an API replica added to a compose service)."""
+    echo_port = 18594 + TEST_PORT_OFFSET
+    first, second = EchoServer("127.0.0.1", echo_port, "first"), EchoServer(
+        "127.0.0.2", echo_port, "second")
+    table: dict[str, list[str]] = {"api.sf.test": [], "media.sf.test": ["127.0.0.1"]}
+    port = 18593 + TEST_PORT_OFFSET
+    config = base_config.replace(
+        var_dir=tmp_path / "var", media_dir=tmp_path / "var" / "media", http_host="127.0.0.1",
+        http_port=port, edge_workers=1, edge_api_servers=(f"api.sf.test:{echo_port}",),
+        edge_media_origins=(f"media.sf.test:{echo_port}",))
+    gateway = nginx.Edge(config, lookup=lambda host, _: list(table[host])).start()
+
+    def answered_by() -> str | None:
+        response = fetch(port, "GET", "/api/streams")
+        return response.json().get("name") if response.status == 200 else None
+
+    try:
+        unknown = fetch(port, "GET", "/api/streams")
+        assert unknown.status == 502 and unknown.json()["error"]["code"] == "internal_error"
+        assert fetch(port, "GET", "/media/avatars/12-abcdefgh.webp").json()["name"] == "first"
+        assert gateway.refresh() is False  # nothing changed: no reload
+        table["api.sf.test"] = ["127.0.0.1"]
+        assert gateway.refresh() is True
+        wait_for(lambda: answered_by() == "first", 10, what="the edge to reach the API name")
+        table["api.sf.test"] = table["media.sf.test"] = ["127.0.0.2"]
+        assert gateway.refresh() is True
+        wait_for(lambda: answered_by() == "second", 10, what="the edge to follow the new address")
+        assert fetch(port, "GET", "/media/avatars/12-abcdefgh.webp").json()["name"] == "second"
+    finally:
+        gateway.stop()
+        first.stop()
+        second.stop()
 
 
 def test_behind_a_named_proxy_its_forwarded_for_is_believed_and_nobody_elses(base_config,

@@ -8,8 +8,10 @@ import re
 import resource
 import shutil
 import signal
+import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from sf.config import PROJECT_ROOT, Config
@@ -371,6 +373,17 @@ def real_ip_lines(proxies: tuple[object, ...]) -> str:
                     if proxies else "")
 
 
+# An upstream needs a server: while none of its names resolves (`Edge`), one that is down, so
+# requests get the edge's own 502 in the API's shape until the next lookup finds one.
+NO_SERVER = "127.0.0.1:1 down"
+
+
+def upstream_servers(servers: tuple[str, ...], parameters: str) -> str:
+    if not servers:
+        return f"        server {NO_SERVER};"
+    return "\n".join(f"        server {server} {parameters};" for server in servers)
+
+
 def template_values(config: Config, origin: bool = True) -> dict[str, str]:
     """The values of every {{placeholder}} of the node template (`origin`) or the edge's."""
     module = next((path for path in RTMP_MODULE_CANDIDATES if os.path.exists(path)), "")
@@ -403,10 +416,9 @@ def template_values(config: Config, origin: bool = True) -> dict[str, str]:
         "edge_dir": str(edge_dir(config)),
         "edge_workers": str(config.edge_workers or "auto"),
         "edge_worker_connections": str(max(256, nofile * 3 // 4)),
-        "api_servers": "".join(f"        server {server} max_fails=1 fail_timeout=2s;\n"
-                               for server in config.edge_api_servers).rstrip("\n"),
-        "media_servers": "".join(f"        server {server} max_fails=1 fail_timeout=10s;\n"
-                                 for server in config.edge_media_origins).rstrip("\n"),
+        "api_servers": upstream_servers(config.edge_api_servers, "max_fails=1 fail_timeout=2s"),
+        "media_servers": upstream_servers(config.edge_media_origins,
+                                          "max_fails=1 fail_timeout=10s"),
         "hls_cache_max_size": "1g",
         "ws_handshakes_per_second": str(WS_HANDSHAKES_PER_SECOND),
         "ws_handshake_burst": str(WS_HANDSHAKE_BURST),
@@ -512,6 +524,97 @@ def start(config: Config, conf: Path) -> subprocess.Popen[bytes]:
 
 def stop(process: subprocess.Popen[bytes]) -> None:
     stop_process(process, signal.SIGQUIT, timeout=10)  # graceful: finish in-flight requests
+
+
+def resolve_endpoints(endpoints: tuple[str, ...],
+                      lookup: Callable[[str, int], list[str]] | None = None
+                      ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(every address:port behind these host:port names, sorted; the names that resolve to
+    nothing now). nginx would look the names up once, at start; `Edge` does it again and again."""
+    lookup = lookup or _lookup
+    found: set[str] = set()
+    missing = []
+    for endpoint in endpoints:
+        host, _, port = endpoint.rpartition(":")
+        try:
+            addresses = lookup(host.strip("[]"), int(port))
+        except OSError:
+            addresses = []
+        if not addresses:
+            missing.append(endpoint)
+        found.update(f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+                     for address in addresses)
+    return tuple(sorted(found)), tuple(missing)
+
+
+def _lookup(host: str, port: int) -> list[str]:
+    return [str(info[4][0]) for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)]
+
+
+class Edge:
+    """The public edge nginx on its own (`sf edge`, a gateway machine or container).
+
+    The names in SF_EDGE_API_SERVERS and SF_EDGE_MEDIA_ORIGINS are looked up here rather than
+    by nginx (which would resolve them once, at start, and fail to start while one is
+    unknown): the edge starts with the addresses found, and `refresh()` reloads it when they
+    change: a replica added behind a compose service name, a media pod restarted under its
+    stable name with a new address. A reload ends the old workers' WebSockets after
+    worker_shutdown_timeout (clients reconnect), so it happens only on a change.
+    """
+
+    def __init__(self, config: Config,
+                 lookup: Callable[[str, int], list[str]] | None = None) -> None:
+        self.config = config
+        self.lookup = lookup
+        self.process: subprocess.Popen[bytes] | None = None
+        self.upstreams: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
+        self.missing: tuple[str, ...] = ()
+
+    def resolve(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        api, api_missing = resolve_endpoints(self.config.edge_api_servers, self.lookup)
+        media, media_missing = resolve_endpoints(self.config.edge_media_origins, self.lookup)
+        missing = api_missing + media_missing
+        if missing != self.missing:
+            if missing:
+                log.warning("edge upstreams not resolvable now (left out): %s", ", ".join(missing))
+            self.missing = missing
+        return api, media
+
+    def render(self) -> Path:
+        api, media = self.upstreams
+        return render_edge(self.config.replace(edge_api_servers=api, edge_media_origins=media))
+
+    def start(self) -> Edge:
+        self.upstreams = self.resolve()
+        self.process = start(self.config, self.render())
+        log.info("edge upstreams: API %s; media %s", ", ".join(self.upstreams[0]) or "none",
+                 ", ".join(self.upstreams[1]) or "none")
+        return self
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def refresh(self) -> bool:
+        """Look the names up again; reload nginx if their addresses changed (True then)."""
+        upstreams = self.resolve()
+        if upstreams == self.upstreams or self.process is None:
+            return False
+        self.upstreams = upstreams
+        try:
+            check(self.config, self.render())
+        except RuntimeError:
+            log.exception("edge configuration with upstreams %s refused; the running one stays",
+                          upstreams)
+            return False
+        log.info("edge upstreams changed, reloading: API %s; media %s",
+                 ", ".join(upstreams[0]) or "none", ", ".join(upstreams[1]) or "none")
+        self.process.send_signal(signal.SIGHUP)
+        return True
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop(self.process)
+            self.process = None
 
 
 class Front:

@@ -1,10 +1,14 @@
-"""`sf node` runs one node (nginx with RTMP + an API node); `sf dev` (what `make run` runs)
-adds local PostgreSQL and Redis and the migrations. Both stop what they started on Ctrl-C."""
+"""`sf node` runs one node (the public edge nginx, the media nginx with RTMP, the API
+processes; `--no-edge`: a media node behind a separate edge); `sf edge` runs the edge alone (a
+gateway machine); `sf dev` (what `make run` runs) adds local PostgreSQL and Redis and the
+migrations to `sf node`. Each stops what it started on Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import signal
+import time
 
 from sf.config import Config
 from sf.db.migrate import migrate
@@ -15,26 +19,69 @@ from sf.node.server import AppFactory, NodeProcesses
 log = logging.getLogger("sf.dev")
 
 
-def run_node(config: Config, make_app: AppFactory) -> int:
+def run_node(config: Config, make_app: AppFactory, edge: bool = True) -> int:
     """The public edge nginx in front of the node's API processes and its media nginx (RTMP,
-    HLS origin), until SIGINT/SIGTERM."""
+    HLS origin), until SIGINT/SIGTERM. Without `edge`, a media node behind a separate edge
+    (`sf edge`): its media nginx and API processes only."""
     # nginx terminates TLS; the API processes behind it speak plain HTTP on loopback.
     processes = NodeProcesses(config.replace(tls_cert="", tls_key=""), make_app)
-    for port in (config.http_port, config.rtmp_port, config.media_control_port,
-                 config.media_http_port):
+    ports = [config.rtmp_port, config.media_control_port, config.media_http_port]
+    if edge:
+        ports.insert(0, config.http_port)
+    for port in ports:
         if localservices.port_open(port, config.http_host):
             raise SystemExit(f"port {port} is taken: see SF_HTTP_PORT, SF_RTMP_PORT, "
                              "SF_MEDIA_CONTROL_PORT, SF_MEDIA_HTTP_PORT")
-    front = nginx.Front(config).start()
+    front = nginx.Front(config, edge=edge).start()
     try:
-        scheme = "https" if config.tls_enabled else "http"
-        log.info("SF is up: %s://%s:%s/api/docs, RTMP %s", scheme, config.http_host,
-                 config.http_port, config.rtmp_url)
+        if edge:
+            scheme = "https" if config.tls_enabled else "http"
+            log.info("SF is up: %s://%s:%s/api/docs, RTMP %s", scheme, config.http_host,
+                     config.http_port, config.rtmp_url)
+        else:
+            log.info("SF media node is up (no edge): RTMP %s, origin %s:%s, API port %s",
+                     config.rtmp_url, config.media_control_host, config.media_http_port,
+                     config.api_port)
         return processes.run()
     except KeyboardInterrupt:
         return 0
     finally:
         front.stop()
+
+
+EDGE_LOOKUP_SECONDS = 5.0  # how often `sf edge` looks its upstream names up again
+
+
+def run_edge(config: Config) -> int:
+    """Only the public edge nginx, in the foreground until SIGINT/SIGTERM (a gateway machine or
+    container in front of API and media nodes elsewhere). Its upstream names are looked up
+    again every few seconds and nginx reloaded when their addresses change (nginx.Edge)."""
+    if localservices.port_open(config.http_port, config.http_host):
+        raise SystemExit(f"port {config.http_port} is taken: see SF_HTTP_PORT")
+    stopping: list[int] = []
+    previous = {signum: signal.signal(signum, lambda signum, _: stopping.append(signum))
+                for signum in (signal.SIGINT, signal.SIGTERM)}
+    edge = nginx.Edge(config)
+    try:
+        edge.start()
+        scheme = "https" if config.tls_enabled else "http"
+        log.info("SF edge is up: %s://%s:%s", scheme, config.http_host, config.http_port)
+        next_lookup = time.monotonic() + EDGE_LOOKUP_SECONDS
+        while True:
+            time.sleep(0.2)
+            if stopping:  # (Ctrl-C reaches nginx too: it may be gone already)
+                return 0
+            if not edge.running():
+                log.error("the edge nginx exited (see %s)",
+                          config.var_dir / "log" / "edge-error.log")
+                return 1
+            if time.monotonic() >= next_lookup:
+                edge.refresh()
+                next_lookup = time.monotonic() + EDGE_LOOKUP_SECONDS
+    finally:
+        edge.stop()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def run_dev(config: Config, make_app: AppFactory) -> int:
