@@ -416,7 +416,10 @@ def template_values(config: Config, origin: bool = True) -> dict[str, str]:
         "edge_dir": str(edge_dir(config)),
         "edge_workers": str(config.edge_workers or "auto"),
         "edge_worker_connections": str(max(256, nofile * 3 // 4)),
-        "api_servers": upstream_servers(config.edge_api_servers, "max_fails=1 fail_timeout=2s"),
+        # API servers are never marked down: a refused connection (a process restarting) moves
+        # the request to the next one at once, and with one view per server there is no window
+        # in which every server is "down" while one is back (rolling restarts: 0 failures).
+        "api_servers": upstream_servers(config.edge_api_servers, "max_fails=0"),
         "media_servers": upstream_servers(config.edge_media_origins,
                                           "max_fails=1 fail_timeout=10s"),
         "hls_cache_max_size": "1g",
