@@ -287,6 +287,11 @@ class Config:
     alert_webhook_max_per_minute: int = setting(Integer(1, 10000))
     backup_dir: Path = setting(ProjectPath())
     backup_keep: int = setting(Integer(1, 10000))
+    # Exact viewer counts (issue 19.5): the cap on anonymous viewers per network, the
+    # WebSocket handshake rate per address, and the dwell before unique viewers / watch time.
+    viewers_anonymous_per_network: int = setting(Integer(1, 100000))
+    ws_handshakes_per_minute: int = setting(Integer(1, 1000000))
+    viewer_min_dwell_seconds: float = setting(Number(0, 3600))
     extra: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
