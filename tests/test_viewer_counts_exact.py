@@ -24,6 +24,7 @@ import pytest
 import tornado.httpclient
 import tornado.websocket
 
+from sf.services.viewer_counts import ALIVE_KEY, LEAVES, SIGNED_IN, ViewerCounts
 from tests.helpers import run_private
 from tests.media_platform import Platform, wait_for
 from tests.test_viewers import Viewer, prepared_stream, ticket_for
@@ -363,3 +364,46 @@ def test_short_visits_add_nothing_to_unique_viewers_or_watch_time(platform):
     assert any(point["viewers"] >= 10 for point in body["timeline"])  # shown, immediately
     assert body["unique_viewers"] == 1
     assert body["watch_time_seconds"] <= 2 * 10 + DWELL  # the one who stayed, at most
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_process_that_lost_its_place_in_redis_counts_again(services):
+    """A process whose heartbeat lapsed (stalled past it, or Redis restarted empty) is told so
+    and starts over as a new instance; a viewer it held all along keeps their first join."""
+    redis = services.redis
+
+    def process(node_id: str) -> ViewerCounts:
+        return ViewerCounts(redis, node_id, anonymous_per_network=2, min_dwell_seconds=0)
+
+    stalled, other = process("node-a.0"), process("node-b.0")
+    stream = 7
+    joined = {"u1": SIGNED_IN, "aX": "192.0.2.0/24", "aY": "192.0.2.0/24", "aZ": "192.0.2.0/24"}
+    first = await stalled.flush({stream: joined}, {stream: True}, fresh=True)
+    assert first.refused == {stream: ["aZ"]}  # the network's two places are taken
+    assert first.totals[stream].viewers == 3
+    await other.flush({stream: {"u1": SIGNED_IN}}, {}, fresh=True)  # a tab elsewhere
+    u1_since = await redis.zscore(f"sf:vc:{stream}:since", "u1")
+
+    await redis.delete(ALIVE_KEY.format(stalled.instance))   # the heartbeat lapses
+    assert (await other.totals([stream]))[stream].viewers == 1  # reaped: u1 is still there
+    assert (await stalled.flush({stream: {"aY": LEAVES}}, {})).lost
+
+    # Starting over: everything it holds, as a new instance, the old one dropped.
+    old = stalled.new_incarnation()
+    again = await stalled.flush({stream: {"u1": SIGNED_IN, "aX": "192.0.2.0/24"}},
+                                {stream: True}, fresh=True, retired=[old])
+    assert not again.lost and again.totals[stream].viewers == 2
+    assert await redis.zscore(f"sf:vc:{stream}:since", "u1") == u1_since  # never left
+    # Starting over while the old instance still counts (a call whose outcome is unknown):
+    # nobody it still holds leaves, not even for a moment, so their dwell goes on.
+    ax_since = await redis.zscore(f"sf:vc:{stream}:since", "aX")
+    old = stalled.new_incarnation()
+    again = await stalled.flush({stream: {"u1": SIGNED_IN, "aX": "192.0.2.0/24"}},
+                                {stream: True}, fresh=True, retired=[old])
+    assert again.totals[stream].viewers == 2
+    assert await redis.zscore(f"sf:vc:{stream}:since", "aX") == ax_since
+    assert await redis.scard(f"sf:vc:{stream}:procs") == 2  # the old instance is gone
+    # A stop withdraws at once; the other process's tab of u1 still counts.
+    await stalled.withdraw([stalled.instance])
+    total = (await other.totals([stream]))[stream]
+    assert (total.viewers, total.peak) == (1, 3)

@@ -127,16 +127,8 @@ local instance, fresh, cap = ARGV[1], ARGV[2] == '1', tonumber(ARGV[3])
 local key_ttl, alive_ttl, dwell_ms = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local unique_ttl, channel = tonumber(ARGV[7]), ARGV[8]
 local changed = {}
-local pos = 10
-for r = 1, tonumber(ARGV[9]) do
-  local retired = ARGV[pos]
-  pos = pos + 1
-  local index = 'sf:vc:i:' .. retired
-  for _, stream in ipairs(redis.call('SMEMBERS', index)) do
-    if reap(stream, retired) then changed[#changed + 1] = stream end
-  end
-  redis.call('DEL', index, 'sf:vc:alive:' .. retired)
-end
+local n_retired = tonumber(ARGV[9])
+local pos = 10 + n_retired
 local result = {0}
 if instance ~= '' then
   local alive = 'sf:vc:alive:' .. instance
@@ -197,6 +189,16 @@ for s = 1, n_streams do
 end
 if instance ~= '' and redis.call('EXISTS', index) == 1 then
   redis.call('EXPIRE', index, key_ttl)
+end
+-- After the new instance took its viewers: one held by both never stops counting (its
+-- first join, hence its dwell, is kept); one the new instance no longer holds departs.
+for r = 10, 9 + n_retired do
+  local retired = ARGV[r]
+  local retired_index = 'sf:vc:i:' .. retired
+  for _, stream in ipairs(redis.call('SMEMBERS', retired_index)) do
+    if reap(stream, retired) then changed[#changed + 1] = stream end
+  end
+  redis.call('DEL', retired_index, 'sf:vc:alive:' .. retired)
 end
 if #changed > 0 then redis.call('PUBLISH', channel, '[' .. table.concat(changed, ',') .. ']') end
 local n_wanted = tonumber(ARGV[pos])
@@ -292,7 +294,7 @@ class ViewerCounts:
         """Apply this instance's joins and leaves, renew its heartbeat, and read the totals
         of the `wanted` streams (stream → live). `fresh`: the first call of a new instance
         (its heartbeat does not exist yet). `retired`: earlier instances of this process,
-        whose sets are dropped first."""
+        whose sets are dropped once this instance's changes are in."""
         args: list[str | int] = [self.instance, 1 if fresh else 0, self.anonymous_per_network,
                                  KEY_TTL, NODE_TTL, self.dwell_ms, UNIQUE_TTL, self.channel,
                                  len(retired or ()), *(retired or ())]

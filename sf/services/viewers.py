@@ -42,6 +42,7 @@ PUSH_EVERY = 1.0                        # at most one viewers message per stream
 RECOUNT_EVERY = 1.0                     # totals of every watched stream, to notice dead nodes
 WAITING_RETRY_EVERY = 2.0               # uncounted anonymous viewers ask for a freed place
 KEEP_KEYS_EVERY = 3600.0                # a quiet stream's counting keys are kept alive
+RETIRED_KEPT = 8                        # earlier instances of this process dropped at once
 SESSION_CHECK_EVERY = 5.0               # signed-in sockets whose session ended are closed
 FAN_OUT_SLICE = 0.001                   # seconds of sending between two yields to the loop
 CLOSE_NOT_FOUND = 4404
@@ -198,8 +199,10 @@ class ViewerHub(StreamListener):
         viewers' retries, and keep-alives; everything, when starting over as a new instance."""
         if self._resync:
             if self._attempted:
-                self._retired.append(self.counts.instance)
-                self.counts.new_incarnation()
+                # Only the last few are dropped at once: an older one (a long outage starts
+                # over every tick) that did reach Redis lost its heartbeat long ago, and the
+                # totals script reaps it anyway.
+                self._retired = [*self._retired, self.counts.new_incarnation()][-RETIRED_KEPT:]
                 self._attempted = False
             self.changes = defaultdict(dict)
             self.waiting = defaultdict(dict)
