@@ -309,6 +309,11 @@ class Config:
     transcode_min_account_age_minutes: int = setting(Integer(0, 525600))
     publish_range_go_lives_per_hour: int = setting(Integer(0, 1000000))
     publish_range_ladders: int = setting(Integer(0, 1000))
+    # Exact viewer counts (issue 19.5): the cap on anonymous viewers per network, the
+    # WebSocket handshake rate per address, and the dwell before unique viewers / watch time.
+    viewers_anonymous_per_network: int = setting(Integer(1, 100000))
+    ws_handshakes_per_minute: int = setting(Integer(1, 1000000))
+    viewer_min_dwell_seconds: float = setting(Number(0, 3600))
     extra: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import secrets
 import time
 import uuid
@@ -188,3 +189,36 @@ class StreamKeyCipher:
 
 def new_session_id() -> str:
     return uuid.uuid4().hex
+
+
+_VIEWER_NONCE = re.compile(r"[A-Za-z0-9_-]{22}")
+
+
+class ViewerIdSigner:
+    """Anonymous viewer ids the server issued: the `sf_vid` cookie is `<nonce>.<tag>`, the tag
+    an HMAC-SHA256 of the nonce under a key derived from SF_INTERNAL_SECRET for this purpose
+    alone. A client can keep an id it was given (its tabs count once) but cannot make new
+    ones: a missing, forged or altered cookie gets a fresh id instead."""
+
+    PURPOSE = b"sf anonymous viewer id v1"
+
+    def __init__(self, secret: str) -> None:
+        self._key = hmac.new(secret.encode(), self.PURPOSE, hashlib.sha256).digest()
+
+    def _tag(self, nonce: str) -> str:
+        digest = hmac.new(self._key, nonce.encode(), hashlib.sha256).digest()[:16]
+        return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+    def issue(self) -> tuple[str, str]:
+        """A new (cookie value, viewer id)."""
+        nonce = secrets.token_urlsafe(16)
+        return f"{nonce}.{self._tag(nonce)}", f"a{nonce}"
+
+    def verify(self, cookie: str) -> str | None:
+        """The viewer id of a cookie this server issued, or None."""
+        nonce, dot, tag = cookie.partition(".")
+        if not dot or not _VIEWER_NONCE.fullmatch(nonce) or len(tag) != 22:
+            return None
+        if not hmac.compare_digest(tag.encode(), self._tag(nonce).encode()):
+            return None
+        return f"a{nonce}"

@@ -1,8 +1,9 @@
 """Live viewer totals into PostgreSQL and stream statistics (API.md "Viewers and statistics").
 
-Viewers are simulated the way nodes report them: `ViewerCounts.publish_local` / `add_unique`
-on the real Redis, under made-up node ids. Time is scripted through `sample(now=...)`, with
-`started_at` moved into the past so that the scripted samples fall inside the stream.
+Viewers are simulated the way API processes report them: `ViewerCounts.flush` of viewer ids
+on the real Redis, under made-up node ids, with no minimum dwell (tests/test_viewer_counts_exact.py
+has the dwell). Time is scripted through `sample(now=...)`, with `started_at` moved into the
+past so that the scripted samples fall inside the stream.
 """
 
 from __future__ import annotations
@@ -18,10 +19,49 @@ from redis.asyncio import Redis
 from sf.cache import Cache
 from sf.db import statistics as statistics_db
 from sf.services.statistics import LeaderLock, StatisticsService
-from sf.services.viewer_counts import NODE_KEY, ViewerCounts
+from sf.services.viewer_counts import ALIVE_KEY, LEAVES, SIGNED_IN, ViewerCounts
 from tests.helpers import go_live
 
 pytestmark = pytest.mark.gen_test(timeout=60)
+
+
+@pytest.fixture
+def config(base_config):
+    return base_config.replace(viewer_min_dwell_seconds=0)
+
+
+def counts_of(redis: Redis, node_id: str) -> ViewerCounts:
+    return ViewerCounts(redis, node_id, anonymous_per_network=4, min_dwell_seconds=0)
+
+
+class Process:
+    """One API process's viewers, sent to Redis the way its hub sends them."""
+
+    def __init__(self, services, node_id: str) -> None:
+        self.redis = services.redis
+        self.node_id = node_id
+        self.counts = counts_of(services.redis, node_id)
+        self.held: dict[int, set[str]] = {}
+        self.fresh = True
+
+    async def hold(self, viewers: dict[int, int | list[str]]) -> None:
+        """Hold exactly these viewers of these streams: a number means that many of this
+        process's own signed-in viewers, a list those viewer ids."""
+        changes = {}
+        for stream_id, who in viewers.items():
+            ids = ({f"u{self.node_id}-{index}" for index in range(who)} if isinstance(who, int)
+                   else set(who))
+            before = self.held.get(stream_id, set())
+            changes[stream_id] = {**{viewer: SIGNED_IN for viewer in ids - before},
+                                  **{viewer: LEAVES for viewer in before - ids}}
+            self.held[stream_id] = ids
+        outcome = await self.counts.flush(changes, {}, fresh=self.fresh)
+        self.fresh = False
+        assert not outcome.lost and not outcome.refused
+
+    async def die(self) -> None:
+        """The process stops renewing its heartbeat (here: it lapses at once)."""
+        await self.redis.delete(ALIVE_KEY.format(self.counts.instance))
 
 STREAM_STATISTICS = {"stream_id", "peak_viewers", "average_viewers", "unique_viewers",
                      "watch_time_seconds", "duration_seconds", "followers_gained", "timeline"}
@@ -48,26 +88,22 @@ async def test_scripted_timeline_gives_exact_statistics(api, services):
     token = owner["access_token"]
     stream_id = await go_live(api, services, owner)
     start = await started_in_the_past(services, stream_id, 100)
-    node_a = ViewerCounts(services.redis, "test-node-a")
-    node_b = ViewerCounts(services.redis, "test-node-b")
+    node_a = Process(services, "test-node-a")
+    node_b = Process(services, "test-node-b")
     stats = services.statistics
 
-    await node_a.publish_local({stream_id: 3})
-    await node_b.publish_local({stream_id: 2})
-    for viewer in ("v1", "v2", "v3", "v4"):
-        await node_a.add_unique(stream_id, viewer)
+    await node_a.hold({stream_id: ["v1", "v2", "v3"]})
+    await node_b.hold({stream_id: ["v4", "v5"]})
     assert await stats.sample(now=start + 10) == 1          # 5 viewers, 10 s since the start
-    await node_a.publish_local({stream_id: 4})
-    await node_b.publish_local({stream_id: 4})
-    for viewer in ("v3", "v5", "v1"):                         # two who were counted already
-        await node_b.add_unique(stream_id, viewer)
+    await node_a.hold({stream_id: ["v1", "v2", "v3", "v4"]})
+    await node_b.hold({stream_id: ["v1", "v5", "v6", "v7", "v8"]})  # v1, v4 on both: once
     assert await stats.sample(now=start + 20) == 1          # 8 viewers × 10 s
-    await node_b.publish_local({stream_id: 0})
-    await node_a.publish_local({stream_id: 1})
+    await node_b.hold({stream_id: []})
+    await node_a.hold({stream_id: ["v1"]})
     assert await stats.sample(now=start + 30) == 1          # 1 viewer × 10 s
     # Too soon after the previous sample (another leader overlapping): not counted twice.
     assert await stats.sample(now=start + 33) == 0
-    await node_a.publish_local({stream_id: 6})
+    await node_a.hold({stream_id: ["v1", "v2", "v3", "v4", "v5", "v6"]})
     # After a 45 s pause the step counts at most 2 × 10 s: 6 × 20.
     assert await stats.sample(now=start + 75) == 1
 
@@ -76,7 +112,7 @@ async def test_scripted_timeline_gives_exact_statistics(api, services):
     assert body["stream_id"] == stream_id
     assert body["peak_viewers"] == 8
     assert body["average_viewers"] == 5.0                    # (5 + 8 + 1 + 6) / 4
-    assert body["unique_viewers"] == 5
+    assert body["unique_viewers"] == 8                       # v1 … v8
     assert body["watch_time_seconds"] == 50 + 80 + 10 + 120
     assert 100 <= body["duration_seconds"] <= 102             # live: up to now
     assert body["followers_gained"] == 0
@@ -84,13 +120,16 @@ async def test_scripted_timeline_gives_exact_statistics(api, services):
     assert [round(parse_time(point["ts"]) - start, 3) for point in body["timeline"]] \
         == [10, 20, 30, 75]
 
-    # A sixth viewer comes after the last sample; then the stream ends (about 25 s after it).
-    await node_a.add_unique(stream_id, "v6")
+    # A ninth viewer comes after the last sample (a hub reads the total, which counts them
+    # as unique); then the stream ends (about 25 s after the last sample).
+    await node_a.hold({stream_id: ["v1", "v2", "v3", "v4", "v5", "v6", "v9"]})
+    await services.counts.totals([stream_id])
     assert (await api.delete(f"/api/streams/{stream_id}", token=token)).status == 204
     assert await stats.sample() == 0                          # nothing live: closing only
     assert await stats.sample() == 0                          # closed once, not again
     body = (await api.get(f"/api/streams/{stream_id}/statistics", token=token)).json
-    assert body["unique_viewers"] == 6
+    assert body["unique_viewers"] == 9
+    assert body["peak_viewers"] == 8
     # The last interval counts with the last sample's viewers, capped like any step: 6 × 20.
     assert body["watch_time_seconds"] == 260 + 120
     assert 100 <= body["duration_seconds"] <= 102
@@ -115,7 +154,7 @@ async def test_timeline_only_for_the_owner_and_private_statistics_hidden(api, se
     stranger = await api.register("stranger")
     await api.put("/api/stream/allowed-viewers/invited", token=owner["access_token"])
     stream_id = await go_live(api, services, owner, is_private=True)
-    await ViewerCounts(services.redis, "test-node-a").publish_local({stream_id: 4})
+    await Process(services, "test-node-a").hold({stream_id: 4})
     assert await services.statistics.sample() == 1
     path = f"/api/streams/{stream_id}/statistics"
 
@@ -181,21 +220,21 @@ async def test_user_statistics_aggregate_and_privacy(api, services):
     await api.register("carol")
     await api.post("/api/users/alice/follow", token=bob["access_token"])
     await api.put("/api/stream/allowed-viewers/bob", token=alice["access_token"])
-    node = ViewerCounts(services.redis, "test-node-a")
+    node = Process(services, "test-node-a")
     stats = services.statistics
 
     public = await go_live(api, services, alice, title="Open")
     start = await started_in_the_past(services, public, 100)
-    await node.publish_local({public: 4})
+    await node.hold({public: 4})
     await stats.sample(now=start + 10)                  # 4 × 10
-    await node.publish_local({public: 10})
+    await node.hold({public: 10})
     await stats.sample(now=start + 20)                  # 10 × 10
     await services.channels.end_stream(public)          # tail: 10 × 20 (capped)
-    await node.publish_local({public: 0})
+    await node.hold({public: 0})
 
     private = await go_live(api, services, alice, title="Closed", is_private=True)
     private_start = await started_in_the_past(services, private, 50)
-    await node.publish_local({private: 20})
+    await node.hold({private: 20})
     await stats.sample(now=private_start + 10)         # 20 × 10
     await services.channels.end_stream(private)         # tail: 20 × 20
     await stats.sample()                                # closes both
@@ -235,8 +274,8 @@ async def test_sync_viewers_drives_sorting_and_category_totals(api, services):
         "ben": await go_live(api, services, await api.register("ben"), category_id=music),
         "cat": await go_live(api, services, await api.register("cat"), category_id=art),
     }
-    node_a = ViewerCounts(services.redis, "test-node-a")
-    node_b = ViewerCounts(services.redis, "test-node-b")
+    node_a = Process(services, "test-node-a")
+    node_b = Process(services, "test-node-b")
 
     async def listed():
         streams = (await api.get("/api/streams?sort=viewers")).json["data"]
@@ -247,8 +286,8 @@ async def test_sync_viewers_drives_sorting_and_category_totals(api, services):
         return {c["id"]: c["viewers_count"] for c in data if c["id"] in (music, art)}
 
     assert await listed() == [("cat", 0), ("ben", 0), ("ann", 0)]   # also warms the cache
-    await node_a.publish_local({ids["ann"]: 3, ids["ben"]: 10, ids["cat"]: 1})
-    await node_b.publish_local({ids["ann"]: 20, ids["cat"]: 2})
+    await node_a.hold({ids["ann"]: 3, ids["ben"]: 10, ids["cat"]: 1})
+    await node_b.hold({ids["ann"]: 20, ids["cat"]: 2})
     assert sorted(await services.statistics.sync_viewers()) == sorted(ids.values())
     assert await listed() == [("ann", 23), ("ben", 10), ("cat", 3)]
     assert await category_totals() == {music: 33, art: 3}
@@ -261,15 +300,18 @@ async def test_sync_viewers_drives_sorting_and_category_totals(api, services):
     assert await services.cache.generation("streams") == generation
 
     # Node B dies: its heartbeat lapses and its viewers stop counting.
-    await services.redis.delete(NODE_KEY.format("test-node-b"))
+    await node_b.die()
     assert sorted(await services.statistics.sync_viewers()) == sorted([ids["ann"], ids["cat"]])
     assert await listed() == [("ben", 10), ("ann", 3), ("cat", 1)]
     assert await category_totals() == {music: 13, art: 1}
-    # Statistics count only live nodes as well.
+    # Statistics count only live nodes as well; the peak is the highest total the platform
+    # showed (the lists above, node B still alive).
     assert await services.statistics.sample() == 3
+    body = (await api.get(f"/api/streams/{ids['ann']}/statistics")).json
+    assert body["average_viewers"] == 3.0
     peaks = [(await api.get(f"/api/streams/{ids[name]}/statistics")).json["peak_viewers"]
              for name in ("ann", "ben", "cat")]
-    assert peaks == [3, 10, 1]
+    assert peaks == [23, 10, 3]
 
     # An ended stream is left alone (end_stream zeroed it), whatever Redis still holds, even
     # when it ends between the sync's read of the live streams and its write.
@@ -283,7 +325,7 @@ async def test_sync_viewers_drives_sorting_and_category_totals(api, services):
 
 async def test_the_sync_gives_way_to_a_stream_change_in_progress(api, services):
     stream_id = await go_live(api, services, await api.register("busy"))
-    await ViewerCounts(services.redis, "test-node-a").publish_local({stream_id: 4})
+    await Process(services, "test-node-a").hold({stream_id: 4})
     async with services.db.acquire() as connection, connection.transaction():
         # A user's request holds the stream row (as ending the stream does): the sync waits
         # at most its lock timeout, then leaves the row for the next round.
@@ -304,7 +346,7 @@ def closed_port() -> int:
 async def test_redis_down_keeps_the_last_known_totals(api, services, caplog):
     owner = await api.register("steady")
     stream_id = await go_live(api, services, owner)
-    await ViewerCounts(services.redis, "test-node-a").publish_local({stream_id: 7})
+    await Process(services, "test-node-a").hold({stream_id: 7})
     await services.statistics.sync_viewers()
     assert await services.statistics.sample() == 1
     before = (await api.get(f"/api/streams/{stream_id}/statistics")).json
@@ -312,7 +354,7 @@ async def test_redis_down_keeps_the_last_known_totals(api, services, caplog):
     # A second node whose Redis is unreachable (the real PostgreSQL, a closed Redis port).
     down = Redis.from_url(f"redis://127.0.0.1:{closed_port()}/0", socket_connect_timeout=1)
     cut_off = StatisticsService(services.config, services.db, down,
-                                ViewerCounts(down, "cut-off"), Cache(down, 2), services.channels)
+                                counts_of(down, "cut-off"), Cache(down, 2), services.channels)
     try:
         with caplog.at_level(logging.INFO, logger="sf.statistics"):
             for _ in range(3):
@@ -323,7 +365,7 @@ async def test_redis_down_keeps_the_last_known_totals(api, services, caplog):
                         if r.name == "sf.statistics" and r.levelno == logging.WARNING]
             assert len(warnings) == 1, [r.getMessage() for r in warnings]   # once per outage
             # Redis back (here: the node's client pointed at the live one): logged once more.
-            cut_off.counts = ViewerCounts(services.redis, "cut-off")
+            cut_off.counts = counts_of(services.redis, "cut-off")
             assert await cut_off.sync_viewers() == []
             assert [r.getMessage() for r in caplog.records
                     if r.name == "sf.statistics" and r.levelno == logging.INFO] \
@@ -353,11 +395,11 @@ async def test_one_leader_at_a_time_and_takeover(services):
 
 async def test_only_the_leader_syncs(api, services):
     stream_id = await go_live(api, services, await api.register("solo"))
-    await ViewerCounts(services.redis, "test-node-a").publish_local({stream_id: 5})
+    await Process(services, "test-node-a").hold({stream_id: 5})
     other = StatisticsService(services.config, services.db, services.redis, services.counts,
                               services.cache, services.channels)
     assert await services.statistics.tick(sample_due=False) is True
-    await ViewerCounts(services.redis, "test-node-a").publish_local({stream_id: 6})
+    await Process(services, "test-node-a").hold({stream_id: 6})
     assert await other.tick(sample_due=True) is False
     query = "SELECT viewers_count FROM streams WHERE id = $1"
     assert await services.db.fetchval(query, stream_id) == 5
@@ -372,7 +414,7 @@ async def test_only_the_leader_syncs(api, services):
 
 async def test_the_node_runs_the_sync_in_the_background(api, services):
     stream_id = await go_live(api, services, await api.register("running"))
-    await ViewerCounts(services.redis, "test-node-a").publish_local({stream_id: 9})
+    await Process(services, "test-node-a").hold({stream_id: 9})
     await services.start()
     try:
         for _ in range(50):

@@ -19,6 +19,7 @@ import tornado.httpclient
 import tornado.websocket
 
 from sf.db.migrate import drop_database, recreate_database
+from sf.services.viewer_counts import HOLDERS_KEY
 from tests.helpers import TEST_PORT_OFFSET
 from tests.media_platform import Platform, redis_up, wait_for
 
@@ -304,8 +305,7 @@ def test_a_redis_restart_is_survived(base_config, tmp_path):
             server = start_redis()  # empty: every count must be written again
             with redis.Redis(port=port) as client:
                 await asyncio.to_thread(
-                    wait_for, lambda: client.hget(f"sf:viewers:{stream_id}",
-                                                  node.config.node_id) == b"2",
+                    wait_for, lambda: client.hlen(HOLDERS_KEY.format(stream_id)) == 2,
                     15, 0.2, "the counts written again")
             second.close()
             await first.until(lambda v: v.viewers() == 1, what="counting after the restart")

@@ -22,6 +22,17 @@ class ViewerSample:
 
 
 @dataclass(frozen=True)
+class LiveCount:
+    """What one sample of a live stream records."""
+
+    stream_id: int
+    viewers: int         # the total now (the timeline, the average)
+    dwelled: int         # of them, connected at least the minimum dwell (watch time)
+    peak: int            # the highest total computed since the stream went live
+    unique_viewers: int  # distinct dwelled viewers so far
+
+
+@dataclass(frozen=True)
 class StreamTotals:
     """A stream's aggregates (zeros until its first sample) and its duration so far."""
 
@@ -69,33 +80,35 @@ async def set_viewer_counts(db: Executor, totals: dict[int, int]) -> list[int]:
     return [int(row["id"]) for row in rows]
 
 
-async def record_samples(db: Executor, ts: datetime | None, totals: dict[int, int],
-                         unique: dict[int, int], max_step: float, min_gap: float) -> int:
+async def record_samples(db: Executor, ts: datetime | None, counts: list[LiveCount],
+                         max_step: float, min_gap: float) -> int:
     """One sample per stream (taken at `ts`, or the database's now) and its aggregates; how
     many streams were sampled.
 
-    Watch time grows by viewers × the seconds since the stream's previous sample (or its
-    start), at most `max_step`, so a pause in sampling cannot inflate it. A stream whose last
-    sample is less than `min_gap` s old is skipped: two samplers overlapping at a change of
-    leader cannot count one interval twice. Unique viewers never decrease (the Redis
-    HyperLogLog may expire or be lost).
+    Watch time grows by the dwelled viewers × the seconds since the stream's previous sample
+    (or its start), at most `max_step`, so a pause in sampling cannot inflate it (and a viewer
+    who stays less than the dwell adds nothing). `last_viewers` keeps the dwelled viewers, for
+    the last interval at the end. The peak is the highest of every sample and of the peak
+    Redis kept between samples. A stream whose last sample is less than `min_gap` s old is
+    skipped: two samplers overlapping at a change of leader cannot count one interval twice.
+    Unique viewers never decrease (the Redis HyperLogLog may expire or be lost).
     """
-    if not totals:
+    if not counts:
         return 0
-    ids = list(totals)
     count = await db.fetchval(
         """WITH input AS (
-               SELECT t.stream_id, t.viewers, t.unique_viewers,
-                      COALESCE($4::timestamptz, now()) AS ts
-                 FROM unnest($1::bigint[], $2::integer[], $3::integer[])
-                      AS t(stream_id, viewers, unique_viewers)
+               SELECT t.stream_id, t.viewers, t.dwelled, t.peak, t.unique_viewers,
+                      COALESCE($6::timestamptz, now()) AS ts
+                 FROM unnest($1::bigint[], $2::integer[], $3::integer[], $4::integer[],
+                             $5::integer[])
+                      AS t(stream_id, viewers, dwelled, peak, unique_viewers)
            ), due AS (
                SELECT i.*, COALESCE(st.last_sample_at, s.started_at) AS previous
                  FROM input i
                  JOIN streams s ON s.id = i.stream_id AND s.is_live
                  LEFT JOIN stream_statistics st ON st.stream_id = i.stream_id
                 WHERE st.last_sample_at IS NULL
-                   OR i.ts >= st.last_sample_at + make_interval(secs => $6)
+                   OR i.ts >= st.last_sample_at + make_interval(secs => $8)
            ), inserted AS (
                INSERT INTO stream_viewer_samples (stream_id, ts, viewers)
                SELECT stream_id, ts, viewers FROM due
@@ -105,9 +118,9 @@ async def record_samples(db: Executor, ts: datetime | None, totals: dict[int, in
                INSERT INTO stream_statistics AS st
                       (stream_id, peak_viewers, viewers_sum, samples_count, watch_time_seconds,
                        unique_viewers, last_sample_at, last_viewers)
-               SELECT d.stream_id, d.viewers, d.viewers, 1,
-                      d.viewers * LEAST(GREATEST(EXTRACT(epoch FROM d.ts - d.previous), 0), $5),
-                      d.unique_viewers, d.ts, d.viewers
+               SELECT d.stream_id, GREATEST(d.viewers, d.peak), d.viewers, 1,
+                      d.dwelled * LEAST(GREATEST(EXTRACT(epoch FROM d.ts - d.previous), 0), $7),
+                      d.unique_viewers, d.ts, d.dwelled
                  FROM due d JOIN inserted USING (stream_id)
                ON CONFLICT (stream_id) DO UPDATE SET
                       peak_viewers = GREATEST(st.peak_viewers, EXCLUDED.peak_viewers),
@@ -120,8 +133,9 @@ async def record_samples(db: Executor, ts: datetime | None, totals: dict[int, in
                RETURNING 1
            )
            SELECT count(*) FROM aggregated""",
-        ids, list(totals.values()), [unique.get(sid, 0) for sid in ids], ts,
-        float(max_step), float(min_gap))
+        [c.stream_id for c in counts], [c.viewers for c in counts],
+        [c.dwelled for c in counts], [c.peak for c in counts],
+        [c.unique_viewers for c in counts], ts, float(max_step), float(min_gap))
     return int(count)
 
 
@@ -134,11 +148,12 @@ async def ended_unclosed_streams(db: Executor) -> list[int]:
     return [int(row["stream_id"]) for row in rows]
 
 
-async def close_streams(db: Executor, unique: dict[int, int], max_step: float) -> int:
+async def close_streams(db: Executor, unique: dict[int, int], peaks: dict[int, int],
+                        max_step: float) -> int:
     """Close the statistics of ended streams; how many were closed.
 
-    The interval between the last sample and the end counts with the last sample's viewers
-    (at most `max_step` s), and the final unique count is taken in.
+    The interval between the last sample and the end counts with the last sample's dwelled
+    viewers (at most `max_step` s), and the final unique count and peak are taken in.
     """
     if not unique:
         return 0
@@ -146,15 +161,18 @@ async def close_streams(db: Executor, unique: dict[int, int], max_step: float) -
         """UPDATE stream_statistics st
               SET closed = true,
                   unique_viewers = GREATEST(st.unique_viewers, u.unique_viewers),
+                  peak_viewers = GREATEST(st.peak_viewers, u.peak),
                   watch_time_seconds = st.watch_time_seconds + CASE
                       WHEN st.last_sample_at IS NULL OR s.ended_at IS NULL THEN 0
                       ELSE st.last_viewers * LEAST(GREATEST(
                           EXTRACT(epoch FROM s.ended_at - st.last_sample_at), 0), $3) END
-             FROM unnest($1::bigint[], $2::integer[]) AS u(stream_id, unique_viewers),
+             FROM unnest($1::bigint[], $2::integer[], $4::integer[])
+                      AS u(stream_id, unique_viewers, peak),
                   streams s
             WHERE st.stream_id = u.stream_id AND s.id = st.stream_id
               AND NOT st.closed AND s.ended_at IS NOT NULL
-           RETURNING st.stream_id""", list(unique), list(unique.values()), float(max_step))
+           RETURNING st.stream_id""", list(unique), list(unique.values()), float(max_step),
+        [peaks.get(sid, 0) for sid in unique])
     return len(rows)
 
 

@@ -51,12 +51,16 @@ Where the contract (API.md) is silent, SF decided:
   "stream_id", "is_live", "title", "thumbnail", "ts"}` when the stream goes live or offline,
   changes title or category, or gets a new thumbnail. Signed-in viewers connect with
   `?ticket=` from `POST /api/ws/ticket` (single use, 30 s); an access token in the URL is
-  ignored. Anonymous viewers get an `sf_vid` cookie, so their tabs count once. Close codes:
+  ignored. A viewer counts once per stream over every node, by account or, anonymous, by the
+  `sf_vid` cookie the server issues and signs (any other value is replaced); at most a few
+  anonymous viewers count per /24 (IPv4) or /64 (IPv6) network, the others stay connected,
+  uncounted. Unique viewers and watch time count a viewer after a minimum dwell. Close codes:
   4404 the stream does not exist for you (also when it turns private or your invite is
   withdrawn), 4401 invalid or used ticket, or the signed-in session ended (logout, password
   change; checked every 5 s), 1008 too many messages (over 20 in 10 s) or too
   slow to read, 1009 a message over 4 KiB, 1001 the node is shutting down (reconnect). A
-  handshake from a foreign `Origin` gets 403; over 500 connections from one address, 429.
+  handshake from a foreign `Origin` gets 403; over 500 connections from one address, or more
+  handshakes a minute from one address than the platform allows, 429 (with `Retry-After`).
 - An encoder that reconnects within the grace period (30 s) continues the same stream.
 - Login takes exactly one of `username` or `email`.
 - Avatars: raw `image/png|jpeg|webp` body or multipart field `avatar`; stored as WebP

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
-import secrets
 import socket
 import time
 from collections import deque
@@ -19,12 +17,14 @@ from sf.config import Config
 from sf.errors import NotFound
 from sf.handlers.base import APIHandler, BaseHandler
 from sf.observability import RATE_LIMITED, WS_MESSAGES_RECEIVED
+from sf.ratelimit import Limit
+from sf.services.viewer_counts import SIGNED_IN, viewer_network
 from sf.services.viewers import CLOSE_NOT_FOUND, CLOSE_UNAUTHORIZED
 
 log = logging.getLogger("sf.ws")
 
-VIEWER_COOKIE = "sf_vid"
-_VIEWER_ID = re.compile(r"[A-Za-z0-9_-]{22,43}")
+VIEWER_COOKIE = "sf_vid"  # the anonymous viewer id, issued and signed by the server
+HANDSHAKE_WINDOW = 60     # seconds: SF_WS_HANDSHAKES_PER_MINUTE is counted per minute
 CLOSE_POLICY = 1008
 MESSAGES_PER_WINDOW, MESSAGE_WINDOW = 20, 10.0  # inbound messages a client may send
 MAX_BUFFERED_BYTES = 64 * 1024                   # unsent bytes before a slow client is dropped
@@ -98,6 +98,7 @@ class ViewersSocket(tornado.websocket.WebSocketHandler, BaseHandler):
         self.account_id: int | None = None
         self.session_id: str | None = None  # the signed-in session the ticket came from
         self.viewer_id = ""
+        self.network = ""  # where an anonymous viewer counts (`viewer_network`)
         self.stream_id = 0
         self.joined = False
         # When the last inbound messages came; one deque per connection, not a new list per
@@ -129,9 +130,23 @@ class ViewersSocket(tornado.websocket.WebSocketHandler, BaseHandler):
             RATE_LIMITED.labels("ws").inc()
             self._refuse(429, "rate_limited", "Too many viewer connections from this address")
         else:
-            await self._handshake(*args, **kwargs)
+            # Counted across every process and node (the API's own limiter), before the
+            # upgrade: a flood of handshakes from one address is refused, not served.
+            gate = await self.services.limiter.hit([Limit(
+                "ws", f"ip{self.client_address}", self.config.ws_handshakes_per_minute,
+                HANDSHAKE_WINDOW)])
+            if not gate.verdict.allowed:
+                RATE_LIMITED.labels("ws").inc()
+                self._refuse(429, "rate_limited",
+                             "Too many viewer connections from this address, retry later",
+                             retry_after=gate.verdict.retry_after)
+            else:
+                await self._handshake(*args, **kwargs)
 
-    def _refuse(self, status: int, code: str, message: str) -> None:
+    def _refuse(self, status: int, code: str, message: str,
+                retry_after: int | None = None) -> None:
+        if retry_after is not None:
+            self.set_header("Retry-After", str(retry_after))
         self.set_status(status)
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.finish(json.dumps({"error": {"code": code, "message": message}}))
@@ -145,15 +160,18 @@ class ViewersSocket(tornado.websocket.WebSocketHandler, BaseHandler):
             else:
                 self.account_id, self.session_id = redeemed
         if self.account_id is not None:
-            self.viewer_id = f"u{self.account_id}"
+            self.viewer_id, self.network = f"u{self.account_id}", SIGNED_IN
         else:
-            cookie = self.get_cookie(VIEWER_COOKIE) or ""
-            if not _VIEWER_ID.fullmatch(cookie):
-                cookie = secrets.token_urlsafe(16)
+            # Only an id this server signed is kept: any other value (missing, forged,
+            # altered) is a new anonymous viewer, whom the per-network cap then applies to.
+            signer = self.services.viewers.signer
+            viewer_id = signer.verify(self.get_cookie(VIEWER_COOKIE) or "")
+            if viewer_id is None:
+                cookie, viewer_id = signer.issue()
                 self.set_cookie(VIEWER_COOKIE, cookie, httponly=True, samesite="Lax",
                                 path="/ws", expires_days=365,
                                 secure=self.request.headers.get("X-Forwarded-Proto") == "https")
-            self.viewer_id = f"a{cookie}"
+            self.viewer_id, self.network = viewer_id, viewer_network(self.client_address)
         await super().get(*args, **kwargs)
 
     def log_fields(self, **more: Any) -> dict[str, Any]:
@@ -186,8 +204,8 @@ class ViewersSocket(tornado.websocket.WebSocketHandler, BaseHandler):
             if connection_stream.socket is not None:
                 connection_stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
                                                     KERNEL_SEND_BUFFER)
-        self.services.viewers.join(self.stream_id, stream.user_id, stream.is_private, self,
-                                   self.viewer_id)
+        self.services.viewers.join(self.stream_id, stream.user_id, stream.is_private,
+                                   stream.is_live, self, self.viewer_id, self.network)
         self.joined = True
         self.opened_at = time.monotonic()
         log.info("viewer connected", extra=self.log_fields())

@@ -158,7 +158,9 @@ async def start_services(config: Config, *, database_url: str | None = None,
                              config.rate_limit_auth_account_ceiling, config.rate_limit_window)
     accounts = AccountService(db, hasher, sessions, throttle, cache, images, channels,
                               avatar_hosts=config.avatar_hosts)
-    counts = ViewerCounts(redis, config.node_id)
+    counts = ViewerCounts(redis, config.node_id,
+                          anonymous_per_network=config.viewers_anonymous_per_network,
+                          min_dwell_seconds=config.viewer_min_dwell_seconds)
     viewers = ViewerHub(config, redis, counts, channels, sessions)
     channels.add_listener(viewers)
     events.subscribe(viewers)

@@ -1,12 +1,15 @@
 """Live viewer totals into PostgreSQL, and stream statistics.
 
-Every node's WebSocket hub writes its viewer counts to Redis (`ViewerCounts`). One node at a
+Every process's WebSocket hub writes its viewers to Redis (`ViewerCounts`). One process at a
 time — the holder of a Redis leader lock — reads the totals back: every
 `SF_VIEWERS_SYNC_SECONDS` it copies them onto `streams.viewers_count` (so sorting by viewers
 and the category totals follow the audience within a couple of seconds), and every
 `SF_STATS_SAMPLE_SECONDS` it writes one viewer sample per live stream and that stream's
-aggregates (peak, average, watch time, unique viewers). While Redis is unreachable nothing is
-written: the streams keep their last known counts and the statistics their last samples.
+aggregates: the peak is the highest total ever computed while the stream was live (Redis keeps
+it, so a crowd between two samples counts too), watch time grows by the viewers connected for
+at least SF_VIEWER_MIN_DWELL_SECONDS, and unique viewers count only those as well. While Redis
+is unreachable nothing is written: the streams keep their last known counts and the statistics
+their last samples.
 """
 
 from __future__ import annotations
@@ -167,10 +170,11 @@ class StatisticsService:
             self.redis_outage.failed("reading viewer totals", exc)
             return []
         self.redis_outage.recovered()
+        viewers = {sid: total.viewers for sid, total in totals.items()}
         try:
             async with self.db.acquire() as connection, connection.transaction():
                 await connection.execute(f"SET LOCAL lock_timeout = '{SYNC_LOCK_TIMEOUT}'")
-                changed = await statistics_db.set_viewer_counts(connection, totals)
+                changed = await statistics_db.set_viewer_counts(connection, viewers)
         except asyncpg.LockNotAvailableError:
             log.debug("viewer sync gave way to a concurrent stream change")
             return []
@@ -186,22 +190,27 @@ class StatisticsService:
 
         `now` (epoch seconds) is when the sample is taken, the database's clock by default
         (the clock of `started_at` and `ended_at`). Also closes the statistics of streams that
-        ended since: the last interval and the final unique count.
+        ended since: the last interval, the final unique count and peak.
         """
         live = await statistics_db.live_stream_ids(self.db)
         try:
-            totals = await self.counts.totals(live)
+            totals = await self.counts.totals(live)  # first: it brings unique counts up to date
             unique = await self.counts.unique(live)
             ended = await statistics_db.ended_unclosed_streams(self.db)
             final_unique = await self.counts.unique(ended)
+            final_peaks = await self.counts.peaks(ended)
         except RedisError as exc:
             self.redis_outage.failed("reading viewer totals for statistics", exc)
             return 0
         self.redis_outage.recovered()
         ts = None if now is None else datetime.fromtimestamp(now, UTC)
         sampled = await statistics_db.record_samples(
-            self.db, ts, totals, unique, max_step=self.max_step, min_gap=self.sample_seconds / 2)
-        await statistics_db.close_streams(self.db, final_unique, max_step=self.max_step)
+            self.db, ts, [statistics_db.LiveCount(sid, total.viewers, total.dwelled, total.peak,
+                                                  unique.get(sid, 0))
+                          for sid, total in totals.items()],
+            max_step=self.max_step, min_gap=self.sample_seconds / 2)
+        await statistics_db.close_streams(self.db, final_unique, final_peaks,
+                                          max_step=self.max_step)
         return sampled
 
     async def tick(self, sample_due: bool) -> bool:

@@ -1,10 +1,13 @@
-"""Live viewers on this node: WebSocket connections per stream, counted by ViewersActors,
-summed across nodes in Redis (`ViewerCounts`), pushed to the sockets at most about once a
-second per stream.
+"""Live viewers in this process: WebSocket connections per stream, their distinct viewers kept
+by ViewersActors, counted once over every process and node in Redis (`ViewerCounts`), totals
+pushed to the sockets at most about once a second per stream.
 
-Runs on the loop thread. Actors report counts through the LoopBridge; nothing here waits on
-an actor. When Redis is unreachable the sockets keep getting this node's own counts, the
-outage is logged once, and every count is written again when Redis is back.
+Runs on the loop thread. Actors report a viewer's first and last tab through the LoopBridge;
+nothing here waits on an actor. Each tick (`flush`) sends every stream's joins and leaves to
+Redis and reads back the totals in one script call. Anonymous viewers over their network's
+cap stay connected, uncounted, and are offered again every few seconds (a place may have
+freed up). When Redis is unreachable the sockets keep getting this process's own counts, the
+outage is logged once, and the whole state is sent again when Redis is back.
 """
 
 from __future__ import annotations
@@ -26,17 +29,20 @@ from sf.config import Config
 from sf.errors import NotFound
 from sf.media.hls import sign_thumbnail
 from sf.observability import WS_CONNECTIONS, WS_MESSAGES, WS_OPENED
+from sf.security import ViewerIdSigner
 from sf.services.channels import ChannelService
-from sf.services.events import AccessEvent, StreamEvent, StreamListener, channel_name
+from sf.services.events import AccessEvent, StreamEvent, StreamListener
 from sf.services.sessions import SessionStore
-from sf.services.viewer_counts import ViewerCounts
+from sf.services.viewer_counts import LEAVES, Changes, ViewerCounts
 
 log = logging.getLogger("sf.viewers")
 
-VIEWERS_CHANNEL = "sf:events:viewers"   # "a node's count of this stream changed"
 TICK = 0.25                             # seconds between flushes
 PUSH_EVERY = 1.0                        # at most one viewers message per stream per second
 RECOUNT_EVERY = 1.0                     # totals of every watched stream, to notice dead nodes
+WAITING_RETRY_EVERY = 2.0               # uncounted anonymous viewers ask for a freed place
+KEEP_KEYS_EVERY = 3600.0                # a quiet stream's counting keys are kept alive
+RETIRED_KEPT = 8                        # earlier instances of this process dropped at once
 SESSION_CHECK_EVERY = 5.0               # signed-in sockets whose session ended are closed
 FAN_OUT_SLICE = 0.001                   # seconds of sending between two yields to the loop
 CLOSE_NOT_FOUND = 4404
@@ -59,30 +65,43 @@ class ViewerSocket(Protocol):
 
 
 class ViewerHub(StreamListener):
-    """This node's viewers of every stream, and what they are told."""
+    """This process's viewers of every stream, and what they are told."""
 
     def __init__(self, config: Config, redis: Redis, counts: ViewerCounts,
                  channels: ChannelService, sessions: SessionStore) -> None:
         self.config = config
         self.redis = redis
-        self.viewers_channel = channel_name(redis, VIEWERS_CHANNEL)
         self.counts = counts
         self.channels = channels
         self.sessions = sessions
+        self.signer = ViewerIdSigner(config.internal_secret)
+        self.anonymous_per_network = config.viewers_anonymous_per_network
         self._last_session_check = 0.0
         self.bridge = LoopBridge(asyncio.get_running_loop())
         self.sockets: dict[int, set[ViewerSocket]] = defaultdict(set)
         self.fresh: set[ViewerSocket] = set()          # still waiting for their first total
         self.owners: dict[int, tuple[int, bool]] = {}   # stream → (owner id, private)
+        self.live: dict[int, bool] = {}                 # stream → live (peaks, unique count)
         self.actors: dict[int, pykka.ActorRef[Any]] = {}
+        self.generations: dict[int, int] = {}           # stream → its current actor's number
+        self._generation = 0
         self.per_address: Counter[str] = Counter()
-        self.local: dict[int, int] = {}
-        self.dirty: set[int] = set()       # local count changed, not yet written to Redis
-        self.recount: set[int] = set()     # another node's count changed
+        # stream → viewer id → network: the distinct viewers of this process's sockets
+        self.present: dict[int, dict[str, str]] = defaultdict(dict)
+        # stream → viewer id → network, or LEAVES: not yet sent to Redis
+        self.changes: Changes = defaultdict(dict)
+        # stream → viewer id → network: anonymous viewers refused by their network's cap
+        self.waiting: dict[int, dict[str, str]] = defaultdict(dict)
+        self.recount: set[int] = set()     # another process's count changed
         self.totals: dict[int, int] = {}
         self.pushed: dict[int, tuple[int, float]] = {}  # stream → (total, when) last pushed
+        self._resync = True                # (re)send the whole state as a new instance
+        self._attempted = False            # the current instance may have written to Redis
+        self._retired: list[str] = []      # earlier instances of this process to drop
         self._redis_down = False
         self._last_recount = 0.0
+        self._last_waiting_retry = 0.0
+        self._last_keep = time.monotonic()
         self._tasks: list[asyncio.Task[None]] = []
         self.closing = False
 
@@ -92,19 +111,23 @@ class ViewerHub(StreamListener):
         """Whether one more connection from this client address is allowed."""
         return self.per_address[address] < self.config.ws_connections_per_address
 
-    def join(self, stream_id: int, owner_id: int, private: bool, socket: ViewerSocket,
-             viewer_id: str) -> None:
+    def join(self, stream_id: int, owner_id: int, private: bool, live: bool,
+             socket: ViewerSocket, viewer_id: str, network: str) -> None:
+        """A socket of `viewer_id` (network: see `ViewerJoined`) watches `stream_id`."""
         self.sockets[stream_id].add(socket)
         self.fresh.add(socket)
         self.owners[stream_id] = (owner_id, private)
+        self.live[stream_id] = live
         self.per_address[socket.client_address] += 1
         WS_CONNECTIONS.inc()
         WS_OPENED.inc()
         ref = self.actors.get(stream_id)
         if ref is None:
-            ref = self.actors[stream_id] = ViewersActor.start(stream_id, self._report)
-        ref.tell(ViewerJoined(viewer_id))
-        asyncio.ensure_future(self._add_unique(stream_id, viewer_id))
+            self._generation += 1
+            self.generations[stream_id] = self._generation
+            ref = self.actors[stream_id] = ViewersActor.start(stream_id, self._generation,
+                                                             self._report)
+        ref.tell(ViewerJoined(viewer_id, network))
 
     def leave(self, stream_id: int, socket: ViewerSocket, viewer_id: str) -> None:
         sockets = self.sockets.get(stream_id)
@@ -120,62 +143,131 @@ class ViewerHub(StreamListener):
         if ref is not None:
             ref.tell(ViewerLeft(viewer_id))
             if not sockets:
+                # The stream's last socket here: every viewer departs now, whatever the old
+                # actor still reports (a next join starts a new generation).
                 del self.actors[stream_id]
+                self.generations.pop(stream_id, None)
                 ref.stop(block=False)
+                for departed in self.present.pop(stream_id, {}):
+                    self.changes[stream_id][departed] = LEAVES
+                self.waiting.pop(stream_id, None)
         if not sockets:
             del self.sockets[stream_id]
+            self.totals.pop(stream_id, None)
+            self.live.pop(stream_id, None)
 
     def local_viewers(self) -> int:
         """Distinct viewers of this process's sockets, over all streams (for the metrics)."""
-        return sum(self.local.values())
+        return sum(len(viewers) for viewers in self.present.values())
 
     def current_total(self, stream_id: int) -> int:
-        return self.totals.get(stream_id, self.local.get(stream_id, 0))
+        return self.totals.get(stream_id, self._local_total(stream_id))
 
-    # --- counts (actor → loop) --------------------------------------------------------------
+    def _local_total(self, stream_id: int) -> int:
+        """This process's own count of a stream: its viewers, anonymous ones capped per
+        network as Redis would (what the sockets get while Redis is unreachable)."""
+        per_network: Counter[str] = Counter(self.present.get(stream_id, {}).values())
+        return sum(count if network == "+" else min(count, self.anonymous_per_network)
+                   for network, count in per_network.items())
 
-    def _report(self, stream_id: int, count: int) -> None:
-        """Called on an actor thread: hand the new count to the loop."""
-        self.bridge.submit(self._local_count, stream_id, count)
+    # --- viewers (actor → loop) -------------------------------------------------------------
 
-    async def _local_count(self, stream_id: int, count: int) -> None:
-        self.local[stream_id] = count
-        self.dirty.add(stream_id)
+    def _report(self, stream_id: int, generation: int, viewer_id: str,
+                network: str | None) -> None:
+        """Called on an actor thread: hand a viewer's arrival or departure to the loop."""
+        self.bridge.submit(self._viewer_changed, stream_id, generation, viewer_id, network)
 
-    async def _add_unique(self, stream_id: int, viewer_id: str) -> None:
-        try:
-            await self.counts.add_unique(stream_id, viewer_id)
-        except Exception:
-            self._lost_redis()
+    async def _viewer_changed(self, stream_id: int, generation: int, viewer_id: str,
+                              network: str | None) -> None:
+        if self.generations.get(stream_id) != generation:
+            return  # an earlier actor of the stream: its viewers were let go already
+        if network is not None:
+            self.present[stream_id][viewer_id] = network
+            self.changes[stream_id][viewer_id] = network
+        else:
+            present = self.present.get(stream_id, {})
+            present.pop(viewer_id, None)
+            if not present:
+                self.present.pop(stream_id, None)
+            self.changes[stream_id][viewer_id] = LEAVES
+            self.waiting.get(stream_id, {}).pop(viewer_id, None)
 
     # --- the flush loop -----------------------------------------------------------------------
 
+    def _take_changes(self, now: float) -> Changes:
+        """What this tick sends: the joins and leaves since the last one, the waiting
+        viewers' retries, and keep-alives; everything, when starting over as a new instance."""
+        if self._resync:
+            if self._attempted:
+                # Only the last few are dropped at once: an older one (a long outage starts
+                # over every tick) that did reach Redis lost its heartbeat long ago, and the
+                # totals script reaps it anyway.
+                self._retired = [*self._retired, self.counts.new_incarnation()][-RETIRED_KEPT:]
+                self._attempted = False
+            self.changes = defaultdict(dict)
+            self.waiting = defaultdict(dict)
+            return {sid: dict(viewers) for sid, viewers in self.present.items() if viewers}
+        changes, self.changes = self.changes, defaultdict(dict)
+        if now - self._last_waiting_retry >= WAITING_RETRY_EVERY:
+            self._last_waiting_retry = now
+            for stream_id, waiting in self.waiting.items():
+                offered: Counter[str] = Counter()
+                for viewer_id, network in waiting.items():
+                    # No network takes more than its cap at once: more would be refused.
+                    if offered[network] < self.anonymous_per_network:
+                        offered[network] += 1
+                        changes[stream_id].setdefault(viewer_id, network)
+        if now - self._last_keep >= KEEP_KEYS_EVERY:
+            self._last_keep = now
+            for stream_id in self.present:
+                changes.setdefault(stream_id, {})
+        return {sid: viewers for sid, viewers in changes.items()}
+
     async def flush(self) -> None:
-        """Write changed local counts, refresh totals, push what changed to the sockets."""
+        """Send the joins and leaves, refresh totals, push what changed to the sockets."""
         now = time.monotonic()
-        dirty, self.dirty = self.dirty, set()
-        wanted = set(dirty) | self.recount
+        wanted = self.recount
         self.recount = set()
         if now - self._last_recount >= RECOUNT_EVERY or self._redis_down:
             wanted |= set(self.sockets)
             self._last_recount = now
+        resync = self._resync
+        changes = self._take_changes(now)
+        wanted |= {sid for sid in changes if sid in self.sockets}
         try:
-            if self._redis_down:
-                dirty |= set(self.local)  # Redis is back (or still down): write everything
-            await self.counts.publish_local({sid: self.local.get(sid, 0) for sid in dirty})
-            for sid in [sid for sid in dirty if not self.local.get(sid)]:
-                self.local.pop(sid, None)
-            if dirty:
-                await self.redis.publish(self.viewers_channel, json.dumps(sorted(dirty)))
-            self.totals.update(await self.counts.totals(sorted(wanted)))
-            if self._redis_down:
-                log.info("viewer counts are shared through Redis again")
-                self._redis_down = False
+            self._attempted = True
+            outcome = await self.counts.flush(
+                changes, {sid: self.live.get(sid, False) for sid in sorted(wanted)},
+                fresh=resync, retired=list(self._retired))
         except Exception:
-            self.dirty |= dirty
+            self._resync = True  # applied or not, unknown: start over as a new instance
             self._lost_redis()
-            for sid in wanted:  # keep the sockets going with what this node knows
-                self.totals[sid] = self.local.get(sid, 0)
+            for sid in wanted:  # keep the sockets going with what this process knows
+                self.totals[sid] = self._local_total(sid)
+        else:
+            if outcome.lost:
+                log.warning("this process's viewers had expired from Redis (Redis restarted, "
+                            "or no heartbeat for 10 s): counting them again")
+                self._resync = True
+            else:
+                self._resync = False
+                self._retired.clear()
+                for sid, refused in outcome.refused.items():
+                    present = self.present.get(sid, {})
+                    for viewer_id in refused:
+                        if viewer_id in present:
+                            self.waiting[sid][viewer_id] = present[viewer_id]
+                for sid, viewers in changes.items():
+                    waiting = self.waiting.get(sid)
+                    if waiting:
+                        for viewer_id in viewers:
+                            if viewer_id not in outcome.refused.get(sid, ()):
+                                waiting.pop(viewer_id, None)
+                self.totals.update({sid: total.viewers for sid, total in outcome.totals.items()
+                                    if sid in self.sockets})
+                if self._redis_down:
+                    log.info("viewer counts are shared through Redis again")
+                    self._redis_down = False
         await self._push(now)
 
     def _lost_redis(self) -> None:
@@ -237,11 +329,11 @@ class ViewerHub(StreamListener):
         return closed
 
     async def _follow_other_nodes(self) -> None:
-        """Other nodes' count changes: recount those streams at the next tick."""
+        """Other processes' count changes: recount those streams at the next tick."""
         while True:
             try:
                 async with self.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
-                    await pubsub.subscribe(self.viewers_channel)
+                    await pubsub.subscribe(self.counts.channel)
                     async for message in pubsub.listen():
                         try:
                             self.recount.update(int(sid) for sid in json.loads(message["data"])
@@ -260,6 +352,7 @@ class ViewerHub(StreamListener):
         if event.stream_id not in self.sockets:
             return
         self.owners[event.stream_id] = (event.user_id, event.is_private)
+        self.live[event.stream_id] = event.is_live
         if event.is_private:
             await self._close_unauthorized(event.stream_id)
         thumbnail = event.thumbnail
@@ -326,7 +419,9 @@ class ViewerHub(StreamListener):
         for ref in self.actors.values():
             ref.stop(block=False)
         self.actors.clear()
+        self.generations.clear()
         try:
-            await self.counts.publish_local({sid: 0 for sid in self.local})
+            retired = self._retired + ([self.counts.instance] if self._attempted else [])
+            await self.counts.withdraw(retired)
         except Exception:
             log.warning("could not withdraw this node's viewer counts; they expire with it")
