@@ -50,7 +50,7 @@ def bench_env(config: Any) -> dict[str, str]:
         "SF_REDIS_URL": with_url_path(config.redis_url, "8"),
         "SF_API_PORT": str(API_PORT), "SF_HTTP_PORT": str(HTTP_PORT),
         "SF_RTMP_PORT": str(HTTP_PORT + 3), "SF_MEDIA_CONTROL_PORT": str(HTTP_PORT + 2),
-        "SF_API_INTERNAL_PORT": str(HTTP_PORT + 4),
+        "SF_API_INTERNAL_PORT": str(HTTP_PORT + 4), "SF_MEDIA_HTTP_PORT": str(HTTP_PORT + 6),
         "SF_RATE_LIMIT_ANONYMOUS": "100000000", "SF_RATE_LIMIT_USER": "100000000",
         "SF_RATE_LIMIT_AUTH_IP": "100000000", "SF_RATE_LIMIT_AUTH_ACCOUNT": "100000000",
         "SF_LOG_LEVEL": "WARNING", "SF_ENV": "production",
@@ -272,8 +272,7 @@ def main() -> int:
     env["SF_LOG_LEVEL"] = args.log_level
     asyncio.run(recreate_database(config.database_url, BENCH_DB))
     bench_config = load_config(env)
-    conf = nginx.render(bench_config)
-    nginx_process = nginx.start(bench_config, conf)
+    front = nginx.Front(bench_config).start()  # the public edge on HTTP_PORT, as make run
     log_path = Path(config.var_dir) / "log" / "bench-api.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     server_log = log_path.open("ab")
@@ -321,7 +320,7 @@ def main() -> int:
     finally:
         server.terminate()
         server.wait()
-        nginx.stop(nginx_process)
+        front.stop()
     return 0
 
 

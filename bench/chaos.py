@@ -41,8 +41,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -57,13 +55,14 @@ import tornado.httpclient  # noqa: E402
 import tornado.websocket  # noqa: E402
 
 from bench.api import Connection  # noqa: E402
+from bench.harness import http, log  # noqa: E402
 from sf.config import ensure_secrets, load_config  # noqa: E402
 from sf.media import nginx  # noqa: E402
 from sf.media.process import die_with_parent  # noqa: E402
 from sf.media.process import stop as stop_process  # noqa: E402
 from sf.node.localservices import LocalPostgres, LocalRedis, port_open  # noqa: E402
 
-HTTP_PORT, CONTROL_PORT, RTMP_PORT = 17500, 17502, 17503
+HTTP_PORT, CONTROL_PORT, RTMP_PORT, MEDIA_HTTP_PORT = 17500, 17502, 17503, 17506
 NODE_PORTS = {"A": (17501, 17504), "B": (17511, 17514)}  # (SF_API_PORT, SF_API_INTERNAL_PORT)
 PG_PORT, REDIS_PORT = 17532, 17579
 DATABASE = "sf_chaos"
@@ -76,28 +75,6 @@ GRACE = 2.0  # a failure this long after a fault's recovery still belongs to it 
 MIX = [("streams", 25, 200), ("categories", 10, 200), ("user", 15, 200), ("profile", 25, 200),
        ("write", 25, 204)]
 EXPECTED = {kind: status for kind, _, status in MIX} | {"follow": 204, "unfollow": 204}
-
-
-def log(message: str) -> None:
-    print(f"# {message}", file=sys.stderr, flush=True)
-
-
-def http(url: str, method: str = "GET", body: Any = None, token: str | None = None,
-         timeout: float = 5.0) -> tuple[int, bytes]:
-    """A blocking request for set-up and recovery probes; (599, b"") when it cannot connect."""
-    request = urllib.request.Request(url, method=method,
-                                     data=json.dumps(body).encode() if body is not None else None)
-    if body is not None:
-        request.add_header("Content-Type", "application/json")
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
-    except (OSError, ValueError):
-        return 599, b""
 
 
 def poll(check: Callable[[], bool], timeout: float, interval: float = 0.1) -> float | None:
@@ -138,6 +115,9 @@ class Stack:
             "SF_REDIS_URL": f"redis://127.0.0.1:{REDIS_PORT}/0",
             "SF_HTTP_PORT": str(HTTP_PORT), "SF_RTMP_PORT": str(RTMP_PORT),
             "SF_MEDIA_CONTROL_PORT": str(CONTROL_PORT), "SF_API_PROCESSES": "1",
+            "SF_MEDIA_HTTP_PORT": str(MEDIA_HTTP_PORT),
+            # The edge balances over both API nodes (node A takes the RTMP callbacks).
+            "SF_EDGE_API_SERVERS": ",".join(f"127.0.0.1:{api}" for api, _ in NODE_PORTS.values()),
             "SF_RATE_LIMIT_ANONYMOUS": "100000000", "SF_RATE_LIMIT_USER": "100000000",
             "SF_RATE_LIMIT_AUTH_IP": "100000000", "SF_RATE_LIMIT_AUTH_ACCOUNT": "100000000",
             "SF_BCRYPT_ROUNDS": "4", "SF_ACCESS_TOKEN_TTL": "7200",
@@ -147,7 +127,7 @@ class Stack:
         self.postgres = LocalPostgres(self.config)
         self.redis = LocalRedis(self.config)
         self.nodes: dict[str, subprocess.Popen[bytes]] = {}
-        self.nginx_process: subprocess.Popen[bytes] | None = None
+        self.front: nginx.Front | None = None
         self.publisher: subprocess.Popen[bytes] | None = None
         self.stream_key = ""
 
@@ -157,7 +137,8 @@ class Stack:
                 "SF_API_INTERNAL_PORT": str(internal_port), "SF_NODE_ID": f"chaos-{name}"}
 
     def start(self) -> None:
-        busy = [port for port in (HTTP_PORT, CONTROL_PORT, RTMP_PORT, PG_PORT, REDIS_PORT,
+        busy = [port for port in (HTTP_PORT, CONTROL_PORT, RTMP_PORT, MEDIA_HTTP_PORT, PG_PORT,
+                                  REDIS_PORT,
                                   *(p for pair in NODE_PORTS.values() for p in pair))
                 if port_open(port)]
         if busy:
@@ -169,14 +150,7 @@ class Stack:
                                   env=self.node_env("A"), cwd=ROOT, capture_output=True, text=True)
         if migrated.returncode != 0:
             raise RuntimeError(f"sf migrate failed: {migrated.stderr[-2000:]}")
-        conf = nginx.render(self.config)
-        upstream = f"server {self.config.api_host}:{self.config.api_port};"
-        text = conf.read_text()
-        if text.count(upstream) != 1:
-            raise RuntimeError(f"the rendered nginx.conf has no single {upstream!r} line")
-        conf.write_text(text.replace(upstream, f"{upstream}\n        server "
-                                     f"{self.config.api_host}:{NODE_PORTS['B'][0]};"))
-        self.nginx_process = nginx.start(self.config, conf)
+        self.front = nginx.Front(self.config).start()
         for name in NODE_PORTS:
             self.start_node(name)
         for name in NODE_PORTS:
@@ -250,8 +224,8 @@ class Stack:
             self.publisher.wait()
         for name in list(self.nodes):
             self.stop_node(name)
-        if self.nginx_process is not None:
-            nginx.stop(self.nginx_process)
+        if self.front is not None:
+            self.front.stop()
         if self.redis.pid_file.exists():
             self.redis.stop()
         self.postgres.stop()
@@ -517,7 +491,7 @@ class Chaos:
 
         def playlist() -> bool:
             nonlocal master
-            status, raw = http(f"http://127.0.0.1:{HTTP_PORT}/hls/{stream_id}/master.m3u8")
+            status, raw = http(f"http://127.0.0.1:{HTTP_PORT}/hls/{stream_id}/master.m3u8", timeout=5)
             master = raw.decode(errors="replace") if status == 200 else ""
             return "#EXT-X-STREAM-INF" in master
 
@@ -578,7 +552,7 @@ class Chaos:
         fault.started = time.time()
         for pid in before:
             os.kill(pid, signal.SIGKILL)
-        status, raw = http(f"http://127.0.0.1:{HTTP_PORT}/hls/{stream_id}/{self.load.variant}")
+        status, raw = http(f"http://127.0.0.1:{HTTP_PORT}/hls/{stream_id}/{self.load.variant}", timeout=5)
         seen = set(media_playlist(raw.decode(errors="replace"))[1]) if status == 200 else set()
         fault.notes.append(f"killed transcoder pid {', '.join(map(str, before))}")
 

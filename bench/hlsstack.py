@@ -13,8 +13,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -22,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.harness import http, log  # noqa: E402
 from bench.hlsplayers import parse_media, percentile  # noqa: E402
 from sf.config import bootstrap_var_dir, load_config, with_url_path  # noqa: E402
 from sf.media.process import die_with_parent  # noqa: E402
@@ -29,28 +28,6 @@ from sf.media.process import die_with_parent  # noqa: E402
 DATABASE, REDIS_DB = "sf_hlsbench", "8"
 TICK = os.sysconf("SC_CLK_TCK")
 H2LOAD_MISSING = "h2load not found: apt-get install nghttp2-client (Debian's h2load)"
-
-
-def log(message: str) -> None:
-    print(f"# {message}", file=sys.stderr, flush=True)
-
-
-def http(url: str, method: str = "GET", body: Any = None, token: str | None = None,
-         timeout: float = 10.0) -> tuple[int, bytes]:
-    """A blocking request for set-up; (599, b"") when it cannot connect."""
-    request = urllib.request.Request(url, method=method,
-                                     data=json.dumps(body).encode() if body is not None else None)
-    if body is not None:
-        request.add_header("Content-Type", "application/json")
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
-    except (OSError, ValueError):
-        return 599, b""
 
 
 def wait(check: Any, timeout: float, what: str, interval: float = 0.25) -> Any:

@@ -50,6 +50,19 @@ def redis_up(port: int) -> bool:
         return False
 
 
+def start_platforms(*platforms: Platform) -> tuple[Platform, ...]:
+    """Start each in turn; if one fails, stop the ones already started."""
+    started: list[Platform] = []
+    try:
+        for platform in platforms:
+            started.append(platform.start())
+    except BaseException:
+        for platform in reversed(started):
+            platform.stop()
+        raise
+    return platforms
+
+
 class Platform:
     """nginx (HTTP + RTMP) and one API node on their own ports, media in a temp dir."""
 

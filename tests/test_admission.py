@@ -18,7 +18,7 @@ import redis
 
 from sf.services.media_nodes import NODE_KEY
 from tests.helpers import run_private
-from tests.media_platform import Platform, wait_for
+from tests.media_platform import Platform, start_platforms, wait_for
 
 PORT_A, PORT_B, PORT_LIMITS, PORT_CPU = 19200, 19240, 19280, 19320
 
@@ -98,12 +98,7 @@ def age_account(base_config: Any, username: str) -> None:
 def two_nodes(base_config, tmp_path):
     a = Platform(base_config, tmp_path / "a", PORT_A, SF_MAX_TRANSCODERS="1")
     b = Platform(base_config, tmp_path / "b", PORT_B, SF_MAX_TRANSCODERS="2")
-    a.start()
-    try:
-        b.start()
-    except BaseException:
-        a.stop()
-        raise
+    start_platforms(a, b)
     yield a, b
     b.stop()
     a.stop()

@@ -27,7 +27,7 @@ from redis.asyncio import Redis
 
 from sf.services.media_nodes import NODE_KEY, NODES_KEY, MediaNode, MediaNodeRegistry
 from tests.helpers import TEST_PORT_OFFSET, run_private
-from tests.media_platform import Platform, redis_up, wait_for
+from tests.media_platform import Platform, redis_up, start_platforms, wait_for
 
 PORT_A, PORT_B = 19100, 19140
 REDIS_PORT = 19190 + TEST_PORT_OFFSET
@@ -70,12 +70,7 @@ def nodes(base_config, tmp_path_factory, redis_server) -> Iterator[tuple[Platfor
               "SF_RATE_LIMIT_ANONYMOUS": "100000"}
     a = Platform(base_config, tmp_path_factory.mktemp("media-node-a"), PORT_A, **common)
     b = Platform(base_config, tmp_path_factory.mktemp("media-node-b"), PORT_B, **common)
-    a.start()
-    try:
-        b.start()
-    except BaseException:
-        a.stop()
-        raise
+    start_platforms(a, b)
     yield a, b
     b.stop()
     a.stop()

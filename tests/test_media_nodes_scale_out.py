@@ -24,7 +24,7 @@ import pytest
 from sf.media.process import die_with_parent
 from sf.media.process import stop as terminate
 from tests.helpers import TEST_PORT_OFFSET
-from tests.media_platform import Platform, wait_for
+from tests.media_platform import Platform, start_platforms, wait_for
 
 A_BASE, B_BASE, BALANCER_PORT = 18420, 18430, 18439 + TEST_PORT_OFFSET
 GRACE = "20"
@@ -67,12 +67,7 @@ def nodes(base_config, tmp_path_factory):
         base_config, work / "a", A_BASE, **common,
         SF_EDGE_API_SERVERS=f"127.0.0.1:{a_port + 1},127.0.0.1:{b_port + 1}",
         SF_EDGE_MEDIA_ORIGINS=f"127.0.0.1:{a_port + 6},127.0.0.1:{b_port + 6}")
-    node_b.start()
-    try:
-        node_a.start()
-    except BaseException:
-        node_b.stop()
-        raise
+    start_platforms(node_b, node_a)
     balancer = RtmpBalancer(work / "balancer", [a_port + 3, b_port + 3])
     yield node_a, node_b, balancer
     balancer.stop()
