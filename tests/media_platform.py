@@ -156,7 +156,9 @@ class Platform:
             doomed.add(pid)
             children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
             queue.extend(int(child) for child in children.stdout.split() if int(child) not in doomed)
-        for pid in doomed:
+        # The parents first: an nginx master still alive when one of its workers dies starts
+        # another, which would outlive it (an orphan worker keeps the port, reuseport and all).
+        for pid in [*roots, *(pid for pid in doomed if pid not in roots)]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         for process in [*(self.front.processes if self.front else []), self.api_process]:

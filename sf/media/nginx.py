@@ -620,6 +620,16 @@ class Edge:
             self.process = None
 
 
+def _listening(host: str, port: int) -> bool:
+    """Whether something accepts connections on host:port."""
+    address = "127.0.0.1" if host in ("0.0.0.0", "", "*") else "::1" if host == "::" else host
+    try:
+        with socket.create_connection((address, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
 class Front:
     """The node's two nginx: the media node's own (RTMP, its files) and the public edge."""
 
@@ -629,6 +639,10 @@ class Front:
         self.edge = edge
 
     def start(self) -> Front:
+        if self.edge and _listening(self.config.http_host, self.config.http_port):
+            # With `reuseport` a second nginx would bind the port beside the one there (an
+            # orphaned worker of a killed edge, say) and the kernel would split clients between them.
+            raise RuntimeError(f"port {self.config.http_port} is taken (SF_HTTP_PORT)")
         try:
             self.processes.append(start(self.config, render(self.config)))
             if self.edge:
