@@ -143,7 +143,11 @@ def test_a_private_stream_is_served_only_signed_and_never_from_another_key(platf
     body = fetch(platform, f"{base}/360p/index.m3u8")[1]
     segment = segments(body)[-1]
     assert fetch(platform, f"{base}/360p/{segment}")[0] == 200
-    assert fetch(platform, f"{base}/360p/{segment}")[2]["X-Cache"] == "HIT"
+    status, _, headers = fetch(platform, f"{base}/360p/{segment}")
+    assert headers["X-Cache"] == "HIT"
+    # No shared cache beyond the edge may keep it (outside attack 2026-12-05 F5: it was
+    # `public, max-age=86400`, and a CDN would have served it after the signature expired).
+    assert headers["Cache-Control"].startswith("private")
     # Cached under its signed path, it is still nobody's without a valid signature.
     for path in (f"/hls/{sid}/360p/{segment}", f"/hls/{sid}/360p/index.m3u8",
                  f"/hls/{sid}/master.m3u8", f"/hls/{sid}/360p/{segment}?{base}"):
@@ -212,3 +216,27 @@ def test_a_handshake_flood_from_one_address_is_refused_at_the_edge(platform, liv
     finally:
         for sock in flood:
             sock.close()
+
+
+def test_a_cache_busting_flood_from_one_address_is_refused_at_the_edge(platform, live):
+    """Outside attack 2026-12-05 F3: made-up segment names and stream ids, each a miss that
+    reached the origins, at 18,700 requests/s from one address."""
+    sid = live["public"]
+    flood = f"{SOURCE}.9"
+    statuses = []
+    conn = http.client.HTTPConnection("127.0.0.1", platform.config.http_port, timeout=10,
+                                      source_address=(flood, 0))
+    try:
+        for index in range(900):
+            conn.request("GET", f"/hls/{sid}/360p/seg_bust_{index}.ts")
+            response = conn.getresponse()
+            response.read()
+            statuses.append(response.status)
+    finally:
+        conn.close()
+    assert statuses.count(429) >= 300, statuses.count(429)
+    assert set(statuses) <= {404, 429}
+    origin_misses = [line for line in origin_log(platform) if "seg_bust_" in line]
+    assert len(origin_misses) <= 600
+    # A viewer elsewhere still plays.
+    assert fetch(platform, f"/hls/{sid}/360p/index.m3u8", source=f"{SOURCE}.10")[0] == 200

@@ -42,7 +42,7 @@ HLS_LOCATIONS = r"""
 {{live_playlists_only}}
             alias {{hls_dir}}/$sid/$file;
             add_header X-Accel-Expires $sf_edge_cache_until always;
-            add_header Cache-Control $hls_cache_control always;
+            add_header Cache-Control $hls_signed_cache_control always;
             add_header Access-Control-Allow-Origin * always;
             add_header X-Content-Type-Options nosniff always;
         }
@@ -89,6 +89,9 @@ def edge_hls_location(signed: bool, playlist: bool) -> str:
                   '            if ($secure_link = "") { return 403; }',
                   '            if ($secure_link = "0") { return 410; }']
     lines += ['            if ($file ~ "\\.\\.") { return 404; }',
+              # Per client address: players ask a few times a second; a flood of made-up
+              # names (every one a miss that reaches the origins) is refused here.
+              "            limit_req zone=sf_hls_requests burst={{hls_request_burst}} nodelay;",
               "{{proxy_headers}}",
               '            proxy_set_header Connection "";',
               "            proxy_cache sf_hls;",
@@ -290,6 +293,11 @@ LIMIT_CONN_WS = 500
 # 40 (a page of tabs reopening after a network change) pass; a flood is refused with 429.
 WS_HANDSHAKES_PER_SECOND = 10
 WS_HANDSHAKE_BURST = 40
+# HLS requests per client address at the edge: a player makes about two a second, a household
+# or an office behind one NAT a few dozen; a cache-busting flood (outside attack: 18,700/s of
+# made-up segment names from one address, each a miss at every origin) is refused with 429.
+HLS_REQUESTS_PER_SECOND = 200
+HLS_REQUEST_BURST = 400
 NOFILE_CAP = 65536
 # The internal secret is written into quoted nginx strings (secure_link_md5, the control check)
 # and callback URLs: nothing there may end a string, start a variable or need escaping.
@@ -425,6 +433,8 @@ def template_values(config: Config, origin: bool = True) -> dict[str, str]:
         "hls_cache_max_size": "1g",
         "ws_handshakes_per_second": str(WS_HANDSHAKES_PER_SECOND),
         "ws_handshake_burst": str(WS_HANDSHAKE_BURST),
+        "hls_requests_per_second": str(HLS_REQUESTS_PER_SECOND),
+        "hls_request_burst": str(HLS_REQUEST_BURST),
         "web_locations": WEB_LOCATIONS,
         "web_dir": str(WEB_DIR),
         "web_headers": web_headers(config),
