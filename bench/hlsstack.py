@@ -67,6 +67,9 @@ class Stack:
             "SF_MEDIA_CONTROL_PORT": str(port_base + 2), "SF_RTMP_PORT": str(port_base + 3),
             "SF_API_INTERNAL_PORT": str(port_base + 4), "SF_MEDIA_HTTP_PORT": str(port_base + 8),
             "SF_RATE_LIMIT_AUTH_IP": "1000", "SF_LOG_LEVEL": "WARNING",
+            # The bench's streamer registers and goes live at once: a new account would be
+            # served source-only, and the bench measures the transcoded 480p rung.
+            "SF_TRANSCODE_MIN_ACCOUNT_AGE_MINUTES": "0",
             # this checkout's code (.venv's `sf` is an editable install of another checkout)
             "PYTHONPATH": str(ROOT),
         }
