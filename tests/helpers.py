@@ -6,6 +6,8 @@ import asyncio
 import os
 from typing import Any
 
+import asyncpg
+
 # SFTEST_SLOT (0-3) lets several suites run side by side on one machine: each slot has its
 # own Redis databases and port range (PostgreSQL databases are per session anyway). Redis has
 # databases 0-15; 8 is the benchmarks'.
@@ -22,6 +24,18 @@ def run_private(coroutine: Any) -> Any:
         return loop.run_until_complete(coroutine)
     finally:
         loop.close()
+
+
+def fetch_value(database_url: str, statement: str, *args: Any) -> Any:
+    """One value from PostgreSQL, on a connection (and loop) of its own."""
+    async def run() -> Any:
+        connection = await asyncpg.connect(database_url)
+        try:
+            return await connection.fetchval(statement, *args)
+        finally:
+            await connection.close()
+
+    return run_private(run())
 
 
 async def go_live(api: Any, services: Any, tokens: dict[str, Any], **settings: Any) -> int:

@@ -12,12 +12,11 @@ import urllib.request
 from collections import Counter
 from typing import Any
 
-import asyncpg
 import pytest
 import redis
 
 from sf.services.media_nodes import NODE_KEY
-from tests.helpers import run_private
+from tests.helpers import fetch_value
 from tests.media_platform import Platform, start_platforms, wait_for
 
 PORT_A, PORT_B, PORT_LIMITS, PORT_CPU = 19200, 19240, 19280, 19320
@@ -79,14 +78,7 @@ def metric(text: str, name: str, **labels: str) -> float | None:
 
 
 def sql(base_config: Any, statement: str, *args: Any) -> Any:
-    async def run() -> Any:
-        connection = await asyncpg.connect(base_config.database_url)
-        try:
-            return await connection.fetchval(statement, *args)
-        finally:
-            await connection.close()
-
-    return run_private(run())
+    return fetch_value(base_config.database_url, statement, *args)
 
 
 def age_account(base_config: Any, username: str) -> None:

@@ -472,9 +472,14 @@ def compose_environment(service: dict[str, Any]) -> dict[str, str]:
     return environ
 
 
+def check_schema(path: Path, builtin: str) -> subprocess.CompletedProcess[str]:
+    """check-jsonschema against one of its built-in (vendored, offline) schemas."""
+    return subprocess.run([tool("check-jsonschema"), "--builtin-schema", builtin, str(path)],
+                          capture_output=True, text=True, timeout=120)
+
+
 def check_compose_schema(path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec",
-                           str(path)], capture_output=True, text=True, timeout=120)
+    return check_schema(path, "vendor.compose-spec")
 
 
 def test_the_compose_file_matches_the_compose_specification(tmp_path):
@@ -633,8 +638,7 @@ def load_workflow() -> dict[Any, Any]:
 
 
 def check_workflow_schema(path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([tool("check-jsonschema"), "--builtin-schema", "vendor.github-workflows",
-                           str(path)], capture_output=True, text=True, timeout=120)
+    return check_schema(path, "vendor.github-workflows")
 
 
 def test_ci_workflow_matches_the_github_actions_schema(tmp_path):

@@ -19,14 +19,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 import tornado.httpclient
 import tornado.websocket
 from redis.asyncio import Redis
 
 from sf.services.media_nodes import NODE_KEY, NODES_KEY, MediaNode, MediaNodeRegistry
-from tests.helpers import TEST_PORT_OFFSET, run_private
+from tests.helpers import TEST_PORT_OFFSET, fetch_value, run_private
 from tests.media_platform import Platform, redis_up, start_platforms, wait_for
 
 PORT_A, PORT_B = 19100, 19140
@@ -87,15 +86,8 @@ def registry_view() -> dict[str, Any]:
     return run_private(read())  # type: ignore[no-any-return]
 
 
-def query(base_config, sql: str, *args: Any) -> Any:
-    async def run() -> Any:
-        connection = await asyncpg.connect(base_config.database_url)
-        try:
-            return await connection.fetchval(sql, *args)
-        finally:
-            await connection.close()
-
-    return run_private(run())
+def query(base_config: Any, statement: str, *args: Any) -> Any:
+    return fetch_value(base_config.database_url, statement, *args)
 
 
 class Viewer:
