@@ -8,11 +8,11 @@ from typing import Any
 
 import asyncpg
 
-# SFTEST_SLOT (0-3) lets several suites run side by side on one machine: each slot has its
+# SFTEST_SLOT (0-4) lets several suites run side by side on one machine: each slot has its
 # own Redis databases and port range (PostgreSQL databases are per session anyway). Redis has
 # databases 0-15; 8 is the benchmarks'.
 TEST_SLOT = int(os.environ.get("SFTEST_SLOT", "0"))
-TEST_REDIS_DB = (9, 11, 13, 5)[TEST_SLOT]
+TEST_REDIS_DB = (9, 11, 13, 5, 2)[TEST_SLOT]
 MEDIA_REDIS_DB = TEST_REDIS_DB + 1
 TEST_PORT_OFFSET = 1000 * TEST_SLOT
 
