@@ -46,6 +46,10 @@ class Value:
     def parse(self, name: str, raw: object) -> object:
         return str(raw)
 
+    def describe(self) -> str:
+        """The values accepted, in words (docs/configuration.md)."""
+        return "text"
+
     @staticmethod
     def fail(name: str, message: str) -> ConfigError:
         return ConfigError(f"{_env_name(name)}: {message}")
@@ -75,13 +79,22 @@ class Number(Value):
             raise self.fail(name, f"{value} is outside {self.low}..{self.high}")
         return value
 
+    def describe(self) -> str:
+        return f"number, {self.low:,g} to {self.high:,g}"
+
 
 class Integer(Number):
     convert = int
     kind = "an integer"
 
+    def describe(self) -> str:
+        return f"integer, {self.low:,} to {self.high:,}"
+
 
 class Boolean(Value):
+    def describe(self) -> str:
+        return "true or false"
+
     def parse(self, name: str, raw: object) -> bool:
         if isinstance(raw, bool):
             return raw
@@ -97,6 +110,9 @@ class Choice(Value):
     def __init__(self, *choices: str) -> None:
         self.choices = choices
 
+    def describe(self) -> str:
+        return " \\| ".join(self.choices)
+
     def parse(self, name: str, raw: object) -> str:
         text = str(raw).strip()
         if text not in self.choices:
@@ -107,6 +123,9 @@ class Choice(Value):
 class ProjectPath(Value):
     """A path; a relative one is relative to the project root."""
 
+    def describe(self) -> str:
+        return "path (relative: to the project root)"
+
     def parse(self, name: str, raw: object) -> Path:
         path = Path(str(raw)) if str(raw) else Path()
         return path if path.is_absolute() else PROJECT_ROOT / path
@@ -115,6 +134,9 @@ class ProjectPath(Value):
 class Url(Value):
     def __init__(self, *schemes: str) -> None:
         self.schemes = schemes
+
+    def describe(self) -> str:
+        return " or ".join(f"{scheme}://" for scheme in self.schemes) + " URL"
 
     def parse(self, name: str, raw: object) -> str:
         text = str(raw).strip()
@@ -126,6 +148,9 @@ class Url(Value):
 
 class OptionalUrl(Url):
     """A URL, or empty for "none"."""
+
+    def describe(self) -> str:
+        return super().describe() + ", or empty"
 
     def parse(self, name: str, raw: object) -> str:
         return super().parse(name, raw) if str(raw).strip() else ""
@@ -144,6 +169,9 @@ class ListOf(Value):
 class Networks(ListOf):
     """IP networks such as 127.0.0.1/32,10.0.0.0/8."""
 
+    def describe(self) -> str:
+        return "IP networks, comma separated"
+
     def item(self, name: str, part: str) -> IPNetwork:
         try:
             return ipaddress.ip_network(part, strict=False)
@@ -153,6 +181,9 @@ class Networks(ListOf):
 
 class Origins(ListOf):
     """Browser origins such as https://example.com."""
+
+    def describe(self) -> str:
+        return "origins (https://host), comma separated"
 
     def item(self, name: str, part: str) -> str:
         part = part.rstrip("/")
@@ -164,6 +195,9 @@ class Origins(ListOf):
 
 class Hosts(ListOf):
     """DNS host names (no scheme, port, path or IP address), lower-cased, without repeats."""
+
+    def describe(self) -> str:
+        return "host names, comma separated"
 
     def parse(self, name: str, raw: object) -> tuple[object, ...]:
         return tuple(dict.fromkeys(super().parse(name, raw)))
@@ -185,6 +219,9 @@ class Hosts(ListOf):
 class Ladder(ListOf):
     """Rendition heights, highest first."""
 
+    def describe(self) -> str:
+        return "heights among 1080, 720, 480, 360, 240, comma separated"
+
     RUNGS = (1080, 720, 480, 360, 240)
 
     def parse(self, name: str, raw: object) -> tuple[int, ...]:
@@ -203,6 +240,9 @@ class Ladder(ListOf):
 class Endpoints(ListOf):
     """host:port pairs such as 127.0.0.1:8081,media-0.media:8083 (nginx upstream servers)."""
 
+    def describe(self) -> str:
+        return "host:port pairs, comma separated"
+
     def item(self, name: str, part: str) -> str:
         host, sep, port = part.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 \
@@ -214,9 +254,10 @@ class Endpoints(ListOf):
 _HOST_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 
 
-def setting(value: Value) -> Any:
-    """A Config field parsed and checked by `value`."""
-    return field(metadata={"value": value})
+def setting(value: Value, help: str, unit: str = "") -> Any:
+    """A Config field parsed and checked by `value`, with the help text and unit that
+    docs/configuration.md is generated from (`python -m sf.ops.config_docs`)."""
+    return field(metadata={"value": value, "help": help, "unit": unit})
 
 
 def _env_name(name: str) -> str:
@@ -227,93 +268,260 @@ def _env_name(name: str) -> str:
 class Config:
     """All settings of one SF node; build it with `load_config()`."""
 
-    env: str = setting(Choice("development", "production", "test"))
-    log_level: str = setting(Choice("DEBUG", "INFO", "WARNING", "ERROR"))
-    var_dir: Path = setting(ProjectPath())
-    public_host: str = setting(Text())
-    http_host: str = setting(Text())
-    http_port: int = setting(Integer(1, 65535))
-    api_host: str = setting(Text())
-    api_port: int = setting(Integer(1, 65535))
-    api_processes: int = setting(Integer(0, 64))
-    api_internal_port: int = setting(Integer(1, 65535))
-    shutdown_grace_seconds: float = setting(Number(0, 600))
-    rtmp_port: int = setting(Integer(1, 65535))
-    trusted_proxies: tuple[IPNetwork, ...] = setting(Networks())
-    cors_origins: tuple[str, ...] = setting(Origins())
-    tls_cert: str = setting(Text())
-    tls_key: str = setting(Text())
-    node_id: str = setting(Text())
-    database_url: str = setting(Url("postgresql", "postgres"))
-    database_pool_min: int = setting(Integer(1, 100))
-    database_pool_max: int = setting(Integer(1, 500))
-    redis_url: str = setting(Url("redis", "rediss", "unix"))
-    jwt_secret: str = setting(Text())
-    stream_key_encryption_keys: str = setting(Text())
-    stream_key_lookup_secret: str = setting(Text())
-    internal_secret: str = setting(Text())
-    access_token_ttl: int = setting(Integer(30, 86400))
-    refresh_token_ttl: int = setting(Integer(300, 31536000))
-    bcrypt_rounds: int = setting(Integer(4, 16))
-    max_body_bytes: int = setting(Integer(1024, 10485760))
-    max_avatar_bytes: int = setting(Integer(1024, 52428800))
-    avatar_size: int = setting(Integer(16, 2048))
-    avatar_max_pixels: int = setting(Integer(1024, 200000000))
-    avatar_hosts: tuple[str, ...] = setting(Hosts())
-    rate_limit_window: int = setting(Integer(1, 86400))
-    rate_limit_anonymous: int = setting(Integer(1, 10**9))
-    rate_limit_user: int = setting(Integer(1, 10**9))
-    rate_limit_auth_ip: int = setting(Integer(1, 10**9))
-    rate_limit_auth_account: int = setting(Integer(1, 10**9))
-    rate_limit_auth_account_ceiling: int = setting(Integer(1, 10**9))
-    rate_limit_key_reset: int = setting(Integer(1, 10**9))
-    cache_ttl: int = setting(Integer(0, 3600))
-    media_dir: Path = setting(ProjectPath())
-    ffmpeg: str = setting(Text())
-    ffprobe: str = setting(Text())
-    nginx: str = setting(Text())
-    hls_segment_seconds: int = setting(Integer(1, 10))
-    hls_playlist_size: int = setting(Integer(2, 60))
-    thumbnail_interval: int = setting(Integer(1, 3600))
-    transcode_preset: str = setting(Choice("ultrafast", "superfast", "veryfast", "faster", "fast", "medium"))
-    ladder: tuple[int, ...] = setting(Ladder())
-    source_passthrough: bool = setting(Boolean())
-    publish_grace_seconds: int = setting(Integer(0, 3600))
-    stream_liveness_timeout: int = setting(Integer(5, 3600))
-    segment_retention_seconds: int = setting(Integer(0, 86400))
-    media_nodes: tuple[IPNetwork, ...] = setting(Networks())
-    real_ip_from: tuple[IPNetwork, ...] = setting(Networks())
-    media_control_host: str = setting(Text())
-    media_control_port: int = setting(Integer(1, 65535))
-    media_node_url: str = setting(Text())
-    media_http_port: int = setting(Integer(1, 65535))
-    media_origin: str = setting(Text())
-    edge_workers: int = setting(Integer(0, 64))
-    edge_api_servers: tuple[str, ...] = setting(Endpoints())
-    edge_media_origins: tuple[str, ...] = setting(Endpoints())
-    playback_url_ttl: int = setting(Integer(30, 86400))
-    ws_connections_per_address: int = setting(Integer(1, 100000))
-    sweep_interval: float = setting(Number(0.05, 3600))
-    viewers_sync_seconds: float = setting(Number(0.05, 60))
-    stats_sample_seconds: float = setting(Number(0.1, 3600))
-    gc_full_seconds: float = setting(Number(0, 7 * 86400))
-    alert_webhook_url: str = setting(OptionalUrl("http", "https"))
-    alert_webhook_dedup_seconds: float = setting(Number(0, 86400))
-    alert_webhook_max_per_minute: int = setting(Integer(1, 10000))
-    backup_dir: Path = setting(ProjectPath())
-    backup_keep: int = setting(Integer(1, 10000))
-    # Media node liveness and transcoder admission (issue 19)
-    media_node_heartbeat_ttl: float = setting(Number(1, 300))
-    max_transcoders: int = setting(Integer(0, 1000))
-    transcode_cpu_max_percent: int = setting(Integer(1, 100))
-    transcode_min_account_age_minutes: int = setting(Integer(0, 525600))
-    publish_range_go_lives_per_hour: int = setting(Integer(0, 1000000))
-    publish_range_ladders: int = setting(Integer(0, 1000))
-    # Exact viewer counts (issue 19.5): the cap on anonymous viewers per network, the
-    # WebSocket handshake rate per address, and the dwell before unique viewers / watch time.
-    viewers_anonymous_per_network: int = setting(Integer(1, 100000))
-    ws_handshakes_per_minute: int = setting(Integer(1, 1000000))
-    viewer_min_dwell_seconds: float = setting(Number(0, 3600))
+    env: str = setting(
+        Choice("development", "production", "test"),
+        "What the node runs as: `development` (`make run`), `production` or `test`.")
+    log_level: str = setting(
+        Choice("DEBUG", "INFO", "WARNING", "ERROR"),
+        "Least severe log level written (one JSON object a line on stderr).")
+    var_dir: Path = setting(
+        ProjectPath(),
+        "Runtime state: local databases, secrets, media, logs (relative to the project root).")
+    public_host: str = setting(
+        Text(),
+        "Host name clients use: in the RTMP URL shown to streamers and the TLS certificate.")
+    http_host: str = setting(
+        Text(), "Where the public nginx listens for HTTP and RTMP (0.0.0.0 to serve the network).")
+    http_port: int = setting(
+        Integer(1, 65535),
+        "Public HTTP port of the edge nginx (`/api`, `/ws`, `/hls`, `/media`, the web front).")
+    api_host: str = setting(Text(), "Where the Tornado API processes listen (behind nginx).")
+    api_port: int = setting(Integer(1, 65535), "Port the API processes share (behind nginx).")
+    api_processes: int = setting(
+        Integer(0, 64),
+        "API processes per node (`sf serve`, `sf node`, `make run`); 0 = one per core. A "
+        "supervisor restarts a process that dies; process 0 holds the node's stream actors and "
+        "takes nginx-rtmp's callbacks (the others forward any that reach them).")
+    api_internal_port: int = setting(
+        Integer(1, 65535),
+        "Process *i* of a node also listens on this port + *i* (on `SF_API_HOST`): `/metrics`, "
+        "`/healthz`, `/readyz` of that process, and nginx-rtmp's callbacks on process 0. Never "
+        "expose it publicly.")
+    shutdown_grace_seconds: float = setting(
+        Number(0, 600),
+        "On SIGTERM a process stops accepting, keeps answering the requests on connections it "
+        "has (`Connection: close`, `/readyz` 503) until none has started for 1 s, for at most "
+        "this long; then closes WebSockets with 1001, stops actors and FFmpeg, and exits.",
+        unit="seconds")
+    rtmp_port: int = setting(Integer(1, 65535), "RTMP ingest port (nginx-rtmp).")
+    trusted_proxies: tuple[IPNetwork, ...] = setting(
+        Networks(), "Networks whose `X-Forwarded-For` the API believes (the node's own nginx).")
+    cors_origins: tuple[str, ...] = setting(
+        Origins(),
+        "Other browser origins allowed to call the API with credentials, comma separated (the "
+        "web front is same-origin and needs none). List only origins you control: cookies are "
+        "not separated by port, so an allowed origin on the same host can refresh a user's "
+        "tokens.")
+    tls_cert: str = setting(
+        Text(),
+        "PEM certificate file; with `SF_TLS_KEY` nginx serves HTTPS (`sf tls-cert` makes a "
+        "self-signed pair). Empty: plain HTTP.")
+    tls_key: str = setting(Text(), "PEM private key file of `SF_TLS_CERT`; set both or neither.")
+    node_id: str = setting(Text(), "This node's name in Redis; empty: `<hostname>-<SF_API_PORT>`.")
+    database_url: str = setting(
+        Url("postgresql", "postgres"),
+        "PostgreSQL; a local URL without a password gets `var/secrets/postgres_password`.")
+    database_pool_min: int = setting(
+        Integer(1, 100), "Connections the asyncpg pool of each API process keeps open.",
+        unit="connections")
+    database_pool_max: int = setting(
+        Integer(1, 500), "Most connections the asyncpg pool of each API process opens.",
+        unit="connections")
+    redis_url: str = setting(
+        Url("redis", "rediss", "unix"),
+        "Redis; a local URL without a password gets `var/secrets/redis_password`.")
+    jwt_secret: str = setting(
+        Text(),
+        "HS256 signing key of access tokens (at least 32 characters); empty: "
+        "`var/secrets/jwt_secret` (`sf secrets init` makes it).")
+    stream_key_encryption_keys: str = setting(
+        Text(),
+        "`id:base64(32 bytes),…`: AES-GCM keys of stored stream keys; the first encrypts, all "
+        "decrypt (`sf keys rotate` re-encrypts with the first). Empty: "
+        "`var/secrets/stream_key_encryption_keys`.")
+    stream_key_lookup_secret: str = setting(
+        Text(),
+        "HMAC key of the stream-key lookup digest (at least 16 characters; never rotated with "
+        "the encryption keys). Empty: `var/secrets/stream_key_lookup_secret`.")
+    internal_secret: str = setting(
+        Text(),
+        "Shared secret of nginx-rtmp's callbacks and control endpoint; signs private playback "
+        "URLs and `sf_vid` cookies (at least 16 characters). Empty: "
+        "`var/secrets/internal_secret`.")
+    access_token_ttl: int = setting(Integer(30, 86400), "Lifetime of an access token.", unit="seconds")
+    refresh_token_ttl: int = setting(
+        Integer(300, 31536000), "Lifetime of a refresh session (30 days by default).", unit="seconds")
+    bcrypt_rounds: int = setting(Integer(4, 16), "bcrypt cost of password hashes (log2 of the rounds).")
+    max_body_bytes: int = setting(
+        Integer(1024, 10485760), "Largest JSON body (413 above).", unit="bytes")
+    max_avatar_bytes: int = setting(
+        Integer(1024, 52428800), "Largest avatar upload (413 above).", unit="bytes")
+    avatar_size: int = setting(
+        Integer(16, 2048), "Avatars are resized to fit a square of this side.", unit="pixels")
+    avatar_max_pixels: int = setting(
+        Integer(1024, 200000000),
+        "Larger images are refused before decoding (decompression bombs; a 12 MP RGBA decode is "
+        "about 48 MB).", unit="pixels")
+    avatar_hosts: tuple[str, ...] = setting(
+        Hosts(),
+        "Host names whose `https://` URLs a profile may use as avatar, comma separated; empty: "
+        "uploaded avatars only.")
+    rate_limit_window: int = setting(
+        Integer(1, 86400), "Window of the request rate limits below.", unit="seconds")
+    rate_limit_anonymous: int = setting(
+        Integer(1, 10**9), "Requests per window per client address without a token.",
+        unit="requests")
+    rate_limit_user: int = setting(
+        Integer(1, 10**9), "Requests per window per signed-in user.", unit="requests")
+    rate_limit_auth_ip: int = setting(
+        Integer(1, 10**9), "Logins and registrations per window per client address.",
+        unit="requests")
+    rate_limit_auth_account: int = setting(
+        Integer(1, 10**9),
+        "Failed logins per window per account and client address; then 429 for that pair only "
+        "(a success clears it).", unit="failures")
+    rate_limit_auth_account_ceiling: int = setting(
+        Integer(1, 10**9),
+        "Failed logins per window per account from all addresses; past it every login to the "
+        "account first waits 0.5 s, doubling every 10 further failures up to 8 s.",
+        unit="failures")
+    rate_limit_key_reset: int = setting(
+        Integer(1, 10**9), "Stream-key resets per window per user.", unit="requests")
+    cache_ttl: int = setting(
+        Integer(0, 3600), "How long hot public reads are cached in Redis (0 = off).",
+        unit="seconds")
+    media_dir: Path = setting(
+        ProjectPath(), "HLS output, thumbnails and avatars; empty: `<SF_VAR_DIR>/media`.")
+    ffmpeg: str = setting(Text(), "The FFmpeg binary.")
+    ffprobe: str = setting(Text(), "The ffprobe binary.")
+    nginx: str = setting(Text(), "The nginx binary (with the RTMP module on media nodes).")
+    hls_segment_seconds: int = setting(Integer(1, 10), "Length of an HLS segment.", unit="seconds")
+    hls_playlist_size: int = setting(Integer(2, 60), "Segments in a live playlist.", unit="segments")
+    thumbnail_interval: int = setting(
+        Integer(1, 3600), "Time between a live stream's thumbnails.", unit="seconds")
+    transcode_preset: str = setting(
+        Choice("ultrafast", "superfast", "veryfast", "faster", "fast", "medium"),
+        "x264 preset of the transcoded ladder.")
+    ladder: tuple[int, ...] = setting(
+        Ladder(), "Rendition heights of the ladder, comma separated; never above the source.")
+    source_passthrough: bool = setting(
+        Boolean(), "Add a \"source\" rendition copied without transcoding to every stream.")
+    publish_grace_seconds: int = setting(
+        Integer(0, 3600),
+        "An encoder reconnecting with the same key within this continues the same stream id.",
+        unit="seconds")
+    stream_liveness_timeout: int = setting(
+        Integer(5, 3600), "A live stream with no `on_update` for this long is ended by the sweeper.",
+        unit="seconds")
+    segment_retention_seconds: int = setting(
+        Integer(0, 86400), "HLS files of ended streams are removed after this.", unit="seconds")
+    media_nodes: tuple[IPNetwork, ...] = setting(
+        Networks(), "Networks that may call `/internal/rtmp/*` (nginx-rtmp's callbacks).")
+    real_ip_from: tuple[IPNetwork, ...] = setting(
+        Networks(),
+        "Proxies in front of this node's nginx whose `X-Forwarded-For` it believes (compose: "
+        "the gateway's network); empty: nginx is the edge.")
+    media_control_host: str = setting(
+        Text(), "Where the nginx-rtmp control endpoint listens (never public).")
+    media_control_port: int = setting(
+        Integer(1, 65535), "Port of this node's nginx-rtmp control endpoint (`drop`, `/stat`).")
+    media_node_url: str = setting(
+        Text(),
+        "How API nodes reach this node's control endpoint; empty: "
+        "`http://127.0.0.1:<SF_MEDIA_CONTROL_PORT>`.")
+    media_http_port: int = setting(
+        Integer(1, 65535),
+        "This media node's own nginx HTTP listener (HLS origin, avatars, thumbnails) behind the "
+        "edge; never public.")
+    media_origin: str = setting(
+        Text(),
+        "host:port where the edge reaches that listener; empty: "
+        "`127.0.0.1:<SF_MEDIA_HTTP_PORT>`.")
+    edge_workers: int = setting(
+        Integer(0, 64), "Worker processes of the public edge nginx (0 = one per core).")
+    edge_api_servers: tuple[str, ...] = setting(
+        Endpoints(),
+        "host:port of every API process group the edge balances over, comma separated "
+        "(`sf edge` looks names up every 5 s); empty: `<SF_API_HOST>:<SF_API_PORT>`.")
+    edge_media_origins: tuple[str, ...] = setting(
+        Endpoints(),
+        "host:port of every media node's origin (its `SF_MEDIA_ORIGIN`), comma separated, asked "
+        "in turn; empty: this node's `SF_MEDIA_ORIGIN`.")
+    playback_url_ttl: int = setting(
+        Integer(30, 86400),
+        "Lifetime of a private stream's signed playback URL; renewed by reading the stream.",
+        unit="seconds")
+    ws_connections_per_address: int = setting(
+        Integer(1, 100000),
+        "Open viewer WebSockets per client address on one node (429 beyond; households and "
+        "campuses share NAT).", unit="connections")
+    sweep_interval: float = setting(
+        Number(0.05, 3600), "Time between liveness and retention sweeps.", unit="seconds")
+    viewers_sync_seconds: float = setting(
+        Number(0.05, 60),
+        "Time between copies of the live viewer totals (Redis) onto streams and categories "
+        "(one node at a time, under a Redis leader lock).", unit="seconds")
+    stats_sample_seconds: float = setting(
+        Number(0.1, 3600),
+        "Time between viewer samples of live streams for their statistics.", unit="seconds")
+    gc_full_seconds: float = setting(
+        Number(0, 7 * 86400),
+        "Time between full garbage collections of an API process (0 = never); in between, "
+        "survivors are frozen every 10 s so collections never walk the long-lived viewer "
+        "connections (`sf/node/gcpolicy.py`).", unit="seconds")
+    alert_webhook_url: str = setting(
+        OptionalUrl("http", "https"),
+        "ERROR log events also go here as Alertmanager-compatible JSON (e.g. Alertmanager's "
+        "`/api/v2/alerts`); empty: off.")
+    alert_webhook_dedup_seconds: float = setting(
+        Number(0, 86400), "The same event (logger + message) is posted once per this.",
+        unit="seconds")
+    alert_webhook_max_per_minute: int = setting(
+        Integer(1, 10000), "Most alerts posted a minute by one process.", unit="alerts")
+    backup_dir: Path = setting(
+        ProjectPath(),
+        "Where `sf backup` writes dumps and checksums; API nodes read it for "
+        "`sf_backup_last_success_timestamp_seconds`. Empty: `<SF_VAR_DIR>/backups`.")
+    backup_keep: int = setting(
+        Integer(1, 10000), "`sf backup` keeps the newest this many dumps, removing older ones.",
+        unit="dumps")
+    media_node_heartbeat_ttl: float = setting(
+        Number(1, 300),
+        "A media node's heartbeat in Redis lives this long, renewed every third of it; a node "
+        "silent for longer is dead and its live streams go offline (resumable on any node "
+        "within `SF_PUBLISH_GRACE_SECONDS`).", unit="seconds")
+    max_transcoders: int = setting(
+        Integer(0, 1000),
+        "Transcoded ladders a media node runs at once (0 = one per core: a 1080p ladder costs "
+        "about a core); beyond, a publish is refused when another media node has room, else "
+        "served source-only.", unit="ladders")
+    transcode_cpu_max_percent: int = setting(
+        Integer(1, 100),
+        "No new ladder while the node's CPU was busier than this over the last ~5 s (100 = not "
+        "checked).", unit="percent")
+    transcode_min_account_age_minutes: int = setting(
+        Integer(0, 525600), "Younger accounts are served source-only (0 = no check).",
+        unit="minutes")
+    publish_range_go_lives_per_hour: int = setting(
+        Integer(0, 1000000),
+        "Go-lives per hour from one /24 (IPv4) or /64 (IPv6); beyond, a publish is refused "
+        "(0 = no limit).", unit="go-lives")
+    publish_range_ladders: int = setting(
+        Integer(0, 1000),
+        "Ladders at once for publishers of one such range; beyond, source-only (0 = no limit).",
+        unit="ladders")
+    viewers_anonymous_per_network: int = setting(
+        Integer(1, 100000),
+        "Anonymous viewers counted per stream per /24 (IPv4) or /64 (IPv6) over all processes "
+        "and nodes; the others stay connected and get the counts, uncounted.", unit="viewers")
+    ws_handshakes_per_minute: int = setting(
+        Integer(1, 1000000),
+        "Viewer WebSocket handshakes per client address per minute, all nodes together (429 "
+        "with `Retry-After` beyond).", unit="handshakes")
+    viewer_min_dwell_seconds: float = setting(
+        Number(0, 3600),
+        "A viewer counts toward `unique_viewers` and watch time only once connected this long "
+        "(the live count is immediate).", unit="seconds")
     extra: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
