@@ -1,5 +1,5 @@
 """The package layout keeps its promises: no import cycles inside `sf`, no imports hidden in
-functions to dodge one, layers call downward only, and ARCHITECTURE.md's map matches the tree."""
+functions to dodge one, layers call downward only, and docs/architecture.md's map matches the tree."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 from sf.config import PROJECT_ROOT
 
 PACKAGE = PROJECT_ROOT / "sf"
-ARCHITECTURE = PROJECT_ROOT.parent / "shared" / "ARCHITECTURE.md"
+ARCHITECTURE = PROJECT_ROOT / "docs" / "architecture.md"
 
 # Lower layers never import higher ones (a module may import its own layer).
 LAYERS = [
@@ -156,17 +156,35 @@ def test_every_module_belongs_to_a_layer():
     assert [m for m in sf_modules() if m != "sf" and layer_of(m) is None] == []
 
 
-def test_architecture_map_matches_the_tree():
-    """Every package and top-level module of `sf` is on the map, and the map names nothing
-    that does not exist."""
-    text = ARCHITECTURE.read_text()  # CI and every checkout have shared/ beside them
-    table = text[text.index("## Package layout"):text.index("## Rules")]
-    named = set(re.findall(r"`(sf/[\w/.]*)`", table))
-    named |= {f"sf/{name}" for cell in re.findall(r"\| `sf/` \(others\) \| ([^|]+)\|", table)
-              for name in re.findall(r"`([\w.]+(?:/)?)`", cell)}
-    tree = {f"sf/{path.name}/" for path in PACKAGE.iterdir()
-            if path.is_dir() and (path / "__init__.py").exists()}
-    tree |= {f"sf/{path.name}" for path in PACKAGE.glob("*.py") if path.name != "__init__.py"}
-    assert tree - named == set(), "on disk but not on the map"
-    assert {name for name in named if not (PROJECT_ROOT / name).exists()} == set(), \
-        "on the map but not on disk"
+def architecture_map() -> set[str]:
+    """The paths in the first column of docs/architecture.md's "Module map" table."""
+    text = ARCHITECTURE.read_text()
+    start = text.index("## Module map")
+    end = text.find("\n## ", start + 1)
+    table = text[start:end if end != -1 else len(text)]
+    return set(re.findall(r"^\| `([^`]+)` \|", table, flags=re.MULTILINE))
+
+
+def tree_paths() -> set[str]:
+    """Every module of `sf` as a path (`sf/db/pool.py`), every package as its folder (`sf/db/`)."""
+    paths = set()
+    for path in PACKAGE.rglob("*.py"):
+        relative = path.relative_to(PROJECT_ROOT).as_posix()
+        if path.name == "__init__.py" and path.parent != PACKAGE:
+            relative = relative.removesuffix("__init__.py")
+        paths.add(relative)
+    return paths
+
+
+def test_every_module_of_sf_is_on_the_architecture_map():
+    assert sorted(tree_paths() - architecture_map()) == [], "on disk but not in docs/architecture.md"
+
+
+def test_every_module_on_the_architecture_map_exists():
+    assert sorted(architecture_map() - tree_paths()) == [], "in docs/architecture.md but not on disk"
+
+
+def test_every_path_the_architecture_page_names_exists():
+    """Besides the map, the page's tables name folders around the package (conf/, sql/, …)."""
+    named = set(re.findall(r"^\| `([\w./-]+)` \|", ARCHITECTURE.read_text(), flags=re.MULTILINE))
+    assert sorted(name for name in named if not (PROJECT_ROOT / name).exists()) == []
