@@ -98,7 +98,7 @@ async def test_wrong_password_and_unknown_user_answer_alike(api):
 
 
 def test_unknown_user_costs_as_much_as_a_wrong_password():
-    """Both paths run one bcrypt verification of the same cost."""
+    """Both paths run one bcrypt verification of the same cost (security.md#user-enumeration-by-timing)."""
     hasher = PasswordHasher(rounds=10)
     real = hasher.hash("password123")
 
@@ -142,6 +142,7 @@ async def test_refresh_rotates_and_old_token_stops_working(api):
 
 
 async def test_reusing_a_rotated_refresh_token_revokes_the_session(api):
+    """security.md#refresh-token-reuse."""
     tokens = await api.register("hank")
     rotated = (await api.post("/api/auth/refresh-token",
                               {"refresh_token": tokens["refresh_token"]})).json
@@ -154,6 +155,7 @@ async def test_reusing_a_rotated_refresh_token_revokes_the_session(api):
 
 
 async def test_cookie_refresh_requires_csrf_header(api):
+    """security.md#csrf-on-cookie-refresh."""
     registered = await api.post("/api/auth/register", {
         "username": "ivy", "email": "ivy@example.com", "password": "password123"})
     cookies = {}

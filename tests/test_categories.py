@@ -77,7 +77,7 @@ async def test_no_public_write_endpoints(api):
 
 
 async def test_category_totals_never_count_private_streams(api, services):
-    """Found by the second outside attack: a private stream's audience showed in its
+    """security.md#private-viewers-in-category-totals: a private stream's audience showed in its
     category's viewers_count."""
     public = await go_live(api, services, await api.register("openly"), category_id=3)
     hidden = await go_live(api, services, await api.register("quietly"), category_id=3,

@@ -63,7 +63,7 @@ def test_encryption_keys_rotate_with_ids():
 
 
 def test_no_cross_origin_caller_is_trusted_by_default():
-    # Outside attack F4: the old default allowed http://localhost:3000 with credentials; cookies
+    # security.md#cors-default-origin: the old default allowed http://localhost:3000 with credentials; cookies
     # are not separated by port, so any page there could refresh a user's tokens.
     environ = {key: value for key, value in os.environ.items() if key != "SF_CORS_ORIGINS"}
     assert load_config(environ).cors_origins == ()

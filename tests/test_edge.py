@@ -54,7 +54,7 @@ async def test_wrong_method_is_405_in_error_shape(api):
 
 
 async def test_a_missing_method_is_405_before_authentication(api):
-    """Outside attack F3: without a token, DELETE /api/streams answered 401, not 405."""
+    """security.md#method-before-auth: without a token, DELETE /api/streams answered 401, not 405."""
     for method, path in (("DELETE", "/api/streams"), ("HEAD", "/api/streams/1"),
                          ("PUT", "/api/users/profile/avatar/x"), ("DELETE", "/api/users/profile")):
         response = await api.request(method, path)
@@ -153,7 +153,7 @@ async def test_swagger_ui_is_served_locally(api):
 
 
 async def test_docs_assets_are_compressed_once_and_rate_limited(api, monkeypatch):
-    """Outside attack F8: the 1 MB bundle was gzipped per request (~40 ms of API CPU each),
+    """security.md#docs-compression-flood: the 1 MB bundle was gzipped per request (~40 ms of API CPU each),
     outside any rate limit: an anonymous CPU flood."""
     import gzip
     from pathlib import Path
@@ -254,7 +254,7 @@ def test_the_access_log_fast_path_writes_what_the_generic_formatter_writes():
 
 
 async def test_made_up_methods_do_not_grow_the_metrics(api):
-    """Found by an outside attack: each new method name added metric series without bound."""
+    """security.md#metric-label-explosion: each new method name added metric series without bound."""
     for index in range(5):
         response = await api.request(f"XMADEUP{index}", "/api/streams")
         assert response.status == 405
@@ -264,7 +264,7 @@ async def test_made_up_methods_do_not_grow_the_metrics(api):
 
 
 async def test_docs_serve_only_the_two_swagger_files_they_load_with_security_headers(api):
-    # Outside attack F3: the package's demo index.html (which renders a foreign document on
+    # security.md#swagger-demo-pages: the package's demo index.html (which renders a foreign document on
     # this origin), its OAuth redirect page and source maps were all served, bare.
     for name in ("index.html", "oauth2-redirect.html", "swagger-initializer.js",
                  "swagger-ui-bundle.js.map", "../__init__.py"):

@@ -202,7 +202,7 @@ def test_media_serves_single_avatar_and_thumbnail_files_and_nothing_else(platfor
         f"/hls/{public_id}/..%2f{private_id}/master.m3u8",
         "/nginx.conf",
     ]
-    # Outside attack 2026-11-27 F1: nginx chose the location by the normalized path (/api/x)
+    # security.md#raw-path-traversal: nginx chose the location by the normalized path (/api/x)
     # and proxied the raw one to the API, whose /media route followed it into hls/. nginx now
     # refuses such raw paths itself: its own answer ("HTTP 404"), the API never sees them.
     climbing = [
@@ -243,6 +243,7 @@ def login(platform: Platform, source: str, spoof: str | None = None) -> Response
 
 
 def test_spoofed_forwarded_for_does_not_reset_the_login_limit(platform):
+    """security.md#spoofed-forwarded-for, through the public edge."""
     attacker, neighbour = address(20), address(21)
     statuses = [login(platform, attacker, spoof=f"203.0.113.{n}").status
                 for n in range(AUTH_LIMIT + 3)]
@@ -647,7 +648,7 @@ def media_node(base_config, tmp_path_factory):
 def test_sf_edge_in_front_of_a_media_node_passes_what_it_serves_and_answers_in_the_api_shape(
         media_node, tmp_path):
     """The gateway of compose and Kubernetes (`sf edge`), run for real in front of a node without
-    an edge (outside attack 2026-11-27 F-B, F-C, F-D, on the shape deployed now): a private
+    an edge (security.md#gateway-loses-client-address, on the shape deployed now): a private
     stream's signed thumbnail and a 2 MB avatar pass; the client's address reaches the API; the
     edge's own answers are JSON with the API's standing headers; SIGTERM stops it whole."""
     node = media_node.config
@@ -819,7 +820,8 @@ def test_the_edge_follows_its_upstream_names_to_new_addresses(tmp_path, base_con
 def test_behind_a_named_proxy_its_forwarded_for_is_believed_and_nobody_elses(base_config,
                                                                           tmp_path):
     """A media node behind the compose gateway (SF_REAL_IP_FROM): viewers keep their own
-    addresses; a client that is not the named proxy cannot choose its address."""
+    addresses; a client that is not the named proxy cannot choose its address
+    (security.md#spoofed-forwarded-for)."""
     balancer = address(60)
     node = Platform(base_config, tmp_path, 18550, SF_REAL_IP_FROM=f"{balancer}/32").start()
     try:
@@ -837,7 +839,7 @@ def test_behind_a_named_proxy_its_forwarded_for_is_believed_and_nobody_elses(bas
         node.stop()
 
 
-# --- found by the outside attack after the first round --------------------------------------
+# --- security.md#nginx-answers-in-api-shape and security.md#secrets-in-nginx-logs -------------
 
 def test_nginx_errors_are_json_and_redirects_never_name_the_clients_host(platform):
     trace = edge(platform, "TRACE", "/api/streams", source=address(70))
@@ -846,14 +848,14 @@ def test_nginx_errors_are_json_and_redirects_never_name_the_clients_host(platfor
     missing = edge(platform, "GET", "/hls/1/master.m3u8", source=address(70))
     assert missing.status == 404 and missing.headers["Content-Type"].startswith("application/json")
     assert json.loads(missing.body)["error"]["code"] == "not_found"
-    # Outside attack F3 (2026-11-27): a body over nginx's limit is refused with JSON whatever
+    # security.md#nginx-answers-in-api-shape: a body over nginx's limit is refused with JSON whatever
     # the path's extension says.
     too_large = edge(platform, "POST", "/api/x.html", source=address(70),
                      body={"blob": "x" * (platform.config.max_request_bytes + 1024)})
     assert too_large.status == 413
     assert too_large.headers["Content-Type"].startswith("application/json")
     assert json.loads(too_large.body)["error"]["code"] == "payload_too_large"
-    # A range or precondition nginx cannot meet on a file (attack 2026-11-27 F-A): JSON too.
+    # A range or precondition nginx cannot meet on a file: JSON too.
     unsatisfiable = edge(platform, "GET", "/", source=address(70),
                          headers={"Range": "bytes=99999999-"})
     precondition = edge(platform, "GET", "/", source=address(70), headers={"If-Match": '"no"'})
@@ -863,7 +865,7 @@ def test_nginx_errors_are_json_and_redirects_never_name_the_clients_host(platfor
     assert json.loads(unsatisfiable.body)["error"]["message"] == "HTTP 416"
     assert "no-store" in unsatisfiable.headers.get_all("Cache-Control")
     assert len(unsatisfiable.headers["X-Request-ID"]) == 32
-    # Outside attack F5, and F2 (2026-11-27): nginx's own answers carry the API's policy too.
+    # nginx's own answers carry the API's policy too.
     for response in (trace, missing, too_large, precondition,
                      edge(platform, "GET", "/media/x", source=address(70))):
         assert_nginx_answer_policy(response)
@@ -872,6 +874,7 @@ def test_nginx_errors_are_json_and_redirects_never_name_the_clients_host(platfor
 
 
 def test_signed_paths_and_thumbnail_names_never_reach_the_access_log(platform):
+    """security.md#secrets-in-nginx-logs."""
     signed = sign_playback(424242, platform.config.internal_secret, 60)
     signature = signed.split("/")[3]
     thumbnail = "/media/thumbnails/424242-AbCdEfGhIjKlMnOp.jpg"

@@ -145,7 +145,7 @@ def test_a_private_stream_is_served_only_signed_and_never_from_another_key(platf
     assert fetch(platform, f"{base}/360p/{segment}")[0] == 200
     status, _, headers = fetch(platform, f"{base}/360p/{segment}")
     assert headers["X-Cache"] == "HIT"
-    # No shared cache beyond the edge may keep it (outside attack 2026-12-05 F5: it was
+    # No shared cache beyond the edge may keep it (security.md#signed-segment-in-shared-cache: it was
     # `public, max-age=86400`, and a CDN would have served it after the signature expired).
     assert headers["Cache-Control"].startswith("private")
     # Cached under its signed path, it is still nobody's without a valid signature.
@@ -203,6 +203,7 @@ def status_of(sock: socket.socket) -> int:
 
 
 def test_a_handshake_flood_from_one_address_is_refused_at_the_edge(platform, live):
+    """security.md#websocket-handshake-flood, at the edge."""
     sid = live["public"]
     flood = [handshake(platform, sid, f"{SOURCE}.7") for _ in range(120)]
     try:
@@ -219,7 +220,7 @@ def test_a_handshake_flood_from_one_address_is_refused_at_the_edge(platform, liv
 
 
 def test_a_cache_busting_flood_from_one_address_is_refused_at_the_edge(platform, live):
-    """Outside attack 2026-12-05 F3: made-up segment names and stream ids, each a miss that
+    """security.md#hls-cache-busting-flood: made-up segment names and stream ids, each a miss that
     reached the origins, at 18,700 requests/s from one address."""
     sid = live["public"]
     flood = f"{SOURCE}.9"

@@ -420,6 +420,7 @@ async def test_removing_an_uploaded_avatar_deletes_its_file(api, services):
     ({"title": "ok", "is_private": 1}, "is_private"),
 ])
 async def test_stream_fields_found_loose_by_the_outside_attack(api, body, field):
+    """security.md#loose-stream-fields."""
     token = (await api.register("loosen"))["access_token"]
     assert_invalid(await api.post("/api/streams", body, token=token), field)
 

@@ -275,7 +275,7 @@ def test_privacy_holds_while_the_encoder_reconnects_and_from_any_api_node(platfo
 
 
 def test_a_private_streams_thumbnail_is_served_only_signed_even_after_it_ends(platform):
-    """Found by an outside attack: the unguessable thumbnail name of a stream stayed readable
+    """security.md#private-thumbnail-leak: the unguessable thumbnail name of a stream stayed readable
     (and kept updating) after the stream went private, an invite was withdrawn, or it ended."""
     owner = platform.register("framedowner")
     guest = platform.register("framedguest")

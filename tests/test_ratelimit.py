@@ -73,6 +73,7 @@ class TestLoginThrottle:
 
     @pytest.mark.gen_test(timeout=60)
     async def test_one_account_by_any_name_is_limited_per_address(self, api):
+        """security.md#login-lockout-of-owner."""
         await api.register("bob")
         await api.register("carol")
         attacker, owner = "198.51.100.1", "203.0.113.9"
@@ -99,7 +100,7 @@ class TestLoginThrottle:
 
     @pytest.mark.gen_test(timeout=60)
     async def test_password_checks_outside_login_count_as_failed_logins(self, api):
-        """Found by an outside attack: with a stolen token, change-password and the email
+        """security.md#password-oracle: with a stolen token, change-password and the email
         change were an unthrottled password oracle."""
         token = (await api.register("gail"))["access_token"]
         address = {"X-Forwarded-For": "198.51.100.90"}

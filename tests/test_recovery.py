@@ -259,7 +259,8 @@ def test_no_request_fails_once_redis_is_back(base_config, tmp_path):
 
 def test_a_trickling_client_keeps_no_nginx_worker_alive_and_tickets_stay_out_of_its_log(
         base_config, tmp_path):
-    """Outside attack F1 and F2: a client sending a body a byte every few seconds kept an nginx
+    """security.md#trickling-body and security.md#secrets-in-nginx-logs: a client sending a body a
+    byte every few seconds kept an nginx
     worker running after the node stopped; and while the API was restarting, nginx's error log
     recorded WebSocket requests with their tickets."""
     node = Platform(base_config, tmp_path, 18750, SF_API_PROCESSES="1").start()

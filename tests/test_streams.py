@@ -214,7 +214,7 @@ async def test_user_streams_newest_first_including_ended(api, services):
 
 
 async def test_a_cursor_spelled_none_is_refused_cold_or_warm(api):
-    # Outside attack F6: the cache key wrote a missing cursor and the text "None" alike.
+    # security.md#cursor-spelled-none: the cache key wrote a missing cursor and the text "None" alike.
     assert (await api.get("/api/streams?cursor=None&limit=7")).status == 422
     assert (await api.get("/api/streams?limit=7")).status == 200  # now cached
     refused = await api.get("/api/streams?cursor=None&limit=7")
@@ -222,7 +222,7 @@ async def test_a_cursor_spelled_none_is_refused_cold_or_warm(api):
 
 
 async def test_long_queries_are_answered_but_not_remembered(api):
-    # Outside attack F7: queries are parsed before the rate limit is counted; thousands of long
+    # security.md#query-memo-memory: queries are parsed before the rate limit is counted; thousands of long
     # valid ones held ~33 MB per process in the parsed-query memo.
     from sf.handlers import base
 

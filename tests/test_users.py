@@ -147,7 +147,7 @@ async def test_avatar_upload_is_reencoded_resized_and_stripped(api, services, fm
 
 
 async def test_the_api_serves_no_media_files_by_any_path(api, services):
-    """Outside attack 2026-11-27 F1: the API had its own /media route (a StaticFileHandler over
+    """security.md#raw-path-traversal: the API had its own /media route (a StaticFileHandler over
     the media dir) that followed `..` into hls/, private streams included; nginx forwarded
     such raw paths to it. Files are nginx's alone now."""
     hls = services.config.media_dir / "hls" / "424242"

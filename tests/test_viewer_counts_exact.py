@@ -225,6 +225,7 @@ def test_peak_viewers_is_the_highest_total_published(platform):
 
 
 def test_forged_viewer_cookies_are_replaced_and_do_not_inflate(platform):
+    """security.md#forged-viewer-cookie."""
     stream_id, _ = prepared_stream(platform, "forged")
     # What the attack sent: a new value matching the old pattern on every socket.
     forged = [secrets.token_urlsafe(16) for _ in range(12)]
@@ -254,6 +255,7 @@ def test_forged_viewer_cookies_are_replaced_and_do_not_inflate(platform):
 
 
 def test_anonymous_viewers_count_at_most_the_cap_per_network(platform):
+    """security.md#viewer-inflation-from-one-network."""
     stream_id, _ = prepared_stream(platform, "capped")
     go_live(platform, stream_id)  # so that the stream's own count follows too
     fans = [platform.register(f"cappedfan{index}") for index in range(3)]
@@ -293,6 +295,7 @@ def test_anonymous_viewers_count_at_most_the_cap_per_network(platform):
 
 
 def test_a_handshake_flood_from_one_address_is_refused(platform):
+    """security.md#websocket-handshake-flood, across the API processes."""
     stream_id, _ = prepared_stream(platform, "flooded")
 
     async def scenario() -> None:
@@ -322,6 +325,7 @@ def test_a_handshake_flood_from_one_address_is_refused(platform):
 
 
 def test_short_visits_add_nothing_to_unique_viewers_or_watch_time(platform):
+    """security.md#drive-by-viewers."""
     stream_id, owner = prepared_stream(platform, "dwelled")
     go_live(platform, stream_id)
     wait_for(lambda: statistics(platform, stream_id, owner)["timeline"], 25,

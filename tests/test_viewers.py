@@ -332,7 +332,7 @@ def test_ticket_needs_a_signed_in_user(platform):
 
 
 def test_control_frame_floods_are_dropped(platform):
-    """Found by the second outside attack: pings and pongs were never counted, and eight
+    """security.md#websocket-control-frame-flood: pings and pongs were never counted, and eight
     sockets sending them kept the API node's loop busy."""
     stream_id, _ = prepared_stream(platform, "pinged")
 
