@@ -426,7 +426,7 @@ def test_point_in_time_recovery_from_a_base_backup_and_archived_wal():
         as_postgres("mkdir", str(archive))
         as_postgres(postgres_program("initdb"), "-D", str(data), "-U", "postgres",
                     "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8")
-        with open(data / "postgresql.auto.conf", "a") as conf:  # what the README tells production
+        with open(data / "postgresql.auto.conf", "a") as conf:  # what docs/operations.md tells production
             conf.write(f"port = {PITR_PORT}\nlisten_addresses = ''\n"
                        f"unix_socket_directories = '{base}'\n"
                        "wal_level = replica\narchive_mode = on\n"

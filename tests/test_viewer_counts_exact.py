@@ -1,6 +1,6 @@
 """Exact viewer counts that cannot be inflated (issue 19, point 5), for real: a node of two API
 processes behind nginx, a second node sharing PostgreSQL and Redis, real WebSocket clients,
-processes and nodes killed under them, and the outside attack's own moves (forged `sf_vid`
+processes and nodes killed under them, and an attacker's moves (forged `sf_vid`
 cookies, many sockets from one address and one network, a handshake flood, short visits).
 
 Sockets go straight to an API process's own port: from 127.0.0.1 (a trusted proxy) a test

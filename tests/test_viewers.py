@@ -108,7 +108,7 @@ def test_viewers_on_two_nodes_are_summed_and_tabs_count_once(platform, tmp_path)
     stream_id, _ = prepared_stream(platform, "summed")
     other = platform.start_api_node(tmp_path / "other-media")
 
-    # Node A's process 0 on its own port: tabs count once per process (README), and through
+    # Node A's process 0 on its own port: tabs count once per process (docs/api.md), and through
     # nginx the second tab could land on the node's other process.
     process_0 = f"http://127.0.0.1:{platform.config.api_internal_port}"
 
