@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
+from harness.platform import Platform, wait_for
 from sf.config import PROJECT_ROOT
 from sf.node.tls import write_self_signed
-from tests.media_platform import Platform, wait_for
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's; Playwright's own browser download cannot work here
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
@@ -84,7 +84,7 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture(scope="module")
 def platform(base_config: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
-    node = Platform(base_config, tmp_path_factory.mktemp("web-node"), 18940,
+    node = Platform(base_config, tmp_path_factory.mktemp("web-node"),
                     SF_STATS_SAMPLE_SECONDS="2").start()
     yield node
     node.stop()
@@ -356,7 +356,7 @@ def test_follow_and_following_tab(platform: Platform, pages: Pages) -> None:
 
 
 def test_pages_work_behind_https(base_config: Any, browser: Browser, tmp_path: Path) -> None:
-    node = Platform(base_config, tmp_path, 18960)
+    node = Platform(base_config, tmp_path)
     cert, key = write_self_signed(tmp_path / "tls", "127.0.0.1")
     node.nginx_config = node.config.replace(tls_cert=str(cert), tls_key=str(key))
     node.ssl_context = ssl.create_default_context(cafile=str(cert))
