@@ -104,6 +104,19 @@ def wait_ready(url: str, process: subprocess.Popen[bytes] | None = None, timeout
     wait_for(ready, timeout, what=what)
 
 
+def hls_ready(platform: Platform, stream_id: int, segments: int = 2) -> bool:
+    """The stream's master playlist and every variant with at least `segments` segments."""
+    status, body, _ = platform.get(f"/hls/{stream_id}/master.m3u8")
+    if status != 200:
+        return False
+    variants = [line for line in body.decode().splitlines() if line.endswith(".m3u8")]
+    for variant in variants:
+        status, media, _ = platform.get(f"/hls/{stream_id}/{variant}")
+        if status != 200 or media.decode().count("#EXTINF") < segments:
+            return False
+    return bool(variants)
+
+
 def start_platforms(*platforms: Platform) -> tuple[Platform, ...]:
     """Start each in turn; if one fails, stop the ones already started."""
     started: list[Platform] = []

@@ -16,14 +16,11 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
-from harness.platform import Platform, wait_for
+from harness.browser import launch_chromium
+from harness.platform import Platform, hls_ready, wait_for
 from sf.config import PROJECT_ROOT
 from sf.node.tls import write_self_signed
 
-CHROMIUM = "/usr/bin/chromium"  # Debian's; Playwright's own browser download cannot work here
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                  "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync"]
 ARTIFACTS = PROJECT_ROOT / "var" / "test-artifacts" / "web"
 PASSWORD = "password123"
 XSS_TITLE = '<img src=x onerror="window.__xss=1"> Live & "loud" <script>window.__xss=2</script>'
@@ -63,10 +60,6 @@ class Pages:
     def close(self) -> None:
         for context in self.contexts:
             context.close()
-
-
-def launch_chromium(playwright: Any) -> Browser:
-    return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)  # type: ignore[no-any-return]
 
 
 def screenshot(page: Page, name: str) -> None:
@@ -147,18 +140,6 @@ def wait_for_status(page: Page, form: str, text: str) -> None:
 
 def assert_no_script_ran(page: Page) -> None:
     assert page.evaluate("window.__xss") is None
-
-
-def hls_ready(platform: Platform, stream_id: int, segments: int = 2) -> bool:
-    status, body, _ = platform.get(f"/hls/{stream_id}/master.m3u8")
-    if status != 200:
-        return False
-    variants = [line for line in body.decode().splitlines() if line.endswith(".m3u8")]
-    for variant in variants:
-        status, media, _ = platform.get(f"/hls/{stream_id}/{variant}")
-        if status != 200 or media.decode().count("#EXTINF") < segments:
-            return False
-    return bool(variants)
 
 
 def test_csp_and_security_headers_on_every_page(platform: Platform) -> None:
