@@ -139,21 +139,22 @@ class Platform:
         self.edge = edge  # False: a media node behind another platform's edge
         var_dir = workdir / "var"
         copy_secrets(base.var_dir, var_dir)
-        self.env = node_env(
-            var_dir, workdir / "media", base.database_url,
-            with_url_path(base.redis_url, str(MEDIA_REDIS_DB)),
-            SF_API_PROCESSES="2",
-            SF_TRANSCODE_PRESET="ultrafast", SF_PUBLISH_GRACE_SECONDS="4",
-            SF_SWEEP_INTERVAL="0.5", SF_THUMBNAIL_INTERVAL="2", SF_BCRYPT_ROUNDS="4",
-            SF_SEGMENT_RETENTION_SECONDS="3", SF_LOG_LEVEL="INFO",
-            SF_RATE_LIMIT_AUTH_IP="1000", SF_RATE_LIMIT_KEY_RESET="1000",
+        settings = {
+            "SF_API_PROCESSES": "2",
+            "SF_TRANSCODE_PRESET": "ultrafast", "SF_PUBLISH_GRACE_SECONDS": "4",
+            "SF_SWEEP_INTERVAL": "0.5", "SF_THUMBNAIL_INTERVAL": "2", "SF_BCRYPT_ROUNDS": "4",
+            "SF_SEGMENT_RETENTION_SECONDS": "3", "SF_LOG_LEVEL": "INFO",
+            "SF_RATE_LIMIT_AUTH_IP": "1000", "SF_RATE_LIMIT_KEY_RESET": "1000",
             # Transcoder admission off: tests register accounts and publish from 127.0.0.1 at
             # once, expecting a ladder, on a machine busy with other suites (tests/
             # test_admission.py turns each limit on).
-            SF_MAX_TRANSCODERS="64", SF_TRANSCODE_CPU_MAX_PERCENT="100",
-            SF_TRANSCODE_MIN_ACCOUNT_AGE_MINUTES="0", SF_PUBLISH_RANGE_GO_LIVES_PER_HOUR="0",
-            SF_PUBLISH_RANGE_LADDERS="0",
-            **overrides)
+            "SF_MAX_TRANSCODERS": "64", "SF_TRANSCODE_CPU_MAX_PERCENT": "100",
+            "SF_TRANSCODE_MIN_ACCOUNT_AGE_MINUTES": "0", "SF_PUBLISH_RANGE_GO_LIVES_PER_HOUR": "0",
+            "SF_PUBLISH_RANGE_LADDERS": "0",
+            **overrides,
+        }
+        self.env = node_env(var_dir, workdir / "media", base.database_url,
+                            with_url_path(base.redis_url, str(MEDIA_REDIS_DB)), **settings)
         self.config = load_config(self.env)
         # What nginx is rendered with: a test may give nginx TLS while the API stays plain HTTP.
         self.nginx_config = self.config
