@@ -1,8 +1,9 @@
 """Live-viewers WebSocket benchmark: N concurrent viewers of one stream on one API node, with churn.
 
-Starts an isolated stack (database `sf_bench_viewers`, a Redis server of its own on :17379, an
-API node pinned to CPU 0 with nginx in front on :17280, all state in a temporary var dir),
-creates a user and a prepared stream over REST, then from processes pinned to CPU 1:
+Starts an isolated stack (bench/viewers_stack.py: database `sf_bench_viewers`, a Redis server of
+its own, an API node pinned to CPU 0 with nginx in front, on ports reserved by harness.ports,
+all state in a temporary var dir), creates a user and a prepared stream over REST, then from
+processes pinned to CPU 1 (bench/viewers_clients.py; the run: bench/viewers_run.py):
 
 - ramps up N anonymous viewers (`/ws/streams/{id}/viewers`, one fresh `sf_vid` each, so each
   counts once) split over several client processes, each from a source address of its own,
