@@ -1,9 +1,9 @@
 """Measuring helpers for benchmarks: one percentile definition, one /proc CPU reader.
 
-Percentile: the sample at 0-based position floor(p/100 · n) of the sorted samples (the last one
-when that runs past the end; NaN when there are none): the smallest sample with at least p % of
-the samples before it. p50 of [1, 2] is 2, p99 of 100 samples is the 100th-smallest... of 1,000
-the 991st. No interpolation: every figure printed is a latency some request really had.
+Percentile (every benchmark uses this one): the sample at 0-based position floor(p/100 · n) of
+the n sorted samples, capped at the last one; NaN when there are none. So at least p % of the
+samples come before it: p50 of [1, 2] is 2, p99 of 1,000 samples is the 991st smallest (of 100,
+the largest). No interpolation: every figure printed is a value some sample really had.
 """
 
 from __future__ import annotations
