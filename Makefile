@@ -32,7 +32,7 @@ bench: $(STAMP)
 	$(VENV)/bin/python bench/api.py
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check sf tests bench
+	$(VENV)/bin/ruff check sf tests bench harness
 	$(VENV)/bin/mypy sf
 
 clean-var:

@@ -1,9 +1,10 @@
 """API latency benchmark: a constant request rate from a separate process on the other core.
 
 Starts an isolated stack (its own database `sf_bench`, Redis db 8, an API node pinned to CPU 0
-behind nginx on port 18080), seeds users (and streams/categories for the stream scenarios), then
-a load generator pinned to CPU 1 sends requests on an open-loop schedule: latency is measured
-from the moment a request was *due*, so a stalled server cannot hide its queueing delay.
+behind nginx, on ports `harness.ports` reserves), seeds users (and streams/categories for the
+stream scenarios), then a load generator pinned to CPU 1 sends requests on an open-loop
+schedule: latency is measured from the moment a request was *due*, so a stalled server cannot
+hide its queueing delay.
 
     .venv/bin/python bench/api.py [--rate 500] [--seconds 20] [--scenario NAME ...]
 
@@ -31,13 +32,16 @@ sys.path.insert(0, str(ROOT))
 
 import asyncpg  # noqa: E402
 
+from harness.client import Connection, register  # noqa: E402
+from harness.measure import percentile_sorted, process_cpu  # noqa: E402
+from harness.platform import node_ports, spawn_api  # noqa: E402
+from harness.slots import BENCH_REDIS_DB  # noqa: E402
 from sf.config import bootstrap_var_dir, ensure_secrets, load_config, with_url_path  # noqa: E402
 from sf.db.migrate import recreate_database  # noqa: E402
 from sf.media import nginx  # noqa: E402
 from sf.media.process import die_with_parent  # noqa: E402
 from sf.node import localservices  # noqa: E402
 
-HTTP_PORT, API_PORT = 18080, 18081
 BENCH_DB = "sf_bench"
 USERS = 200
 PASSWORD = "bench-password-1"
@@ -47,10 +51,8 @@ def bench_env(config: Any) -> dict[str, str]:
     return {
         **os.environ,
         "SF_DATABASE_URL": with_url_path(config.database_url, BENCH_DB),
-        "SF_REDIS_URL": with_url_path(config.redis_url, "8"),
-        "SF_API_PORT": str(API_PORT), "SF_HTTP_PORT": str(HTTP_PORT),
-        "SF_RTMP_PORT": str(HTTP_PORT + 3), "SF_MEDIA_CONTROL_PORT": str(HTTP_PORT + 2),
-        "SF_API_INTERNAL_PORT": str(HTTP_PORT + 4), "SF_MEDIA_HTTP_PORT": str(HTTP_PORT + 6),
+        "SF_REDIS_URL": with_url_path(config.redis_url, str(BENCH_REDIS_DB)),
+        **node_ports(),
         "SF_RATE_LIMIT_ANONYMOUS": "100000000", "SF_RATE_LIMIT_USER": "100000000",
         "SF_RATE_LIMIT_AUTH_IP": "100000000", "SF_RATE_LIMIT_AUTH_ACCOUNT": "100000000",
         "SF_LOG_LEVEL": "WARNING", "SF_ENV": "production",
@@ -58,53 +60,12 @@ def bench_env(config: Any) -> dict[str, str]:
     }
 
 
-# --- a minimal keep-alive HTTP/1.1 client (the generator must be cheaper than the server) -----
-
-class Connection:
-    def __init__(self, host: str, port: int) -> None:
-        self.host, self.port = host, port
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-
-    async def request(self, method: str, path: str, headers: dict[str, str],
-                      body: bytes = b"") -> tuple[int, bytes]:
-        if self.writer is None:
-            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        assert self.reader is not None
-        lines = [f"{method} {path} HTTP/1.1", f"Host: {self.host}:{self.port}",
-                 f"Content-Length: {len(body)}"]
-        lines += [f"{k}: {v}" for k, v in headers.items()]
-        self.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
-        status_line = await self.reader.readline()
-        status = int(status_line.split()[1])
-        length, chunked = 0, False
-        while True:
-            line = await self.reader.readline()
-            if line in (b"\r\n", b""):
-                break
-            name, _, value = line.decode().partition(":")
-            if name.lower() == "content-length":
-                length = int(value)
-            elif name.lower() == "transfer-encoding" and "chunked" in value:
-                chunked = True
-        if chunked:
-            data = b""
-            while True:
-                size = int((await self.reader.readline()).strip(), 16)
-                chunk = await self.reader.readexactly(size + 2)
-                if size == 0:
-                    break
-                data += chunk[:-2]
-            return status, data
-        return status, await self.reader.readexactly(length)
-
-
 async def drive(requests: list[tuple[str, str, dict[str, str], bytes]], rate: float,
-                connections: int) -> dict[str, Any]:
-    """Send `requests` at `rate`/s on an open-loop schedule; return latency figures."""
+                connections: int, port: int) -> dict[str, Any]:
+    """Send `requests` at `rate`/s to `port` on an open-loop schedule; return latency figures."""
     pool: asyncio.Queue[Connection] = asyncio.Queue()
     for _ in range(connections):
-        pool.put_nowait(Connection("127.0.0.1", HTTP_PORT))
+        pool.put_nowait(Connection("127.0.0.1", port))
     latencies: list[float] = []
     errors: dict[int, int] = {}
     start = time.perf_counter() + 0.2
@@ -130,7 +91,7 @@ async def drive(requests: list[tuple[str, str, dict[str, str], bytes]], rate: fl
     ordered = sorted(latencies)
 
     def pct(p: float) -> float:
-        return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] * 1000
+        return percentile_sorted(ordered, p) * 1000
 
     return {"requests": len(requests), "achieved_rps": len(requests) / elapsed,
             "p50_ms": pct(50), "p95_ms": pct(95), "p99_ms": pct(99),
@@ -138,26 +99,20 @@ async def drive(requests: list[tuple[str, str, dict[str, str], bytes]], rate: fl
 
 
 def generator_process(scenario: str, requests: list[Any], rate: float, connections: int,
-                      out: Any) -> None:
+                      port: int, out: Any) -> None:
     os.sched_setaffinity(0, {1})
-    out.put((scenario, asyncio.run(drive(requests, rate, connections))))
+    out.put((scenario, asyncio.run(drive(requests, rate, connections, port))))
 
 
-def run_generator(scenario: str, requests: list[Any], rate: float,
+def run_generator(scenario: str, requests: list[Any], rate: float, port: int,
                   connections: int = 64) -> dict[str, Any]:
     queue: multiprocessing.Queue[Any] = multiprocessing.Queue()
     process = multiprocessing.Process(target=generator_process,
-                                      args=(scenario, requests, rate, connections, queue))
+                                      args=(scenario, requests, rate, connections, port, queue))
     process.start()
     _, result = queue.get()
     process.join()
     return result  # type: ignore[no-any-return]
-
-
-def process_cpu(pid: int) -> float:
-    """Seconds of CPU (user + system, all threads) a process has used."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def start_profiler(pid: int, directory: str | None, scenario: str,
@@ -180,9 +135,9 @@ def start_profiler(pid: int, directory: str | None, scenario: str,
 
 # --- seeding and scenarios -----------------------------------------------------------------------
 
-async def api_call(method: str, path: str, body: Any = None,
+async def api_call(port: int, method: str, path: str, body: Any = None,
                    token: str | None = None) -> tuple[int, Any]:
-    connection = Connection("127.0.0.1", HTTP_PORT)
+    connection = Connection("127.0.0.1", port)
     headers = {"Content-Type": "application/json"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
@@ -193,15 +148,9 @@ async def api_call(method: str, path: str, body: Any = None,
     return status, json.loads(data) if data else None
 
 
-async def seed_users() -> list[str]:
-    tokens = []
-    for index in range(USERS):
-        status, body = await api_call("POST", "/api/auth/register", {
-            "username": f"bench_{index}", "email": f"bench{index}@example.com",
-            "password": PASSWORD})
-        assert status == 201, body
-        tokens.append(body["access_token"])
-    return tokens
+def seed_users(base_url: str) -> list[str]:
+    return [register(base_url, f"bench_{index}", PASSWORD, f"bench{index}@example.com")
+            ["access_token"] for index in range(USERS)]
 
 
 SCENARIOS: dict[str, Any] = {}
@@ -272,23 +221,22 @@ def main() -> int:
     env["SF_LOG_LEVEL"] = args.log_level
     asyncio.run(recreate_database(config.database_url, BENCH_DB))
     bench_config = load_config(env)
-    front = nginx.Front(bench_config).start()  # the public edge on HTTP_PORT, as make run
+    http_port = bench_config.http_port
+    front = nginx.Front(bench_config).start()  # the public edge on http_port, as make run
     log_path = Path(config.var_dir) / "log" / "bench-api.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    server_log = log_path.open("ab")
-    server = subprocess.Popen([str(ROOT / ".venv" / "bin" / "sf"), "serve"], env=env,
-                              stderr=server_log, preexec_fn=die_with_parent)
+    server = spawn_api(env, log_path, preexec_fn=die_with_parent)
     try:
         os.sched_setaffinity(server.pid, {0})
         for _ in range(100):
             try:
-                status, _ = asyncio.run(api_call("GET", "/readyz"))
+                status, _ = asyncio.run(api_call(http_port, "GET", "/readyz"))
                 if status == 200:
                     break
             except (OSError, ValueError):  # not up yet: refused, or nginx's 502 page
                 pass
             time.sleep(0.1)
-        ctx: dict[str, Any] = {"tokens": asyncio.run(seed_users()),
+        ctx: dict[str, Any] = {"tokens": seed_users(f"http://127.0.0.1:{http_port}"),
                                "database_url": env["SF_DATABASE_URL"]}
         for hook in SEED_HOOKS:
             hook(ctx)
@@ -297,18 +245,18 @@ def main() -> int:
         time.sleep(5)
         idle = (process_cpu(server.pid) - idle_before) / 5
         print(f"# SF API benchmark: {os.cpu_count()} cores, server pinned to CPU 0, load generator "
-              f"to CPU 1; open-loop schedule; via nginx :{HTTP_PORT}; "
+              f"to CPU 1; open-loop schedule; via nginx :{http_port}; "
               f"cache {'off' if args.no_cache else 'on'}; log level {args.log_level} "
               f"(to {log_path}); the idle node's own background work "
               f"(viewer flushes, statistics, sweeps) {idle * 1000:.0f} ms CPU/s, included below")
         for name in names:
             rate = args.login_rate if name == "login" else args.rate
             count = max(1, int(rate * args.seconds))
-            run_generator(name, SCENARIOS[name](ctx, min(count, 200)), rate)  # warm-up
+            run_generator(name, SCENARIOS[name](ctx, min(count, 200)), rate, http_port)  # warm-up
             requests = SCENARIOS[name](ctx, count)
             cpu_before = process_cpu(server.pid)
             spy = start_profiler(server.pid, args.profile, name, args.seconds)
-            result = run_generator(name, requests, rate)
+            result = run_generator(name, requests, rate, http_port)
             if spy is not None:
                 spy.wait()
             cpu_ms = (process_cpu(server.pid) - cpu_before) * 1000 / len(requests)

@@ -1,10 +1,10 @@
 """Chaos benchmark: faults injected under a steady load, with recovery times and lost rows.
 
-Starts everything it disrupts itself, isolated from the shared services: a PostgreSQL cluster
-of its own (initdb into a temporary directory, port 17532), a redis-server of its own (17579,
-append-only file as `sf services` renders it), nginx (HTTP 17500, RTMP 17503) in front of TWO
-API nodes (`sf serve`, one process each, on 17501 and 17511; node A takes the nginx-rtmp
-callbacks, so it runs the stream's transcoder), the migrations, and an FFmpeg publisher
+Starts everything it disrupts itself (bench/chaos_stack.py), isolated from the shared services
+and on ports reserved for the run (harness.ports): a PostgreSQL cluster of its own (initdb into
+a temporary directory), a redis-server of its own (append-only file as `sf services` renders
+it), nginx (HTTP, RTMP) in front of TWO API nodes (`sf serve`, one process each; node A takes
+the nginx-rtmp callbacks, so it runs the stream's transcoder), the migrations, and an FFmpeg publisher
 (640x360 testsrc2, ultrafast) pushing one live stream. Then, for --minutes, it keeps up
 
 - a steady request loop (--rate per second on an open-loop schedule, through nginx): anonymous
@@ -30,16 +30,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import json
 import os
-import random
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -51,379 +47,24 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import asyncpg  # noqa: E402
-import tornado.httpclient  # noqa: E402
-import tornado.websocket  # noqa: E402
 
-from bench.api import Connection  # noqa: E402
-from bench.harness import http, log  # noqa: E402
-from sf.config import ensure_secrets, load_config  # noqa: E402
-from sf.media import nginx  # noqa: E402
-from sf.media.process import die_with_parent  # noqa: E402
-from sf.media.process import stop as stop_process  # noqa: E402
-from sf.node.localservices import LocalPostgres, LocalRedis, port_open  # noqa: E402
+from bench.chaos_load import REQUEST_TIMEOUT, Load, Sample, Users  # noqa: E402
+from bench.chaos_stack import (  # noqa: E402
+    HTTP_PORT,
+    NODE_PORTS,
+    PG_PORT,
+    REDIS_PORT,
+    Stack,
+    media_playlist,
+    poll,
+)
+from harness.client import http, register  # noqa: E402
+from harness.measure import log, percentile_sorted  # noqa: E402
 
-HTTP_PORT, CONTROL_PORT, RTMP_PORT, MEDIA_HTTP_PORT = 17500, 17502, 17503, 17506
-NODE_PORTS = {"A": (17501, 17504), "B": (17511, 17514)}  # (SF_API_PORT, SF_API_INTERNAL_PORT)
-PG_PORT, REDIS_PORT = 17532, 17579
-DATABASE = "sf_chaos"
 FOLLOWERS, TARGETS = 10, 30
 RECOVERY_TARGET, AVAILABILITY_TARGET = 10.0, 99.9
 RECOVERY_TIMEOUT = 30.0
-REQUEST_TIMEOUT = 10.0
 GRACE = 2.0  # a failure this long after a fault's recovery still belongs to it (in flight)
-# (kind, weight, expected status)
-MIX = [("streams", 25, 200), ("categories", 10, 200), ("user", 15, 200), ("profile", 25, 200),
-       ("write", 25, 204)]
-EXPECTED = {kind: status for kind, _, status in MIX} | {"follow": 204, "unfollow": 204}
-
-
-def poll(check: Callable[[], bool], timeout: float, interval: float = 0.1) -> float | None:
-    """Seconds until `check()` passed, or None if it did not within `timeout`."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if check():
-            return time.monotonic() - start
-        time.sleep(interval)
-    return None
-
-
-def media_playlist(text: str) -> tuple[int, list[str]]:
-    """(#EXT-X-MEDIA-SEQUENCE, segment URIs) of an HLS media playlist."""
-    sequence, segments = -1, []
-    for line in text.splitlines():
-        if line.startswith("#EXT-X-MEDIA-SEQUENCE:"):
-            sequence = int(line.split(":", 1)[1])
-        elif line and not line.startswith("#"):
-            segments.append(line)
-    return sequence, segments
-
-
-# --- the stack: everything the faults touch, started here ---------------------------------------
-
-class Stack:
-    """Own PostgreSQL cluster, Redis server, nginx, API nodes A and B, and the publisher."""
-
-    def __init__(self, work: Path) -> None:
-        self.work = work
-        var = work / "var"
-        ensure_secrets(var)
-        inherited = {k: v for k, v in os.environ.items() if not k.startswith("SF_")}
-        self.env = {
-            **inherited,
-            "SF_VAR_DIR": str(var), "SF_MEDIA_DIR": str(work / "media"),
-            "SF_DATABASE_URL": f"postgresql://sf@127.0.0.1:{PG_PORT}/{DATABASE}",
-            "SF_REDIS_URL": f"redis://127.0.0.1:{REDIS_PORT}/0",
-            "SF_HTTP_PORT": str(HTTP_PORT), "SF_RTMP_PORT": str(RTMP_PORT),
-            "SF_MEDIA_CONTROL_PORT": str(CONTROL_PORT), "SF_API_PROCESSES": "1",
-            "SF_MEDIA_HTTP_PORT": str(MEDIA_HTTP_PORT),
-            # The edge balances over both API nodes (node A takes the RTMP callbacks).
-            "SF_EDGE_API_SERVERS": ",".join(f"127.0.0.1:{api}" for api, _ in NODE_PORTS.values()),
-            "SF_RATE_LIMIT_ANONYMOUS": "100000000", "SF_RATE_LIMIT_USER": "100000000",
-            "SF_RATE_LIMIT_AUTH_IP": "100000000", "SF_RATE_LIMIT_AUTH_ACCOUNT": "100000000",
-            "SF_BCRYPT_ROUNDS": "4", "SF_ACCESS_TOKEN_TTL": "7200",
-            "SF_TRANSCODE_PRESET": "ultrafast", "SF_LOG_LEVEL": "INFO", "SF_ENV": "production",
-        }
-        self.config = load_config(self.node_env("A"))
-        self.postgres = LocalPostgres(self.config)
-        self.redis = LocalRedis(self.config)
-        self.nodes: dict[str, subprocess.Popen[bytes]] = {}
-        self.front: nginx.Front | None = None
-        self.publisher: subprocess.Popen[bytes] | None = None
-        self.stream_key = ""
-
-    def node_env(self, name: str) -> dict[str, str]:
-        api_port, internal_port = NODE_PORTS[name]
-        return {**self.env, "SF_API_PORT": str(api_port),
-                "SF_API_INTERNAL_PORT": str(internal_port), "SF_NODE_ID": f"chaos-{name}"}
-
-    def start(self) -> None:
-        busy = [port for port in (HTTP_PORT, CONTROL_PORT, RTMP_PORT, MEDIA_HTTP_PORT, PG_PORT,
-                                  REDIS_PORT,
-                                  *(p for pair in NODE_PORTS.values() for p in pair))
-                if port_open(port)]
-        if busy:
-            raise RuntimeError(f"ports already in use: {busy} (another chaos run?)")
-        log(f"PostgreSQL cluster in {self.postgres.data_dir}")
-        self.postgres.start()
-        self.redis.start()
-        migrated = subprocess.run([sys.executable, "-m", "sf.app", "migrate"],
-                                  env=self.node_env("A"), cwd=ROOT, capture_output=True, text=True)
-        if migrated.returncode != 0:
-            raise RuntimeError(f"sf migrate failed: {migrated.stderr[-2000:]}")
-        self.front = nginx.Front(self.config).start()
-        for name in NODE_PORTS:
-            self.start_node(name)
-        for name in NODE_PORTS:
-            if poll(functools.partial(self.node_ready, name), 60, 0.2) is None:
-                raise RuntimeError(f"API node {name} did not become ready: {self.log_tail(name)}")
-
-    def start_node(self, name: str) -> None:
-        output = open(self.work / f"api-{name}.log", "ab")  # noqa: SIM115 (the child holds it)
-        try:
-            self.nodes[name] = subprocess.Popen(
-                [sys.executable, "-m", "sf.app", "serve"], env=self.node_env(name), cwd=ROOT,
-                stdout=output, stderr=output, stdin=subprocess.DEVNULL,
-                preexec_fn=lambda: die_with_parent(signal.SIGTERM))
-        finally:
-            output.close()
-
-    def stop_node(self, name: str, timeout: float = 30) -> float:
-        """SIGTERM and wait; the seconds the node took to exit (killed after `timeout`)."""
-        process = self.nodes[name]
-        start = time.monotonic()
-        stop_process(process, timeout=timeout)
-        return time.monotonic() - start
-
-    def node_url(self, name: str) -> str:
-        return f"http://127.0.0.1:{NODE_PORTS[name][0]}"
-
-    def node_ready(self, name: str) -> bool:
-        process = self.nodes[name]
-        if process.poll() is not None:
-            raise RuntimeError(f"API node {name} exited ({process.returncode}): "
-                               f"{self.log_tail(name)}")
-        return http(self.node_url(name) + "/readyz", timeout=2)[0] == 200
-
-    def log_tail(self, name: str, lines: int = 10) -> str:
-        try:
-            text = (self.work / f"api-{name}.log").read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def publish(self, seconds: float) -> None:
-        """The streamer's encoder: testsrc2 + a tone as H.264/AAC over RTMP, in real time."""
-        self.publisher = subprocess.Popen(
-            ["ffmpeg", "-hide_banner", "-loglevel", "error", "-re",
-             "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=20",
-             "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000",
-             "-t", str(int(seconds)), "-c:v", "libx264", "-preset", "ultrafast",
-             "-tune", "zerolatency", "-g", "20", "-pix_fmt", "yuv420p", "-c:a", "aac",
-             "-b:a", "64k", "-f", "flv", f"rtmp://127.0.0.1:{RTMP_PORT}/live/{self.stream_key}"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            preexec_fn=die_with_parent)
-
-    def transcoder_pids(self, stream_id: int) -> list[int]:
-        """The FFmpeg processes pulling the stream (not the publisher, which pushes)."""
-        result = subprocess.run(["pgrep", "-f", "--", f"-i rtmp://127.0.0.1:{RTMP_PORT}"
-                                 f"/live/{stream_id}( |$)"], capture_output=True, text=True)
-        return [int(pid) for pid in result.stdout.split()]
-
-    def kill_redis(self) -> None:
-        """SIGKILL the Redis server (a crash: no shutdown save, the AOF is what survives)."""
-        pid = int(self.redis.pid_file.read_text().strip())
-        os.kill(pid, signal.SIGKILL)
-        if poll(lambda: not port_open(REDIS_PORT), 10, 0.05) is None:
-            raise RuntimeError("Redis still accepts connections after SIGKILL")
-        # The daemon is not our child: nobody may reap it, and a zombie still answers kill(0).
-        self.redis.pid_file.unlink(missing_ok=True)
-
-    def stop(self) -> None:
-        if self.publisher and self.publisher.poll() is None:
-            self.publisher.kill()
-            self.publisher.wait()
-        for name in list(self.nodes):
-            self.stop_node(name)
-        if self.front is not None:
-            self.front.stop()
-        if self.redis.pid_file.exists():
-            self.redis.stop()
-        self.postgres.stop()
-
-    def node_warnings(self) -> Counter[str]:
-        """WARNING/ERROR lines of both nodes' logs, by message."""
-        found: Counter[str] = Counter()
-        for name in NODE_PORTS:
-            try:
-                lines = (self.work / f"api-{name}.log").read_text(errors="replace").splitlines()
-            except OSError:
-                continue
-            for line in lines:
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    if line.strip():
-                        found[f"{name} raw: {line[:110]}"] += 1
-                    continue
-                if isinstance(record, dict) and record.get("level") in ("WARNING", "ERROR",
-                                                                         "CRITICAL"):
-                    message = str(record.get("message", "")).replace("\n", " ")[:110]
-                    found[f"{name} {record['level']}: {message}"] += 1
-        return found
-
-
-# --- the load, on an asyncio loop in a thread of its own ------------------------------------------
-
-@dataclass
-class Sample:
-    due: float          # time.time() the request was due
-    latency: float
-    kind: str
-    status: int         # 599: no answer (connection error or timeout)
-    error: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.status == EXPECTED[self.kind]
-
-
-@dataclass
-class Users:
-    streamer: dict[str, Any]
-    followers: list[dict[str, Any]]
-    targets: list[dict[str, Any]]
-
-
-class Load:
-    """Request loop, viewer WebSockets and an HLS watch; every outcome recorded with its time."""
-
-    def __init__(self, users: Users, rate: float, viewers: int) -> None:
-        self.users, self.rate, self.viewer_count = users, rate, viewers
-        self.samples: list[Sample] = []
-        self.stream_id = 0
-        self.variant = ""              # the media playlist watched, relative to /hls/<id>/
-        self.hls: list[tuple[float, int, str]] = []   # (time, sequence, last segment) changes
-        self.hls_errors: Counter[int] = Counter()
-        self.open_viewers = 0
-        self.viewer_events: list[tuple[float, int, str]] = []  # (time, viewer, what)
-        self.viewer_messages = 0
-        # follow state of (follower, target) pairs: True/False acknowledged, None unknown
-        self.follows: dict[tuple[int, int], bool | None] = {
-            (f, t): False for f in range(len(users.followers)) for t in range(len(users.targets))}
-        self.busy: set[tuple[int, int]] = set()
-        self.acknowledged = Counter[str]()
-        self.stopping = False
-        self.thread = threading.Thread(target=lambda: asyncio.run(self.main()), daemon=True)
-
-    async def main(self) -> None:
-        tasks = [asyncio.ensure_future(self.requests()), asyncio.ensure_future(self.watch_hls())]
-        tasks += [asyncio.ensure_future(self.viewer(index)) for index in range(self.viewer_count)]
-        while not self.stopping:
-            await asyncio.sleep(0.2)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    # requests
-
-    def next_request(self) -> tuple[str, str, str, dict[str, str], tuple[int, int] | None]:
-        """(kind, method, path, headers, follow pair) of the next request of the mix."""
-        kind = random.choices([k for k, _, _ in MIX], [w for _, w, _ in MIX])[0]
-        users = self.users
-        if kind == "streams":
-            return kind, "GET", "/api/v1/streams", {}, None
-        if kind == "categories":
-            return kind, "GET", "/api/v1/categories", {}, None
-        if kind == "user":
-            return kind, "GET", f"/api/v1/users/{random.choice(users.targets)['username']}", {}, None
-        if kind == "profile":
-            token = random.choice(users.followers)["token"]
-            return kind, "GET", "/api/v1/users/profile", {"Authorization": f"Bearer {token}"}, None
-        free = [pair for pair in self.follows if pair not in self.busy]
-        followed = [pair for pair in free if self.follows[pair]]
-        unfollow = bool(followed) and random.random() < 0.35
-        pair = random.choice(followed if unfollow else
-                             [p for p in free if not self.follows[p]] or free)
-        self.busy.add(pair)
-        follower, target = users.followers[pair[0]], users.targets[pair[1]]
-        return ("unfollow" if unfollow else "follow", "DELETE" if unfollow else "POST",
-                f"/api/v1/users/{target['username']}/follow",
-                {"Authorization": f"Bearer {follower['token']}"}, pair)
-
-    async def requests(self) -> None:
-        pool: asyncio.Queue[Connection] = asyncio.Queue()
-        for _ in range(16):
-            pool.put_nowait(Connection("127.0.0.1", HTTP_PORT))
-        start = time.monotonic()
-        wall = time.time() - start
-        pending: set[asyncio.Future[None]] = set()
-
-        async def one(due: float) -> None:
-            kind, method, path, headers, pair = self.next_request()
-            connection = await pool.get()
-            status, error = 599, ""
-            try:
-                status, _ = await asyncio.wait_for(
-                    connection.request(method, path, headers), REQUEST_TIMEOUT)
-            except (OSError, asyncio.IncompleteReadError, ValueError, IndexError,
-                    TimeoutError) as exc:
-                error = type(exc).__name__
-                if connection.writer is not None:
-                    connection.writer.close()
-                connection.writer = None
-            finally:
-                pool.put_nowait(connection)
-            sample = Sample(wall + due, time.monotonic() - due, kind, status, error)
-            self.samples.append(sample)
-            if pair is not None:
-                self.busy.discard(pair)
-                self.follows[pair] = (kind == "follow") if sample.ok else None
-                if sample.ok:
-                    self.acknowledged[kind] += 1
-
-        index = 0
-        try:
-            while not self.stopping:
-                due = start + index / self.rate
-                delay = due - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                task = asyncio.ensure_future(one(due))
-                pending.add(task)
-                task.add_done_callback(pending.discard)
-                index += 1
-        finally:
-            if pending:
-                await asyncio.wait(pending, timeout=REQUEST_TIMEOUT + 1)
-
-    # viewers
-
-    async def viewer(self, index: int) -> None:
-        while not self.stopping:
-            request = tornado.httpclient.HTTPRequest(
-                f"ws://127.0.0.1:{HTTP_PORT}/ws/streams/{self.stream_id}/viewers",
-                headers={"Origin": f"http://127.0.0.1:{HTTP_PORT}"}, connect_timeout=10,
-                request_timeout=10)
-            try:
-                socket = await tornado.websocket.websocket_connect(request)
-            except (OSError, tornado.httpclient.HTTPClientError,
-                    tornado.websocket.WebSocketError) as error:
-                self.viewer_events.append((time.time(), index, f"connect failed: {error}"))
-                await asyncio.sleep(0.5)
-                continue
-            self.open_viewers += 1
-            self.viewer_events.append((time.time(), index, "open"))
-            try:
-                while (message := await socket.read_message()) is not None:
-                    self.viewer_messages += 1
-                    del message
-                self.viewer_events.append(
-                    (time.time(), index, f"closed {socket.close_code} {socket.close_reason or ''}"
-                     .strip()))
-            finally:
-                self.open_viewers -= 1
-                socket.close()
-            await asyncio.sleep(0.2)
-
-    # HLS
-
-    async def watch_hls(self) -> None:
-        connection = Connection("127.0.0.1", HTTP_PORT)
-        while not self.stopping:
-            try:
-                status, body = await asyncio.wait_for(connection.request(
-                    "GET", f"/hls/{self.stream_id}/{self.variant}", {}), 5)
-            except (OSError, asyncio.IncompleteReadError, ValueError, IndexError, TimeoutError):
-                status, body = 599, b""
-                connection = Connection("127.0.0.1", HTTP_PORT)
-            if status == 200:
-                sequence, segments = media_playlist(body.decode(errors="replace"))
-                last = segments[-1] if segments else ""
-                if not self.hls or self.hls[-1][1:] != (sequence, last):
-                    self.hls.append((time.time(), sequence, last))
-            else:
-                self.hls_errors[status] += 1
-            await asyncio.sleep(0.5)
 
 
 # --- faults -----------------------------------------------------------------------------------
@@ -462,10 +103,7 @@ class Chaos:
         return status, json.loads(raw) if raw else None
 
     def register(self, username: str) -> dict[str, Any]:
-        status, body = self.api("POST", "/api/v1/auth/register", {
-            "username": username, "email": f"{username}@example.com", "password": "chaos-pass-1"})
-        if status != 201:
-            raise RuntimeError(f"register {username}: {status} {body}")
+        body = register(f"http://127.0.0.1:{HTTP_PORT}", username, "chaos-pass-1")
         return {"username": username, "token": body["access_token"], "id": body["user"]["id"]}
 
     def live_stream(self) -> int | None:
@@ -692,7 +330,7 @@ class Chaos:
         latencies = sorted(s.latency for s in samples)
 
         def pct(p: float) -> float:
-            return latencies[min(len(latencies) - 1, int(p / 100 * len(latencies)))] * 1000
+            return percentile_sorted(latencies, p) * 1000
 
         print(f"== requests: {len(samples)} over {self.ended - self.began:.0f} s "
               f"({len(samples) / max(1.0, self.ended - self.began):.1f}/s), {len(failed)} failed "
@@ -801,3 +439,4 @@ def main() -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+

@@ -2,9 +2,10 @@
 
 Starts the platform the way a user does (`.venv/bin/sf dev`, what `make run` runs, as a child
 with a var dir of its own under /tmp, database `sf_hlsbench` and Redis db 8 on the project's
-running PostgreSQL and Redis, ports 17680..17688), registers a streamer, publishes a 480p30
-testsrc2 source with a 1 s GOP over RTMP (so the ladder is a single 480p rung) and finds the
-stream's playback URL in GET /api/streams. Only the public port (SF_HTTP_PORT) is driven.
+running PostgreSQL and Redis, 9 consecutive ports reserved by harness.ports), registers a
+streamer, publishes a 480p30 testsrc2 source with a 1 s GOP over RTMP (so the ladder is a single
+480p rung) and finds the stream's playback URL in GET /api/streams. Only the public port
+(SF_HTTP_PORT) is driven.
 
 Players (bench/hlsplayers.py): N players spread over P processes at nice 10, ramped in over
 --ramp seconds, each on one keep-alive connection from its own loopback address, behaving like
@@ -53,7 +54,7 @@ from urllib.parse import urlsplit
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.hlsplayers import percentile, player_process, resolve  # noqa: E402
+from bench.hlsplayers import player_process, resolve  # noqa: E402
 from bench.hlsstack import (  # noqa: E402
     H2LOAD_MISSING,
     PlaylistWatcher,
@@ -61,14 +62,13 @@ from bench.hlsstack import (  # noqa: E402
     cpu_by_label,
     h2load_step,
     hls_requests,
-    http,
     live_stream,
-    log,
-    machine_busy,
     media_playlist,
     tree_cpu,
     wait,
 )
+from harness.client import http  # noqa: E402
+from harness.measure import log, machine_busy, percentile  # noqa: E402
 
 SEGMENT_P99_TARGET, PLAYLIST_AGE_P99_TARGET = 0.250, 1.5
 
@@ -296,7 +296,8 @@ def main() -> int:
     parser.add_argument("--step-seconds", type=float, default=5)
     parser.add_argument("--keep", action="store_true", help="keep the stack's logs")
     parser.add_argument("--url", help="drive this running platform instead of starting one")
-    parser.add_argument("--port-base", type=int, default=17680)
+    parser.add_argument("--port-base", type=int, default=None,
+                        help="the stack's first port (default: 9 consecutive reserved ports)")
     args = parser.parse_args()
     args.ramp = args.ramp if args.ramp is not None else max(5.0, args.viewers / 1000)
     if args.capacity and not shutil.which("h2load"):
@@ -305,7 +306,7 @@ def main() -> int:
     watcher = None
     try:
         if stack:
-            log(f"starting sf dev in {stack.work} (ports {args.port_base}..{args.port_base + 8})")
+            log(f"starting sf dev in {stack.work} (ports {stack.http_port}..{stack.http_port + 8})")
             stack.start()
             stack.publish()
         base_url = args.url.rstrip("/") if args.url else stack.base_url  # type: ignore[union-attr]

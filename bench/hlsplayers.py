@@ -83,13 +83,6 @@ def parse_media(base: str, text: str) -> tuple[int, float, list[tuple[float, byt
     return sequence, average, segments
 
 
-def percentile(values: Any, p: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
-
-
 class Generator:
     """One process's players and their shared counters."""
 

@@ -20,13 +20,14 @@ from urllib.parse import urlsplit, urlunsplit
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.harness import http, log  # noqa: E402
-from bench.hlsplayers import parse_media, percentile  # noqa: E402
+from bench.hlsplayers import parse_media  # noqa: E402
+from harness.client import http, push_rtmp, register, stream_key  # noqa: E402
+from harness.measure import CLOCK_TICKS, log, percentile, process_stat  # noqa: E402
+from harness.ports import reserve_ports  # noqa: E402
 from sf.config import bootstrap_var_dir, load_config, with_url_path  # noqa: E402
 from sf.media.process import die_with_parent  # noqa: E402
 
 DATABASE, REDIS_DB = "sf_hlsbench", "8"
-TICK = os.sysconf("SC_CLK_TCK")
 H2LOAD_MISSING = "h2load not found: apt-get install nghttp2-client (Debian's h2load)"
 
 
@@ -50,7 +51,9 @@ class Stack:
     """`sf dev` (what `make run` runs) on ports port_base.. with its own var dir, database
     `sf_hlsbench` and Redis db 8 on the project's running PostgreSQL and Redis."""
 
-    def __init__(self, port_base: int) -> None:
+    def __init__(self, port_base: int | None = None) -> None:
+        if port_base is None:
+            port_base = reserve_ports(9)[0]
         self.work = Path(tempfile.mkdtemp(prefix="sf-hlsbench-"))
         self.work.chmod(0o755)  # the postgres user must reach var/postgres (localservices)
         self.var = self.work / "var"
@@ -104,21 +107,12 @@ class Stack:
     def publish(self) -> None:
         """Register a streamer and publish a 480p30 source with a 1 s GOP: a single 480p rung."""
         name = f"hls{int(time.time()) % 100000}"
-        status, body = http(self.base_url + "/api/auth/register", "POST", {
-            "username": name, "email": f"{name}@example.com", "password": "bench-password-1"})
-        if status != 201:
-            raise SystemExit(f"register: {status} {body[:200]!r}")
-        token = json.loads(body)["access_token"]
-        key = json.loads(http(self.base_url + "/api/stream/key", token=token)[1])["stream_key"]
-        self.publisher = subprocess.Popen(
-            ["ffmpeg", "-hide_banner", "-loglevel", "error", "-re",
-             "-f", "lavfi", "-i", "testsrc2=size=854x480:rate=30",
-             "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000",
-             "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", "30",
-             "-b:v", "800k", "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "64k",
-             "-f", "flv", f"rtmp://127.0.0.1:{self.rtmp_port}/live/{key}"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.dev_log,
-            preexec_fn=die_with_parent)
+        token = register(self.base_url, name, "bench-password-1")["access_token"]
+        key = stream_key(self.base_url, token)
+        self.publisher = push_rtmp(f"rtmp://127.0.0.1:{self.rtmp_port}/live/{key}",
+                                   size="854x480", rate=30, gop=30, video_bitrate="800k",
+                                   audio_bitrate="64k", stderr=self.dev_log,
+                                   preexec_fn=die_with_parent)
 
     def stop(self, keep: bool) -> None:
         for process, signum in ((self.publisher, signal.SIGKILL), (self.process, signal.SIGINT)):
@@ -179,12 +173,11 @@ class PlaylistWatcher(threading.Thread):
 # --- CPU from /proc -------------------------------------------------------------------------
 
 def _stat(pid: int) -> tuple[int, int] | None:
-    """(ppid, utime + stime ticks) of a process."""
+    """(ppid, utime + stime ticks) of a process; None when it is gone."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return process_stat(pid)
     except (OSError, IndexError):
         return None
-    return int(fields[1]), int(fields[11]) + int(fields[12])
 
 
 def _cmdline(pid: int) -> str:
@@ -231,15 +224,8 @@ def cpu_by_label(before: dict[int, tuple[str, int]], after: dict[int, tuple[str,
     used: dict[str, float] = {}
     for pid, (name, ticks) in after.items():
         spent = ticks - before[pid][1] if pid in before else ticks
-        used[name] = used.get(name, 0.0) + spent / TICK / seconds * 100
+        used[name] = used.get(name, 0.0) + spent / CLOCK_TICKS / seconds * 100
     return used
-
-
-def machine_busy() -> tuple[int, int]:
-    """(busy ticks, all ticks) of the whole machine."""
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = values[3] + values[4]
-    return sum(values[:8]) - idle, sum(values[:8])
 
 
 def hls_requests(access_log: Path, start: int) -> dict[str, int]:

@@ -36,10 +36,11 @@ sys.path.insert(0, str(ROOT))
 
 from redis import Redis  # noqa: E402
 
+from harness.measure import process_cpu  # noqa: E402
+from harness.platform import Platform, wait_for  # noqa: E402
 from sf.config import bootstrap_var_dir, ensure_secrets, load_config  # noqa: E402
 from sf.db.migrate import recreate_database  # noqa: E402
 from sf.node import localservices  # noqa: E402
-from tests.media_platform import Platform, wait_for  # noqa: E402
 
 BLOCK = 60          # counter block size in 1080p pixels
 BITS = 16
@@ -104,12 +105,6 @@ def watch_playlist(base: str, variant: str, stop: threading.Event,
         time.sleep(0.05)
 
 
-def process_cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def publish_file(platform: Platform, key: str, path: Path) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(
         ["ffmpeg", "-hide_banner", "-loglevel", "error", "-re", "-i", str(path), "-c", "copy",
@@ -171,10 +166,10 @@ def ladder_phase(platform: Platform, source: Path, seconds: float) -> None:
     watcher = threading.Thread(target=watch_playlist, args=(base, top, stop, found), daemon=True)
     watcher.start()
     time.sleep(5)  # let the pipeline settle before measuring CPU
-    cpu0, wall0 = process_cpu_seconds(pids[0]), time.time()
+    cpu0, wall0 = process_cpu(pids[0]), time.time()
     clock = SegmentClock(f"{base}/{top}/index.m3u8", platform.config.hls_segment_seconds)
     time.sleep(seconds)
-    cpu1, wall1 = process_cpu_seconds(pids[0]), time.time()
+    cpu1, wall1 = process_cpu(pids[0]), time.time()
     speed = clock.speed()
     stop.set()
     watcher.join()
@@ -254,7 +249,7 @@ def main() -> int:
     if not args.skip_ladder:
         counter_source(source_1080, "1920x1080", int(args.seconds) + 30, "6M")
     counter_source(source_720, "1280x720", 60, "3M")
-    platform = Platform(config.replace(database_url=database_url), work / "node", 18580,
+    platform = Platform(config.replace(database_url=database_url), work / "node",
                         SF_TRANSCODE_PRESET=args.preset, SF_THUMBNAIL_INTERVAL="10",
                         SF_PUBLISH_GRACE_SECONDS="0", SF_LOG_LEVEL="WARNING")
     if not args.skip_ladder:
@@ -264,7 +259,7 @@ def main() -> int:
         finally:
             platform.stop()
     if not args.skip_capacity:
-        platform = Platform(config.replace(database_url=database_url), work / "node480", 18680,
+        platform = Platform(config.replace(database_url=database_url), work / "node480",
                             SF_TRANSCODE_PRESET=args.preset, SF_LADDER="480",
                             SF_THUMBNAIL_INTERVAL="10", SF_PUBLISH_GRACE_SECONDS="0",
                             SF_LOG_LEVEL="WARNING")

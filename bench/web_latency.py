@@ -1,10 +1,11 @@
 """Live latency on the watch page, as hls.js reports it (`hls.latency`), with stalls counted.
 
-Starts its own platform (database `sf_bench_web`, nginx + API node on :18980.., slot offset
-from SFTEST_SLOT), publishes a 720p30 source in real time (pre-encoded with a 1 s GOP and sent
-with `-c copy`, so the publisher costs no encoding CPU; MEDIA-NOTES: the 720p + 480p veryfast
-ladder has CPU headroom on 2 cores, the 1080p three-rung one does not), opens /watch/<id> in
-headless Chromium and samples the player every 250 ms for `--seconds` (60):
+Starts its own platform (`harness.platform`: database `sf_bench_web`, nginx + API node on
+reserved ports, the Redis database of the SFTEST_SLOT run slot), publishes a 720p30 source in
+real time (pre-encoded with a 1 s GOP and sent with `-c copy`, so the publisher costs no
+encoding CPU; MEDIA-NOTES: the 720p + 480p veryfast ladder has CPU headroom on 2 cores, the
+1080p three-rung one does not), opens /watch/<id> in headless Chromium and samples the player
+every 250 ms for `--seconds` (60):
 
     .venv/bin/python bench/web_latency.py [--seconds 60] [--set liveSyncDuration=2] ...
 
@@ -18,6 +19,7 @@ hls.js's defaults: `--set liveSyncDuration=undefined --set liveMaxLatencyDuratio
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import re
 import statistics
@@ -34,12 +36,12 @@ sys.path.insert(0, str(ROOT))
 from playwright.sync_api import Error as PlaywrightError  # noqa: E402
 from playwright.sync_api import Route, sync_playwright  # noqa: E402
 
+from harness.browser import launch_chromium  # noqa: E402
+from harness.measure import percentile  # noqa: E402
+from harness.platform import Platform, hls_ready, wait_for  # noqa: E402
 from sf.config import bootstrap_var_dir, ensure_secrets, load_config  # noqa: E402
 from sf.db.migrate import recreate_database  # noqa: E402
 from sf.node import localservices  # noqa: E402
-from tests.helpers import run_private  # noqa: E402
-from tests.media_platform import Platform, wait_for  # noqa: E402
-from tests.test_web import hls_ready, launch_chromium  # noqa: E402
 
 FPS = 30
 SAMPLE_SECONDS = 0.25
@@ -72,11 +74,6 @@ def encode_source(path: Path, seconds: int) -> None:
          "-c:a", "aac", "-b:a", "96k", "-f", "flv", str(path)], check=True)
 
 
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
-
-
 def rewrite_config(overrides: dict[str, str]) -> Any:
     def handle(route: Route) -> None:
         body = route.fetch().text()
@@ -99,12 +96,12 @@ def main() -> None:
     ensure_secrets(bootstrap_var_dir())
     config = load_config({**os.environ, "SF_ENV": "test"})
     localservices.start_all(config)
-    database_url = run_private(recreate_database(config.database_url, "sf_bench_web"))
+    database_url = asyncio.run(recreate_database(config.database_url, "sf_bench_web"))
     work = Path(tempfile.mkdtemp(prefix="sf-web-latency-"))
     source = work / "source.flv"
     print(f"encoding a {args.seconds + 40} s 720p{FPS} source…", flush=True)
     encode_source(source, args.seconds + 40)
-    platform = Platform(config.replace(database_url=database_url), work / "node", 18980,
+    platform = Platform(config.replace(database_url=database_url), work / "node",
                         SF_TRANSCODE_PRESET="veryfast", SF_LADDER="720,480")
     platform.start()
     try:
@@ -149,7 +146,7 @@ def main() -> None:
         print(f"player settings: {settings}")
         print(f"samples: {len(samples)} over {args.seconds} s; rungs played: {heights}")
         print(f"hls.latency: median {statistics.median(latencies):.2f} s, "
-              f"p95 {percentile(latencies, 0.95):.2f} s, max {max(latencies):.2f} s, "
+              f"p95 {percentile(latencies, 95):.2f} s, max {max(latencies):.2f} s, "
               f"min {min(latencies):.2f} s (target {last['target']:.2f} s)")
         print(f"stalls: {int(last['waiting'])} (video waiting after start), "
               f"{int(last['hlsStalls'])} (hls.js buffer stalled errors)")

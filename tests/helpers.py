@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from typing import Any
 
 import asyncpg
 
-# SFTEST_SLOT (0-4) lets several suites run side by side on one machine: each slot has its
-# own Redis databases and port range (PostgreSQL databases are per session anyway). Redis has
-# databases 0-15; 8 is the benchmarks'.
-TEST_SLOT = int(os.environ.get("SFTEST_SLOT", "0"))
-TEST_REDIS_DB = (9, 11, 13, 5, 2)[TEST_SLOT]
-MEDIA_REDIS_DB = TEST_REDIS_DB + 1
-TEST_PORT_OFFSET = 1000 * TEST_SLOT
+# The run slot (SFTEST_SLOT) and its Redis databases; platforms and ports: the harness package.
+from harness.slots import MEDIA_REDIS_DB, TEST_REDIS_DB
+from harness.slots import SLOT as TEST_SLOT
+
+__all__ = ["MEDIA_REDIS_DB", "TEST_REDIS_DB", "TEST_SLOT", "fetch_value", "go_live",
+           "run_private", "set_viewers"]
 
 
 def run_private(coroutine: Any) -> Any:

@@ -15,11 +15,9 @@ from typing import Any
 import pytest
 import redis
 
+from harness.platform import Platform, start_platforms, wait_for
 from sf.services.media_nodes import NODE_KEY
 from tests.helpers import fetch_value
-from tests.media_platform import Platform, start_platforms, wait_for
-
-PORT_A, PORT_B, PORT_LIMITS, PORT_CPU = 19200, 19240, 19280, 19320
 
 
 def renditions(node: Platform, stream_id: int) -> list[str] | None:
@@ -88,8 +86,8 @@ def age_account(base_config: Any, username: str) -> None:
 
 @pytest.fixture
 def two_nodes(base_config, tmp_path):
-    a = Platform(base_config, tmp_path / "a", PORT_A, SF_MAX_TRANSCODERS="1")
-    b = Platform(base_config, tmp_path / "b", PORT_B, SF_MAX_TRANSCODERS="2")
+    a = Platform(base_config, tmp_path / "a", SF_MAX_TRANSCODERS="1")
+    b = Platform(base_config, tmp_path / "b", SF_MAX_TRANSCODERS="2")
     start_platforms(a, b)
     yield a, b
     b.stop()
@@ -146,7 +144,7 @@ def test_new_accounts_and_busy_address_ranges_get_no_ladder(base_config, tmp_pat
     # has used so far plus three.
     used = sql(base_config, "SELECT count(*) FROM streams WHERE publish_range = '127.0.0.0/24'"
                " AND started_at > now() - interval '1 hour'")
-    node = Platform(base_config, tmp_path, PORT_LIMITS, SF_PUBLISH_GRACE_SECONDS="20",
+    node = Platform(base_config, tmp_path, SF_PUBLISH_GRACE_SECONDS="20",
                     SF_TRANSCODE_MIN_ACCOUNT_AGE_MINUTES="60", SF_PUBLISH_RANGE_LADDERS="1",
                     SF_PUBLISH_RANGE_GO_LIVES_PER_HOUR=str(used + 3)).start()
     try:
@@ -193,7 +191,7 @@ def test_new_accounts_and_busy_address_ranges_get_no_ladder(base_config, tmp_pat
 
 def test_a_busy_cpu_admits_no_new_ladder(base_config, tmp_path):
     # 1 %: the machine running this suite (and the publisher's own x264) is always busier.
-    node = Platform(base_config, tmp_path, PORT_CPU, SF_TRANSCODE_CPU_MAX_PERCENT="1").start()
+    node = Platform(base_config, tmp_path, SF_TRANSCODE_CPU_MAX_PERCENT="1").start()
     try:
         user = node.register("cpu_starved")
         wait_for(lambda: (metric(metrics(node), "sf_node_cpu_busy_ratio") or 0) > 0.01, 15,

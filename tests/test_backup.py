@@ -28,6 +28,7 @@ import tornado.httpclient
 import tornado.httpserver
 import tornado.testing
 
+from harness.ports import reserve_port
 from sf.app import make_app
 from sf.config import Config
 from sf.db.backups import backup_time
@@ -36,11 +37,11 @@ from sf.node.localservices import LocalRedis, port_open, postgres_program
 from sf.ops.backup import Target
 from sf.services.container import start_services
 from tests.conftest import Api
-from tests.helpers import TEST_PORT_OFFSET, go_live, run_private, set_viewers
+from tests.helpers import go_live, run_private, set_viewers
 
 SF = str(Path(sys.executable).parent / "sf")
-REDIS_PORT = 21390 + TEST_PORT_OFFSET
-PITR_PORT = 21440 + TEST_PORT_OFFSET
+REDIS_PORT = reserve_port()
+PITR_PORT = reserve_port()
 
 
 # --- fixtures: this module's own databases ----------------------------------------------------

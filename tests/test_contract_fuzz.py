@@ -29,7 +29,7 @@ import schemathesis
 import schemathesis.engine
 from schemathesis.engine import events
 
-from tests.media_platform import Platform
+from harness.platform import Platform
 
 MAX_EXAMPLES = int(os.environ.get("SFTEST_FUZZ_EXAMPLES", "25"))
 SEED = int(os.environ.get("SFTEST_FUZZ_SEED", "20240611"))
@@ -75,7 +75,7 @@ BUSINESS_RULES: dict[str, dict[str, str]] = {
 
 @pytest.fixture(scope="module")
 def platform(base_config, tmp_path_factory):
-    node = Platform(base_config, tmp_path_factory.mktemp("fuzz-node"), 18680,
+    node = Platform(base_config, tmp_path_factory.mktemp("fuzz-node"),
                     SF_RATE_LIMIT_ANONYMOUS="1000000", SF_RATE_LIMIT_USER="1000000",
                     SF_RATE_LIMIT_AUTH_IP="1000000", SF_RATE_LIMIT_AUTH_ACCOUNT="1000000",
                     SF_RATE_LIMIT_KEY_RESET="1000000").start()

@@ -33,12 +33,12 @@ import pytest
 import redis
 from PIL import Image
 
+from harness.platform import Platform, wait_for
+from harness.ports import reserve_port
 from sf.media import nginx
 from sf.media.hls import new_thumbnail_name, sign_playback, sign_thumbnail
 from sf.node import localservices
 from sf.node.tls import write_self_signed
-from tests.helpers import TEST_PORT_OFFSET
-from tests.media_platform import Platform, wait_for
 
 AUTH_LIMIT = 5  # SF_RATE_LIMIT_AUTH_IP of this module's platform
 NGINX_REQUEST_ID = re.compile(r"[0-9a-f]{32}")
@@ -54,7 +54,7 @@ def address(host: int) -> str:
 
 @pytest.fixture(scope="module")
 def platform(base_config, tmp_path_factory):
-    node = Platform(base_config, tmp_path_factory.mktemp("gateway-node"), 18560,
+    node = Platform(base_config, tmp_path_factory.mktemp("gateway-node"),
                     SF_RATE_LIMIT_AUTH_IP=str(AUTH_LIMIT)).start()
     yield node
     node.stop()
@@ -315,7 +315,7 @@ def test_rendered_config_keeps_identity_headers_and_queries_out_of_the_log(platf
 
 
 def test_refresh_cookie_is_secure_behind_tls(base_config, tmp_path):
-    node = Platform(base_config, tmp_path, 18570)
+    node = Platform(base_config, tmp_path)
     cert, key = write_self_signed(tmp_path / "tls", "127.0.0.1")
     node.nginx_config = node.config.replace(tls_cert=str(cert), tls_key=str(key))
     node.ssl_context = ssl.create_default_context(cafile=str(cert))
@@ -632,7 +632,7 @@ class SeparateEdge:
 def media_node(base_config, tmp_path_factory):
     """A media node behind a separate edge, as the compose and Kubernetes media nodes run:
     `sf node --no-edge` (media nginx and API processes, no public port)."""
-    node = Platform(base_config, tmp_path_factory.mktemp("edgeless-node"), 18580, edge=False)
+    node = Platform(base_config, tmp_path_factory.mktemp("edgeless-node"), edge=False)
     with open(node.api_log, "ab") as log:
         process = subprocess.Popen([sys.executable, "-m", "sf.app", "node", "--no-edge"],
                                    env=node.env, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
@@ -653,7 +653,7 @@ def test_sf_edge_in_front_of_a_media_node_passes_what_it_serves_and_answers_in_t
     edge's own answers are JSON with the API's standing headers; SIGTERM stops it whole."""
     node = media_node.config
     assert not localservices.port_open(node.http_port)  # the node has no public port itself
-    port = 18590 + TEST_PORT_OFFSET
+    port = reserve_port()
     gateway = SeparateEdge(tmp_path, port, f"127.0.0.1:{node.api_port}",
                            f"127.0.0.1:{node.media_http_port}", node.internal_secret)
     try:
@@ -751,11 +751,11 @@ def test_sf_edge_sets_the_client_identity_on_every_location_it_proxies(tmp_path)
     X-Forwarded-For and X-Real-IP (never appended to what the client sent), its own request id,
     its own scheme, no Forwarded header; on /api/, /ws/, the probes, /media/ and all four /hls/
     locations (public and signed, playlists and segments)."""
-    port = 18591 + TEST_PORT_OFFSET
-    echo = EchoServer("127.0.0.1", 18592 + TEST_PORT_OFFSET, "echo")
+    port, echo_port = reserve_port(), reserve_port()
+    echo = EchoServer("127.0.0.1", echo_port, "echo")
     secret = "edge-identity-secret-0123456789"
-    gateway = SeparateEdge(tmp_path, port, f"127.0.0.1:{18592 + TEST_PORT_OFFSET}",
-                           f"127.0.0.1:{18592 + TEST_PORT_OFFSET}", secret)
+    gateway = SeparateEdge(tmp_path, port, f"127.0.0.1:{echo_port}",
+                           f"127.0.0.1:{echo_port}", secret)
     signed = sign_playback(4242, secret, 60)
     paths = ["/api/streams?x=1", "/ws/streams/1/viewers", "/healthz", "/readyz",
              "/media/avatars/12-abcdefgh.webp", "/media/thumbnails/12-abcdefgh.jpg",
@@ -784,11 +784,11 @@ def test_the_edge_follows_its_upstream_names_to_new_addresses(tmp_path, base_con
     """`sf edge` looks SF_EDGE_API_SERVERS / SF_EDGE_MEDIA_ORIGINS up itself: it starts while a
     name is unknown (its own 502 meanwhile), and reloads when a name's address changes (a
     media pod restarted under its stable name, an API replica added to a compose service)."""
-    echo_port = 18594 + TEST_PORT_OFFSET
+    echo_port = reserve_port()
     first, second = EchoServer("127.0.0.1", echo_port, "first"), EchoServer(
         "127.0.0.2", echo_port, "second")
     table: dict[str, list[str]] = {"api.sf.test": [], "media.sf.test": ["127.0.0.1"]}
-    port = 18593 + TEST_PORT_OFFSET
+    port = reserve_port()
     config = base_config.replace(
         var_dir=tmp_path / "var", media_dir=tmp_path / "var" / "media", http_host="127.0.0.1",
         http_port=port, edge_workers=1, edge_api_servers=(f"api.sf.test:{echo_port}",),
@@ -823,7 +823,7 @@ def test_behind_a_named_proxy_its_forwarded_for_is_believed_and_nobody_elses(bas
     addresses; a client that is not the named proxy cannot choose its address
     (security.md#spoofed-forwarded-for)."""
     balancer = address(60)
-    node = Platform(base_config, tmp_path, 18550, SF_REAL_IP_FROM=f"{balancer}/32").start()
+    node = Platform(base_config, tmp_path, SF_REAL_IP_FROM=f"{balancer}/32").start()
     try:
         via_balancer = edge(node, "GET", "/healthz", source=balancer,
                             headers={"X-Forwarded-For": "198.51.100.61"})
@@ -887,7 +887,7 @@ def test_signed_paths_and_thumbnail_names_never_reach_the_access_log(platform):
 
 
 def test_failed_authentications_count_against_the_address(base_config, tmp_path):
-    node = Platform(base_config, tmp_path, 18540, SF_RATE_LIMIT_ANONYMOUS="5").start()
+    node = Platform(base_config, tmp_path, SF_RATE_LIMIT_ANONYMOUS="5").start()
     try:
         statuses = [edge(node, "GET", "/api/users/profile", source=address(72),
                          headers={"Authorization": "Bearer x.y.z"}) for _ in range(7)]

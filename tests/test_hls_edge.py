@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
+from harness.platform import Platform, wait_for
 from sf.media.hls import sign_playback
-from tests.media_platform import Platform, wait_for
 
 SOURCE = f"127.{os.getpid() % 200 + 20}.{secrets.randbelow(250) + 1}"
 
@@ -56,7 +56,7 @@ def origin_log(platform: Platform) -> list[str]:
 
 @pytest.fixture(scope="module")
 def platform(base_config, tmp_path_factory):
-    node = Platform(base_config, tmp_path_factory.mktemp("hls-edge"), 18410).start()
+    node = Platform(base_config, tmp_path_factory.mktemp("hls-edge")).start()
     yield node
     node.stop()
 

@@ -16,13 +16,13 @@ import urllib.request
 import pytest
 from PIL import Image
 
+from harness.platform import Platform, wait_for
 from sf.media.hls import sign_playback
-from tests.media_platform import Platform, wait_for
 
 
 @pytest.fixture(scope="module")
 def platform(base_config, tmp_path_factory):
-    node = Platform(base_config, tmp_path_factory.mktemp("media-node"), 18380).start()
+    node = Platform(base_config, tmp_path_factory.mktemp("media-node")).start()
     yield node
     node.stop()
 
@@ -364,7 +364,7 @@ def pid_alive(pid):
 
 @pytest.mark.parametrize("how", ["crash", "shutdown"])
 def test_no_orphan_ffmpeg_when_the_node_goes_away(base_config, tmp_path, how):
-    node = Platform(base_config, tmp_path, 18480 if how == "crash" else 18490).start()
+    node = Platform(base_config, tmp_path).start()
     try:
         user = node.register(f"node_{how}")
         node.publish(user["key"])

@@ -24,12 +24,12 @@ import tornado.httpclient
 import tornado.websocket
 from redis.asyncio import Redis
 
+from harness.platform import Platform, redis_up, start_platforms, wait_for
+from harness.ports import reserve_ports
 from sf.services.media_nodes import NODE_KEY, NODES_KEY, MediaNode, MediaNodeRegistry
-from tests.helpers import TEST_PORT_OFFSET, fetch_value, run_private
-from tests.media_platform import Platform, redis_up, start_platforms, wait_for
+from tests.helpers import fetch_value, run_private
 
-PORT_A, PORT_B = 19100, 19140
-REDIS_PORT = 19190 + TEST_PORT_OFFSET
+REDIS_PORT = reserve_ports(2)[0]  # and the next one, where nothing listens
 GRACE = 12
 OFFLINE_WITHIN = 15.0
 
@@ -67,8 +67,8 @@ def nodes(base_config, tmp_path_factory, redis_server) -> Iterator[tuple[Platfor
     common = {"SF_REDIS_URL": f"redis://127.0.0.1:{REDIS_PORT}/0",
               "SF_PUBLISH_GRACE_SECONDS": str(GRACE), "SF_STATS_SAMPLE_SECONDS": "1",
               "SF_RATE_LIMIT_ANONYMOUS": "100000"}
-    a = Platform(base_config, tmp_path_factory.mktemp("media-node-a"), PORT_A, **common)
-    b = Platform(base_config, tmp_path_factory.mktemp("media-node-b"), PORT_B, **common)
+    a = Platform(base_config, tmp_path_factory.mktemp("media-node-a"), **common)
+    b = Platform(base_config, tmp_path_factory.mktemp("media-node-b"), **common)
     start_platforms(a, b)
     yield a, b
     b.stop()

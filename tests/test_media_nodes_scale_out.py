@@ -21,12 +21,12 @@ from typing import Any
 
 import pytest
 
+from harness.platform import Platform, start_platforms, wait_for
+from harness.ports import reserve_port, reserve_ports
 from sf.media.process import die_with_parent
 from sf.media.process import stop as terminate
-from tests.helpers import TEST_PORT_OFFSET
-from tests.media_platform import Platform, start_platforms, wait_for
 
-A_BASE, B_BASE, BALANCER_PORT = 18420, 18430, 18439 + TEST_PORT_OFFSET
+BALANCER_PORT = reserve_port()
 GRACE = "20"
 
 
@@ -60,15 +60,16 @@ class RtmpBalancer:
 @pytest.fixture(scope="module")
 def nodes(base_config, tmp_path_factory):
     work = tmp_path_factory.mktemp("two-media-nodes")
-    a_port, b_port = A_BASE + TEST_PORT_OFFSET, B_BASE + TEST_PORT_OFFSET
     common = {"SF_PUBLISH_GRACE_SECONDS": GRACE, "SF_SEGMENT_RETENTION_SECONDS": "60"}
-    node_b = Platform(base_config, work / "b", B_BASE, edge=False, **common)
-    node_a = Platform(
-        base_config, work / "a", A_BASE, **common,
-        SF_EDGE_API_SERVERS=f"127.0.0.1:{a_port + 1},127.0.0.1:{b_port + 1}",
-        SF_EDGE_MEDIA_ORIGINS=f"127.0.0.1:{a_port + 6},127.0.0.1:{b_port + 6}")
+    node_b = Platform(base_config, work / "b", edge=False, **common)
+    a_api, a_origin = reserve_ports(2)
+    b = node_b.config
+    node_a = Platform(base_config, work / "a", **common,
+        SF_API_PORT=str(a_api), SF_MEDIA_HTTP_PORT=str(a_origin),
+        SF_EDGE_API_SERVERS=f"127.0.0.1:{a_api},127.0.0.1:{b.api_port}",
+        SF_EDGE_MEDIA_ORIGINS=f"127.0.0.1:{a_origin},127.0.0.1:{b.media_http_port}")
     start_platforms(node_b, node_a)
-    balancer = RtmpBalancer(work / "balancer", [a_port + 3, b_port + 3])
+    balancer = RtmpBalancer(work / "balancer", [node_a.config.rtmp_port, b.rtmp_port])
     yield node_a, node_b, balancer
     balancer.stop()
     node_a.stop()

@@ -27,16 +27,15 @@ import tornado.httpclient
 import tornado.websocket
 import yaml
 
+from harness.platform import Platform, terminate, wait_for
+from harness.ports import reserve_port
 from sf.config import PROJECT_ROOT
 from sf.media.rtmp_stat import parse_stat
 from sf.observability import ALERT_LOGGER, AlertWebhook
-from tests.helpers import TEST_PORT_OFFSET
-from tests.media_platform import Platform, terminate, wait_for
 
 PROMETHEUS_DIR = PROJECT_ROOT / "conf" / "prometheus"
-NODE_PORT = 18930
-PROMETHEUS_PORT = 18945 + TEST_PORT_OFFSET
-ALERTMANAGER_PORT = 18946 + TEST_PORT_OFFSET
+PROMETHEUS_PORT = reserve_port()
+ALERTMANAGER_PORT = reserve_port()
 
 
 # --- a real HTTP receiver for the webhook ------------------------------------------------------
@@ -246,7 +245,7 @@ def receiver():
 
 @pytest.fixture(scope="module")
 def node(base_config, tmp_path_factory, receiver):
-    platform = Platform(base_config, tmp_path_factory.mktemp("monitoring-node"), NODE_PORT,
+    platform = Platform(base_config, tmp_path_factory.mktemp("monitoring-node"),
                         SF_ALERT_WEBHOOK_URL=receiver.url, SF_WS_CONNECTIONS_PER_ADDRESS="1")
     platform.start()
     yield platform

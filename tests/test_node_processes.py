@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from tests.media_platform import Platform, wait_for
-from tests.test_viewers import connect
+from harness.client import connect
+from harness.platform import Platform, wait_for
 
 
 def children_of(pid: int) -> list[int]:
@@ -37,7 +37,7 @@ def pid_alive(pid: int) -> bool:
 
 @pytest.fixture(scope="module")
 def node(base_config, tmp_path_factory):
-    platform = Platform(base_config, tmp_path_factory.mktemp("two-processes"), 18600,
+    platform = Platform(base_config, tmp_path_factory.mktemp("two-processes"),
                         SF_API_PROCESSES="2").start()
     yield platform
     platform.stop()

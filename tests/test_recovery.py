@@ -23,10 +23,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
+from harness.platform import Platform, redis_up, wait_for
+from harness.ports import reserve_port, reserve_ports
 from sf.config import with_url_path
 from sf.node.localservices import LocalPostgres
-from tests.helpers import TEST_PORT_OFFSET
-from tests.media_platform import Platform, redis_up, wait_for
 
 
 def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
@@ -49,7 +49,7 @@ def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
 
 def test_a_stopping_node_refuses_new_connections_but_finishes_the_request_it_is_reading(
         base_config, tmp_path):
-    node = Platform(base_config, tmp_path, 18700).start()
+    node = Platform(base_config, tmp_path).start()
     try:
         node.register("drainer")
         body = json.dumps({"username": "drainer", "password": "password123"}).encode()
@@ -129,18 +129,18 @@ FAIL_TIMEOUT = 2
 
 
 def test_a_rolling_restart_of_two_api_nodes_fails_no_request(base_config, tmp_path):
-    api_port = 18721 + TEST_PORT_OFFSET
-    node = Platform(base_config, tmp_path, 18720, SF_API_PROCESSES="1",
+    api_port, other_port = reserve_ports(2)
+    node = Platform(base_config, tmp_path, SF_API_PROCESSES="1", SF_API_PORT=str(api_port),
                     SF_RATE_LIMIT_USER="1000000", SF_RATE_LIMIT_ANONYMOUS="1000000",
-                    SF_EDGE_API_SERVERS=f"127.0.0.1:{api_port},127.0.0.1:{api_port + 100}").start()
-    other = node.start_api_node(tmp_path / "other-media")
+                    SF_EDGE_API_SERVERS=f"127.0.0.1:{api_port},127.0.0.1:{other_port}").start()
+    other = node.start_api_node(tmp_path / "other-media", port=other_port)
     try:
         # The edge balances over both API nodes; a request that meets a refused connection goes
         # to the other one. The operator restarts the next node once the previous one is ready
         # (and waits FAIL_TIMEOUT s more, as with a balancer that marks servers down).
-        assert other["url"].endswith(f":{api_port + 100}")
+        assert other["url"].endswith(f":{other_port}")
         edge_conf = (Path(node.config.var_dir) / "edge" / "nginx.conf").read_text()
-        assert f"127.0.0.1:{api_port + 100} max_fails=0" in edge_conf
+        assert f"127.0.0.1:{other_port} max_fails=0" in edge_conf
         token = node.register("roller")["token"]
         client = SteadyClient(node, token)
         client.start()
@@ -157,7 +157,7 @@ def test_a_rolling_restart_of_two_api_nodes_fails_no_request(base_config, tmp_pa
         time.sleep(FAIL_TIMEOUT + 1)
         other["process"].send_signal(signal.SIGTERM)
         assert other["process"].wait(timeout=30) == 0
-        restarted = node.start_api_node(tmp_path / "other-media")
+        restarted = node.start_api_node(tmp_path / "other-media", port=other_port)
         other["process"], other["log"] = restarted["process"], restarted["log"]
         time.sleep(3)
         client.running = False
@@ -178,7 +178,8 @@ def own_postgres(base_config, tmp_path):
     (var / "secrets").mkdir(parents=True)
     shutil.copy(base_config.secrets_dir / "postgres_password", var / "secrets")
     parts = urlsplit(with_url_path(base_config.database_url, "sf_recovery"))
-    url = urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.port}", ":18745")))
+    url = urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.port}",
+                                                                      f":{reserve_port()}")))
     config = base_config.replace(var_dir=var, database_url=url)
     postgres = LocalPostgres(config)
     postgres.start()
@@ -190,7 +191,7 @@ def own_postgres(base_config, tmp_path):
 def test_the_api_serves_again_after_postgresql_restarts_without_restarting(
         base_config, tmp_path, own_postgres):
     postgres, url = own_postgres
-    node = Platform(base_config, tmp_path, 18740, SF_DATABASE_URL=url, SF_API_PROCESSES="1",
+    node = Platform(base_config, tmp_path, SF_DATABASE_URL=url, SF_API_PROCESSES="1",
                     SF_RATE_LIMIT_ANONYMOUS="1000000", SF_RATE_LIMIT_USER="1000000")
     subprocess.run([sys.executable, "-m", "sf.app", "migrate"], env=node.env, check=True,
                    capture_output=True)
@@ -222,7 +223,7 @@ def test_the_api_serves_again_after_postgresql_restarts_without_restarting(
 def test_no_request_fails_once_redis_is_back(base_config, tmp_path):
     """After a Redis restart the client pool still holds connections to the dead server; each
     is retried on a fresh connection instead of failing the request that meets it."""
-    port = 18769 + TEST_PORT_OFFSET
+    port = reserve_port()
     command = [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind",
                "127.0.0.1", "--save", "", "--appendonly", "yes", "--appendfsync", "always",
                "--dir", str(tmp_path)]
@@ -233,7 +234,7 @@ def test_no_request_fails_once_redis_is_back(base_config, tmp_path):
         return process
 
     server = start_redis()
-    node = Platform(base_config, tmp_path / "node", 18760, SF_API_PROCESSES="1",
+    node = Platform(base_config, tmp_path / "node", SF_API_PROCESSES="1",
                     SF_REDIS_URL=f"redis://127.0.0.1:{port}/0").start()
     try:
         token = node.register("steadfast")["token"]
@@ -263,7 +264,7 @@ def test_a_trickling_client_keeps_no_nginx_worker_alive_and_tickets_stay_out_of_
     byte every few seconds kept an nginx
     worker running after the node stopped; and while the API was restarting, nginx's error log
     recorded WebSocket requests with their tickets."""
-    node = Platform(base_config, tmp_path, 18750, SF_API_PROCESSES="1").start()
+    node = Platform(base_config, tmp_path, SF_API_PROCESSES="1").start()
     try:
         token = node.register("trickler")["token"]
         _, body, _ = node.request("POST", "/api/ws/ticket", token=token)

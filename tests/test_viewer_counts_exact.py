@@ -24,10 +24,11 @@ import pytest
 import tornado.httpclient
 import tornado.websocket
 
+from harness.client import Viewer
+from harness.platform import Platform, wait_for
 from sf.services.viewer_counts import ALIVE_KEY, LEAVES, SIGNED_IN, ViewerCounts
 from tests.helpers import run_private
-from tests.media_platform import Platform, wait_for
-from tests.test_viewers import Viewer, prepared_stream, ticket_for
+from tests.test_viewers import prepared_stream, ticket_for
 
 DWELL = 6  # seconds (SF_VIEWER_MIN_DWELL_SECONDS of this module's node)
 CAP = 4    # SF_VIEWERS_ANONYMOUS_PER_NETWORK's default
@@ -36,7 +37,7 @@ HANDSHAKES_PER_MINUTE = 120  # SF_WS_HANDSHAKES_PER_MINUTE's default
 
 @pytest.fixture(scope="module")
 def platform(base_config, tmp_path_factory):
-    node = Platform(base_config, tmp_path_factory.mktemp("exact-counts"), 18970,
+    node = Platform(base_config, tmp_path_factory.mktemp("exact-counts"),
                     SF_RATE_LIMIT_ANONYMOUS="100000", SF_RATE_LIMIT_USER="100000",
                     SF_VIEWER_MIN_DWELL_SECONDS=str(DWELL)).start()
     yield node

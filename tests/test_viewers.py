@@ -4,13 +4,11 @@ real WebSocket clients, nodes killed and Redis restarted under them."""
 from __future__ import annotations
 
 import asyncio
-import json
 import shutil
 import signal
 import subprocess
 import time
 import uuid
-from typing import Any
 
 import asyncpg
 import pytest
@@ -18,75 +16,21 @@ import redis
 import tornado.httpclient
 import tornado.websocket
 
+from harness.client import connect
+from harness.platform import Platform, redis_up, wait_for
+from harness.ports import reserve_port
 from sf.db.migrate import drop_database, recreate_database
 from sf.services.viewer_counts import HOLDERS_KEY
-from tests.helpers import TEST_PORT_OFFSET
-from tests.media_platform import Platform, redis_up, wait_for
 
 CLOSE_NOT_FOUND, CLOSE_UNAUTHORIZED, CLOSE_GOING_AWAY = 4404, 4401, 1001
 
 
 @pytest.fixture(scope="module")
 def platform(base_config, tmp_path_factory):
-    node = Platform(base_config, tmp_path_factory.mktemp("viewers-node"), 18780,
+    node = Platform(base_config, tmp_path_factory.mktemp("viewers-node"),
                     SF_RATE_LIMIT_ANONYMOUS="100000", SF_RATE_LIMIT_USER="100000").start()
     yield node
     node.stop()
-
-
-class Viewer:
-    """A WebSocket client that keeps every message it gets."""
-
-    def __init__(self, connection: tornado.websocket.WebSocketClientConnection) -> None:
-        self.connection = connection
-        self.messages: list[dict[str, Any]] = []
-        self.closed = asyncio.Event()
-        self._reader = asyncio.ensure_future(self._read())
-
-    async def _read(self) -> None:
-        while True:
-            message = await self.connection.read_message()
-            if message is None:
-                self.closed.set()
-                return
-            self.messages.append(json.loads(message))
-
-    @property
-    def cookie(self) -> str:
-        header = self.connection.headers.get("Set-Cookie", "")
-        return header.split(";")[0]
-
-    @property
-    def close_code(self) -> int | None:
-        return self.connection.close_code
-
-    def viewers(self) -> int | None:
-        counts = [m["viewers"] for m in self.messages if m["type"] == "viewers"]
-        return counts[-1] if counts else None
-
-    async def until(self, predicate: Any, timeout: float = 10, what: str = "a message") -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate(self):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}: {self.messages[-5:]}")
-            await asyncio.sleep(0.05)
-
-    async def until_closed(self, timeout: float = 10) -> int | None:
-        await asyncio.wait_for(self.closed.wait(), timeout)
-        return self.close_code
-
-    def close(self) -> None:
-        self.connection.close()
-
-
-async def connect(base: str, stream_id: int, *, origin: str | None = None, cookie: str = "",
-                  query: str = "") -> Viewer:
-    url = base.replace("http://", "ws://") + f"/ws/streams/{stream_id}/viewers{query}"
-    headers = {"Origin": origin or base}
-    if cookie:
-        headers["Cookie"] = cookie
-    request = tornado.httpclient.HTTPRequest(url, headers=headers, request_timeout=10)
-    return Viewer(await tornado.websocket.websocket_connect(request))
 
 
 def prepared_stream(platform: Platform, username: str, private: bool = False) -> tuple[int, str]:
@@ -240,7 +184,7 @@ def test_a_redis_restart_is_survived(base_config, tmp_path):
     """Redis restarted under a node: sockets keep getting this node's counts, the REST API
     answers with the last known totals (token checks say 503, not 500), each outage is logged
     once, and the counts are shared again when Redis is back."""
-    port = 18870 + TEST_PORT_OFFSET
+    port = reserve_port()
     redis_dir = tmp_path / "redis"
     redis_dir.mkdir()
 
@@ -259,7 +203,7 @@ def test_a_redis_restart_is_survived(base_config, tmp_path):
     database = f"sf_redis_restart_{uuid.uuid4().hex[:8]}"
     database_url = asyncio.run(recreate_database(base_config.database_url, database))
     # One API process: while Redis is down each process can only count its own sockets.
-    node = Platform(base_config, tmp_path / "node", 18880, SF_API_PROCESSES="1",
+    node = Platform(base_config, tmp_path / "node", SF_API_PROCESSES="1",
                     SF_REDIS_URL=f"redis://127.0.0.1:{port}/0",
                     SF_DATABASE_URL=database_url).start()
     try:

@@ -16,14 +16,11 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
+from harness.browser import launch_chromium
+from harness.platform import Platform, hls_ready, wait_for
 from sf.config import PROJECT_ROOT
 from sf.node.tls import write_self_signed
-from tests.media_platform import Platform, wait_for
 
-CHROMIUM = "/usr/bin/chromium"  # Debian's; Playwright's own browser download cannot work here
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                  "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync"]
 ARTIFACTS = PROJECT_ROOT / "var" / "test-artifacts" / "web"
 PASSWORD = "password123"
 XSS_TITLE = '<img src=x onerror="window.__xss=1"> Live & "loud" <script>window.__xss=2</script>'
@@ -65,10 +62,6 @@ class Pages:
             context.close()
 
 
-def launch_chromium(playwright: Any) -> Browser:
-    return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)  # type: ignore[no-any-return]
-
-
 def screenshot(page: Page, name: str) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
@@ -84,7 +77,7 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture(scope="module")
 def platform(base_config: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
-    node = Platform(base_config, tmp_path_factory.mktemp("web-node"), 18940,
+    node = Platform(base_config, tmp_path_factory.mktemp("web-node"),
                     SF_STATS_SAMPLE_SECONDS="2").start()
     yield node
     node.stop()
@@ -147,18 +140,6 @@ def wait_for_status(page: Page, form: str, text: str) -> None:
 
 def assert_no_script_ran(page: Page) -> None:
     assert page.evaluate("window.__xss") is None
-
-
-def hls_ready(platform: Platform, stream_id: int, segments: int = 2) -> bool:
-    status, body, _ = platform.get(f"/hls/{stream_id}/master.m3u8")
-    if status != 200:
-        return False
-    variants = [line for line in body.decode().splitlines() if line.endswith(".m3u8")]
-    for variant in variants:
-        status, media, _ = platform.get(f"/hls/{stream_id}/{variant}")
-        if status != 200 or media.decode().count("#EXTINF") < segments:
-            return False
-    return bool(variants)
 
 
 def test_csp_and_security_headers_on_every_page(platform: Platform) -> None:
@@ -356,7 +337,7 @@ def test_follow_and_following_tab(platform: Platform, pages: Pages) -> None:
 
 
 def test_pages_work_behind_https(base_config: Any, browser: Browser, tmp_path: Path) -> None:
-    node = Platform(base_config, tmp_path, 18960)
+    node = Platform(base_config, tmp_path)
     cert, key = write_self_signed(tmp_path / "tls", "127.0.0.1")
     node.nginx_config = node.config.replace(tls_cert=str(cert), tls_key=str(key))
     node.ssl_context = ssl.create_default_context(cafile=str(cert))

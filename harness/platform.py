@@ -1,7 +1,11 @@
-"""A real media node for tests: nginx with the RTMP module + `sf serve`, driven from outside.
+"""The one way tests and benchmarks start a platform: nginx (HTTP + RTMP) + `sf serve`.
 
-Publishers are FFmpeg processes sending a small synthetic H.264 + AAC source over RTMP, as OBS
-would. Everything is checked over HTTP/RTMP and on disk, never through internals.
+`Platform` is a whole node on ports reserved by `harness.ports`, driven from outside: publishers
+are FFmpeg processes sending a small synthetic H.264 + AAC source over RTMP, as OBS would, and
+everything is checked over HTTP/RTMP and on disk, never through internals. Bench stacks that
+need a different shape (a Redis server of their own, an API node pinned to a CPU, two nodes
+behind one nginx) build it from the same pieces: `node_ports`, `node_env`, `spawn_api`,
+`wait_ready`.
 """
 
 from __future__ import annotations
@@ -23,10 +27,12 @@ from typing import Any
 
 import redis
 
+from harness import client
+from harness.ports import reserve_port, reserve_ports
+from harness.slots import MEDIA_REDIS_DB
 from sf.config import Config, load_config, with_url_path
 from sf.media import nginx
 from sf.media.process import stop as terminate
-from tests.helpers import MEDIA_REDIS_DB, TEST_PORT_OFFSET
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.2,
@@ -50,6 +56,67 @@ def redis_up(port: int) -> bool:
         return False
 
 
+NODE_PORTS = 8  # public HTTP, API, media control, RTMP, internal (one per API process), media HTTP
+
+
+def node_ports() -> dict[str, str]:
+    """The SF_*_PORT settings of one node, on consecutive reserved ports (the API processes'
+    internal ports follow SF_API_INTERNAL_PORT: up to three of them)."""
+    base = reserve_ports(NODE_PORTS)[0]
+    return {"SF_HTTP_PORT": str(base), "SF_API_PORT": str(base + 1),
+            "SF_MEDIA_CONTROL_PORT": str(base + 2), "SF_RTMP_PORT": str(base + 3),
+            "SF_API_INTERNAL_PORT": str(base + 4), "SF_MEDIA_HTTP_PORT": str(base + 7)}
+
+
+def node_env(var_dir: Path, media_dir: Path, database_url: str, redis_url: str,
+             base_env: dict[str, str] | None = None, /, **settings: str) -> dict[str, str]:
+    """The environment of a node's processes: its own var and media dirs, reserved ports, the
+    given database and Redis, then `settings` (SF_* names) over all of it."""
+    return {**(os.environ if base_env is None else base_env),
+            "SF_VAR_DIR": str(var_dir), "SF_MEDIA_DIR": str(media_dir),
+            "SF_DATABASE_URL": database_url, "SF_REDIS_URL": redis_url,
+            **node_ports(), **settings}
+
+
+def copy_secrets(source_var_dir: Path, var_dir: Path) -> None:
+    """Give a node the project's secrets (the database and Redis passwords among them)."""
+    (var_dir / "secrets").mkdir(parents=True, exist_ok=True)
+    for secret in (source_var_dir / "secrets").iterdir():
+        shutil.copy(secret, var_dir / "secrets" / secret.name)
+
+
+def spawn_api(env: dict[str, str], log_path: Path, *,
+              preexec_fn: Callable[[], Any] | None = None) -> subprocess.Popen[bytes]:
+    """Start an API node (`sf serve` of this checkout) with `env`, its output to `log_path`."""
+    with open(log_path, "ab") as log:
+        return subprocess.Popen([sys.executable, "-m", "sf.app", "serve"], env=env, stdout=log,
+                                stderr=log, stdin=subprocess.DEVNULL, preexec_fn=preexec_fn)
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes] | None = None, timeout: float = 30,
+               what: str = "the API node") -> None:
+    """Until GET `url`/readyz answers 200; RuntimeError if `process` exits first."""
+    def ready() -> bool:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{what} exited ({process.returncode})")
+        return client.http(url + "/readyz", timeout=2)[0] == 200
+
+    wait_for(ready, timeout, what=what)
+
+
+def hls_ready(platform: Platform, stream_id: int, segments: int = 2) -> bool:
+    """The stream's master playlist and every variant with at least `segments` segments."""
+    status, body, _ = platform.get(f"/hls/{stream_id}/master.m3u8")
+    if status != 200:
+        return False
+    variants = [line for line in body.decode().splitlines() if line.endswith(".m3u8")]
+    for variant in variants:
+        status, media, _ = platform.get(f"/hls/{stream_id}/{variant}")
+        if status != 200 or media.decode().count("#EXTINF") < segments:
+            return False
+    return bool(variants)
+
+
 def start_platforms(*platforms: Platform) -> tuple[Platform, ...]:
     """Start each in turn; if one fails, stop the ones already started."""
     started: list[Platform] = []
@@ -66,24 +133,14 @@ def start_platforms(*platforms: Platform) -> tuple[Platform, ...]:
 class Platform:
     """nginx (HTTP + RTMP) and one API node on their own ports, media in a temp dir."""
 
-    def __init__(self, base: Config, workdir: Path, port_base: int, *, edge: bool = True,
+    def __init__(self, base: Config, workdir: Path, *, edge: bool = True,
                  **overrides: str) -> None:
         self.workdir = workdir
         self.edge = edge  # False: a media node behind another platform's edge
-        port_base += TEST_PORT_OFFSET
         var_dir = workdir / "var"
-        (var_dir / "secrets").mkdir(parents=True, exist_ok=True)
-        for secret in (base.var_dir / "secrets").iterdir():
-            shutil.copy(secret, var_dir / "secrets" / secret.name)
-        self.env = {
-            **os.environ,
-            "SF_VAR_DIR": str(var_dir), "SF_MEDIA_DIR": str(workdir / "media"),
-            "SF_DATABASE_URL": base.database_url,
-            "SF_REDIS_URL": with_url_path(base.redis_url, str(MEDIA_REDIS_DB)),
-            "SF_HTTP_PORT": str(port_base), "SF_API_PORT": str(port_base + 1),
-            "SF_MEDIA_CONTROL_PORT": str(port_base + 2), "SF_RTMP_PORT": str(port_base + 3),
-            "SF_API_INTERNAL_PORT": str(port_base + 4), "SF_API_PROCESSES": "2",
-            "SF_MEDIA_HTTP_PORT": str(port_base + 6),
+        copy_secrets(base.var_dir, var_dir)
+        settings = {
+            "SF_API_PROCESSES": "2",
             "SF_TRANSCODE_PRESET": "ultrafast", "SF_PUBLISH_GRACE_SECONDS": "4",
             "SF_SWEEP_INTERVAL": "0.5", "SF_THUMBNAIL_INTERVAL": "2", "SF_BCRYPT_ROUNDS": "4",
             "SF_SEGMENT_RETENTION_SECONDS": "3", "SF_LOG_LEVEL": "INFO",
@@ -96,12 +153,14 @@ class Platform:
             "SF_PUBLISH_RANGE_LADDERS": "0",
             **overrides,
         }
+        self.env = node_env(var_dir, workdir / "media", base.database_url,
+                            with_url_path(base.redis_url, str(MEDIA_REDIS_DB)), **settings)
         self.config = load_config(self.env)
         # What nginx is rendered with: a test may give nginx TLS while the API stays plain HTTP.
         self.nginx_config = self.config
         self.ssl_context: ssl.SSLContext | None = None  # trusts the test certificate then
-        self.base_url = f"http://127.0.0.1:{port_base}"
-        self.rtmp = f"rtmp://127.0.0.1:{port_base + 3}/live"
+        self.base_url = f"http://127.0.0.1:{self.config.http_port}"
+        self.rtmp = f"rtmp://127.0.0.1:{self.config.rtmp_port}/live"
         self.api_log = workdir / "api.log"
         self.front: nginx.Front | None = None
         self.api_process: subprocess.Popen[bytes] | None = None
@@ -132,10 +191,7 @@ class Platform:
 
     def start_api(self) -> subprocess.Popen[bytes]:
         """(Re)start this platform's API node (`sf serve`), not waiting for it."""
-        with open(self.api_log, "ab") as log:
-            self.api_process = subprocess.Popen(
-                [sys.executable, "-m", "sf.app", "serve"], env=self.env, stdout=log, stderr=log,
-                stdin=subprocess.DEVNULL)
+        self.api_process = spawn_api(self.env, self.api_log)
         return self.api_process
 
     def _ready(self) -> bool:
@@ -177,11 +233,13 @@ class Platform:
         if self.front:
             self.front.stop()
 
-    def start_api_node(self, media_dir: Path, port_shift: int = 100) -> dict[str, Any]:
+    def start_api_node(self, media_dir: Path, port: int | None = None) -> dict[str, Any]:
         """Another API node sharing PostgreSQL and Redis, as on another machine (own media
-        dir, no nginx-rtmp next to it); reach it with `request_node`."""
-        port = self.config.api_port + port_shift
-        env = {**self.env, "SF_API_PORT": str(port), "SF_API_INTERNAL_PORT": str(port + 50),
+        dir, no nginx-rtmp next to it), on `port` (reserved by the caller) or a port of its
+        own; reach it with `request_node`."""
+        port = port or reserve_port()
+        internal_port = reserve_port()
+        env = {**self.env, "SF_API_PORT": str(port), "SF_API_INTERNAL_PORT": str(internal_port),
                "SF_API_PROCESSES": "1", "SF_MEDIA_DIR": str(media_dir)}
         log = open(self.workdir / f"api-{port}.log", "ab")  # noqa: SIM115 (closed with the node)
         process = subprocess.Popen([sys.executable, "-m", "sf.app", "serve"], env=env,
@@ -238,37 +296,36 @@ class Platform:
         return status, json.loads(payload) if payload else None, dict(response_headers)
 
     def register(self, username: str) -> dict[str, Any]:
-        status, body, _ = self.request("POST", "/api/auth/register", {
-            "username": username, "email": f"{username}@example.com", "password": "password123"})
-        assert status == 201, body
-        status, key, _ = self.request("GET", "/api/stream/key", token=body["access_token"])
-        assert status == 200
-        return {"token": body["access_token"], "user": body["user"], "key": key["stream_key"]}
+        """A new account: {"token", "user", "key"} (its access token, user and stream key)."""
+        body = client.register(self.base_url, username, context=self.ssl_context)
+        key = client.stream_key(self.base_url, body["access_token"], context=self.ssl_context)
+        return {"token": body["access_token"], "user": body["user"], "key": key}
 
     def publish(self, key: str, size: str = "640x360", rate: int = 24,
                 seconds: float = 60) -> subprocess.Popen[bytes]:
         """An FFmpeg publisher sending testsrc2 + a sine tone as H.264/AAC in FLV, in real time."""
-        process = subprocess.Popen(
-            ["ffmpeg", "-hide_banner", "-loglevel", "error", "-re",
-             "-f", "lavfi", "-i", f"testsrc2=size={size}:rate={rate}",
-             "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000",
-             "-t", str(seconds), "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency",
-             "-g", str(rate), "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "96k",
-             "-f", "flv", f"{self.rtmp}/{key}"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        process = client.push_rtmp(f"{self.rtmp}/{key}", size=size, rate=rate, seconds=seconds,
+                                   stderr=subprocess.PIPE)
         self.publishers.append(process)
         return process
 
+    def go_live(self, username: str, timeout: float = 20,
+                **publish: Any) -> tuple[dict[str, Any], subprocess.Popen[bytes], dict[str, Any]]:
+        """Register `username`, publish (options as `publish`) and wait for the stream to be
+        listed live: (the account as `register` gives it, the publisher, the stream)."""
+        user = self.register(username)
+        publisher = self.publish(user["key"], **publish)
+        stream = wait_for(lambda: self.live_stream_of(username), timeout,
+                          what="the stream to go live")
+        return user, publisher, stream
+
     def live_stream_of(self, username: str) -> dict[str, Any] | None:
-        status, body, _ = self.request("GET", f"/api/users/{username}/streams")
-        assert status == 200
-        live = [stream for stream in body["data"] if stream["is_live"]]
-        return live[0] if live else None
+        return client.live_stream_of(self.base_url, username, context=self.ssl_context)
 
     def stream(self, stream_id: int, token: str | None = None) -> dict[str, Any]:
         status, body, _ = self.request("GET", f"/api/streams/{stream_id}", token=token)
         assert status == 200, body
-        return body  # type: ignore[no-any-return]
+        return body
 
     def get(self, path: str) -> tuple[int, bytes, dict[str, str]]:
         return self.request("GET", path, raw=True)
