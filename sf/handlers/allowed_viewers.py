@@ -16,8 +16,7 @@ class AllowedViewersHandler(APIHandler):
         tags: [stream]
         security: [{bearer: []}]
         parameters:
-          - {in: query, name: limit, schema: {type: integer, minimum: 1, maximum: 100, default: 20}}
-          - {in: query, name: cursor, schema: {type: string, pattern: '^[A-Za-z0-9_-]{0,200}$'}, description: the `next_cursor` of the previous page (opaque; it belongs to one sort order)}
+          - {in: query, schema: PageQuerySchema}
         responses:
           200: {description: A page of users, content: {application/json: {schema: UserListSchema}}}
           401: {description: Not authenticated, content: {application/json: {schema: ErrorSchema}}}

@@ -124,12 +124,13 @@ def build_openapi(routes: list[Any]) -> dict[str, Any]:
     )
     spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer",
                                                "bearerFormat": "JWT"})
-    for name in dir(schemas):
-        value = getattr(schemas, name)
-        if isinstance(value, type) and issubclass(value, schemas.Schema) and name.endswith("Schema") \
-                and value not in (schemas.Schema, schemas.StrictSchema) \
-                and name not in spec.components.schemas:
-            spec.components.schema(name, schema=value)
+    for schema in sorted(schemas.DOCUMENTED, key=lambda cls: cls.__name__):
+        if schema.__name__ in spec.components.schemas:
+            continue  # registered already as nested in one before it
+        # A schema's own JSON Schema keywords (LoginSchema's `oneOf`) sit next to the ones
+        # apispec derives from its fields.
+        spec.components.schema(schema.__name__, dict(getattr(schema, "json_schema", {})),
+                                schema=schema)
     for route in routes:
         pattern, handler = route[0], route[1]
         if not pattern.startswith("/api/v1/"):
@@ -152,7 +153,26 @@ def build_openapi(routes: list[Any]) -> dict[str, Any]:
                         params.append({"in": "path", "name": param, "required": True,
                                        "schema": {"type": "string"}})
             spec.path(path=path, operations=operations)
-    return spec.to_dict()
+    document = spec.to_dict()
+    for operations in document["paths"].values():
+        for operation in operations.values():
+            for parameter in operation.get("parameters", []):
+                tidy_query_parameter(parameter)
+    return document
+
+
+def tidy_query_parameter(parameter: dict[str, Any]) -> None:
+    """A parameter apispec expanded from a query schema, without what a query string cannot
+    mean: `required: false` (the default anyway) and a `null` default or `nullable` (a
+    parameter left out loads as None; no query value is null)."""
+    if parameter.get("in") != "query":
+        return
+    if parameter.get("required") is False:
+        del parameter["required"]
+    schema = parameter.get("schema", {})
+    if "default" in schema and schema["default"] is None:
+        del schema["default"]
+    schema.pop("nullable", None)
 
 
 class PrecompressedHandler(APIHandler):

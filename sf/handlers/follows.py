@@ -52,8 +52,7 @@ class FollowListHandler(APIHandler):
         summary: Followers / following
         tags: [follows]
         parameters:
-          - {in: query, name: limit, schema: {type: integer, minimum: 1, maximum: 100}}
-          - {in: query, name: cursor, schema: {type: string, pattern: '^[A-Za-z0-9_-]{0,200}$'}, description: the `next_cursor` of the previous page (opaque; it belongs to one sort order)}
+          - {in: query, schema: PageQuerySchema}
         responses:
           200: {description: A page of users, content: {application/json: {schema: UserListSchema}}}
           404: {description: No such user, content: {application/json: {schema: ErrorSchema}}}

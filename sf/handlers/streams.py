@@ -50,13 +50,7 @@ class StreamsHandler(StreamListMixin):
         summary: List streams
         tags: [streams]
         parameters:
-          - {in: query, name: limit, schema: {type: integer, minimum: 1, maximum: 100, default: 20}}
-          - {in: query, name: cursor, schema: {type: string, pattern: '^[A-Za-z0-9_-]{0,200}$'}, description: the `next_cursor` of the previous page (opaque; it belongs to one sort order)}
-          - {in: query, name: category_id, schema: {type: integer, minimum: 1, maximum: 4611686018427387904}}
-          - {in: query, name: username, schema: {type: string, minLength: 1, maxLength: 30}}
-          - {in: query, name: q, schema: {type: string, minLength: 1, maxLength: 100}, description: title search}
-          - {in: query, name: is_live, schema: {type: boolean, default: true}}
-          - {in: query, name: sort, schema: {type: string, enum: [viewers, started_at, created_at]}}
+          - {in: query, schema: StreamListQuerySchema}
         responses:
           200: {description: A page of streams, content: {application/json: {schema: StreamListSchema}}}
           422: {description: Bad filter or cursor, content: {application/json: {schema: ErrorSchema}}}
@@ -136,8 +130,7 @@ class UserStreamsHandler(StreamListMixin):
         summary: User's streams
         tags: [streams]
         parameters:
-          - {in: query, name: limit, schema: {type: integer, minimum: 1, maximum: 100}}
-          - {in: query, name: cursor, schema: {type: string, pattern: '^[A-Za-z0-9_-]{0,200}$'}, description: the `next_cursor` of the previous page (opaque; it belongs to one sort order)}
+          - {in: query, schema: PageQuerySchema}
         responses:
           200: {description: A page of streams, content: {application/json: {schema: StreamListSchema}}}
           404: {description: No such user, content: {application/json: {schema: ErrorSchema}}}

@@ -1,0 +1,117 @@
+"""Users: user names and e-mail addresses as the API accepts them, profile and password
+changes, and the public and private views of a user."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from marshmallow import Schema, ValidationError, fields, validate
+
+from sf.media.images import AVATAR_URL_PREFIX
+from sf.schemas.common import (
+    END,
+    TEXT_CHAR,
+    Storable,
+    StrictSchema,
+    Text,
+    case_insensitive_alternatives,
+    no_control_chars,
+)
+from sf.schemas.dump import CompiledDump, UTCDateTime
+from sf.schemas.pagination import PaginationSchema
+
+# \A...\Z, not ^...$: `$` also matches before a trailing newline ("alice\n").
+USERNAME_RE = re.compile(r"\A[A-Za-z0-9_]{3,30}\Z")
+# Names that collide with routes, roles or placeholders (compared case-insensitively); refused at
+# registration only, so an account that already has one keeps working.
+RESERVED_USERNAMES = frozenset({
+    "about", "abuse", "account", "accounts", "admin", "administrator", "anonymous", "api", "app",
+    "assets", "auth", "avatar", "avatars", "billing", "categories", "category", "channel",
+    "channels", "contact", "dashboard", "default", "delete", "docs", "everyone", "follow",
+    "followers", "following", "guest", "healthz", "help", "hls", "home", "info", "internal",
+    "legal", "live", "login", "logout", "me", "media", "metrics", "mod", "moderator", "none",
+    "nobody", "null", "official", "openapi", "privacy", "profile", "readyz", "refresh",
+    "register", "root", "rtmp", "search", "security", "settings", "signin", "signout", "signup",
+    "sf", "staff", "static", "stats", "statistics", "status", "stream", "streams", "support",
+    "sysadmin", "system", "terms", "undefined", "user", "users", "v1", "watch",
+    "webmaster", "ws", "self", "true", "false", "nil", "www", "mail",
+})
+# The user name a new account may take: USERNAME_RE and not reserved, in any case.
+NEW_USERNAME_PATTERN = (rf"^(?!{case_insensitive_alternatives(RESERVED_USERNAMES)}{END})"
+                        rf"[A-Za-z0-9_]{{3,30}}{END}")
+
+# What marshmallow's `validate.Email` accepts (the server's check), as one pattern: a dot-atom
+# or quoted local part, then a host name, an IPv4 literal or `localhost`. Its expressions are
+# compiled with IGNORECASE, under which four characters outside the quoted-string ranges match
+# letters inside them (İ ı ſ K), hence the extra escapes. `\w` and `\d` are Unicode to Python
+# (as to the server) and ASCII to an ECMA-262 validator, which so reads the pattern stricter.
+_ATEXT = r"[-!#$%&'*+/=?^`{}|~\w]"
+_QUOTED = (r'"(?:[\x01-\x08\x0b\x0c\x0e-\x1f!#-\[\]-\x7f\u0130\u0131\u017f\u212a]'
+           r'|\\[\x01-\x09\x0b\x0c\x0e-\x7f\u0130\u0131\u017f\u212a])*"')
+_HOST_CHAR = r"A-Za-z0-9\u00a1-\uffff"
+_OCTET = r"(?:25[0-5]|2[0-4]\d|[0-1]?\d?\d)"
+EMAIL_PATTERN = (
+    rf"^(?:{_ATEXT}+(?:\.{_ATEXT}+)*|{_QUOTED})@"
+    rf"(?:(?:[{_HOST_CHAR}](?:[{_HOST_CHAR}-]{{0,61}}[{_HOST_CHAR}])?\.)+"
+    rf"(?:[A-Za-z\u00a1-\uffff]{{2,6}}|[{_HOST_CHAR}-]{{2,}})"
+    rf"|\[{_OCTET}(?:\.{_OCTET}){{3}}\]|localhost){END}")
+# An avatar URL: the path of an uploaded avatar, or an https URL without spaces or backslashes;
+# which uploads are yours and which hosts are allowed no schema can state.
+AVATAR_PATTERN = (rf"^(?:{re.escape(AVATAR_URL_PREFIX)}[0-9]+-[A-Za-z0-9_-]{{1,64}}"
+                  rf"\.webp|[hH][tT][tT][pP][sS]://(?:(?![\s\\]){TEXT_CHAR})*){END}")
+
+
+def not_reserved(value: str) -> None:
+    if value.lower() in RESERVED_USERNAMES:
+        raise ValidationError("is reserved")
+
+
+def Email(**kwargs: Any) -> fields.String:
+    """An e-mail address as marshmallow's `fields.Email` checks it (the same validators in the
+    same order), at most 254 characters. Documented by EMAIL_PATTERN alone: `format: email`
+    would promise RFC 5321 syntax, which validators read stricter than this check (a quoted
+    local part with a control character, say)."""
+    return fields.String(validate=[validate.Email(), validate.Length(max=254)],
+                         metadata={"pattern": EMAIL_PATTERN}, **kwargs)
+
+
+class ProfileUpdateSchema(StrictSchema):
+    email = Email()
+    bio = Text(1000)
+    avatar = fields.String(allow_none=True, validate=[validate.Length(min=1, max=2048),
+                                                      no_control_chars], metadata={
+        "pattern": AVATAR_PATTERN,
+        "description": "null (remove), the URL path of an avatar you uploaded "
+                       "(/media/avatars/...), or an https URL on an allow-listed host"})
+    current_password = Storable(1, 128, load_only=True,
+                                metadata={"description": "required to change the email"})
+
+
+class ChangePasswordSchema(StrictSchema):
+    current_password = Storable(1, 128, required=True)
+    new_password = Storable(8, 128, required=True)
+
+
+class UserPublicSchema(CompiledDump):
+    id = fields.Integer()
+    username = fields.String()
+    avatar = fields.String(allow_none=True)
+    bio = fields.String()
+    followers_count = fields.Integer()
+    created_at = UTCDateTime()
+    is_live = fields.Boolean()
+
+
+class UserPrivateSchema(UserPublicSchema):
+    email = fields.String()
+    updated_at = UTCDateTime()
+
+
+class UserListSchema(Schema):
+    data = fields.List(fields.Nested(UserPublicSchema))
+    pagination = fields.Nested(PaginationSchema)
+
+
+user_public = UserPublicSchema()
+user_private = UserPrivateSchema()
