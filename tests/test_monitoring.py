@@ -27,9 +27,9 @@ import tornado.httpclient
 import tornado.websocket
 import yaml
 
+from sf.alerts import ALERT_LOGGER, AlertWebhook
 from sf.config import PROJECT_ROOT
 from sf.media.rtmp_stat import parse_stat
-from sf.observability import ALERT_LOGGER, AlertWebhook
 from tests.helpers import TEST_PORT_OFFSET
 from tests.media_platform import Platform, terminate, wait_for
 

@@ -13,11 +13,11 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
+from sf.alerts import AlertWebhook, install_alert_webhook, remove_alert_webhook
 from sf.cache import Cache
 from sf.config import Config
 from sf.db.pool import create_pool
 from sf.media.images import ImageWorker
-from sf.observability import AlertWebhook, install_alert_webhook, remove_alert_webhook
 from sf.ratelimit import LoginThrottle, RateLimiter
 from sf.schemas import StreamSchema
 from sf.security import PasswordHasher, StreamKeyCipher, TokenService
