@@ -224,15 +224,15 @@ async def test_a_cursor_spelled_none_is_refused_cold_or_warm(api):
 async def test_long_queries_are_answered_but_not_remembered(api):
     # Outside attack F7: queries are parsed before the rate limit is counted; thousands of long
     # valid ones held ~33 MB per process in the parsed-query memo.
-    from sf.handlers import base
+    from sf.handlers import inputs
 
     queries = [f"q={index:03d}" + "&" * 300 + "limit=5" for index in range(5)]
     for query in queries:
         assert (await api.get(f"/api/streams?{query}")).status == 200
-    remembered = {raw for _, raw in base._QUERIES}
+    remembered = {raw for _, raw in inputs._QUERIES}
     assert not remembered & set(queries)
     assert (await api.get("/api/streams?limit=6")).status == 200
-    assert "limit=6" in {raw for _, raw in base._QUERIES}  # short ones are
+    assert "limit=6" in {raw for _, raw in inputs._QUERIES}  # short ones are
 
 
 class TestPrivacy:
