@@ -205,7 +205,7 @@ async def test_pagination_by_viewers_walks_every_live_stream_once(api, services)
 async def test_user_streams_newest_first_including_ended(api, services):
     tokens = await api.register("gina")
     first = await go_live(api, services, tokens, title="first")
-    await services.channels.end_stream(first)
+    await services.streams.end_stream(first)
     second = (await api.post("/api/streams", {"title": "second"},
                              token=tokens["access_token"])).json["id"]
     body = (await api.get("/api/users/gina/streams")).json
@@ -299,7 +299,7 @@ class TestPrivacy:
             users = [body] if "username" in body else [s["user"] for s in body["data"]]
             assert all(user["is_live"] is False for user in users), body
         # Not through a cached public profile either, nor in lists of its other streams.
-        await services.channels.end_stream(
+        await services.streams.end_stream(
             (await api.get("/api/users/hidden/streams",
                            token=owner["access_token"])).json["data"][0]["id"])
         public_id = await go_live(api, services, owner, title="Open", is_private=False)

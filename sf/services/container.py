@@ -22,12 +22,16 @@ from sf.ratelimit import LoginThrottle, RateLimiter
 from sf.schemas import StreamSchema
 from sf.security import PasswordHasher, StreamKeyCipher, TokenService
 from sf.services.accounts import AccountService
-from sf.services.channels import ChannelService
+from sf.services.allowed_viewers import AllowedViewerService
+from sf.services.categories import CategoryService
 from sf.services.events import EventBus
 from sf.services.ingest import IngestService
 from sf.services.media_nodes import MediaNodeRegistry
+from sf.services.publishing import PublishingService
 from sf.services.sessions import SessionStore, TicketStore
 from sf.services.statistics import StatisticsService
+from sf.services.stream_keys import StreamKeyService
+from sf.services.streams import StreamService
 from sf.services.viewer_counts import ViewerCounts
 from sf.services.viewers import ViewerHub
 
@@ -78,7 +82,11 @@ class Services:
     cache: Cache
     images: ImageWorker
     events: EventBus
-    channels: ChannelService
+    streams: StreamService
+    stream_keys: StreamKeyService
+    allowed_viewers: AllowedViewerService
+    categories: CategoryService
+    publishing: PublishingService
     accounts: AccountService
     statistics: StatisticsService  # live totals onto streams, samples (leader node only)
     stream_schema: StreamSchema
@@ -153,28 +161,34 @@ async def start_services(config: Config, *, database_url: str | None = None,
     cache = Cache(redis, config.cache_ttl)
     images = ImageWorker(config.media_dir, config.avatar_size, config.avatar_max_pixels)
     events = EventBus(redis, config.node_id)
-    channels = ChannelService(db, cipher, cache, listeners=[events])
+    streams = StreamService(db, cache, listeners=[events])
+    stream_keys = StreamKeyService(db, cipher, streams)
     throttle = LoginThrottle(redis, config.rate_limit_auth_account,
                              config.rate_limit_auth_account_ceiling, config.rate_limit_window)
-    accounts = AccountService(db, hasher, sessions, throttle, cache, images, channels,
+    accounts = AccountService(db, hasher, sessions, throttle, cache, images, stream_keys,
                               avatar_hosts=config.avatar_hosts)
     counts = ViewerCounts(redis, config.node_id,
                           anonymous_per_network=config.viewers_anonymous_per_network,
                           min_dwell_seconds=config.viewer_min_dwell_seconds)
-    viewers = ViewerHub(config, redis, counts, channels, sessions)
-    channels.add_listener(viewers)
+    viewers = ViewerHub(config, redis, counts, streams, sessions)
+    streams.add_listener(viewers)
     events.subscribe(viewers)
-    statistics = StatisticsService(config, db, redis, counts, cache, channels)
+    statistics = StatisticsService(config, db, redis, counts, cache, streams)
+    publishing = PublishingService(db, cipher, cache, streams)
     media_nodes = MediaNodeRegistry(redis, config.media_node_heartbeat_ttl)
     node_ingest = None
     if ingest:
-        node_ingest = IngestService(config, db, redis, channels, media_nodes, owner=ingest_owner)
-        channels.add_listener(node_ingest)
+        node_ingest = IngestService(config, db, redis, streams, publishing, media_nodes,
+                                    owner=ingest_owner)
+        streams.add_listener(node_ingest)
         events.subscribe(node_ingest.remote)
     return Services(
         config=config, db=db, redis=redis, tokens=tokens, hasher=hasher, sessions=sessions,
         limiter=RateLimiter(redis), cipher=cipher, cache=cache, images=images, events=events,
-        channels=channels, accounts=accounts, statistics=statistics,
+        streams=streams, stream_keys=stream_keys,
+        allowed_viewers=AllowedViewerService(db, cache, streams),
+        categories=CategoryService(db, cache), publishing=publishing, accounts=accounts,
+        statistics=statistics,
         stream_schema=StreamSchema(playback_secret=config.internal_secret,
                                    playback_ttl=config.playback_url_ttl),
         tickets=TicketStore(redis), counts=counts, viewers=viewers,
