@@ -41,7 +41,7 @@ async def go_live(api: Any, services: Any, tokens: dict[str, Any], **settings: A
     if settings:
         await api.put("/api/stream/settings", settings, token=tokens["access_token"])
     key = (await api.get("/api/stream/key", token=tokens["access_token"])).json["stream_key"]
-    return (await services.channels.authorize_publish(key)).id
+    return (await services.publishing.authorize_publish(key)).id
 
 
 async def set_viewers(services: Any, stream_id: int, viewers: int) -> None:

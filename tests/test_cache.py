@@ -74,10 +74,10 @@ async def test_the_gate_reads_ahead_what_the_cache_then_serves(services):
 
 
 def test_page_keys_are_remembered_without_merging_filter_sets():
-    """ChannelService._page_key memoizes per filter set: a remembered key is the one JSON
+    """StreamService._page_key memoizes per filter set: a remembered key is the one JSON
     gives, whatever the order, and values equal as dict keys (1, 1.0, True) stay apart."""
-    from sf.services.channels import ChannelService
-    key = ChannelService._page_key
+    from sf.services.streams import StreamService
+    key = StreamService._page_key
     first = key({"limit": 20, "category_id": 3, "cursor": None}, False)
     again = key({"cursor": None, "category_id": 3, "limit": 20}, False)
     assert first == again == 'anon:{"category_id": 3, "cursor": null, "limit": 20}'

@@ -30,7 +30,7 @@ async def test_seeded_categories_sorted_by_viewers_then_name(api, services):
     ordered = (await api.get("/api/categories?limit=100")).json["data"]
     assert [(x["name"], x["viewers_count"]) for x in ordered[:2]] == [("Art", 30), ("Music", 12)]
     # Ending a stream takes its viewers out of the category total at once.
-    await services.channels.end_stream(c)
+    await services.streams.end_stream(c)
     assert (await api.get(f"/api/categories/{art}")).json["viewers_count"] == 0
     assert (await api.get(f"/api/categories/{music}")).json["viewers_count"] == 12
 

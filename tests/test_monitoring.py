@@ -29,9 +29,9 @@ import yaml
 
 from harness.platform import Platform, terminate, wait_for
 from harness.ports import reserve_port
+from sf.alerts import ALERT_LOGGER, AlertWebhook
 from sf.config import PROJECT_ROOT
 from sf.media.rtmp_stat import parse_stat
-from sf.observability import ALERT_LOGGER, AlertWebhook
 
 PROMETHEUS_DIR = PROJECT_ROOT / "conf" / "prometheus"
 PROMETHEUS_PORT = reserve_port()

@@ -176,7 +176,7 @@ class TestUntrustedPeer:
 
 
 class TestTheGateConnection:
-    """The gate's own pipelined connection (sf/ratelimit.py `PipelinedScript`) against the real
+    """The gate's own pipelined connection (sf/redis_pipeline.py `PipelinedScript`) against the real
     Redis: replies matched to their calls, a flushed script cache, a dropped connection, a
     stalled server and wrong credentials."""
 

@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 from redis.asyncio.client import Pipeline, Redis
 
-from sf import ratelimit
+from sf import redis_pipeline
 
 # route → (Redis round trips, Redis commands, SQL statements) of one warm request.
 # One script (sf/ratelimit.py's gate) checks the session, counts the rate limits and reads the
@@ -39,7 +39,7 @@ class Costs:
         original_pipeline = Pipeline.execute
         original_execute = asyncpg.Connection._execute
         original_simple = asyncpg.Connection.execute
-        original_call = ratelimit._Pipeline.call  # the gate's own pipelined connection
+        original_call = redis_pipeline.PipelinedConnection.call  # the gate's own connection
 
         async def command(self: Redis, *args: Any, **options: Any) -> Any:
             costs.counts["redis_round_trips"] += 1
@@ -52,7 +52,7 @@ class Costs:
                 costs.counts["redis_commands"] += len(self.command_stack)
             return await original_pipeline(self, *args, **kwargs)
 
-        def call(self: ratelimit._Pipeline, command: bytes) -> Any:
+        def call(self: redis_pipeline.PipelinedConnection, command: bytes) -> Any:
             costs.counts["redis_round_trips"] += 1
             costs.counts["redis_commands"] += 1
             return original_call(self, command)
@@ -68,7 +68,7 @@ class Costs:
 
         monkeypatch.setattr(Redis, "execute_command", command)
         monkeypatch.setattr(Pipeline, "execute", pipeline)
-        monkeypatch.setattr(ratelimit._Pipeline, "call", call)
+        monkeypatch.setattr(redis_pipeline.PipelinedConnection, "call", call)
         monkeypatch.setattr(asyncpg.Connection, "_execute", execute)
         monkeypatch.setattr(asyncpg.Connection, "execute", simple)
 

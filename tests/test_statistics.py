@@ -203,7 +203,7 @@ async def test_followers_gained_only_while_live(api, services):
     assert await gained(first) == 2
     await follow(fans[0], "DELETE")                     # lost a follower from before: not a gain undone
     assert await gained(first) == 2
-    await services.channels.end_stream(first)
+    await services.streams.end_stream(first)
     await follow(fans[3])                               # after the end: gained by no stream
     await follow(fans[1], "DELETE")                     # nor taken back from the ended one
     assert await gained(first) == 2
@@ -229,14 +229,14 @@ async def test_user_statistics_aggregate_and_privacy(api, services):
     await stats.sample(now=start + 10)                  # 4 × 10
     await node.hold({public: 10})
     await stats.sample(now=start + 20)                  # 10 × 10
-    await services.channels.end_stream(public)          # tail: 10 × 20 (capped)
+    await services.streams.end_stream(public)          # tail: 10 × 20 (capped)
     await node.hold({public: 0})
 
     private = await go_live(api, services, alice, title="Closed", is_private=True)
     private_start = await started_in_the_past(services, private, 50)
     await node.hold({private: 20})
     await stats.sample(now=private_start + 10)         # 20 × 10
-    await services.channels.end_stream(private)         # tail: 20 × 20
+    await services.streams.end_stream(private)         # tail: 20 × 20
     await stats.sample()                                # closes both
     # A prepared stream that never went live is no stream in the totals.
     await api.post("/api/streams", {"title": "Later"}, token=alice["access_token"])
@@ -315,7 +315,7 @@ async def test_sync_viewers_drives_sorting_and_category_totals(api, services):
 
     # An ended stream is left alone (end_stream zeroed it), whatever Redis still holds, even
     # when it ends between the sync's read of the live streams and its write.
-    await services.channels.end_stream(ids["ben"])
+    await services.streams.end_stream(ids["ben"])
     await services.statistics.sync_viewers()
     assert await statistics_db.set_viewer_counts(services.db, {ids["ben"]: 10}) == []
     assert await services.db.fetchval("SELECT viewers_count FROM streams WHERE id = $1",
@@ -354,7 +354,7 @@ async def test_redis_down_keeps_the_last_known_totals(api, services, caplog):
     # A second node whose Redis is unreachable (the real PostgreSQL, a closed Redis port).
     down = Redis.from_url(f"redis://127.0.0.1:{closed_port()}/0", socket_connect_timeout=1)
     cut_off = StatisticsService(services.config, services.db, down,
-                                counts_of(down, "cut-off"), Cache(down, 2), services.channels)
+                                counts_of(down, "cut-off"), Cache(down, 2), services.streams)
     try:
         with caplog.at_level(logging.INFO, logger="sf.statistics"):
             for _ in range(3):
@@ -397,7 +397,7 @@ async def test_only_the_leader_syncs(api, services):
     stream_id = await go_live(api, services, await api.register("solo"))
     await Process(services, "test-node-a").hold({stream_id: 5})
     other = StatisticsService(services.config, services.db, services.redis, services.counts,
-                              services.cache, services.channels)
+                              services.cache, services.streams)
     assert await services.statistics.tick(sample_due=False) is True
     await Process(services, "test-node-a").hold({stream_id: 6})
     assert await other.tick(sample_due=True) is False

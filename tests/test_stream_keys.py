@@ -43,8 +43,8 @@ async def test_key_is_encrypted_at_rest_with_a_digest(api, services):
 async def test_reset_replaces_the_key_and_the_old_one_stops_working(api, services):
     tokens = await api.register("carol")
     old = (await api.get("/api/stream/key", token=tokens["access_token"])).json
-    assert (await services.channels.authorize_publish(old["stream_key"])).is_live
-    await services.channels.end_stream(
+    assert (await services.publishing.authorize_publish(old["stream_key"])).is_live
+    await services.streams.end_stream(
         await services.db.fetchval("SELECT id FROM streams WHERE is_live"))
     reset = await api.post("/api/stream/key/reset", token=tokens["access_token"])
     assert reset.status == 200
@@ -52,8 +52,8 @@ async def test_reset_replaces_the_key_and_the_old_one_stops_working(api, service
     assert new["stream_key"] != old["stream_key"] and KEY_FORMAT.match(new["stream_key"])
     assert new["updated_at"] >= old["updated_at"]
     with pytest.raises(Forbidden):
-        await services.channels.authorize_publish(old["stream_key"])
-    stream = await services.channels.authorize_publish(new["stream_key"])
+        await services.publishing.authorize_publish(old["stream_key"])
+    stream = await services.publishing.authorize_publish(new["stream_key"])
     assert stream.user_id == tokens["user"]["id"]
 
 
@@ -74,12 +74,12 @@ async def test_authorize_publish_rules(api, services):
     for wrong in ("", "live_1_nope", key[:-1] + ("A" if key[-1] != "A" else "B"), key + "x",
                   "x" * 5000):
         with pytest.raises(Forbidden):
-            await services.channels.authorize_publish(wrong)
-    stream = await services.channels.authorize_publish(key)
+            await services.publishing.authorize_publish(wrong)
+    stream = await services.publishing.authorize_publish(key)
     assert stream.is_live and stream.started_at is not None
     assert stream.title == "erin's stream"  # no prepared stream, no default title
     with pytest.raises(Conflict):  # one live stream per user
-        await services.channels.authorize_publish(key)
+        await services.publishing.authorize_publish(key)
     sealed = await services.db.fetchval("SELECT stream_key FROM streams WHERE id = $1", stream.id)
     assert sealed is not None and key.encode() not in bytes(sealed)
 
@@ -91,11 +91,11 @@ async def test_publish_uses_the_prepared_stream_or_the_defaults(api, services):
     settings = await api.put("/api/stream/settings", {
         "title": "Default title", "category_id": 2, "is_private": True}, token=token)
     assert settings.status == 200 and settings.json["category_id"] == 2
-    first = await services.channels.authorize_publish(key)
+    first = await services.publishing.authorize_publish(key)
     assert (first.title, first.category_id, first.is_private) == ("Default title", 2, True)
-    await services.channels.end_stream(first.id)
+    await services.streams.end_stream(first.id)
     prepared = await api.post("/api/streams", {"title": "Prepared one"}, token=token)
-    second = await services.channels.authorize_publish(key)
+    second = await services.publishing.authorize_publish(key)
     assert second.id == prepared.json["id"] and second.title == "Prepared one"
 
 
@@ -142,9 +142,9 @@ async def test_the_key_never_leaks(api, services, captured_logs):
     key = (await api.get("/api/stream/key", token=token)).json["stream_key"]
     await api.post("/api/users/keyowner/follow", token=fan["access_token"])
     await api.put("/api/stream/settings", {"title": "Live now"}, token=token)
-    stream = await services.channels.authorize_publish(key)
+    stream = await services.publishing.authorize_publish(key)
     try:
-        await services.channels.authorize_publish(key + "-typo")
+        await services.publishing.authorize_publish(key + "-typo")
     except Forbidden:
         pass
     calls = [
@@ -165,7 +165,7 @@ async def test_the_key_never_leaks(api, services, captured_logs):
     leaked = [body for body in api.transcript[before:] if key.encode() in body]
     # Only the stream created with the key as its *title* echoes it back: user data, not a leak.
     assert all(b'"title": "' + key.encode() in body for body in leaked), leaked
-    await services.channels.end_stream(stream.id)
+    await services.streams.end_stream(stream.id)
     logs = captured_logs.read_text()
     assert key not in logs
     assert "live_[REDACTED]" in logs  # the 404 path carrying the key was logged, redacted

@@ -205,7 +205,7 @@ async def test_pagination_by_viewers_walks_every_live_stream_once(api, services)
 async def test_user_streams_newest_first_including_ended(api, services):
     tokens = await api.register("gina")
     first = await go_live(api, services, tokens, title="first")
-    await services.channels.end_stream(first)
+    await services.streams.end_stream(first)
     second = (await api.post("/api/streams", {"title": "second"},
                              token=tokens["access_token"])).json["id"]
     body = (await api.get("/api/users/gina/streams")).json
@@ -224,15 +224,15 @@ async def test_a_cursor_spelled_none_is_refused_cold_or_warm(api):
 async def test_long_queries_are_answered_but_not_remembered(api):
     # security.md#query-memo-memory: queries are parsed before the rate limit is counted; thousands of long
     # valid ones held ~33 MB per process in the parsed-query memo.
-    from sf.handlers import base
+    from sf.handlers import inputs
 
     queries = [f"q={index:03d}" + "&" * 300 + "limit=5" for index in range(5)]
     for query in queries:
         assert (await api.get(f"/api/streams?{query}")).status == 200
-    remembered = {raw for _, raw in base._QUERIES}
+    remembered = {raw for _, raw in inputs._QUERIES}
     assert not remembered & set(queries)
     assert (await api.get("/api/streams?limit=6")).status == 200
-    assert "limit=6" in {raw for _, raw in base._QUERIES}  # short ones are
+    assert "limit=6" in {raw for _, raw in inputs._QUERIES}  # short ones are
 
 
 class TestPrivacy:
@@ -299,7 +299,7 @@ class TestPrivacy:
             users = [body] if "username" in body else [s["user"] for s in body["data"]]
             assert all(user["is_live"] is False for user in users), body
         # Not through a cached public profile either, nor in lists of its other streams.
-        await services.channels.end_stream(
+        await services.streams.end_stream(
             (await api.get("/api/users/hidden/streams",
                            token=owner["access_token"])).json["data"][0]["id"])
         public_id = await go_live(api, services, owner, title="Open", is_private=False)

@@ -16,8 +16,6 @@ from sf.db.pagination import decode_cursor, encode_cursor
 from sf.db.sql import Executor, set_clause
 from sf.errors import Conflict, Forbidden, NotFound, validation_error
 
-SORTS = ("viewers", "started_at", "created_at")
-
 
 @dataclass(frozen=True)
 class Stream:

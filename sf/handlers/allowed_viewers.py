@@ -23,7 +23,7 @@ class AllowedViewersHandler(APIHandler):
           422: {description: Bad limit or cursor, content: {application/json: {schema: ErrorSchema}}}
         """
         query = self.parse_query(page_query)
-        users, cursor = await self.services.channels.allowed_viewers(
+        users, cursor = await self.services.allowed_viewers.allowed_viewers(
             self.user_id, query["limit"], query["cursor"])
         self.write_json(page(users, cursor, user_public))
 
@@ -43,7 +43,7 @@ class AllowedViewerHandler(APIHandler):
           404: {description: No such user, content: {application/json: {schema: ErrorSchema}}}
           422: {description: Inviting yourself, content: {application/json: {schema: ErrorSchema}}}
         """
-        await self.services.channels.allow_viewer(self.user_id, username)
+        await self.services.allowed_viewers.allow_viewer(self.user_id, username)
         self.set_status(204)
         self.finish()
 
@@ -58,7 +58,7 @@ class AllowedViewerHandler(APIHandler):
           401: {description: Not authenticated, content: {application/json: {schema: ErrorSchema}}}
           404: {description: No such user, content: {application/json: {schema: ErrorSchema}}}
         """
-        await self.services.channels.revoke_viewer(self.user_id, username)
+        await self.services.allowed_viewers.revoke_viewer(self.user_id, username)
         self.set_status(204)
         self.finish()
 

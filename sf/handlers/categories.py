@@ -29,12 +29,12 @@ class CategoriesHandler(APIHandler):
           200: {description: A page of categories, content: {application/json: {schema: CategoryListSchema}}}
         """
         query = self.parse_query(page_query)
-        self.write_json(await self.services.channels.list_categories(
+        self.write_json(await self.services.categories.list_categories(
             query["limit"], query["cursor"], category_page, self.prefetched))
 
     def cache_reads(self, claims: TokenClaims | None) -> tuple[str | None, tuple[str, ...]]:
         query = self.parse_query(page_query)
-        return self.services.channels.category_list_reads(query["limit"], query["cursor"])
+        return self.services.categories.category_list_reads(query["limit"], query["cursor"])
 
 
 class CategoryHandler(APIHandler):

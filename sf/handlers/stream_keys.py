@@ -36,7 +36,7 @@ class StreamKeyHandler(StreamKeyBase):
           200: {description: Key, content: {application/json: {schema: StreamKeySchema}}}
           401: {description: Not authenticated, content: {application/json: {schema: ErrorSchema}}}
         """
-        self.write_key(await self.services.channels.get_key(self.user_id))
+        self.write_key(await self.services.stream_keys.get_key(self.user_id))
 
 
 class StreamKeyResetHandler(StreamKeyBase):
@@ -56,7 +56,7 @@ class StreamKeyResetHandler(StreamKeyBase):
           200: {description: New key, content: {application/json: {schema: StreamKeySchema}}}
           429: {description: Too many resets, content: {application/json: {schema: ErrorSchema}}}
         """
-        self.write_key(await self.services.channels.reset_key(self.user_id))
+        self.write_key(await self.services.stream_keys.reset_key(self.user_id))
 
 
 class StreamSettingsHandler(APIHandler):
@@ -74,7 +74,7 @@ class StreamSettingsHandler(APIHandler):
         responses:
           200: {description: Settings, content: {application/json: {schema: StreamSettingsSchema}}}
         """
-        self._dump(await self.services.channels.get_settings(self.user_id))
+        self._dump(await self.services.stream_keys.get_settings(self.user_id))
 
     async def put(self) -> None:
         """Update the defaults for the next stream (partial updates allowed).
@@ -88,7 +88,7 @@ class StreamSettingsHandler(APIHandler):
           422: {description: Invalid fields or unknown category, content: {application/json: {schema: ErrorSchema}}}
         """
         changes = self.parse_json(StreamSettingsSchema())
-        self._dump(await self.services.channels.update_settings(self.user_id, changes))
+        self._dump(await self.services.stream_keys.update_settings(self.user_id, changes))
 
 
 routes = [

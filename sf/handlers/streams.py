@@ -32,12 +32,12 @@ class StreamListMixin(APIHandler):
         return {**self.parse_query(stream_list_query), **self.fixed_filters()}
 
     def cache_reads(self, claims: TokenClaims | None) -> tuple[str | None, tuple[str, ...]]:
-        return self.services.channels.stream_list_reads(
+        return self.services.streams.stream_list_reads(
             claims.user_id if claims else None, self._filters(), self.check_listing is not None)
 
     async def write_stream_list(self) -> None:
         viewer = self.claims.user_id if self.claims else None
-        self.write_json(await self.services.channels.list_streams(
+        self.write_json(await self.services.streams.list_streams(
             viewer, self._filters(), self.stream_page, self.prefetched, self.check_listing))
 
 
@@ -69,7 +69,7 @@ class StreamsHandler(StreamListMixin):
           422: {description: Invalid fields or unknown category, content: {application/json: {schema: ErrorSchema}}}
         """
         fields = self.parse_json(StreamCreateSchema())
-        stream = await self.services.channels.create_stream(self.user_id, fields)
+        stream = await self.services.streams.create_stream(self.user_id, fields)
         self.write_json(self.services.stream_schema.dump(stream), 201)
 
 
@@ -87,7 +87,7 @@ class StreamHandler(APIHandler):
         """
         viewer = self.claims.user_id if self.claims else None
         self.write_json(self.services.stream_schema.dump(
-            await self.services.channels.get_stream(int(stream_id), viewer)))
+            await self.services.streams.get_stream(int(stream_id), viewer)))
 
     async def put(self, stream_id: str) -> None:
         """Change title, description, category or privacy (owner only).
@@ -102,7 +102,7 @@ class StreamHandler(APIHandler):
           404: {description: No such stream, content: {application/json: {schema: ErrorSchema}}}
         """
         changes = self.parse_json(StreamUpdateSchema())
-        stream = await self.services.channels.update_stream(int(stream_id), self.user_id, changes)
+        stream = await self.services.streams.update_stream(int(stream_id), self.user_id, changes)
         self.write_json(self.services.stream_schema.dump(stream))
 
     async def delete(self, stream_id: str) -> None:
@@ -116,7 +116,7 @@ class StreamHandler(APIHandler):
           403: {description: Not the owner, content: {application/json: {schema: ErrorSchema}}}
           404: {description: No such stream, content: {application/json: {schema: ErrorSchema}}}
         """
-        await self.services.channels.end_stream(int(stream_id), self.user_id)
+        await self.services.streams.end_stream(int(stream_id), self.user_id)
         self.set_status(204)
         self.finish()
 
@@ -139,7 +139,7 @@ class UserStreamsHandler(StreamListMixin):
         user = await get_user_by_username(self.db, username)
         viewer = self.claims.user_id if self.claims else None
         filters = {"username": user.username, "is_live": None, "sort": "created_at", **query}
-        self.write_json(await self.services.channels.list_streams(viewer, filters,
+        self.write_json(await self.services.streams.list_streams(viewer, filters,
                                                                   self.stream_page))
 
 

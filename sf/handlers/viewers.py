@@ -187,7 +187,7 @@ class ViewersSocket(tornado.websocket.WebSocketHandler, BaseHandler):
             return
         try:
             self.stream_id = int(stream_id)
-            stream = await self.services.channels.get_stream(self.stream_id, self.account_id)
+            stream = await self.services.streams.get_stream(self.stream_id, self.account_id)
         except (NotFound, ValueError, OverflowError):
             log.info("viewer socket refused", extra=self.log_fields(
                 close_code=CLOSE_NOT_FOUND, reason="stream not found"))

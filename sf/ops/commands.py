@@ -36,22 +36,22 @@ def add_parsers(sub: Any) -> None:
 
 
 async def run_categories(config: Config, args: argparse.Namespace) -> Any:
-    """Carry out one categories action through the channel service; what it prints."""
+    """Carry out one categories action through the category service; what it prints."""
     services = await start_services(config.replace(database_pool_min=1, database_pool_max=2))
     try:
-        channels = services.channels
+        categories = services.categories
         if args.action == "list":
-            result: Any = json.loads(await channels.list_categories(
+            result: Any = json.loads(await categories.list_categories(
                 100, None, lambda items, _: category_schema.dump(items, many=True)))
         elif args.action == "add":
-            result = category_schema.dump(await channels.add_category(
+            result = category_schema.dump(await categories.add_category(
                 args.name, args.description, args.thumbnail))
         elif args.action == "update":
             changes = {k: v for k, v in (("name", args.name), ("description", args.description),
                                          ("thumbnail", args.thumbnail)) if v is not None}
-            result = category_schema.dump(await channels.update_category(args.id, changes))
+            result = category_schema.dump(await categories.update_category(args.id, changes))
         else:
-            moved = await channels.remove_category(args.id)
+            moved = await categories.remove_category(args.id)
             result = {"removed": args.id, "streams_moved_to_no_category": moved}
         return result
     finally:
@@ -61,7 +61,7 @@ async def run_categories(config: Config, args: argparse.Namespace) -> Any:
 async def rotate_keys(config: Config) -> int:
     services = await start_services(config.replace(database_pool_min=1, database_pool_max=2))
     try:
-        return await services.channels.rotate_key_encryption()
+        return await services.stream_keys.rotate_key_encryption()
     finally:
         await services.close()
 

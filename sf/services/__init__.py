@@ -1,1 +1,2 @@
-"""Use cases the handlers call: accounts, sessions, channels, ingest, stream events."""
+"""Use cases the handlers call: accounts, sessions, streams, stream keys, invites, categories,
+publishing, ingest, stream events."""

@@ -21,8 +21,8 @@ from sf.media.images import AVATAR_URL_PREFIX, ImageWorker
 from sf.ratelimit import LoginThrottle
 from sf.schemas.dump import encode_json
 from sf.security import PasswordHasher, TokenClaims
-from sf.services.channels import ChannelService
 from sf.services.sessions import IssuedTokens, SessionStore
+from sf.services.stream_keys import StreamKeyService
 
 
 def check_avatar_url(url: str, user_id: int, media_dir: Path, avatar_hosts: tuple[str, ...]) -> None:
@@ -64,7 +64,7 @@ class AccountService:
 
     def __init__(self, db: asyncpg.Pool, hasher: PasswordHasher, sessions: SessionStore,
                  throttle: LoginThrottle, cache: Cache, images: ImageWorker,
-                 channels: ChannelService, avatar_hosts: tuple[str, ...] = ()) -> None:
+                 stream_keys: StreamKeyService, avatar_hosts: tuple[str, ...] = ()) -> None:
         self.db = db
         self.avatar_hosts = avatar_hosts
         self.hasher = hasher
@@ -72,7 +72,7 @@ class AccountService:
         self.throttle = throttle
         self.cache = cache
         self.images = images
-        self.channels = channels
+        self.stream_keys = stream_keys
 
     async def _hash(self, password: str) -> str:
         return await asyncio.get_running_loop().run_in_executor(
@@ -86,7 +86,7 @@ class AccountService:
         password_hash = await self._hash(password)
         async with self.db.acquire() as connection, connection.transaction():
             user = await users_db.create_user(connection, username, email, password_hash)
-            await self.channels.create_for_new_user(connection, user)
+            await self.stream_keys.create_for_new_user(connection, user)
         return LoginResult(user, await self.sessions.create(user.id))
 
     async def login(self, login: str, password: str, client_ip: str) -> LoginResult:

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
+import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import asyncpg
 import redis.exceptions as redis_errors
@@ -13,23 +18,60 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
+from sf.alerts import AlertWebhook, install_alert_webhook, remove_alert_webhook
 from sf.cache import Cache
 from sf.config import Config
 from sf.db.pool import create_pool
 from sf.media.images import ImageWorker
-from sf.observability import AlertWebhook, install_alert_webhook, remove_alert_webhook
 from sf.ratelimit import LoginThrottle, RateLimiter
 from sf.schemas import StreamSchema
 from sf.security import PasswordHasher, StreamKeyCipher, TokenService
 from sf.services.accounts import AccountService
-from sf.services.channels import ChannelService
+from sf.services.allowed_viewers import AllowedViewerService
+from sf.services.categories import CategoryService
 from sf.services.events import EventBus
 from sf.services.ingest import IngestService
 from sf.services.media_nodes import MediaNodeRegistry
+from sf.services.publishing import PublishingService
 from sf.services.sessions import SessionStore, TicketStore
 from sf.services.statistics import StatisticsService
+from sf.services.stream_keys import StreamKeyService
+from sf.services.streams import StreamService
 from sf.services.viewer_counts import ViewerCounts
 from sf.services.viewers import ViewerHub
+
+log = logging.getLogger("sf.services")
+
+
+class Cleanups:
+    """What a node releases when it shuts down, as aiohttp's `CleanupContext` does it: each
+    part registers its cleanup as it is opened, and `run` calls them in the reverse order,
+    every one even when another fails (a pool must not stay open because a thread pool's
+    shutdown raised); each failure is logged, and the first is raised once all have run."""
+
+    def __init__(self) -> None:
+        self._cleanups: list[tuple[str, Callable[[], Any]]] = []
+
+    def add(self, name: str, cleanup: Callable[[], Any]) -> None:
+        """Call `cleanup` (a function, or one returning an awaitable) at shutdown, before
+        those added earlier; `name` says what it releases, in the log."""
+        self._cleanups.append((name, cleanup))
+
+    async def run(self) -> None:
+        """Run every cleanup, newest first (each at most once)."""
+        first: Exception | None = None
+        while self._cleanups:
+            name, cleanup = self._cleanups.pop()
+            try:
+                result = cleanup()
+                if inspect.isawaitable(result):
+                    await result
+            except Exception as error:
+                log.error("closing %s failed", name, exc_info=True)
+                if first is None:
+                    first = error
+        if first is not None:
+            raise first
 
 
 @dataclass
@@ -78,7 +120,11 @@ class Services:
     cache: Cache
     images: ImageWorker
     events: EventBus
-    channels: ChannelService
+    streams: StreamService
+    stream_keys: StreamKeyService
+    allowed_viewers: AllowedViewerService
+    categories: CategoryService
+    publishing: PublishingService
     accounts: AccountService
     statistics: StatisticsService  # live totals onto streams, samples (leader node only)
     stream_schema: StreamSchema
@@ -87,6 +133,7 @@ class Services:
     viewers: ViewerHub
     media_nodes: MediaNodeRegistry  # which media nodes are alive (read by any node)
     ingest: IngestService | None  # only on a node next to an nginx-rtmp
+    cleanups: Cleanups  # run by `close`: the pool, Redis, the gate's connection, threads
     drain: RequestDrain = field(default_factory=RequestDrain)
     alerts: AlertWebhook | None = None  # ERROR events → SF_ALERT_WEBHOOK_URL, while started
 
@@ -120,12 +167,9 @@ class Services:
                                                                  alerts)
 
     async def close(self) -> None:
-        """Release connections and threads (after `stop`)."""
-        self.limiter.close()
-        await self.redis.aclose()
-        await self.db.close()
-        self.hasher.executor.shutdown(wait=False)
-        self.images.close()
+        """Release connections and threads (after `stop`), all of them even when one part
+        fails (`Cleanups.run`: the first failure is raised after the rest ran)."""
+        await self.cleanups.run()
 
 
 async def start_services(config: Config, *, database_url: str | None = None,
@@ -135,9 +179,22 @@ async def start_services(config: Config, *, database_url: str | None = None,
     `ingest=True` on a node that runs nginx-rtmp (`sf serve`, `sf node`): it then owns the
     StreamActors of the streams published to it — in its ingest process (`ingest_owner`); the
     node's other processes forward nginx-rtmp's callbacks there and drop publishers of the
-    streams they end.
+    streams they end. What it opened is closed again when it fails part way.
     """
+    cleanups = Cleanups()
     db = await create_pool(config, database_url)
+    cleanups.add("the PostgreSQL pool", db.close)
+    try:
+        return await _wire(config, db, cleanups, ingest=ingest, ingest_owner=ingest_owner)
+    except BaseException:
+        with contextlib.suppress(Exception):  # each failure is logged; the first one counts
+            await cleanups.run()
+        raise
+
+
+async def _wire(config: Config, db: asyncpg.Pool, cleanups: Cleanups, *, ingest: bool,
+                ingest_owner: bool) -> Services:
+    """`start_services` once the pool is open: Redis and the services over both."""
     # After a Redis restart the pool still holds connections to the old server: a command
     # meeting one of those is retried once on a new connection rather than failing the request.
     redis = Redis.from_url(config.redis_url, decode_responses=False,
@@ -145,38 +202,49 @@ async def start_services(config: Config, *, database_url: str | None = None,
                            socket_connect_timeout=2, socket_timeout=5,
                            retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=1),
                            retry_on_error=[redis_errors.ConnectionError])
+    cleanups.add("the Redis client", redis.aclose)
     await redis.ping()
+    limiter = RateLimiter(redis)
+    cleanups.add("the request gate's Redis connection", limiter.close)
     tokens = TokenService(config)
     hasher = PasswordHasher(config.bcrypt_rounds, workers=max(1, os.cpu_count() or 1))
+    cleanups.add("the password hashing threads", lambda: hasher.executor.shutdown(wait=False))
     sessions = SessionStore(redis, tokens)
     cipher = StreamKeyCipher(config.stream_key_encryption_keys, config.stream_key_lookup_secret)
     cache = Cache(redis, config.cache_ttl)
     images = ImageWorker(config.media_dir, config.avatar_size, config.avatar_max_pixels)
+    cleanups.add("the image threads", images.close)
     events = EventBus(redis, config.node_id)
-    channels = ChannelService(db, cipher, cache, listeners=[events])
+    streams = StreamService(db, cache, listeners=[events])
+    stream_keys = StreamKeyService(db, cipher, streams)
     throttle = LoginThrottle(redis, config.rate_limit_auth_account,
                              config.rate_limit_auth_account_ceiling, config.rate_limit_window)
-    accounts = AccountService(db, hasher, sessions, throttle, cache, images, channels,
+    accounts = AccountService(db, hasher, sessions, throttle, cache, images, stream_keys,
                               avatar_hosts=config.avatar_hosts)
     counts = ViewerCounts(redis, config.node_id,
                           anonymous_per_network=config.viewers_anonymous_per_network,
                           min_dwell_seconds=config.viewer_min_dwell_seconds)
-    viewers = ViewerHub(config, redis, counts, channels, sessions)
-    channels.add_listener(viewers)
+    viewers = ViewerHub(config, redis, counts, streams, sessions)
+    streams.add_listener(viewers)
     events.subscribe(viewers)
-    statistics = StatisticsService(config, db, redis, counts, cache, channels)
+    statistics = StatisticsService(config, db, redis, counts, cache, streams)
+    publishing = PublishingService(db, cipher, cache, streams)
     media_nodes = MediaNodeRegistry(redis, config.media_node_heartbeat_ttl)
     node_ingest = None
     if ingest:
-        node_ingest = IngestService(config, db, redis, channels, media_nodes, owner=ingest_owner)
-        channels.add_listener(node_ingest)
+        node_ingest = IngestService(config, db, redis, streams, publishing, media_nodes,
+                                    owner=ingest_owner)
+        streams.add_listener(node_ingest)
         events.subscribe(node_ingest.remote)
     return Services(
         config=config, db=db, redis=redis, tokens=tokens, hasher=hasher, sessions=sessions,
-        limiter=RateLimiter(redis), cipher=cipher, cache=cache, images=images, events=events,
-        channels=channels, accounts=accounts, statistics=statistics,
+        limiter=limiter, cipher=cipher, cache=cache, images=images, events=events,
+        streams=streams, stream_keys=stream_keys,
+        allowed_viewers=AllowedViewerService(db, cache, streams),
+        categories=CategoryService(db, cache), publishing=publishing, accounts=accounts,
+        statistics=statistics,
         stream_schema=StreamSchema(playback_secret=config.internal_secret,
                                    playback_ttl=config.playback_url_ttl),
         tickets=TicketStore(redis), counts=counts, viewers=viewers,
-        media_nodes=media_nodes, ingest=node_ingest,
+        media_nodes=media_nodes, ingest=node_ingest, cleanups=cleanups,
     )

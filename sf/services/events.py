@@ -1,7 +1,7 @@
 """Stream events: one listener interface for what happens to a stream, and the Redis pub/sub
 bus that carries those events to every node.
 
-`ChannelService` tells its local listeners (Mopidy `CoreListener` style: subclass
+`StreamService` tells its local listeners (Mopidy `CoreListener` style: subclass
 `StreamListener`, override what you need). `EventBus` is one of them: it publishes each event
 on Redis, and hands the events other nodes published to its own subscribers, so a node that
 only serves viewers can follow streams without owning ingest, and a media node hears about

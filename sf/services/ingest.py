@@ -37,9 +37,10 @@ from sf.observability import (
     TRANSCODER_SPEED,
 )
 from sf.services.admission import REFUSED, Admission, TranscoderAdmission
-from sf.services.channels import ChannelService
 from sf.services.events import StreamEvent, StreamListener
 from sf.services.media_nodes import CpuMonitor, MediaNode, MediaNodeRegistry
+from sf.services.publishing import PublishingService
+from sf.services.streams import StreamService
 
 log = logging.getLogger("sf.ingest")
 
@@ -52,18 +53,20 @@ class IngestService(StreamListener):
 
     The `owner` (the node's process 0) takes nginx-rtmp's callbacks and holds the actors; the
     node's other processes `forward` a callback that reaches them to it. As a `StreamListener`
-    of the channel service each drops the publishers of the streams ended through it; `remote`
+    of the stream service each drops the publishers of the streams ended through it; `remote`
     hears changes made by other processes and nodes, and stops the actors they concern.
     """
 
     def __init__(self, config: Config, db: asyncpg.Pool, redis: Redis,
-                 channels: ChannelService, registry: MediaNodeRegistry, *,
+                 streams: StreamService, publishing: PublishingService,
+                 registry: MediaNodeRegistry, *,
                  owner: bool = True) -> None:
         self.config = config
         self.owner = owner
         self.db = db
         self.redis = redis
-        self.channels = channels
+        self.streams = streams
+        self.publishing = publishing
         self.registry = registry
         self.bridge = LoopBridge(asyncio.get_running_loop())
         self.directory = StreamDirectory(config, self.bridge, self)
@@ -102,7 +105,7 @@ class IngestService(StreamListener):
             return decision.address_range, decision.transcoded
 
         try:
-            stream = await self.channels.authorize_publish(
+            stream = await self.publishing.authorize_publish(
                 presented_key, media_node=self.config.media_node_url,
                 resume_within=self.config.publish_grace_seconds, admit=admit)
         except BaseException:
@@ -135,7 +138,7 @@ class IngestService(StreamListener):
 
     async def resolve(self, name: str) -> int | None:
         """A callback's stream name — a stream id, or the key it was published with — as an id."""
-        return await self.channels.stream_of_callback_name(name)
+        return await self.publishing.stream_of_callback_name(name)
 
     async def publish_done(self, stream_id: int) -> None:
         """on_publish_done: stop transcoding; the stream ends unless the encoder comes back."""
@@ -145,13 +148,13 @@ class IngestService(StreamListener):
                      self.config.publish_grace_seconds,
                      extra={"stream_id": stream_id, "event": "publisher_left"})
             if self.config.publish_grace_seconds == 0:
-                await self.channels.end_stream(stream_id)
+                await self.streams.end_stream(stream_id)
 
     async def update(self, stream_id: int) -> bool:
         """on_update: refresh liveness; False (drop the publisher) if the stream was ended."""
         return await streams_db.touch_live(self.db, stream_id)
 
-    # --- what the channel service tells (StreamListener) -----------------------------------------
+    # --- what the stream service tells (StreamListener) ------------------------------------------
 
     async def stream_ended(self, event: StreamEvent) -> None:
         """A stream ended on this node (DELETE, key reset, sweeper): stop its actor, drop its
@@ -189,7 +192,7 @@ class IngestService(StreamListener):
 
     async def on_thumbnail(self, stream_id: int, url: str) -> None:
         if not self.stopping:
-            await self.channels.set_thumbnail(stream_id, url)
+            await self.streams.set_thumbnail(stream_id, url)
 
     async def on_not_copyable(self, stream_id: int, reason: str) -> None:
         """A source-only stream whose source cannot be copied (not H.264): refused after all."""
@@ -199,7 +202,7 @@ class IngestService(StreamListener):
         log.warning("stream %s refused: %s", stream_id, reason,
                     extra={"event": "admission", "decision": REFUSED, "reason": "not_h264",
                            "stream_id": stream_id})
-        await self.channels.end_stream(stream_id)
+        await self.streams.end_stream(stream_id)
 
     async def on_health(self, stream_id: int, health: dict[str, Any]) -> None:
         if self.stopping:
@@ -234,7 +237,7 @@ class IngestService(StreamListener):
             self.db, self.config.publish_grace_seconds, self.config.stream_liveness_timeout)
         for stream_id in expired:
             log.info("stream %s: ended by the sweeper", stream_id)
-            await self.channels.end_stream(stream_id)
+            await self.streams.end_stream(stream_id)
         await asyncio.get_running_loop().run_in_executor(None, self._remove_old_media)
 
     async def take_dead_nodes_offline(self) -> list[int]:
@@ -245,7 +248,7 @@ class IngestService(StreamListener):
         dead = await self.registry.dead_among(nodes, self.config.media_node_url)
         if not dead:
             return []
-        stream_ids = await self.channels.take_offline_streams_of(dead)
+        stream_ids = await self.publishing.take_offline_streams_of(dead)
         if stream_ids:  # every surviving node tries; the one that took them reports
             STREAMS_TAKEN_OFFLINE.inc(len(stream_ids))
             log.error("media node lost (%s): %s live streams taken offline",

@@ -31,7 +31,7 @@ from sf.config import Config
 from sf.db import statistics as statistics_db
 from sf.db import users as users_db
 from sf.db.statistics import ViewerSample
-from sf.services.channels import ChannelService
+from sf.services.streams import StreamService
 from sf.services.viewer_counts import ViewerCounts
 
 log = logging.getLogger("sf.statistics")
@@ -142,12 +142,12 @@ class StatisticsService:
     """Copies live viewer totals onto streams, samples them into statistics, answers reads."""
 
     def __init__(self, config: Config, db: asyncpg.Pool, redis: Redis, counts: ViewerCounts,
-                 cache: Cache, channels: ChannelService) -> None:
+                 cache: Cache, streams: StreamService) -> None:
         self.config = config
         self.db = db
         self.counts = counts
         self.cache = cache
-        self.channels = channels
+        self.streams = streams
         self.sync_seconds = config.viewers_sync_seconds
         self.sample_seconds = config.stats_sample_seconds
         # A pause in sampling (no leader, Redis down) adds at most two intervals of watch time.
@@ -267,7 +267,7 @@ class StatisticsService:
     async def stream_statistics(self, stream_id: int, viewer_id: int | None) -> StreamStatistics:
         """A stream's statistics, for whoever may see the stream (NotFound otherwise); the
         per-sample timeline only for its owner."""
-        stream = await self.channels.get_stream(stream_id, viewer_id)
+        stream = await self.streams.get_stream(stream_id, viewer_id)
         totals = await statistics_db.stream_totals(self.db, stream.id)
         owner = viewer_id is not None and viewer_id == stream.user_id
         return StreamStatistics(

@@ -30,9 +30,9 @@ from sf.errors import NotFound
 from sf.media.hls import sign_thumbnail
 from sf.observability import WS_CONNECTIONS, WS_MESSAGES, WS_OPENED
 from sf.security import ViewerIdSigner
-from sf.services.channels import ChannelService
 from sf.services.events import AccessEvent, StreamEvent, StreamListener
 from sf.services.sessions import SessionStore
+from sf.services.streams import StreamService
 from sf.services.viewer_counts import LEAVES, Changes, ViewerCounts
 
 log = logging.getLogger("sf.viewers")
@@ -68,11 +68,11 @@ class ViewerHub(StreamListener):
     """This process's viewers of every stream, and what they are told."""
 
     def __init__(self, config: Config, redis: Redis, counts: ViewerCounts,
-                 channels: ChannelService, sessions: SessionStore) -> None:
+                 streams: StreamService, sessions: SessionStore) -> None:
         self.config = config
         self.redis = redis
         self.counts = counts
-        self.channels = channels
+        self.streams = streams
         self.sessions = sessions
         self.signer = ViewerIdSigner(config.internal_secret)
         self.anonymous_per_network = config.viewers_anonymous_per_network
@@ -387,7 +387,7 @@ class ViewerHub(StreamListener):
         for socket in list(self.sockets.get(stream_id, ())):
             if socket.account_id not in verdicts:
                 try:
-                    await self.channels.get_stream(stream_id, socket.account_id)
+                    await self.streams.get_stream(stream_id, socket.account_id)
                     verdicts[socket.account_id] = True
                 except NotFound:
                     verdicts[socket.account_id] = False
