@@ -19,6 +19,8 @@ from sf.services.media_nodes import NODE_KEY
 from tests.helpers import fetch_value
 from tests.media_platform import Platform, start_platforms, wait_for
 
+pytestmark = pytest.mark.platform
+
 PORT_A, PORT_B, PORT_LIMITS, PORT_CPU = 19200, 19240, 19280, 19320
 
 

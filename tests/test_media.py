@@ -19,6 +19,8 @@ from PIL import Image
 from sf.media.hls import sign_playback
 from tests.media_platform import Platform, wait_for
 
+pytestmark = pytest.mark.platform
+
 
 @pytest.fixture(scope="module")
 def platform(base_config, tmp_path_factory):

@@ -26,6 +26,8 @@ from sf.media.process import stop as terminate
 from tests.helpers import TEST_PORT_OFFSET
 from tests.media_platform import Platform, start_platforms, wait_for
 
+pytestmark = pytest.mark.platform
+
 A_BASE, B_BASE, BALANCER_PORT = 18420, 18430, 18439 + TEST_PORT_OFFSET
 GRACE = "20"
 

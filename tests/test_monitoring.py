@@ -386,6 +386,7 @@ async def open_viewers(node: Platform, stream_id: int, token: str) -> tuple[int,
     return len(sockets), refused
 
 
+@pytest.mark.platform
 def test_metrics_of_every_process_cover_the_node(node):
     streamer = register(node, "metered")
     publisher = node.publish(streamer["key"], seconds=120)
@@ -444,6 +445,7 @@ def test_metrics_of_every_process_cover_the_node(node):
     assert streamer["key"] not in both
 
 
+@pytest.mark.platform
 def test_rtmp_stat_is_behind_the_control_secret_and_parses(node):
     url = f"{node.config.media_node_url}/stat"
     with pytest.raises(urllib.error.HTTPError) as refused:
@@ -457,6 +459,7 @@ def test_rtmp_stat_is_behind_the_control_secret_and_parses(node):
         parse_stat(b"<html>not the stat</html>")
 
 
+@pytest.mark.platform
 def test_prometheus_sees_a_crash_looping_transcoder_fire_an_alert_that_then_resolves(
         node, prometheus, receiver):
     wait_for(lambda: len(query(prometheus, 'up{job="sf-api"} == 1')) == 2, 30,
@@ -529,6 +532,7 @@ def json_lines(path: Path) -> list[dict[str, Any]]:
     return parsed
 
 
+@pytest.mark.platform
 def test_node_logs_are_json_with_stream_and_request_ids_and_no_secret(node, receiver):
     records = json_lines(node.api_log)
 

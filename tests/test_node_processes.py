@@ -21,6 +21,8 @@ import pytest
 from tests.media_platform import Platform, wait_for
 from tests.test_viewers import connect
 
+pytestmark = pytest.mark.platform
+
 
 def children_of(pid: int) -> list[int]:
     result = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)

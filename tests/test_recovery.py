@@ -28,6 +28,8 @@ from sf.node.localservices import LocalPostgres
 from tests.helpers import TEST_PORT_OFFSET
 from tests.media_platform import Platform, redis_up, wait_for
 
+pytestmark = pytest.mark.platform
+
 
 def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
     """One HTTP/1.1 response with a Content-Length, read off a raw socket."""

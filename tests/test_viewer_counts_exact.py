@@ -102,6 +102,7 @@ async def everyone_sees(viewers: list[Viewer], total: int, timeout: float = 15,
                            what=f"{what} ({total})")
 
 
+@pytest.mark.platform
 def test_a_viewer_on_two_processes_counts_once(platform):
     """Two tabs of one signed-in viewer, and of one anonymous viewer, each on both processes."""
     stream_id, _ = prepared_stream(platform, "twotabs")
@@ -136,6 +137,7 @@ def test_a_viewer_on_two_processes_counts_once(platform):
     asyncio.run(scenario())
 
 
+@pytest.mark.platform
 def test_a_viewer_on_two_nodes_counts_once_and_a_killed_node_stops_counting(platform, tmp_path):
     stream_id, _ = prepared_stream(platform, "twonodes")
     fan = platform.register("twonodesfan")
@@ -167,6 +169,7 @@ def test_a_viewer_on_two_nodes_counts_once_and_a_killed_node_stops_counting(plat
         platform.stop_api_node(other)
 
 
+@pytest.mark.platform
 def test_a_killed_process_stops_counting_and_its_successor_inherits_nothing(platform):
     stream_id, _ = prepared_stream(platform, "killedproc")
 
@@ -196,6 +199,7 @@ def test_a_killed_process_stops_counting_and_its_successor_inherits_nothing(plat
     asyncio.run(scenario())
 
 
+@pytest.mark.platform
 def test_peak_viewers_is_the_highest_total_published(platform):
     """Two viewers for about 3 s between two samples: every viewer and the stream showed 2,
     so the statistics say 2 (the samples alone saw 0 both times)."""
@@ -224,6 +228,7 @@ def test_peak_viewers_is_the_highest_total_published(platform):
     assert all(point["viewers"] == 0 for point in body["timeline"])
 
 
+@pytest.mark.platform
 def test_forged_viewer_cookies_are_replaced_and_do_not_inflate(platform):
     stream_id, _ = prepared_stream(platform, "forged")
     # What the attack sent: a new value matching the old pattern on every socket.
@@ -253,6 +258,7 @@ def test_forged_viewer_cookies_are_replaced_and_do_not_inflate(platform):
     asyncio.run(scenario())
 
 
+@pytest.mark.platform
 def test_anonymous_viewers_count_at_most_the_cap_per_network(platform):
     stream_id, _ = prepared_stream(platform, "capped")
     go_live(platform, stream_id)  # so that the stream's own count follows too
@@ -292,6 +298,7 @@ def test_anonymous_viewers_count_at_most_the_cap_per_network(platform):
     asyncio.run(scenario())
 
 
+@pytest.mark.platform
 def test_a_handshake_flood_from_one_address_is_refused(platform):
     stream_id, _ = prepared_stream(platform, "flooded")
 
@@ -321,6 +328,7 @@ def test_a_handshake_flood_from_one_address_is_refused(platform):
     asyncio.run(scenario())
 
 
+@pytest.mark.platform
 def test_short_visits_add_nothing_to_unique_viewers_or_watch_time(platform):
     stream_id, owner = prepared_stream(platform, "dwelled")
     go_live(platform, stream_id)

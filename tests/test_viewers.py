@@ -23,6 +23,8 @@ from sf.services.viewer_counts import HOLDERS_KEY
 from tests.helpers import TEST_PORT_OFFSET
 from tests.media_platform import Platform, redis_up, wait_for
 
+pytestmark = pytest.mark.platform
+
 CLOSE_NOT_FOUND, CLOSE_UNAUTHORIZED, CLOSE_GOING_AWAY = 4404, 4401, 1001
 
 
