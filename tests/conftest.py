@@ -58,7 +58,9 @@ def base_config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Config]:
     """Config of the test session: its own database, Redis db 9, media in a temp dir."""
     ensure_secrets(bootstrap_var_dir())
     media = tmp_path_factory.mktemp("media")
+    # One pooled connection opened up front, not two: every test starts its own services.
     config = load_config({**os.environ, "SF_ENV": "test", "SF_BCRYPT_ROUNDS": "4",
+                          "SF_DATABASE_POOL_MIN": "1",
                           "SF_MEDIA_DIR": str(media), "SF_CACHE_TTL": "2",
                           "SF_CORS_ORIGINS": "https://app.example.com"})
     localservices.start_all(config)
