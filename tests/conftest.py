@@ -17,11 +17,13 @@ while a test WITHOUT the mark runs (in either tier), a process launch whose prog
 those is refused and the test fails, naming the mark to add. Every launch goes through
 `subprocess.Popen` (`subprocess.run`, asyncio's subprocesses and Playwright's driver too), so
 that is where the guard sits; a launch from inside a thread that swallows the error still
-fails the test at teardown.
+fails the test at teardown. It reads the program a command starts (any word of a shell
+command line), not what that program starts in turn: `bash -c "nginx"` would pass unseen.
 
-Speed of the fast tier: the per-test fixtures are what dominate it (hundreds of tests, one app
-each), so the OpenAPI document is built once per session rather than per app, and tables are
-emptied with DELETE, not TRUNCATE (which creates new files for every table and index).
+Speed of the fast tier: the per-test fixtures dominated it (hundreds of tests, one app each),
+so the OpenAPI document is built once per session rather than per app, tables are emptied with
+DELETE, not TRUNCATE (which creates new files for every table and index), and a test's pool
+opens one connection up front, not two.
 """
 
 from __future__ import annotations
