@@ -1,10 +1,11 @@
-# SF: `make run` runs the whole platform, `make test` runs the test suite.
+# SF: `make run` runs the whole platform, `make test` runs the test suite, `make check` runs the
+# linters and the fast tier (the tests that need no nginx, FFmpeg or browser) for everyday work.
 # Both install what is missing first (system packages, virtualenv) and start the services.
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test install bench lint clean-var
+.PHONY: run test check install bench lint clean-var
 
 $(STAMP): setup.cfg pyproject.toml scripts/bootstrap web/package.json web/package-lock.json
 	scripts/bootstrap
@@ -27,6 +28,9 @@ endif
 
 test: $(STAMP)
 	scripts/test
+
+check: lint
+	scripts/test -m "not platform"
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/api.py

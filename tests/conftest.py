@@ -1,14 +1,40 @@
-"""Fixtures: real PostgreSQL (a fresh database per test session) and real Redis.
+"""Fixtures: real PostgreSQL (a fresh database per test session) and real Redis; the two tiers.
 
 `make test` starts both under var/; the session fixture starts them too when pytest runs
 alone. Every test gets clean tables and an empty Redis database.
+
+Two tiers. `pytest -m "not platform"` (what `make check` runs) is every test that needs no
+more than PostgreSQL, Redis and short-lived tools; `make test` runs everything. A test that
+needs a platform — nginx, FFmpeg/ffprobe, a browser, or whole SF node processes (`sf serve`,
+`sf node`, `sf dev`, `sf edge`) — carries `pytest.mark.platform`, as a module's `pytestmark` or
+a decorator. The marker is registered in pyproject.toml, where `--strict-markers` makes a
+misspelt one an error.
+
+Why explicit marks and a guard rather than marking from fixtures or imports: the fixtures that
+start a platform are each module's own, under different names, and some tests start nginx in
+their body, so any inference would drift without anyone noticing. The guard cannot drift:
+while a test WITHOUT the mark runs (in either tier), a process launch whose program is one of
+those is refused and the test fails, naming the mark to add. Every launch goes through
+`subprocess.Popen` (`subprocess.run`, asyncio's subprocesses and Playwright's driver too), so
+that is where the guard sits; a launch from inside a thread that swallows the error still
+fails the test at teardown. It reads the program a command starts (any word of a shell
+command line), not what that program starts in turn: `bash -c "nginx"` would pass unseen.
+
+Speed of the fast tier: the per-test fixtures dominated it (hundreds of tests, one app each),
+so the OpenAPI document is built once per session rather than per app, tables are emptied with
+DELETE, not TRUNCATE (which creates new files for every table and index), and a test's pool
+opens one connection up front, not two.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import logging
 import os
+import shlex
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +46,7 @@ import tornado.httpclient
 from sf.app import make_app
 from sf.config import Config, bootstrap_var_dir, ensure_secrets, load_config, with_url_path
 from sf.db.migrate import MIGRATIONS_DIR, drop_database, recreate_database
+from sf.handlers import docs
 from sf.node import localservices
 from sf.observability import RedactingJsonFormatter
 from sf.services.container import Services, start_services
@@ -33,7 +60,9 @@ def base_config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Config]:
     """Config of the test session: its own database, Redis db 9, media in a temp dir."""
     ensure_secrets(bootstrap_var_dir())
     media = tmp_path_factory.mktemp("media")
+    # One pooled connection opened up front, not two: every test starts its own services.
     config = load_config({**os.environ, "SF_ENV": "test", "SF_BCRYPT_ROUNDS": "4",
+                          "SF_DATABASE_POOL_MIN": "1",
                           "SF_MEDIA_DIR": str(media), "SF_CACHE_TTL": "2",
                           "SF_CORS_ORIGINS": "https://app.example.com"})
     localservices.start_all(config)
@@ -67,12 +96,55 @@ def config(base_config: Config) -> Config:
 
 SEED_CATEGORIES = (MIGRATIONS_DIR / "003_seed_categories.sql").read_text()
 
+# What empties a database's tables, read once per database from its catalog: every table but
+# the migrations' ledger, referencing tables before the tables they reference.
+_EMPTYING: dict[str, str] = {}
+
+
+async def emptying_statement(services: Services) -> str:
+    """DELETE every row of every table and restart every sequence (one round trip).
+
+    What `TRUNCATE ... RESTART IDENTITY CASCADE` did, in a tenth of the time on tables of a
+    few rows; built from the catalog, so a table or sequence added by a migration is covered.
+    """
+    known = _EMPTYING.get(services.config.database_url)
+    if known is not None:
+        return known
+    tables = [row["name"] for row in await services.db.fetch(
+        "SELECT quote_ident(tablename) AS name FROM pg_tables "
+        "WHERE schemaname = 'public' AND tablename <> 'schema_migrations'")]
+    edges = await services.db.fetch(
+        "SELECT DISTINCT quote_ident(child.relname) AS child, quote_ident(parent.relname) AS parent "
+        "FROM pg_constraint c JOIN pg_class child ON child.oid = c.conrelid "
+        "JOIN pg_class parent ON parent.oid = c.confrelid "
+        "JOIN pg_namespace n ON n.oid = child.relnamespace "
+        "WHERE c.contype = 'f' AND n.nspname = 'public' AND child.oid <> parent.oid")
+    referenced_by: dict[str, set[str]] = {table: set() for table in tables}
+    for edge in edges:
+        referenced_by.setdefault(edge["parent"], set()).add(edge["child"])
+    ordered: list[str] = []
+
+    def visit(table: str) -> None:
+        if table not in ordered:
+            for child in sorted(referenced_by.get(table, ())):
+                visit(child)
+            ordered.append(table)
+
+    for table in sorted(tables):
+        visit(table)
+    sequences = await services.db.fetch(
+        "SELECT quote_ident(schemaname) || '.' || quote_ident(sequencename) AS name, start_value "
+        "FROM pg_sequences WHERE schemaname = 'public'")
+    statement = "".join(f"DELETE FROM {table};\n" for table in ordered if table in tables)
+    statement += "".join(f"SELECT setval('{row['name']}', {row['start_value']}, false);\n"
+                         for row in sequences)
+    _EMPTYING[services.config.database_url] = statement
+    return statement
+
 
 async def reset_state(services: Services) -> None:
     """Empty tables (categories back to the seeded set) and an empty Redis database."""
-    await services.db.execute(
-        "TRUNCATE users, streams, follows, categories RESTART IDENTITY CASCADE")
-    await services.db.execute(SEED_CATEGORIES)
+    await services.db.execute(await emptying_statement(services) + SEED_CATEGORIES)
     await services.redis.flushdb()
 
 
@@ -82,6 +154,27 @@ def services(io_loop: Any, config: Config) -> Iterator[Services]:
     io_loop.run_sync(lambda: reset_state(built))
     yield built
     io_loop.run_sync(built.close)
+
+
+BUILD_OPENAPI = docs.build_openapi
+
+
+@functools.cache
+def _openapi_of(routes: tuple[tuple[str, type], ...]) -> dict[str, Any]:
+    return BUILD_OPENAPI(list(routes))
+
+
+def build_openapi_once(routes: list[Any]) -> dict[str, Any]:
+    """`docs.build_openapi`, computed once per route table: the document depends on the routes
+    and the schemas only, and building it (YAML from every docstring) cost 50 ms per app."""
+    return copy.deepcopy(_openapi_of(tuple((route[0], route[1]) for route in routes)))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def openapi_built_once() -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(docs, "build_openapi", build_openapi_once)
+        yield
 
 
 @pytest.fixture
@@ -156,3 +249,76 @@ class Api:
 @pytest.fixture
 def api(http_client: Any, base_url: str) -> Api:
     return Api(http_client, base_url)
+
+
+# --- the platform tier ---------------------------------------------------------------------------
+
+PLATFORM_PROGRAMS = frozenset({"nginx", "ffmpeg", "ffprobe", "chromium", "chromium-browser",
+                               "chrome", "google-chrome", "headless_shell"})
+NODE_COMMANDS = frozenset({"serve", "node", "dev", "edge"})
+
+
+class PlatformLaunchRefused(RuntimeError):
+    """A test without `pytest.mark.platform` tried to start part of a platform."""
+
+
+def platform_program(args: Any, executable: Any = None, shell: bool = False) -> str | None:
+    """What part of a platform this command line starts, if any (None: none)."""
+    if isinstance(args, (str, bytes, os.PathLike)):
+        text = os.fsdecode(args)
+        argv = shlex.split(text) if shell else [text]
+    else:
+        argv = [os.fsdecode(arg) for arg in args]
+    if not argv:
+        return None
+    # A shell command line may start its program anywhere (`exec nginx`, `a && ffmpeg`).
+    programs = argv if shell else [os.fsdecode(executable) if executable else argv[0]]
+    for program in map(os.path.basename, programs):
+        if program in PLATFORM_PROGRAMS:
+            return program
+    if "run-driver" in argv:
+        return "the Playwright driver (a browser)"
+    for token, command in zip(argv, argv[1:], strict=False):
+        if (token == "sf.app" or os.path.basename(token) == "sf") and command in NODE_COMMANDS:
+            return f"sf {command}"
+    return None
+
+
+class LaunchGuard:
+    """The launches refused during one test (the guard fails the test if there were any)."""
+
+    def __init__(self, nodeid: str) -> None:
+        self.nodeid = nodeid
+        self.refused: list[str] = []
+
+    def check(self, args: Any, executable: Any, shell: bool) -> None:
+        program = platform_program(args, executable, shell)
+        if program is not None:
+            self.refused.append(program)
+            raise PlatformLaunchRefused(
+                f"{self.nodeid} starts {program} but is not marked platform: add "
+                "`pytestmark = pytest.mark.platform` to its module or "
+                "`@pytest.mark.platform` to the test (see tests/conftest.py)")
+
+
+@pytest.fixture(autouse=True)
+def platform_launch_guard(request: pytest.FixtureRequest) -> Iterator[LaunchGuard | None]:
+    """Refuse nginx, FFmpeg, browsers and SF node processes to tests not marked `platform`."""
+    if request.node.get_closest_marker("platform") is not None:
+        yield None
+        return
+    guard = LaunchGuard(request.node.nodeid)
+    original = subprocess.Popen.__init__
+
+    @functools.wraps(original)
+    def guarded(self: subprocess.Popen[Any], args: Any, *more: Any, **kwargs: Any) -> None:
+        guard.check(args, kwargs.get("executable", more[1] if len(more) > 1 else None),
+                    bool(kwargs.get("shell", more[7] if len(more) > 7 else False)))
+        original(self, args, *more, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(subprocess.Popen, "__init__", guarded)
+        yield guard
+    if guard.refused:
+        pytest.fail(f"started {', '.join(sorted(set(guard.refused)))} without "
+                    "pytest.mark.platform (see tests/conftest.py)", pytrace=False)

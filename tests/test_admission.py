@@ -19,6 +19,8 @@ from harness.platform import Platform, start_platforms, wait_for
 from sf.services.media_nodes import NODE_KEY
 from tests.helpers import fetch_value
 
+pytestmark = pytest.mark.platform
+
 
 def renditions(node: Platform, stream_id: int) -> list[str] | None:
     """The variant names of a stream's master playlist (None until it exists)."""

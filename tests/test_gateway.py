@@ -40,6 +40,8 @@ from sf.media.hls import new_thumbnail_name, sign_playback, sign_thumbnail
 from sf.node import localservices
 from sf.node.tls import write_self_signed
 
+pytestmark = pytest.mark.platform
+
 AUTH_LIMIT = 5  # SF_RATE_LIMIT_AUTH_IP of this module's platform
 NGINX_REQUEST_ID = re.compile(r"[0-9a-f]{32}")
 SPOOFED_ID = "client-chosen-request-id-0001"

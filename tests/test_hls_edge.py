@@ -21,6 +21,8 @@ import pytest
 from harness.platform import Platform, wait_for
 from sf.media.hls import sign_playback
 
+pytestmark = pytest.mark.platform
+
 SOURCE = f"127.{os.getpid() % 200 + 20}.{secrets.randbelow(250) + 1}"
 
 

@@ -19,6 +19,8 @@ from PIL import Image
 from harness.platform import Platform, wait_for
 from sf.media.hls import sign_playback
 
+pytestmark = pytest.mark.platform
+
 
 @pytest.fixture(scope="module")
 def platform(base_config, tmp_path_factory):

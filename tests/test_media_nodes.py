@@ -171,6 +171,7 @@ def test_no_node_is_judged_dead_unless_the_judges_own_view_of_redis_is_sound(bas
     run_private(scenario())
 
 
+@pytest.mark.platform
 def test_each_media_node_heartbeats_its_addresses_and_load(nodes):
     a, b = nodes
     alive = wait_for(lambda: (view := registry_view()) and len(view) == 2 and view, 10,
@@ -183,6 +184,7 @@ def test_each_media_node_heartbeats_its_addresses_and_load(nodes):
         assert entry.node_id == f"{node.config.node_id}.0"  # the ingest process
 
 
+@pytest.mark.platform
 def test_a_redis_outage_longer_than_the_heartbeat_takes_no_stream_offline(
         nodes, redis_server, base_config):
     a, _ = nodes
@@ -209,6 +211,7 @@ def test_a_redis_outage_longer_than_the_heartbeat_takes_no_stream_offline(
         assert a.request("DELETE", f"/api/streams/{stream['id']}", token=user["token"])[0] == 204
 
 
+@pytest.mark.platform
 def test_a_killed_media_node_goes_offline_and_its_encoder_resumes_on_the_survivor(
         nodes, base_config):
     a, b = nodes

@@ -26,6 +26,8 @@ from harness.ports import reserve_port, reserve_ports
 from sf.media.process import die_with_parent
 from sf.media.process import stop as terminate
 
+pytestmark = pytest.mark.platform
+
 BALANCER_PORT = reserve_port()
 GRACE = "20"
 

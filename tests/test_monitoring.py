@@ -149,7 +149,7 @@ def test_webhook_posts_alertmanager_json_deduplicated_rate_limited_and_redacted(
 
 
 def test_webhook_never_blocks_the_caller_and_never_logs_its_url(captured_logs):
-    slow = Receiver(delay=3.0)
+    slow = Receiver(delay=1.0)  # five times what the caller may take: it would wait for it
     logger = logging.getLogger("sf.test.webhook.slow")
     handler = AlertWebhook(slow.url + "?token=webhook-url-secret", node="n", dedup_seconds=0,
                            max_per_minute=100)
@@ -385,6 +385,7 @@ async def open_viewers(node: Platform, stream_id: int, token: str) -> tuple[int,
     return len(sockets), refused
 
 
+@pytest.mark.platform
 def test_metrics_of_every_process_cover_the_node(node):
     streamer = register(node, "metered")
     publisher = node.publish(streamer["key"], seconds=120)
@@ -443,6 +444,7 @@ def test_metrics_of_every_process_cover_the_node(node):
     assert streamer["key"] not in both
 
 
+@pytest.mark.platform
 def test_rtmp_stat_is_behind_the_control_secret_and_parses(node):
     url = f"{node.config.media_node_url}/stat"
     with pytest.raises(urllib.error.HTTPError) as refused:
@@ -456,6 +458,7 @@ def test_rtmp_stat_is_behind_the_control_secret_and_parses(node):
         parse_stat(b"<html>not the stat</html>")
 
 
+@pytest.mark.platform
 def test_prometheus_sees_a_crash_looping_transcoder_fire_an_alert_that_then_resolves(
         node, prometheus, receiver):
     wait_for(lambda: len(query(prometheus, 'up{job="sf-api"} == 1')) == 2, 30,
@@ -528,6 +531,7 @@ def json_lines(path: Path) -> list[dict[str, Any]]:
     return parsed
 
 
+@pytest.mark.platform
 def test_node_logs_are_json_with_stream_and_request_ids_and_no_secret(node, receiver):
     records = json_lines(node.api_log)
 

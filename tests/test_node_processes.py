@@ -21,6 +21,8 @@ import pytest
 from harness.client import connect
 from harness.platform import Platform, wait_for
 
+pytestmark = pytest.mark.platform
+
 
 def children_of(pid: int) -> list[int]:
     result = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)

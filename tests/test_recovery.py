@@ -28,6 +28,8 @@ from harness.ports import reserve_port, reserve_ports
 from sf.config import with_url_path
 from sf.node.localservices import LocalPostgres
 
+pytestmark = pytest.mark.platform
+
 
 def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
     """One HTTP/1.1 response with a Content-Length, read off a raw socket."""

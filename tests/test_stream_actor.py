@@ -10,9 +10,13 @@ import asyncio
 import socket
 from typing import Any
 
+import pytest
+
 from sf.actors.bridge import LoopBridge
 from sf.actors.directory import StreamDirectory
 from tests.helpers import run_private
+
+pytestmark = pytest.mark.platform
 
 
 class RecordedEvents:

@@ -103,6 +103,7 @@ async def everyone_sees(viewers: list[Viewer], total: int, timeout: float = 15,
                            what=f"{what} ({total})")
 
 
+@pytest.mark.platform
 def test_a_viewer_on_two_processes_counts_once(platform):
     """Two tabs of one signed-in viewer, and of one anonymous viewer, each on both processes."""
     stream_id, _ = prepared_stream(platform, "twotabs")
@@ -137,6 +138,7 @@ def test_a_viewer_on_two_processes_counts_once(platform):
     asyncio.run(scenario())
 
 
+@pytest.mark.platform
 def test_a_viewer_on_two_nodes_counts_once_and_a_killed_node_stops_counting(platform, tmp_path):
     stream_id, _ = prepared_stream(platform, "twonodes")
     fan = platform.register("twonodesfan")
@@ -168,6 +170,7 @@ def test_a_viewer_on_two_nodes_counts_once_and_a_killed_node_stops_counting(plat
         platform.stop_api_node(other)
 
 
+@pytest.mark.platform
 def test_a_killed_process_stops_counting_and_its_successor_inherits_nothing(platform):
     stream_id, _ = prepared_stream(platform, "killedproc")
 
@@ -197,6 +200,7 @@ def test_a_killed_process_stops_counting_and_its_successor_inherits_nothing(plat
     asyncio.run(scenario())
 
 
+@pytest.mark.platform
 def test_peak_viewers_is_the_highest_total_published(platform):
     """Two viewers for about 3 s between two samples: every viewer and the stream showed 2,
     so the statistics say 2 (the samples alone saw 0 both times)."""
@@ -225,6 +229,7 @@ def test_peak_viewers_is_the_highest_total_published(platform):
     assert all(point["viewers"] == 0 for point in body["timeline"])
 
 
+@pytest.mark.platform
 def test_forged_viewer_cookies_are_replaced_and_do_not_inflate(platform):
     """security.md#forged-viewer-cookie."""
     stream_id, _ = prepared_stream(platform, "forged")
@@ -255,6 +260,7 @@ def test_forged_viewer_cookies_are_replaced_and_do_not_inflate(platform):
     asyncio.run(scenario())
 
 
+@pytest.mark.platform
 def test_anonymous_viewers_count_at_most_the_cap_per_network(platform):
     """security.md#viewer-inflation-from-one-network."""
     stream_id, _ = prepared_stream(platform, "capped")
@@ -295,6 +301,7 @@ def test_anonymous_viewers_count_at_most_the_cap_per_network(platform):
     asyncio.run(scenario())
 
 
+@pytest.mark.platform
 def test_a_handshake_flood_from_one_address_is_refused(platform):
     """security.md#websocket-handshake-flood, across the API processes."""
     stream_id, _ = prepared_stream(platform, "flooded")
@@ -325,6 +332,7 @@ def test_a_handshake_flood_from_one_address_is_refused(platform):
     asyncio.run(scenario())
 
 
+@pytest.mark.platform
 def test_short_visits_add_nothing_to_unique_viewers_or_watch_time(platform):
     """security.md#drive-by-viewers."""
     stream_id, owner = prepared_stream(platform, "dwelled")

@@ -22,6 +22,8 @@ from harness.ports import reserve_port
 from sf.db.migrate import drop_database, recreate_database
 from sf.services.viewer_counts import HOLDERS_KEY
 
+pytestmark = pytest.mark.platform
+
 CLOSE_NOT_FOUND, CLOSE_UNAUTHORIZED, CLOSE_GOING_AWAY = 4404, 4401, 1001
 
 

@@ -26,7 +26,7 @@ PASSWORD = "password123"
 XSS_TITLE = '<img src=x onerror="window.__xss=1"> Live & "loud" <script>window.__xss=2</script>'
 XSS_BIO = "<b>bold?</b><svg onload=\"window.__xss=3\"></svg> I stream </p><iframe src=/>"
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.platform, pytest.mark.timeout(600)]
 
 
 class Pages:
