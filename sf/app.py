@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(config.log_level)
     for name in config.extra:
-        log.warning("unknown setting %s ignored (see conf/sf.toml for the names)", name)
+        log.warning("unknown setting %s ignored (see docs/configuration.md for the names)", name)
     return COMMANDS[args.command](config, args)
 
 

@@ -17,7 +17,7 @@ from marshmallow import ValidationError
 
 from sf.app import collect_routes
 from sf.handlers import docs
-from sf.handlers.base import text_problem
+from sf.handlers.inputs import text_problem
 from sf.schemas import LoginSchema, ProfileUpdateSchema, RegisterSchema, StreamCreateSchema
 from sf.schemas.common import NOT_BLANK_TEXT_PATTERN, STORABLE_PATTERN, TEXT_PATTERN
 

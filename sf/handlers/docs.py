@@ -178,7 +178,7 @@ def tidy_query_parameter(parameter: dict[str, Any]) -> None:
 class PrecompressedHandler(APIHandler):
     """A fixed answer, gzipped once and served as it is (to clients that accept gzip): the
     1 MB Swagger bundle compressed per request cost ~40 ms of API CPU, an anonymous CPU flood
-    (outside attack F8). Counted by the anonymous rate limit like every API request."""
+    (security.md#docs-compression-flood). Counted by the anonymous rate limit like every API request."""
 
     auth = "public"
     cache_control: ClassVar[str] = "public, max-age=86400"

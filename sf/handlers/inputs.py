@@ -110,7 +110,7 @@ def parse_json(request: tornado.httputil.HTTPServerRequest, schema: Schema) -> d
 _QUERIES: OrderedDict[tuple[Schema, str], dict[str, Any]] = OrderedDict()
 _QUERIES_KEPT = 4096
 # Only short ones: a request is parsed before its rate limit is counted, and thousands of
-# long valid queries held ~33 MB a process (outside attack F7). Pages' queries are short.
+# long valid queries held ~33 MB a process (security.md#query-memo-memory). Pages' queries are short.
 _QUERY_KEPT_LENGTH = 256
 
 

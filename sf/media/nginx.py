@@ -293,7 +293,7 @@ LIMIT_CONN_WS = 500
 WS_HANDSHAKES_PER_SECOND = 10
 WS_HANDSHAKE_BURST = 40
 # HLS requests per client address at the edge: a player makes about two a second, a household
-# or an office behind one NAT a few dozen; a cache-busting flood (outside attack: 18,700/s of
+# or an office behind one NAT a few dozen; a cache-busting flood (security.md#hls-cache-busting-flood: 18,700/s of
 # made-up segment names from one address, each a miss at every origin) is refused with 429.
 HLS_REQUESTS_PER_SECOND = 200
 HLS_REQUEST_BURST = 400

@@ -26,7 +26,7 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u202a-\u202e\u2066-\u206
 # string of a JSON Schema instance holds one.
 END = r"(?![\s\S])"
 # Any character a string may hold anywhere in a request: not NUL, which PostgreSQL text cannot
-# store (the API edge refuses it in every string: handlers/base.py, `text_problem`).
+# store (the API edge refuses it in every string: handlers/inputs.py, `text_problem`).
 STORABLE_CHAR = r"[^\x00]"
 # A character of a text field (`no_control_chars`).
 TEXT_CHAR = r"[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u202a-\u202e\u2066-\u2069]"

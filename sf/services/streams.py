@@ -76,7 +76,7 @@ class StreamService:
     @staticmethod
     def _page_key(filters: dict[str, Any], checked: bool) -> str:
         # JSON, not key=value text: no two filter sets share a key (a cursor "None" and no
-        # cursor did, outside attack F6). Remembered: every list request asks, twice.
+        # cursor did, security.md#cursor-spelled-none). Remembered: every list request asks, twice.
         try:  # each value with its type: 1, 1.0 and True are equal as dict keys
             key = (checked, *sorted(
                 (name, value.__class__, value) for name, value in filters.items()))
