@@ -59,6 +59,27 @@ async def test_get_category_and_its_live_streams(api, services):
     assert (await api.get("/api/categories/2/streams?limit=0")).status == 422
 
 
+async def test_a_categorys_streams_take_the_documented_query_and_only_it(api, services):
+    """The category's streams read the stream-list query the document states for them
+    (`CategoryStreamListQuerySchema`): the filters work, and a `category_id` in the query,
+    which the path already names, is refused like any unknown field."""
+    old = await go_live(api, services, await api.register("gina"), category_id=2, title="cello night")
+    new = await go_live(api, services, await api.register("hank"), category_id=2, title="drums")
+    await go_live(api, services, await api.register("ivan"), category_id=3, title="cello elsewhere")
+    newest = (await api.get("/api/categories/2/streams?sort=started_at")).json["data"]
+    assert [s["id"] for s in newest] == [new, old]
+    found = (await api.get("/api/categories/2/streams?q=cello")).json["data"]
+    assert [s["id"] for s in found] == [old]
+    assert (await api.get("/api/categories/2/streams?username=hank")).json["data"][0]["id"] == new
+    refused = await api.get("/api/categories/2/streams?category_id=3")
+    assert refused.status == 422 and "category_id" in refused.json["error"]["fields"]
+    parameters = (await api.get("/api/v1/openapi.json")).json["paths"][
+        "/api/v1/categories/{category_id}/streams"]["get"]["parameters"]
+    assert {(p["name"], p["in"]) for p in parameters} == {
+        ("category_id", "path"), ("limit", "query"), ("cursor", "query"), ("username", "query"),
+        ("q", "query"), ("is_live", "query"), ("sort", "query")}
+
+
 async def test_a_missing_category_stays_404_whatever_the_cache_holds(api):
     # The same filter through /api/streams is an empty page, cached: the category's own route
     # must not answer from it (its pages are cached only once the category was found).

@@ -7,7 +7,7 @@ from typing import Any
 from sf.db import categories as categories_db
 from sf.handlers.base import APIHandler
 from sf.handlers.streams import StreamListMixin
-from sf.schemas import category_schema, page, page_query
+from sf.schemas import category_schema, category_stream_list_query, page, page_query
 from sf.security import TokenClaims
 
 
@@ -55,15 +55,19 @@ class CategoryHandler(APIHandler):
 
 class CategoryStreamsHandler(StreamListMixin):
     auth = "optional"
+    query_schema = category_stream_list_query
 
     async def get(self, category_id: str) -> None:
         """Live streams in a category (same filters as GET /api/streams).
         ---
         summary: Streams of a category
         tags: [categories]
+        parameters:
+          - {in: query, schema: CategoryStreamListQuerySchema}
         responses:
           200: {description: A page of streams, content: {application/json: {schema: StreamListSchema}}}
           404: {description: No such category, content: {application/json: {schema: ErrorSchema}}}
+          422: {description: Bad filter or cursor, content: {application/json: {schema: ErrorSchema}}}
         """
         await self.write_stream_list()
 

@@ -23,13 +23,15 @@ class StreamListMixin(APIHandler):
     def stream_page(self, streams: list[Any], cursor: str | None) -> dict[str, Any]:
         return page(streams, cursor, self.services.stream_schema)
 
+    query_schema: Any = stream_list_query
+
     def fixed_filters(self) -> dict[str, Any]:
         return {}
 
     check_listing: Any = None  # an async method, or None
 
     def _filters(self) -> dict[str, Any]:
-        return {**self.parse_query(stream_list_query), **self.fixed_filters()}
+        return {**self.parse_query(self.query_schema), **self.fixed_filters()}
 
     def cache_reads(self, claims: TokenClaims | None) -> tuple[str | None, tuple[str, ...]]:
         return self.services.streams.stream_list_reads(

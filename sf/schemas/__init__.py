@@ -27,11 +27,13 @@ from sf.schemas.statistics import (
     ViewerSampleSchema,
 )
 from sf.schemas.streams import (
+    CategoryStreamListQuerySchema,
     StreamCreateSchema,
     StreamListQuerySchema,
     StreamListSchema,
     StreamSchema,
     StreamUpdateSchema,
+    category_stream_list_query,
     stream_list_query,
 )
 from sf.schemas.users import (
@@ -45,23 +47,22 @@ from sf.schemas.users import (
 )
 
 DOCUMENTED: tuple[type[Schema], ...] = (
-    CategoryListSchema, CategorySchema, ChangePasswordSchema, ErrorBodySchema, ErrorSchema,
-    LoginSchema, PageQuerySchema, PaginationSchema, ProfileUpdateSchema, RefreshSchema,
-    RegisterSchema, StatisticsQuerySchema, StreamCreateSchema, StreamKeySchema,
-    StreamListQuerySchema, StreamListSchema, StreamSchema, StreamSettingsSchema,
-    StreamStatisticsSchema, StreamUpdateSchema, TokenPairSchema, UserListSchema,
-    UserPrivateSchema, UserPublicSchema, UserStatisticsSchema, ViewerSampleSchema,
-    WsTicketSchema,
+    CategoryListSchema, CategorySchema, CategoryStreamListQuerySchema, ChangePasswordSchema,
+    ErrorBodySchema, ErrorSchema, LoginSchema, PageQuerySchema, PaginationSchema, ProfileUpdateSchema,
+    RefreshSchema, RegisterSchema, StatisticsQuerySchema, StreamCreateSchema, StreamKeySchema,
+    StreamListQuerySchema, StreamListSchema, StreamSchema, StreamSettingsSchema, StreamStatisticsSchema,
+    StreamUpdateSchema, TokenPairSchema, UserListSchema, UserPrivateSchema, UserPublicSchema,
+    UserStatisticsSchema, ViewerSampleSchema, WsTicketSchema,
 )
 
 __all__ = [
     "DOCUMENTED", "ChangePasswordSchema", "CategoryListSchema", "CategorySchema",
-    "ErrorBodySchema", "ErrorSchema", "LoginSchema", "PageQuerySchema", "PaginationSchema",
-    "ProfileUpdateSchema", "RefreshSchema", "RegisterSchema", "StatisticsQuerySchema",
-    "StreamCreateSchema", "StreamKeySchema", "StreamListQuerySchema", "StreamListSchema",
-    "StreamSchema", "StreamSettingsSchema", "StreamStatisticsSchema", "StreamUpdateSchema",
-    "StrictSchema", "TokenPairSchema", "UserListSchema", "UserPrivateSchema",
+    "CategoryStreamListQuerySchema", "ErrorBodySchema", "ErrorSchema", "LoginSchema", "PageQuerySchema",
+    "PaginationSchema", "ProfileUpdateSchema", "RefreshSchema", "RegisterSchema",
+    "StatisticsQuerySchema", "StreamCreateSchema", "StreamKeySchema", "StreamListQuerySchema",
+    "StreamListSchema", "StreamSchema", "StreamSettingsSchema", "StreamStatisticsSchema",
+    "StreamUpdateSchema", "StrictSchema", "TokenPairSchema", "UserListSchema", "UserPrivateSchema",
     "UserPublicSchema", "UserStatisticsSchema", "ViewerSampleSchema", "WsTicketSchema",
-    "category_schema", "flatten_messages", "page", "page_query", "stream_list_query",
-    "user_private", "user_public",
+    "category_schema", "category_stream_list_query", "flatten_messages", "page", "page_query",
+    "stream_list_query", "user_private", "user_public",
 ]

@@ -36,8 +36,16 @@ class StreamListQuerySchema(PageQuerySchema):
                          validate=validate.OneOf(["viewers", "started_at", "created_at"]))
 
 
+class CategoryStreamListQuerySchema(StreamListQuerySchema):
+    """The stream-list query of a category's streams: the category is the path's."""
+
+    class Meta(StreamListQuerySchema.Meta):
+        exclude = ("category_id",)
+
+
 # Query schemas are stateless: one instance serves every request.
 stream_list_query = StreamListQuerySchema()
+category_stream_list_query = CategoryStreamListQuerySchema()
 
 
 class StreamSchema(CompiledDump):
