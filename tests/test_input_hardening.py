@@ -57,6 +57,18 @@ async def test_nul_in_stream_list_query_is_422(api, query, field):
     assert_invalid(await api.get(f"/api/streams?{query}"), field)
 
 
+@pytest.mark.parametrize("query,field", [
+    ("q=%ED%A0%80", "q"), ("q=%FF", "q"), ("username=al%C3ice", "username"),
+    ("cursor=%ED%B0%80", "cursor"),
+])
+async def test_a_query_that_is_not_utf8_text_is_422(api, query, field):
+    """security.md#query-not-text: an encoded lone surrogate or a stray byte in a query was
+    decoded to U+FFFD and searched for (200); it is refused as in a body."""
+    response = await api.get(f"/api/streams?{query}")
+    assert_invalid(response, field)
+    assert "UTF-8" in response.json["error"]["fields"][field][0]
+
+
 @pytest.mark.parametrize("body,field", [
     ({"username": "al\x00ice", "password": "password123"}, "username"),
     ({"email": "alice\x00@example.com", "password": "password123"}, "email"),
@@ -416,11 +428,17 @@ async def test_removing_an_uploaded_avatar_deletes_its_file(api, services):
 @pytest.mark.parametrize("body,field", [
     ({"title": "   "}, "title"),                       # blank is not a title
     ({"title": "ok\u202egnp.exe"}, "title"),           # a bidi override disguises text
+    ({"title": "\u200b"}, "title"),                    # invisible alone is blank
+    ({"title": "\ufeff \u2060"}, "title"),
+    ({"title": "abc\u200fdef"}, "title"),              # bidi marks: U+200E/F, U+061C
+    ({"title": "abc\u061cdef"}, "title"),
+    ({"title": "esc\u009b31m"}, "title"),              # C1 controls (CSI, NEL)
+    ({"description": "line\u0085next"}, "description"),
     ({"title": "ok", "is_private": "yes"}, "is_private"),
     ({"title": "ok", "is_private": 1}, "is_private"),
 ])
 async def test_stream_fields_found_loose_by_the_outside_attack(api, body, field):
-    """security.md#loose-stream-fields."""
+    """security.md#loose-stream-fields, security.md#bidi-and-invisible-text."""
     token = (await api.register("loosen"))["access_token"]
     assert_invalid(await api.post("/api/streams", body, token=token), field)
 

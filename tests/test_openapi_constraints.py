@@ -54,6 +54,7 @@ FIELDS = [(RegisterSchema, "username"), (RegisterSchema, "email"), (RegisterSche
 EDGE_CASES = [
     "", " ", "alice", "alice\n", "ADMIN", "Admin", "admins", "v1", "al", "a" * 30, "a" * 31,
     "chess\x00", "\x00", "tab\there", "line\nbreak", "bell\x07", "\x7f", "rtl\u202e", "\u2066x",
+    "rlm\u200f", "\u061c", "csi\u009b", "nel\u0085", "\u200b", "\ufeff\u2060 ", "zw\u200bj",
     "\u00e9t\u00e9", "emoji \U0001f600", "  \t ", "a@b.co", "a@localhost", "a@[127.0.0.1]",
     "a@[256.0.0.1]", "\"quoted\\ \"@x.org", "a.b@x-y.example", ".a@x.org", "a..b@x.org",
     "a@x", "a@-x.org", "\u00fc@\u00fc.de", "a@x.\u00fc\u00fc", "\u212a@x.org", "\"\u212a\"@x.org",

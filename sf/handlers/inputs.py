@@ -139,5 +139,11 @@ def _load_query(request: tornado.httputil.HTTPServerRequest, schema: Schema) -> 
     for name, values in request.query_arguments.items():
         if len(values) > 1:
             raise ValidationFailed("Invalid input", fields={name: ["given more than once"]})
-        data[name] = values[0].decode("utf-8", "replace")
+        try:
+            data[name] = values[0].decode("utf-8")
+        except UnicodeDecodeError:
+            # Not text (%FF, or an encoded lone surrogate like %ED%A0%80): refused as in a body,
+            # never turned into U+FFFD and searched for.
+            raise ValidationFailed("Invalid input", fields={
+                name: ["must be valid UTF-8 text (no lone surrogates)"]}) from None
     return load(schema, data)

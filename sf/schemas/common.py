@@ -13,9 +13,14 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _INTEGER_TEXT = re.compile(r"[+-]?[0-9]{1,20}")
-# Control characters (other than tab/newline) have no place in text fields, nor do the
-# bidirectional overrides that make a title display as something it is not.
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u202a-\u202e\u2066-\u2069]")
+# Control characters (C0 other than tab/newline, DEL, C1) have no place in text fields, nor
+# do the bidirectional controls (embeddings, overrides, isolates and the invisible marks) that
+# make a title display as something it is not (security.md#bidi-and-invisible-text).
+_CONTROL_CHARS = r"\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
+_CONTROL = re.compile(rf"[{_CONTROL_CHARS}]")
+# Invisible characters that are not whitespace to `str.strip`: text of these alone is blank.
+_INVISIBLE_CHARS = r"\u200b-\u200d\u2060\ufeff"
+_INVISIBLE = re.compile(rf"[{_INVISIBLE_CHARS}]")
 
 # --- JSON Schema patterns ----------------------------------------------------------------------
 # Written so that ECMA-262 (what OpenAPI names), Python's `re` (the server, schemathesis) and
@@ -29,11 +34,12 @@ END = r"(?![\s\S])"
 # store (the API edge refuses it in every string: handlers/inputs.py, `text_problem`).
 STORABLE_CHAR = r"[^\x00]"
 # A character of a text field (`no_control_chars`).
-TEXT_CHAR = r"[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u202a-\u202e\u2066-\u2069]"
+TEXT_CHAR = rf"[^{_CONTROL_CHARS}]"
 STORABLE_PATTERN = rf"^{STORABLE_CHAR}*{END}"
 TEXT_PATTERN = rf"^{TEXT_CHAR}*{END}"
-# Not blank: at least one character that `str.strip` keeps (Python's `\S` is its complement).
-NOT_BLANK_TEXT_PATTERN = rf"^(?=[\s\S]*\S){TEXT_CHAR}*{END}"
+# Not blank: at least one character that `str.strip` keeps (Python's `\S` is its complement)
+# and that is not invisible.
+NOT_BLANK_TEXT_PATTERN = rf"^(?=[\s\S]*[^\s{_INVISIBLE_CHARS}]){TEXT_CHAR}*{END}"
 
 
 def no_control_chars(value: str) -> None:
@@ -42,7 +48,7 @@ def no_control_chars(value: str) -> None:
 
 
 def not_blank(value: str) -> None:
-    if not value.strip():
+    if not _INVISIBLE.sub("", value).strip():
         raise ValidationError("must not be blank")
 
 
