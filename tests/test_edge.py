@@ -201,10 +201,12 @@ async def test_health_readiness_and_metrics(api):
 
 
 async def test_readiness_fails_when_a_dependency_is_down(api, services):
-    from redis.asyncio import Redis
+    from sf.services.container import open_redis
 
     await services.redis.aclose()
-    services.redis = Redis(host="127.0.0.1", port=1)  # nothing listens there
+    # Built as the services build theirs (one quick retry), so the probe's error comes from
+    # the refused connection, not from the 2 s timeout that redis-py's default retries reach.
+    services.redis = open_redis("redis://127.0.0.1:1/0")  # nothing listens there
     ready = await api.get("/readyz")
     assert ready.status == 503 and ready.json["checks"]["redis"].startswith("error")
 

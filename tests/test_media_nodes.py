@@ -144,10 +144,12 @@ def test_no_node_is_judged_dead_unless_the_judges_own_view_of_redis_is_sound(bas
         a, judge = "http://node-a.test", "http://judge.test"
         try:
             await redis.delete(NODES_KEY, NODE_KEY.format(a), NODE_KEY.format(judge))
-            node_a, registry = MediaNodeRegistry(redis, 1.0), MediaNodeRegistry(redis, 1.0)
+            # A TTL of 0.6 s (heartbeats are kept in milliseconds): long enough that two calls
+            # in a row fall within it, short enough to wait out twice.
+            node_a, registry = MediaNodeRegistry(redis, 0.6), MediaNodeRegistry(redis, 0.6)
             assert await node_a.beat(node(a)) and await registry.beat(node(judge))
             assert await registry.dead_among([a], judge) == []  # not trusted yet
-            await asyncio.sleep(1.2)  # a's heartbeat expires; the judge's too
+            await asyncio.sleep(0.75)  # a's heartbeat expires; the judge's too
             assert await registry.dead_among([a], judge) == []  # its own heartbeat is missing
             assert await registry.beat(node(judge))
             assert await registry.dead_among([a, "http://never-seen.test"], judge) == [a]
@@ -157,7 +159,7 @@ def test_no_node_is_judged_dead_unless_the_judges_own_view_of_redis_is_sound(bas
             registry.redis = redis
             assert await registry.beat(node(judge))
             assert await registry.dead_among([a], judge) == []
-            await asyncio.sleep(1.1)
+            await asyncio.sleep(0.7)
             assert await registry.beat(node(judge))
             assert await registry.dead_among([a], judge) == [a]
             assert set(await registry.alive()) == {judge}

@@ -82,7 +82,9 @@ def test_text_patterns_agree_with_the_checks_on_generated_text(value):
         == accepted(RegisterSchema, "password", value + "12345678")
 
 
-@settings(max_examples=300, deadline=None)
+# 100 generated addresses, not 300 (a third of the time); the hand-picked e-mail edge cases
+# are in EDGE_CASES above, checked on every run.
+@settings(max_examples=100, deadline=None)
 @given(st.emails() | st.from_regex(COMPONENTS["RegisterSchema"]["properties"]["email"]["pattern"]))
 def test_the_email_pattern_is_the_servers_check(value):
     assert documented(RegisterSchema, "email", value) == accepted(RegisterSchema, "email", value)

@@ -18,7 +18,8 @@ from tests.helpers import run_private
 def test_api_node_serves_https_with_a_self_signed_pair(base_config, tmp_path):
     cert, key = write_self_signed(tmp_path / "tls", "127.0.0.1")
     assert oct(key.stat().st_mode)[-3:] == "600"
-    config = base_config.replace(tls_cert=str(cert), tls_key=str(key))
+    # No drain to speak of at the stop (a second's wait for quiet otherwise): this is about TLS.
+    config = base_config.replace(tls_cert=str(cert), tls_key=str(key), shutdown_grace_seconds=0.1)
 
     async def scenario() -> None:
         sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")

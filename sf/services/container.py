@@ -192,16 +192,21 @@ async def start_services(config: Config, *, database_url: str | None = None,
         raise
 
 
+def open_redis(url: str) -> Redis:
+    """The Redis client of a node's services (not yet connected)."""
+    # After a Redis restart the pool still holds connections to the old server: a command
+    # meeting one of those is retried once on a new connection rather than failing the request.
+    return Redis.from_url(url, decode_responses=False,
+                          max_connections=256, health_check_interval=30,
+                          socket_connect_timeout=2, socket_timeout=5,
+                          retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=1),
+                          retry_on_error=[redis_errors.ConnectionError])
+
+
 async def _wire(config: Config, db: asyncpg.Pool, cleanups: Cleanups, *, ingest: bool,
                 ingest_owner: bool) -> Services:
     """`start_services` once the pool is open: Redis and the services over both."""
-    # After a Redis restart the pool still holds connections to the old server: a command
-    # meeting one of those is retried once on a new connection rather than failing the request.
-    redis = Redis.from_url(config.redis_url, decode_responses=False,
-                           max_connections=256, health_check_interval=30,
-                           socket_connect_timeout=2, socket_timeout=5,
-                           retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=1),
-                           retry_on_error=[redis_errors.ConnectionError])
+    redis = open_redis(config.redis_url)
     cleanups.add("the Redis client", redis.aclose)
     await redis.ping()
     limiter = RateLimiter(redis)
