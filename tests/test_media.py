@@ -29,13 +29,6 @@ def platform(base_config, tmp_path_factory):
     node.stop()
 
 
-def go_live(platform, username, **publish):
-    user = platform.register(username)
-    publisher = platform.publish(user["key"], **publish)
-    stream = wait_for(lambda: platform.live_stream_of(username), 20, what="the stream to go live")
-    return user, publisher, stream
-
-
 def playlist_ready(platform, stream_id):
     status, body, _ = platform.get(f"/hls/{stream_id}/master.m3u8")
     return status == 200 and b"#EXT-X-STREAM-INF" in body and body
@@ -57,7 +50,7 @@ def ffprobe_json(url):
 
 
 def test_publish_with_valid_key_goes_live_with_a_720p_ladder(platform):
-    user, publisher, stream = go_live(platform, "ladder", size="1280x720", rate=24)
+    user, publisher, stream = platform.go_live("ladder", size="1280x720", rate=24)
     sid = stream["id"]
     assert stream["playback"] == {"hls": f"/hls/{sid}/master.m3u8"}
     master = wait_for(lambda: playlist_ready(platform, sid), 30, what="master.m3u8").decode()
@@ -111,7 +104,7 @@ def test_wrong_key_is_refused(platform):
 
 
 def test_killed_transcoder_is_restarted_and_the_playlist_keeps_advancing(platform):
-    _, publisher, stream = go_live(platform, "restarts")
+    _, publisher, stream = platform.go_live("restarts")
     sid = stream["id"]
     variant = f"/hls/{sid}/360p/index.m3u8"
     wait_for(lambda: platform.media_sequence(variant) is not None, 30, what="a playlist")
@@ -130,7 +123,7 @@ def test_killed_transcoder_is_restarted_and_the_playlist_keeps_advancing(platfor
 
 
 def test_stopping_the_publisher_ends_the_stream_after_the_grace_period(platform):
-    _, publisher, stream = go_live(platform, "stopper")
+    _, publisher, stream = platform.go_live("stopper")
     sid = stream["id"]
     wait_for(lambda: platform.transcoder_pids(sid), 15, what="the transcoder")
     wait_for(lambda: platform.stream(sid)["thumbnail"], 20, what="a thumbnail")
@@ -147,7 +140,7 @@ def test_stopping_the_publisher_ends_the_stream_after_the_grace_period(platform)
 
 
 def test_reconnect_within_grace_continues_the_same_stream(platform):
-    user, publisher, stream = go_live(platform, "flaky")
+    user, publisher, stream = platform.go_live("flaky")
     sid = stream["id"]
     wait_for(lambda: platform.transcoder_pids(sid), 15, what="the transcoder")
     publisher.kill()  # the encoder's connection drops
@@ -163,7 +156,7 @@ def test_reconnect_within_grace_continues_the_same_stream(platform):
 
 
 def test_delete_drops_the_publisher(platform):
-    user, publisher, stream = go_live(platform, "deleter")
+    user, publisher, stream = platform.go_live("deleter")
     sid = stream["id"]
     wait_for(lambda: platform.transcoder_pids(sid), 15, what="the transcoder")
     status, _, _ = platform.request("DELETE", f"/api/streams/{sid}", token=user["token"])
@@ -174,7 +167,7 @@ def test_delete_drops_the_publisher(platform):
 
 
 def test_key_reset_drops_the_live_publish_and_the_old_key_stops_working(platform):
-    user, publisher, stream = go_live(platform, "resetter")
+    user, publisher, stream = platform.go_live("resetter")
     sid = stream["id"]
     wait_for(lambda: platform.transcoder_pids(sid), 15, what="the transcoder")
     status, new_key, _ = platform.request("POST", "/api/stream/key/reset", token=user["token"])

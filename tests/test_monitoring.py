@@ -27,6 +27,7 @@ import tornado.httpclient
 import tornado.websocket
 import yaml
 
+from harness import client
 from harness.platform import Platform, terminate, wait_for
 from harness.ports import reserve_port
 from sf.alerts import ALERT_LOGGER, AlertWebhook
@@ -347,16 +348,13 @@ SECRETS: dict[str, str] = {}  # what the node tests used that no log may hold
 
 
 def register(node: Platform, username: str) -> dict[str, Any]:
+    """An account with a password of its own, every secret of it remembered in SECRETS."""
     password = f"pw-{username}-Xy7!q"
-    status, body, _ = node.request("POST", "/api/auth/register", {
-        "username": username, "email": f"{username}@example.com", "password": password})
-    assert status == 201, body
-    status, key, _ = node.request("GET", "/api/stream/key", token=body["access_token"])
-    assert status == 200
+    body = client.register(node.base_url, username, password)
+    key = client.stream_key(node.base_url, body["access_token"])
     SECRETS.update({f"{username} password": password, f"{username} access": body["access_token"],
-                    f"{username} refresh": body["refresh_token"],
-                    f"{username} key": key["stream_key"]})
-    return {"token": body["access_token"], "key": key["stream_key"]}
+                    f"{username} refresh": body["refresh_token"], f"{username} key": key})
+    return {"token": body["access_token"], "key": key}
 
 
 async def open_viewers(node: Platform, stream_id: int, token: str) -> tuple[int, int]:

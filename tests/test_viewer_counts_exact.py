@@ -71,7 +71,7 @@ def set_cookie(viewer: Viewer) -> str | None:
     return header.split(";")[0].removeprefix("sf_vid=")
 
 
-def go_live(platform: Platform, stream_id: int) -> None:
+def mark_live(platform: Platform, stream_id: int) -> None:
     """The prepared stream goes live (as on_publish marks it; no encoder needed here)."""
     async def update() -> None:
         connection = await asyncpg.connect(platform.config.database_url)
@@ -205,7 +205,7 @@ def test_peak_viewers_is_the_highest_total_published(platform):
     """Two viewers for about 3 s between two samples: every viewer and the stream showed 2,
     so the statistics say 2 (the samples alone saw 0 both times)."""
     stream_id, owner = prepared_stream(platform, "peaky")
-    go_live(platform, stream_id)
+    mark_live(platform, stream_id)
     # Right after a sample, the next one is SF_STATS_SAMPLE_SECONDS (10 s) away.
     wait_for(lambda: statistics(platform, stream_id, owner)["timeline"], 25,
              what="the first sample")
@@ -264,7 +264,7 @@ def test_forged_viewer_cookies_are_replaced_and_do_not_inflate(platform):
 def test_anonymous_viewers_count_at_most_the_cap_per_network(platform):
     """security.md#viewer-inflation-from-one-network."""
     stream_id, _ = prepared_stream(platform, "capped")
-    go_live(platform, stream_id)  # so that the stream's own count follows too
+    mark_live(platform, stream_id)  # so that the stream's own count follows too
     fans = [platform.register(f"cappedfan{index}") for index in range(3)]
 
     async def scenario() -> None:
@@ -336,7 +336,7 @@ def test_a_handshake_flood_from_one_address_is_refused(platform):
 def test_short_visits_add_nothing_to_unique_viewers_or_watch_time(platform):
     """security.md#drive-by-viewers."""
     stream_id, owner = prepared_stream(platform, "dwelled")
-    go_live(platform, stream_id)
+    mark_live(platform, stream_id)
     wait_for(lambda: statistics(platform, stream_id, owner)["timeline"], 25,
              what="the first sample")
 

@@ -86,7 +86,7 @@ def test_a_killed_node_stops_counting_and_a_stopped_one_says_goodbye(platform, t
     stream_id, _ = prepared_stream(platform, "survivor")
     doomed = platform.start_api_node(tmp_path / "doomed-media")
     try:
-        leaving = platform.start_api_node(tmp_path / "leaving-media", port_shift=101)
+        leaving = platform.start_api_node(tmp_path / "leaving-media")
     except BaseException:
         platform.stop_api_node(doomed)
         raise
