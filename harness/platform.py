@@ -212,11 +212,15 @@ class Platform:
             doomed.add(pid)
             children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
             queue.extend(int(child) for child in children.stdout.split() if int(child) not in doomed)
-        # The parents first: an nginx master still alive when one of its workers dies starts
-        # another, which would outlive it (an orphan worker keeps the port, reuseport and all).
-        for pid in [*roots, *(pid for pid in doomed if pid not in roots)]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        # Frozen first, then killed: nothing of the node may react to another part dying. An
+        # nginx master would start a new worker (an orphan that keeps the port), the API
+        # supervisor would restart a child, and a child told of its parent's death (SIGTERM)
+        # would drain and withdraw from the media node registry: a stop, not a death.
+        ordered = [*roots, *(pid for pid in doomed if pid not in roots)]
+        for sig in (signal.SIGSTOP, signal.SIGKILL):
+            for pid in ordered:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
         for process in [*(self.front.processes if self.front else []), self.api_process]:
             if process is not None:
                 process.wait()
