@@ -556,6 +556,15 @@ class Config:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
 
+def read_defaults(defaults_file: Path = DEFAULTS_FILE) -> dict[str, object]:
+    """The settings' default values as conf/sf.toml writes them (not yet checked)."""
+    try:
+        with open(defaults_file, "rb") as handle:
+            return tomllib.load(handle)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read {defaults_file}: {exc}") from exc
+
+
 def load_config(environ: dict[str, str] | None = None, defaults_file: Path = DEFAULTS_FILE,
                 secrets: tuple[str, ...] = SECRET_NAMES) -> Config:
     """Read conf/sf.toml, apply SF_* overrides, validate, and fill secrets from var/secrets.
@@ -564,11 +573,7 @@ def load_config(environ: dict[str, str] | None = None, defaults_file: Path = DEF
     if given and left empty otherwise (the edge machine never holds the API's keys).
     """
     environ = dict(os.environ if environ is None else environ)
-    try:
-        with open(defaults_file, "rb") as handle:
-            raw: dict[str, object] = tomllib.load(handle)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"cannot read {defaults_file}: {exc}") from exc
+    raw = read_defaults(defaults_file)
     known = {f.name: f for f in dataclasses.fields(Config) if f.name != "extra"}
     missing = sorted(set(known) - set(raw))
     if missing:
@@ -715,7 +720,6 @@ def bootstrap_var_dir(environ: dict[str, str] | None = None) -> Path:
     environ = dict(os.environ if environ is None else environ)
     raw = environ.get("SF_VAR_DIR")
     if raw is None:
-        with open(DEFAULTS_FILE, "rb") as handle:
-            raw = str(tomllib.load(handle)["var_dir"])
+        raw = str(read_defaults()["var_dir"])
     path = Path(raw)
     return path if path.is_absolute() else PROJECT_ROOT / path

@@ -11,10 +11,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import tomllib
 from pathlib import Path
 
-from sf.config import DEFAULTS_FILE, ENV_PREFIX, PROJECT_ROOT, Config
+from sf.config import DEFAULTS_FILE, ENV_PREFIX, PROJECT_ROOT, Config, read_defaults
 
 PAGE = PROJECT_ROOT / "docs" / "configuration.md"
 
@@ -49,8 +48,7 @@ def _default(raw: object) -> str:
 
 def render(defaults_file: Path = DEFAULTS_FILE) -> str:
     """The page's text: one table row per setting, in declaration order."""
-    with open(defaults_file, "rb") as handle:
-        defaults = tomllib.load(handle)
+    defaults = read_defaults(defaults_file)
     rows = []
     for spec in dataclasses.fields(Config):
         if spec.name == "extra":
