@@ -9,7 +9,6 @@ import json
 import logging
 import re
 import sys
-from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -123,6 +122,26 @@ class AddressMinimiser:
         return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
 
 
+    def in_text(self, text: str) -> str:
+        """`text` with every IP address in it minimised (Tornado's own messages name the
+        peer: "Malformed HTTP message from 203.0.113.7")."""
+        if self.mode == "raw" or _MAYBE_ADDRESS.search(text) is None:
+            return text
+        return _ADDRESS_IN_TEXT.sub(self._replace_match, text)
+
+    def _replace_match(self, match: re.Match[str]) -> str:
+        try:
+            ipaddress.ip_address(match.group(0))
+        except ValueError:
+            return match.group(0)  # a time of day, a version: not an address
+        return self(match.group(0))
+
+
+# Candidates only: each is checked with `ipaddress` before it is replaced.
+_ADDRESS_IN_TEXT = re.compile(
+    r"(?<![\w:.])(?:[0-9]{1,3}(?:\.[0-9]{1,3}){3}"
+    r"|[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?:\.[0-9]{1,3}){0,3}(?:%\w+)?)(?![\w:.])")
+_MAYBE_ADDRESS = re.compile(r"[0-9]\.[0-9]|:[0-9A-Fa-f]*:")
 ADDRESS_FIELDS = ("client_ip",)  # log record fields that hold a client's address
 ACCESS_FIELDS = ("request_id", "method", "path", "status", "duration_ms", "user_id", "client_ip")
 
@@ -136,7 +155,7 @@ class RedactingJsonFormatter(JsonFormatter):
 
     _second: tuple[int, str] = (-1, "")
     # SF_LOG_IP_MODE, applied to every field of ADDRESS_FIELDS; None: addresses as they are.
-    minimise_address: Callable[[str], str] | None = None
+    minimise_address: AddressMinimiser | None = None
 
     def process_log_record(self, log_data: dict[str, Any]) -> dict[str, Any]:
         minimise = self.minimise_address
@@ -144,6 +163,8 @@ class RedactingJsonFormatter(JsonFormatter):
             for name in ADDRESS_FIELDS:
                 if isinstance(log_data.get(name), str):
                     log_data[name] = minimise(log_data[name])
+            if isinstance(log_data.get("message"), str):
+                log_data["message"] = minimise.in_text(log_data["message"])
         return {key: redact(value) if isinstance(value, str) else value
                 for key, value in log_data.items() if key != "access_fields"}
 

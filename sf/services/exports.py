@@ -225,33 +225,38 @@ class ExportService:
     # --- building --------------------------------------------------------------------------
 
     async def build(self, export_id: int, user_id: int) -> None:
-        """Write the user's archive and mark the export ready (failed if anything goes wrong)."""
+        """Write the user's archive and mark the export ready; failed if anything goes wrong,
+        the node stopping included (a node that dies leaves it to `fail_stale`)."""
+        try:
+            async with self._turn:
+                await self._build(export_id, user_id)
+        except BaseException as error:
+            if not isinstance(error, asyncio.CancelledError):
+                log.error("building export %s failed", export_id, exc_info=True)
+            with contextlib.suppress(Exception):
+                await asyncio.shield(exports_db.mark_failed(self.db, export_id,
+                                                            self.config.export_ttl_hours))
+            if not isinstance(error, Exception):
+                raise
+
+    async def _build(self, export_id: int, user_id: int) -> None:
         loop = asyncio.get_running_loop()
-        async with self._turn:
-            name = f"{export_id}-{secrets.token_urlsafe(16)}.zip"
-            partial = self.dir / f".{name}.part"
-            archive: ExportArchive | None = None
-            try:
-                await loop.run_in_executor(self.executor, _make_dir, self.dir)
-                archive = await loop.run_in_executor(self.executor, ExportArchive, partial)
-                await self._write_data(archive, user_id)
-                size = await loop.run_in_executor(self.executor, archive.close)
-                await loop.run_in_executor(self.executor, os.replace, partial, self.dir / name)
-                archive = None
-                if not await exports_db.mark_ready(self.db, export_id, name, size,
-                                                   self.config.export_ttl_hours):
-                    await loop.run_in_executor(self.executor, _unlink, self.dir / name)
-            except BaseException as error:
-                if archive is not None:
-                    # Not awaited when cancelled (the node is stopping): the thread still runs it.
-                    self.executor.submit(archive.discard)
-                if not isinstance(error, asyncio.CancelledError):
-                    log.error("building export %s failed", export_id, exc_info=True)
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(exports_db.mark_failed(self.db, export_id,
-                                                                self.config.export_ttl_hours))
-                if not isinstance(error, Exception):
-                    raise
+        name = f"{export_id}-{secrets.token_urlsafe(16)}.zip"
+        partial = self.dir / f".{name}.part"
+        await loop.run_in_executor(self.executor, _make_dir, self.dir)
+        archive = await loop.run_in_executor(self.executor, ExportArchive, partial)
+        try:
+            await self._write_data(archive, user_id)
+            size = await loop.run_in_executor(self.executor, archive.close)
+            await loop.run_in_executor(self.executor, os.replace, partial, self.dir / name)
+        except BaseException:
+            # Queued, not awaited (a cancelled build cannot wait): the thread runs it after
+            # whatever it is writing now.
+            self.executor.submit(archive.discard)
+            raise
+        if not await exports_db.mark_ready(self.db, export_id, name, size,
+                                           self.config.export_ttl_hours):
+            await loop.run_in_executor(self.executor, _unlink, self.dir / name)
 
     async def _write_data(self, archive: ExportArchive, user_id: int) -> None:
         loop = asyncio.get_running_loop()

@@ -53,6 +53,9 @@ class JobRunner:
         self.lock_ttl = lock_ttl
         self.lock = LeaderLock(redis, JOBS_LOCK_KEY, ttl=lock_ttl, owner=owner)
         self._task: asyncio.Task[None] | None = None
+        # The Redis lock is re-entrant for its holder, so rounds of this instance (its loop and
+        # a direct call) also take turns here.
+        self._one_round = asyncio.Lock()
 
     def add(self, job: Job) -> None:
         """Register one more job (run after those already registered)."""
@@ -88,7 +91,15 @@ class JobRunner:
     async def run_round(self, *, scheduled: bool = False) -> dict[str, Any] | None:
         """Every job once, under the lock; their report, or None when another instance holds
         the lock. `scheduled`: a runner's round, which also marks the interval as done."""
+        async with self._one_round:
+            return await self._locked_round(scheduled)
+
+    async def _locked_round(self, scheduled: bool) -> dict[str, Any] | None:
         if not await self.lock.hold():
+            return None
+        if scheduled and await self.redis.exists(ROUND_DONE_KEY):
+            # Another instance finished a round between this one's look and its lock.
+            await self.lock.release()
             return None
         work = asyncio.ensure_future(self._run_jobs())
         lost = asyncio.Event()
