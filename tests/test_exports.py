@@ -8,6 +8,7 @@ import asyncio
 import io
 import json
 import os
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 from PIL import Image
 
 from sf.db import exports as exports_db
+from sf.services.exports import PAGE_ROWS, ExportArchive
 from tests.helpers import go_live
 
 pytestmark = pytest.mark.gen_test(timeout=90)
@@ -123,8 +125,17 @@ async def test_sign_ins_keep_login_records(api, services):
     assert rows[0]["session_id"] == claims.session_id
 
 
-async def test_sections_are_read_a_page_at_a_time(api, services):
-    """More rows than one page (500) arrive whole: the cursor is paged, not read at once."""
+async def test_sections_are_read_a_page_at_a_time(api, services, monkeypatch):
+    """More rows than one page arrive whole, handed to the export thread a page at a time
+    (memory holds one page, whatever the account's size), never written on the loop."""
+    pages: list[tuple[int, str]] = []
+    write_items = ExportArchive.write_items
+
+    def recording(archive: ExportArchive, items: list[dict[str, Any]]) -> None:
+        pages.append((len(items), threading.current_thread().name))
+        write_items(archive, items)
+
+    monkeypatch.setattr(ExportArchive, "write_items", recording)
     tokens = await api.register("erin")
     user_id = (await api.get("/api/users/profile", token=tokens["access_token"])).json["id"]
     await services.db.execute(
@@ -135,9 +146,12 @@ async def test_sections_are_read_a_page_at_a_time(api, services):
     sessions = json.loads(_archive((await api.get(ready["download_url"])).body)["sessions.json"])
     assert len(sessions) == 1235
     assert [s["user_agent"] for s in sessions[1:]] == [f"agent {n}" for n in range(1, 1235)]
+    assert max(size for size, _ in pages) == PAGE_ROWS
+    assert all(thread.startswith("sf-export") for _, thread in pages)
 
 
 async def test_one_export_at_a_time_then_a_few_a_day(api, services):
+    """security.md#export-flood: one export in progress per user, and a few a day."""
     tokens = await api.register("fred")
     token = tokens["access_token"]
     async with services.exports._turn:  # another build is running here: this one stays pending

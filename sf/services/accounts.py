@@ -83,10 +83,11 @@ class AccountService:
         return await asyncio.get_running_loop().run_in_executor(
             self.hasher.executor, self.hasher.verify, password, password_hash)
 
-    async def _signed_in(self, user: User, kind: str, client_ip: str,
+    async def start_session(self, user: User, kind: str, client_ip: str,
                          user_agent: str) -> LoginResult:
-        """Open a session for `user` and keep its login record (shown in the user's export;
-        the address is erased after SF_IP_RETENTION_DAYS)."""
+        """Open a session for `user`, who just signed in (`kind`: register, login,
+        password_reset), and keep its login record (shown in the user's export; the address is
+        erased after SF_IP_RETENTION_DAYS)."""
         tokens = await self.sessions.create(user.id)
         await login_records.record(self.db, user.id, tokens.session_id, kind, client_ip,
                                    user_agent)
@@ -98,7 +99,7 @@ class AccountService:
         async with self.db.acquire() as connection, connection.transaction():
             user = await users_db.create_user(connection, username, email, password_hash)
             await self.stream_keys.create_for_new_user(connection, user)
-        return await self._signed_in(user, "register", client_ip, user_agent)
+        return await self.start_session(user, "register", client_ip, user_agent)
 
     async def login(self, login: str, password: str, client_ip: str,
                     user_agent: str = "") -> LoginResult:
@@ -118,7 +119,7 @@ class AccountService:
             await self.throttle.failed(account, client_ip)
             raise Unauthorized("Invalid credentials")
         await self.throttle.succeeded(account, client_ip)
-        return await self._signed_in(user, "login", client_ip, user_agent)
+        return await self.start_session(user, "login", client_ip, user_agent)
 
     async def refresh(self, refresh_token: str) -> LoginResult:
         tokens = await self.sessions.rotate(refresh_token)
