@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from harness import client
+from harness.platform import Platform
 from sf.db import exports as exports_db
 from sf.services.exports import PAGE_ROWS, ExportArchive
 from tests.helpers import go_live
@@ -276,3 +278,39 @@ async def test_a_node_stopping_mid_build_marks_its_export_failed(api, services):
         await services.exports.stop()
     status = await services.db.fetchval("SELECT status FROM exports WHERE user_id = $1", user_id)
     assert status == "failed"
+
+
+@pytest.mark.platform
+def test_through_the_edge_a_download_passes_and_logs_hold_no_raw_address(base_config, tmp_path):
+    """A real node behind its edge nginx (`/api/` → the API): the owner's link downloads the
+    archive whole; with SF_LOG_IP_MODE=truncate neither nginx nor the API logs 127.0.0.1."""
+    node = Platform(base_config, tmp_path, SF_LOG_IP_MODE="truncate").start()
+    try:
+        tokens = client.register(node.base_url, "edgeowner")
+        status, created = client.call(node.base_url, "POST", "/api/users/profile/exports",
+                                      token=tokens["access_token"])
+        assert status == 202, created
+        deadline = time.monotonic() + 30
+        while True:
+            status, listed = client.call(node.base_url, "GET", "/api/users/profile/exports",
+                                         token=tokens["access_token"])
+            assert status == 200, listed
+            if listed["data"][0]["status"] == "ready" or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        url = listed["data"][0]["download_url"]
+        status, body = client.http(node.base_url + url)
+        assert status == 200
+        files = _archive(body)
+        assert json.loads(files["profile.json"])["username"] == "edgeowner"
+        status, body = client.http(node.base_url + url.replace("signature=", "signature=x")[:-1])
+        assert status == 404 and not body.startswith(b"PK")
+        time.sleep(1.5)  # nginx writes its access log buffered, at most a second late
+    finally:
+        node.stop()
+    edge_log = (node.config.var_dir / "log" / "edge-access.log").read_text()
+    api_log = node.api_log.read_text()
+    assert "/api/users/profile/exports" in edge_log and "127.0.0.0/24" in edge_log
+    assert "127.0.0.1" not in edge_log
+    assert '"client_ip": "127.0.0.0/24"' in api_log and '"client_ip": "127.0.0.1"' not in api_log
+    assert "signature=" not in edge_log and "signature=" not in api_log
