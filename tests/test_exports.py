@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from PIL import Image
 
 from harness import client
 from harness.platform import Platform
 from sf.db import exports as exports_db
 from sf.services.exports import PAGE_ROWS, ExportArchive
+from sf.services.jobs import ROUND_DONE_KEY
 from tests.helpers import go_live
 
 pytestmark = pytest.mark.gen_test(timeout=90)
@@ -284,7 +286,11 @@ async def test_a_node_stopping_mid_build_marks_its_export_failed(api, services):
 def test_through_the_edge_a_download_passes_and_logs_hold_no_raw_address(base_config, tmp_path):
     """A real node behind its edge nginx (`/api/` → the API): the owner's link downloads the
     archive whole; with SF_LOG_IP_MODE=truncate neither nginx nor the API logs 127.0.0.1."""
-    node = Platform(base_config, tmp_path, SF_LOG_IP_MODE="truncate").start()
+    node = Platform(base_config, tmp_path, SF_LOG_IP_MODE="truncate",
+                    SF_JOBS_INTERVAL_SECONDS="1")
+    with redis.Redis.from_url(node.config.redis_url) as shared:
+        shared.delete(ROUND_DONE_KEY)  # an earlier platform's round on this Redis database
+    node.start()
     try:
         tokens = client.register(node.base_url, "edgeowner")
         status, created = client.call(node.base_url, "POST", "/api/users/profile/exports",
@@ -314,3 +320,8 @@ def test_through_the_edge_a_download_passes_and_logs_hold_no_raw_address(base_co
     assert "127.0.0.1" not in edge_log
     assert '"client_ip": "127.0.0.0/24"' in api_log and '"client_ip": "127.0.0.1"' not in api_log
     assert "signature=" not in edge_log and "signature=" not in api_log
+    # The node's job runner ran a round at start-up (one of its two processes), cleanly.
+    jobs_lines = [json.loads(line) for line in api_log.splitlines()
+                  if line.startswith("{") and '"sf.jobs"' in line]
+    assert {line.get("job") for line in jobs_lines} >= {"ip_retention", "expired_exports"}
+    assert all(line["level"] == "INFO" for line in jobs_lines)
