@@ -247,6 +247,18 @@ async def test_expired_exports_are_deleted_file_and_row(api, services):
     assert listed["data"] == []
 
 
+async def test_an_erased_accounts_exports_go_with_their_files(api, services):
+    tokens = await api.register("ivan")
+    ready = await _ready_export(api, tokens["access_token"])
+    row = await exports_db.get(services.db, ready["id"])
+    assert row is not None and row.file is not None
+    assert (services.exports.dir / row.file).is_file()
+    assert await services.exports.delete_for_user(row.user_id) == 1
+    assert not (services.exports.dir / row.file).exists()
+    assert await exports_db.get(services.db, ready["id"]) is None
+    assert (await api.get(ready["download_url"])).status == 404
+
+
 async def test_a_build_that_died_is_marked_failed_not_pending_forever(api, services):
     tokens = await api.register("hugo")
     user_id = (await api.get("/api/users/profile", token=tokens["access_token"])).json["id"]

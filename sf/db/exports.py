@@ -127,6 +127,12 @@ async def delete(db: Executor, export_ids: list[int]) -> int:
     return int(result.split()[-1])
 
 
+async def delete_of_user(db: Executor, user_id: int) -> list[str]:
+    """Delete every export of the user; the archive file names they named."""
+    rows = await db.fetch("DELETE FROM exports WHERE user_id = $1 RETURNING file", user_id)
+    return [row["file"] for row in rows if row["file"]]
+
+
 async def files_of(db: Executor) -> set[str]:
     """The archive file names some export row still names."""
     rows = await db.fetch("SELECT file FROM exports WHERE file IS NOT NULL")

@@ -306,6 +306,14 @@ class ExportService:
             time.time() - 60 * self.config.export_stale_minutes)
         return {"deleted": deleted, "stray_files_removed": strays}
 
+    async def delete_for_user(self, user_id: int) -> int:
+        """Delete every export of the user, archives included (erasure of the account); how
+        many. A build of theirs still running finds its row gone and removes its file."""
+        files = await exports_db.delete_of_user(self.db, user_id)
+        await asyncio.get_running_loop().run_in_executor(
+            self.executor, _unlink_all, [self.dir / name for name in files])
+        return len(files)
+
     async def stop(self) -> None:
         """Cancel the builds in progress (their rows are marked failed) and end the thread."""
         for task in list(self._builds):
