@@ -533,9 +533,10 @@ class Config:
         "IPv6); `hash` (a keyed HMAC prefix, the same for one address within a deployment). "
         "nginx's access logs write the truncated form for both `truncate` and `hash`.")
     export_ttl_hours: int = setting(
-        Integer(1, 720),
+        Integer(24, 720),
         "A personal data export can be downloaded (signed URL) for this long, then its file "
-        "and row are deleted.", unit="hours")
+        "and row are deleted (at least a day: the rows count toward SF_EXPORTS_PER_DAY).",
+        unit="hours")
     exports_per_day: int = setting(
         Integer(1, 1000), "Personal data exports a user may request per 24 hours (429 beyond).",
         unit="exports")
