@@ -31,6 +31,7 @@ from sf.handlers import (
     auth,
     categories,
     docs,
+    exports,
     follows,
     health,
     media_hooks,
@@ -46,12 +47,12 @@ from sf.node.dev import run_dev, run_edge, run_node
 from sf.node.server import run_serve
 from sf.node.tls import write_self_signed
 from sf.observability import configure_logging, log_request
-from sf.ops import backup, commands
+from sf.ops import backup, commands, privacy
 from sf.services.container import Services
 
 # Every resource's handlers, in the order their routes are matched.
-HANDLER_MODULES = (health, docs, auth, users, follows, stream_keys, allowed_viewers, streams,
-                   categories, statistics, viewers, media_hooks)
+HANDLER_MODULES = (health, docs, auth, users, exports, follows, stream_keys, allowed_viewers,
+                   streams, categories, statistics, viewers, media_hooks)
 
 
 def collect_routes(services: Services) -> list[Any]:
@@ -148,6 +149,7 @@ COMMANDS: dict[str, Callable[[Config, argparse.Namespace], int]] = {
     "keys": commands.cmd_keys,
     "backup": backup.cmd_backup,
     "restore": backup.cmd_restore,
+    "privacy": privacy.cmd_privacy,
 }
 
 
@@ -171,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("tls-cert", help="create a self-signed certificate for local HTTPS")
     commands.add_parsers(sub)
     backup.add_parsers(sub)
+    privacy.add_parsers(sub)
     return parser
 
 
@@ -190,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"sf: configuration error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(config.log_level)
+    configure_logging(config.log_level, ip_mode=config.log_ip_mode,
+                      ip_secret=config.internal_secret)
     for name in config.extra:
         log.warning("unknown setting %s ignored (see docs/configuration.md for the names)", name)
     return COMMANDS[args.command](config, args)

@@ -522,6 +522,32 @@ class Config:
         Number(0, 3600),
         "A viewer counts toward `unique_viewers` and watch time only once connected this long "
         "(the live count is immediate).", unit="seconds")
+    # Personal data: exports, address retention, logged addresses (issue 21).
+    ip_retention_days: int = setting(
+        Integer(1, 3650),
+        "Client addresses kept with login records (and streams' publish ranges) are erased "
+        "after this.", unit="days")
+    log_ip_mode: str = setting(
+        Choice("raw", "truncate", "hash"),
+        "How logs write client addresses: `raw`; `truncate` (the /24 of IPv4, the /48 of "
+        "IPv6); `hash` (a keyed HMAC prefix, the same for one address within a deployment). "
+        "nginx's access logs write the truncated form for both `truncate` and `hash`.")
+    export_ttl_hours: int = setting(
+        Integer(24, 720),
+        "A personal data export can be downloaded (signed URL) for this long, then its file "
+        "and row are deleted (at least a day: the rows count toward SF_EXPORTS_PER_DAY).",
+        unit="hours")
+    exports_per_day: int = setting(
+        Integer(1, 1000), "Personal data exports a user may request per 24 hours (429 beyond).",
+        unit="exports")
+    export_stale_minutes: int = setting(
+        Integer(1, 1440),
+        "An export still pending after this (its node died while building it) is marked "
+        "failed.", unit="minutes")
+    jobs_interval_seconds: float = setting(
+        Number(0.05, 86400),
+        "Time between rounds of the scheduled jobs (address retention, expired and stale "
+        "exports), run by one node at a time under a Redis leader lock.", unit="seconds")
     extra: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import ipaddress
 import json
 import logging
 import re
@@ -89,6 +92,57 @@ def redact(text: str) -> str:
     return text
 
 
+class AddressMinimiser:
+    """How logs write a client address (SF_LOG_IP_MODE): `raw` as it is; `truncate` its /24
+    (IPv4) or /48 (IPv6) network; `hash` a keyed HMAC-SHA256 prefix (the same address gives
+    the same text within a deployment, so lines of one client can still be followed, but the
+    address cannot be read back or confirmed without the key)."""
+
+    PURPOSE = b"sf log address v1"
+
+    def __init__(self, mode: str = "raw", secret: str = "") -> None:
+        if mode not in ("raw", "truncate", "hash"):
+            raise ValueError(f"not a log address mode: {mode!r}")
+        self.mode = mode
+        self._key = hmac.new(secret.encode(), self.PURPOSE, hashlib.sha256).digest()
+
+    def __call__(self, address: str) -> str:
+        if self.mode == "raw" or not address:
+            return address
+        if self.mode == "hash":
+            digest = hmac.new(self._key, address.encode(), hashlib.sha256).hexdigest()
+            return "h:" + digest[:16]
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return "-"  # not an address (a Unix socket peer): nothing worth keeping
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        prefix = 24 if ip.version == 4 else 48
+        return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
+
+
+    def in_text(self, text: str) -> str:
+        """`text` with every IP address in it minimised (Tornado's own messages name the
+        peer: "Malformed HTTP message from 203.0.113.7")."""
+        if self.mode == "raw" or _MAYBE_ADDRESS.search(text) is None:
+            return text
+        return _ADDRESS_IN_TEXT.sub(self._replace_match, text)
+
+    def _replace_match(self, match: re.Match[str]) -> str:
+        try:
+            ipaddress.ip_address(match.group(0))
+        except ValueError:
+            return match.group(0)  # a time of day, a version: not an address
+        return self(match.group(0))
+
+
+# Candidates only: each is checked with `ipaddress` before it is replaced.
+_ADDRESS_IN_TEXT = re.compile(
+    r"(?<![\w:.])(?:[0-9]{1,3}(?:\.[0-9]{1,3}){3}"
+    r"|[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?:\.[0-9]{1,3}){0,3}(?:%\w+)?)(?![\w:.])")
+_MAYBE_ADDRESS = re.compile(r"[0-9]\.[0-9]|:[0-9A-Fa-f]*:")
+ADDRESS_FIELDS = ("client_ip",)  # log record fields that hold a client's address
 ACCESS_FIELDS = ("request_id", "method", "path", "status", "duration_ms", "user_id", "client_ip")
 
 
@@ -100,8 +154,17 @@ class RedactingJsonFormatter(JsonFormatter):
     attribute of the record and formats the time anew, a tenth of a cheap request's cost."""
 
     _second: tuple[int, str] = (-1, "")
+    # SF_LOG_IP_MODE, applied to every field of ADDRESS_FIELDS; None: addresses as they are.
+    minimise_address: AddressMinimiser | None = None
 
     def process_log_record(self, log_data: dict[str, Any]) -> dict[str, Any]:
+        minimise = self.minimise_address
+        if minimise is not None:
+            for name in ADDRESS_FIELDS:
+                if isinstance(log_data.get(name), str):
+                    log_data[name] = minimise(log_data[name])
+            if isinstance(log_data.get("message"), str):
+                log_data["message"] = minimise.in_text(log_data["message"])
         return {key: redact(value) if isinstance(value, str) else value
                 for key, value in log_data.items() if key != "access_fields"}
 
@@ -118,17 +181,24 @@ class RedactingJsonFormatter(JsonFormatter):
         for name in ACCESS_FIELDS:
             value = fields[name]
             line[name] = redact(value) if isinstance(value, str) else value
+        if self.minimise_address is not None and isinstance(line["client_ip"], str):
+            line["client_ip"] = self.minimise_address(line["client_ip"])
         return json.dumps(line)
 
 
-def configure_logging(level: str = "INFO", stream: Any = None) -> None:
-    """Route every logger (ours, tornado's, asyncio's) to one JSON stream."""
+def configure_logging(level: str = "INFO", stream: Any = None, ip_mode: str = "raw",
+                      ip_secret: str = "") -> None:
+    """Route every logger (ours, tornado's, asyncio's) to one JSON stream, client addresses
+    written as `ip_mode` says (`AddressMinimiser`; `ip_secret` keys the `hash` mode)."""
     handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(RedactingJsonFormatter(
+    formatter = RedactingJsonFormatter(
         "{asctime}{levelname}{name}{message}", style="{",
         rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
         datefmt="%Y-%m-%dT%H:%M:%S%z",
-    ))
+    )
+    if ip_mode != "raw":
+        formatter.minimise_address = AddressMinimiser(ip_mode, ip_secret)
+    handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

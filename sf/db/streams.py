@@ -293,6 +293,16 @@ async def record_publish_origin(db: Executor, stream_id: int, address_range: str
                      stream_id, address_range, transcoded)
 
 
+async def erase_publish_ranges_before(db: Executor, before: datetime) -> int:
+    """Forget the address range of streams that are no longer live and went live (or were
+    made) before `before` (address retention; the limits only read the last hour and live
+    streams); how many were erased."""
+    result = await db.execute(
+        "UPDATE streams SET publish_range = NULL WHERE publish_range IS NOT NULL"
+        " AND NOT is_live AND COALESCE(started_at, created_at) < $1", before)
+    return int(result.split()[-1])
+
+
 async def set_thumbnail(db: Executor, stream_id: int, url: str) -> Stream | None:
     found = await db.fetchval(
         "UPDATE streams SET thumbnail = $2, updated_at = now() WHERE id = $1 RETURNING id",

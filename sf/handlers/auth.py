@@ -62,8 +62,9 @@ class RegisterHandler(AuthHandler):
           429: {description: Rate limited, content: {application/json: {schema: ErrorSchema}}}
         """
         body = self.parse_json(RegisterSchema())
-        result = await self.services.accounts.register(body["username"], body["email"],
-                                                       body["password"])
+        result = await self.services.accounts.register(
+            body["username"], body["email"], body["password"], client_ip=self.client_ip,
+            user_agent=self.request.headers.get("User-Agent", ""))
         self.write_tokens(result, 201)
 
 
@@ -83,8 +84,9 @@ class LoginHandler(AuthHandler):
         """
         body = self.parse_json(LoginSchema())
         login = body.get("username") or body["email"]
-        self.write_tokens(await self.services.accounts.login(login, body["password"],
-                                                             self.client_ip))
+        self.write_tokens(await self.services.accounts.login(
+            login, body["password"], self.client_ip,
+            user_agent=self.request.headers.get("User-Agent", "")))
 
 
 class LogoutHandler(AuthHandler):

@@ -391,6 +391,22 @@ def upstream_servers(servers: tuple[str, ...], parameters: str) -> str:
     return "\n".join(f"        server {server} {parameters};" for server in servers)
 
 
+# The address access logs write when SF_LOG_IP_MODE is not `raw`: the /24 of an IPv4 client,
+# the first three groups (/48) of an IPv6 one (nginx has no keyed hash, so `hash` writes this
+# too). An IPv6 address compressed (`::`) within its first three groups keeps what precedes
+# the `::`, never more than three groups.
+LOG_ADDRESS_MAP = r"""    map $remote_addr $sf_log_address {
+        "~^(?<sf_log_v4>[0-9]+\.[0-9]+\.[0-9]+)\.[0-9]+$" "${sf_log_v4}.0/24";
+        "~^(?<sf_log_v6>[0-9A-Fa-f]*:[0-9A-Fa-f]*:[0-9A-Fa-f]*)" "${sf_log_v6}::/48";
+        default "-";
+    }"""
+
+
+def log_address(config: Config) -> str:
+    """The access log's client address variable for SF_LOG_IP_MODE."""
+    return "$remote_addr" if config.log_ip_mode == "raw" else "$sf_log_address"
+
+
 def template_values(config: Config, origin: bool = True) -> dict[str, str]:
     """The values of every {{placeholder}} of the node template (`origin`) or the edge's."""
     module = next((path for path in RTMP_MODULE_CANDIDATES if os.path.exists(path)), "")
@@ -453,6 +469,8 @@ def template_values(config: Config, origin: bool = True) -> dict[str, str]:
         "limit_conn_http": str(LIMIT_CONN_HTTP),
         "limit_conn_ws": str(LIMIT_CONN_WS),
         "proxy_headers": PROXY_HEADERS,
+        "log_address_map": LOG_ADDRESS_MAP,
+        "log_address": log_address(config),
     }
 
 

@@ -19,6 +19,15 @@ from sf.schemas.categories import CategoryListSchema, CategorySchema, category_s
 from sf.schemas.channel import StreamKeySchema, StreamSettingsSchema
 from sf.schemas.common import StrictSchema
 from sf.schemas.errors import ErrorBodySchema, ErrorSchema, flatten_messages
+from sf.schemas.exports import (
+    ExportCreatedSchema,
+    ExportDownloadQuerySchema,
+    ExportListSchema,
+    ExportSchema,
+    export_created,
+    export_download_query,
+    export_schema,
+)
 from sf.schemas.pagination import PageQuerySchema, PaginationSchema, page, page_query
 from sf.schemas.statistics import (
     StatisticsQuerySchema,
@@ -48,7 +57,8 @@ from sf.schemas.users import (
 
 DOCUMENTED: tuple[type[Schema], ...] = (
     CategoryListSchema, CategorySchema, CategoryStreamListQuerySchema, ChangePasswordSchema,
-    ErrorBodySchema, ErrorSchema, LoginSchema, PageQuerySchema, PaginationSchema, ProfileUpdateSchema,
+    ErrorBodySchema, ErrorSchema, ExportCreatedSchema, ExportDownloadQuerySchema,
+    ExportListSchema, ExportSchema, LoginSchema, PageQuerySchema, PaginationSchema, ProfileUpdateSchema,
     RefreshSchema, RegisterSchema, StatisticsQuerySchema, StreamCreateSchema, StreamKeySchema,
     StreamListQuerySchema, StreamListSchema, StreamSchema, StreamSettingsSchema, StreamStatisticsSchema,
     StreamUpdateSchema, TokenPairSchema, UserListSchema, UserPrivateSchema, UserPublicSchema,
@@ -57,12 +67,14 @@ DOCUMENTED: tuple[type[Schema], ...] = (
 
 __all__ = [
     "DOCUMENTED", "ChangePasswordSchema", "CategoryListSchema", "CategorySchema",
-    "CategoryStreamListQuerySchema", "ErrorBodySchema", "ErrorSchema", "LoginSchema", "PageQuerySchema",
+    "CategoryStreamListQuerySchema", "ErrorBodySchema", "ErrorSchema", "ExportCreatedSchema",
+    "ExportDownloadQuerySchema", "ExportListSchema", "ExportSchema", "LoginSchema", "PageQuerySchema",
     "PaginationSchema", "ProfileUpdateSchema", "RefreshSchema", "RegisterSchema",
     "StatisticsQuerySchema", "StreamCreateSchema", "StreamKeySchema", "StreamListQuerySchema",
     "StreamListSchema", "StreamSchema", "StreamSettingsSchema", "StreamStatisticsSchema",
     "StreamUpdateSchema", "StrictSchema", "TokenPairSchema", "UserListSchema", "UserPrivateSchema",
     "UserPublicSchema", "UserStatisticsSchema", "ViewerSampleSchema", "WsTicketSchema",
-    "category_schema", "category_stream_list_query", "flatten_messages", "page", "page_query",
+    "category_schema", "category_stream_list_query", "export_created", "export_download_query",
+    "export_schema", "flatten_messages", "page", "page_query",
     "stream_list_query", "user_private", "user_public",
 ]

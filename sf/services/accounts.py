@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import asyncpg
 
 from sf.cache import INVALIDATED_TTL, STREAMS_NAMESPACE, Cache, Prefetched, public_user_key
+from sf.db import login_records
 from sf.db import users as users_db
 from sf.db.users import User
 from sf.errors import Unauthorized, ValidationFailed, validation_error
@@ -82,14 +83,26 @@ class AccountService:
         return await asyncio.get_running_loop().run_in_executor(
             self.hasher.executor, self.hasher.verify, password, password_hash)
 
-    async def register(self, username: str, email: str, password: str) -> LoginResult:
+    async def start_session(self, user: User, kind: str, client_ip: str,
+                         user_agent: str) -> LoginResult:
+        """Open a session for `user`, who just signed in (`kind`: register, login,
+        password_reset), and keep its login record (shown in the user's export; the address is
+        erased after SF_IP_RETENTION_DAYS)."""
+        tokens = await self.sessions.create(user.id)
+        await login_records.record(self.db, user.id, tokens.session_id, kind, client_ip,
+                                   user_agent)
+        return LoginResult(user, tokens)
+
+    async def register(self, username: str, email: str, password: str, client_ip: str = "",
+                       user_agent: str = "") -> LoginResult:
         password_hash = await self._hash(password)
         async with self.db.acquire() as connection, connection.transaction():
             user = await users_db.create_user(connection, username, email, password_hash)
             await self.stream_keys.create_for_new_user(connection, user)
-        return LoginResult(user, await self.sessions.create(user.id))
+        return await self.start_session(user, "register", client_ip, user_agent)
 
-    async def login(self, login: str, password: str, client_ip: str) -> LoginResult:
+    async def login(self, login: str, password: str, client_ip: str,
+                    user_agent: str = "") -> LoginResult:
         """Same answer and about the same time for an unknown user and a wrong password.
 
         Failures are throttled per account (see `LoginThrottle`), whichever of username or
@@ -106,7 +119,7 @@ class AccountService:
             await self.throttle.failed(account, client_ip)
             raise Unauthorized("Invalid credentials")
         await self.throttle.succeeded(account, client_ip)
-        return LoginResult(user, await self.sessions.create(user.id))
+        return await self.start_session(user, "login", client_ip, user_agent)
 
     async def refresh(self, refresh_token: str) -> LoginResult:
         tokens = await self.sessions.rotate(refresh_token)

@@ -30,9 +30,12 @@ from sf.services.accounts import AccountService
 from sf.services.allowed_viewers import AllowedViewerService
 from sf.services.categories import CategoryService
 from sf.services.events import EventBus
+from sf.services.exports import ExportService
 from sf.services.ingest import IngestService
+from sf.services.jobs import Job, JobRunner
 from sf.services.media_nodes import MediaNodeRegistry
 from sf.services.publishing import PublishingService
+from sf.services.retention import AddressRetention
 from sf.services.sessions import SessionStore, TicketStore
 from sf.services.statistics import StatisticsService
 from sf.services.stream_keys import StreamKeyService
@@ -133,6 +136,8 @@ class Services:
     viewers: ViewerHub
     media_nodes: MediaNodeRegistry  # which media nodes are alive (read by any node)
     ingest: IngestService | None  # only on a node next to an nginx-rtmp
+    exports: ExportService  # personal data exports (built in the background of this node)
+    jobs: JobRunner  # scheduled jobs, one node at a time (a Redis leader lock)
     cleanups: Cleanups  # run by `close`: the pool, Redis, the gate's connection, threads
     drain: RequestDrain = field(default_factory=RequestDrain)
     alerts: AlertWebhook | None = None  # ERROR events → SF_ALERT_WEBHOOK_URL, while started
@@ -149,10 +154,13 @@ class Services:
         await self.viewers.start()
         if self.ingest is not None:
             await self.ingest.start()
+        await self.jobs.start()
 
     async def stop(self) -> None:
         """Stop the background parts in the reverse order of `start`."""
         try:
+            await self.jobs.stop()
+            await self.exports.stop()
             if self.ingest is not None:
                 await self.ingest.stop()
         finally:
@@ -235,6 +243,16 @@ async def _wire(config: Config, db: asyncpg.Pool, cleanups: Cleanups, *, ingest:
     statistics = StatisticsService(config, db, redis, counts, cache, streams)
     publishing = PublishingService(db, cipher, cache, streams)
     media_nodes = MediaNodeRegistry(redis, config.media_node_heartbeat_ttl)
+    exports = ExportService(config, db)
+    cleanups.add("the export thread", lambda: exports.executor.shutdown(wait=False))
+    retention = AddressRetention(db, config.ip_retention_days)
+    # The scheduled jobs, run in this order each round (`sf privacy purge` runs one round).
+    # MERGE (issue 21, erasure lane): add Job("erasure", erasure.purge_due) here.
+    jobs = JobRunner(redis, config.node_id, config.jobs_interval_seconds, [
+        Job("stale_exports", exports.fail_stale),
+        Job("expired_exports", exports.delete_expired),
+        Job("ip_retention", retention.erase_expired),
+    ])
     node_ingest = None
     if ingest:
         node_ingest = IngestService(config, db, redis, streams, publishing, media_nodes,
@@ -251,5 +269,6 @@ async def _wire(config: Config, db: asyncpg.Pool, cleanups: Cleanups, *, ingest:
         stream_schema=StreamSchema(playback_secret=config.internal_secret,
                                    playback_ttl=config.playback_url_ttl),
         tickets=TicketStore(redis), counts=counts, viewers=viewers,
-        media_nodes=media_nodes, ingest=node_ingest, cleanups=cleanups,
+        media_nodes=media_nodes, ingest=node_ingest, exports=exports, jobs=jobs,
+        cleanups=cleanups,
     )
