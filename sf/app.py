@@ -33,6 +33,7 @@ from sf.handlers import (
     docs,
     follows,
     health,
+    legal,
     media_hooks,
     statistics,
     stream_keys,
@@ -47,10 +48,11 @@ from sf.node.server import run_serve
 from sf.node.tls import write_self_signed
 from sf.observability import configure_logging, log_request
 from sf.ops import backup, commands
+from sf.security import EmailCipher
 from sf.services.container import Services
 
 # Every resource's handlers, in the order their routes are matched.
-HANDLER_MODULES = (health, docs, auth, users, follows, stream_keys, allowed_viewers, streams,
+HANDLER_MODULES = (health, docs, auth, legal, users, follows, stream_keys, allowed_viewers, streams,
                    categories, statistics, viewers, media_hooks)
 
 
@@ -101,7 +103,7 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(config: Config, args: argparse.Namespace) -> int:
-    applied = asyncio.run(migrate(config.database_url))
+    applied = asyncio.run(migrate(config.database_url, email_cipher=EmailCipher.of(config)))
     print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none pending'}")
     return 0
 

@@ -38,6 +38,8 @@ from sf.schemas.streams import (
 )
 from sf.schemas.users import (
     ChangePasswordSchema,
+    ConsentSchema,
+    PrivacyPolicySchema,
     ProfileUpdateSchema,
     UserListSchema,
     UserPrivateSchema,
@@ -48,17 +50,18 @@ from sf.schemas.users import (
 
 DOCUMENTED: tuple[type[Schema], ...] = (
     CategoryListSchema, CategorySchema, CategoryStreamListQuerySchema, ChangePasswordSchema,
-    ErrorBodySchema, ErrorSchema, LoginSchema, PageQuerySchema, PaginationSchema, ProfileUpdateSchema,
-    RefreshSchema, RegisterSchema, StatisticsQuerySchema, StreamCreateSchema, StreamKeySchema,
+    ConsentSchema, ErrorBodySchema, ErrorSchema, LoginSchema, PageQuerySchema, PaginationSchema,
+    PrivacyPolicySchema, ProfileUpdateSchema, RefreshSchema, RegisterSchema, StatisticsQuerySchema,
+    StreamCreateSchema, StreamKeySchema,
     StreamListQuerySchema, StreamListSchema, StreamSchema, StreamSettingsSchema, StreamStatisticsSchema,
     StreamUpdateSchema, TokenPairSchema, UserListSchema, UserPrivateSchema, UserPublicSchema,
     UserStatisticsSchema, ViewerSampleSchema, WsTicketSchema,
 )
 
 __all__ = [
-    "DOCUMENTED", "ChangePasswordSchema", "CategoryListSchema", "CategorySchema",
+    "DOCUMENTED", "ChangePasswordSchema", "CategoryListSchema", "CategorySchema", "ConsentSchema",
     "CategoryStreamListQuerySchema", "ErrorBodySchema", "ErrorSchema", "LoginSchema", "PageQuerySchema",
-    "PaginationSchema", "ProfileUpdateSchema", "RefreshSchema", "RegisterSchema",
+    "PaginationSchema", "PrivacyPolicySchema", "ProfileUpdateSchema", "RefreshSchema", "RegisterSchema",
     "StatisticsQuerySchema", "StreamCreateSchema", "StreamKeySchema", "StreamListQuerySchema",
     "StreamListSchema", "StreamSchema", "StreamSettingsSchema", "StreamStatisticsSchema",
     "StreamUpdateSchema", "StrictSchema", "TokenPairSchema", "UserListSchema", "UserPrivateSchema",

@@ -17,6 +17,10 @@ class RegisterSchema(StrictSchema):
         metadata={"pattern": NEW_USERNAME_PATTERN})
     email = Email(required=True)
     password = Storable(8, 128, required=True, load_only=True)
+    accept_privacy_policy = fields.String(
+        required=True, load_only=True, validate=validate.Length(1, 64),
+        metadata={"description": "the version of the privacy policy the user accepts: the "
+                                 "current one (GET /api/legal/privacy-policy)"})
 
 
 class LoginSchema(StrictSchema):
