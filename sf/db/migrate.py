@@ -43,7 +43,7 @@ async def _column_exists(connection: asyncpg.Connection, table: str, column: str
 
 async def encrypt_clear_emails(connection: asyncpg.Connection,
                                email_cipher: EmailCipher | None,
-                               batch: int = EMAIL_BATCH) -> int:
+                               batch: int | None = None) -> int:
     """After 012: seal every address still in clear, a batch a transaction, then drop the
     clear-text column (and its index with it); how many addresses were sealed.
 
@@ -52,6 +52,7 @@ async def encrypt_clear_emails(connection: asyncpg.Connection,
     """
     if not await _column_exists(connection, "users", "email"):
         return 0
+    batch = batch or EMAIL_BATCH
     sealed = 0
     while True:
         async with connection.transaction():
