@@ -154,7 +154,7 @@ def test_clear_text_addresses_are_sealed_by_the_migration(fresh_database, tmp_pa
                 "SELECT column_name FROM information_schema.columns WHERE table_name = 'users'")}
             assert "email" not in columns
             table = (await db.fetchval("SELECT string_agg(u::text, ' ') FROM users u")).lower()
-            for username, email in OLD_ACCOUNTS:
+            for _username, email in OLD_ACCOUNTS:
                 assert email.lower() not in table
                 assert email.split("@")[0].lower() not in table
             for username, email in OLD_ACCOUNTS:
