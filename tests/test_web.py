@@ -96,6 +96,7 @@ def sign_up(page: Page, username: str) -> None:
     page.get_by_test_id("signup-username").fill(username)
     page.get_by_test_id("signup-email").fill(f"{username}@example.com")
     page.get_by_test_id("signup-password").fill(PASSWORD)
+    page.get_by_test_id("signup-accept-policy").check()
     screenshot(page, "login")
     page.get_by_test_id("signup-submit").click()
     page.wait_for_url("**/dashboard")
