@@ -17,6 +17,7 @@ from typing import Any
 import tornado.web
 
 from sf.config import (
+    BACKUP_SECRET_NAMES,
     EDGE_SECRET_NAMES,
     SECRET_NAMES,
     Config,
@@ -187,8 +188,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "secrets":
             return 0
     try:
-        # The edge checks playback signatures and holds no other secret.
-        config = load_config(secrets=EDGE_SECRET_NAMES if args.command == "edge" else SECRET_NAMES)
+        # The edge checks playback signatures and holds no other secret; only the backup
+        # commands need the backup key.
+        config = load_config(secrets=EDGE_SECRET_NAMES if args.command == "edge" else
+                             BACKUP_SECRET_NAMES if args.command in ("backup", "restore") else
+                             SECRET_NAMES)
     except ConfigError as exc:
         print(f"sf: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -494,6 +494,13 @@ class Config:
         "base64 of 32 bytes: the AES-GCM key `sf backup` encrypts archives with and `sf restore` "
         "needs (keep a copy away from the backups: without it they cannot be read). Empty: "
         "`var/secrets/backup_encryption_key`.")
+    audit_log_file: Path = setting(
+        ProjectPath(),
+        "Append-only JSON lines, one per operator command that reads or restores people's "
+        "data (`sf backup`, `sf restore`, …): who, what, when, which account. Empty: "
+        "`<SF_VAR_DIR>/log/audit.jsonl`.")
+    operator: str = setting(
+        Text(), "Who runs operator commands, as the audit log names them; empty: the OS user.")
     privacy_policy_file: Path = setting(
         ProjectPath(),
         "The operator's privacy policy (Markdown after a front matter giving `version` and "
@@ -608,6 +615,8 @@ def load_config(environ: dict[str, str] | None = None, defaults_file: Path = DEF
         values["media_dir"] = var_dir / "media"
     if not str(raw["backup_dir"]):
         values["backup_dir"] = var_dir / "backups"
+    if not str(raw["audit_log_file"]):
+        values["audit_log_file"] = var_dir / "log" / "audit.jsonl"
     if not values["media_node_url"]:
         values["media_node_url"] = f"http://127.0.0.1:{values['media_control_port']}"
     if not values["media_origin"]:

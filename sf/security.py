@@ -17,7 +17,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 import bcrypt
 import jwt
@@ -286,7 +286,7 @@ class BackupCipher:
     def _aad(header: bytes, index: int, final: bool) -> bytes:
         return header + index.to_bytes(8, "big") + (b"\x01" if final else b"\x00")
 
-    def encrypt_stream(self, source: BinaryIO, sink: BinaryIO) -> None:
+    def encrypt_stream(self, source: IO[bytes], sink: IO[bytes]) -> None:
         """Read `source` to its end and write the archive of it to `sink`."""
         file_id = secrets.token_bytes(16)
         header = self.MAGIC + self.fingerprint + file_id
@@ -303,7 +303,7 @@ class BackupCipher:
                 return
             chunk, index = following, index + 1
 
-    def decrypt_chunks(self, source: BinaryIO) -> Iterator[bytes]:
+    def decrypt_chunks(self, source: IO[bytes]) -> Iterator[bytes]:
         """The plaintext of an archive, chunk by chunk, each authenticated before it is given;
         BackupDecryptionError at the first thing wrong (a chunk already given stays given:
         check a whole archive with `verify` before acting on it)."""
@@ -346,12 +346,12 @@ class BackupCipher:
                     "reordered or comes from another file")
             index += 1
 
-    def verify(self, source: BinaryIO) -> int:
+    def verify(self, source: IO[bytes]) -> int:
         """Authenticate a whole archive without keeping it; the plaintext size."""
         return sum(len(chunk) for chunk in self.decrypt_chunks(source))
 
 
-def _read_full(source: BinaryIO, size: int) -> bytes:
+def _read_full(source: IO[bytes], size: int) -> bytes:
     """Up to `size` bytes, fewer only at the end of `source` (pipes give short reads)."""
     parts: list[bytes] = []
     wanted = size
