@@ -123,9 +123,21 @@ class UserPrivateSchema(UserPublicSchema):
         return self.privacy_policy_version
 
 
+# A document version as the operator writes it (sf/services/consents.py checks the file).
+POLICY_VERSION_RE = re.compile(r"\A[A-Za-z0-9._-]{1,64}\Z")
+POLICY_VERSION_PATTERN = rf"^[A-Za-z0-9._-]{{1,64}}{END}"
+
+
+def PolicyVersion(description: str, **kwargs: Any) -> fields.String:
+    """A privacy policy version; which one is current no schema can state (422 otherwise)."""
+    return fields.String(validate=validate.Regexp(POLICY_VERSION_RE, error="is not a version"),
+                         metadata={"pattern": POLICY_VERSION_PATTERN, "description": description},
+                         **kwargs)
+
+
 class ConsentSchema(StrictSchema):
-    privacy_policy = fields.String(required=True, validate=validate.Length(1, 64), metadata={
-        "description": "the current version (GET /api/legal/privacy-policy)"})
+    privacy_policy = PolicyVersion("the current version (GET /api/legal/privacy-policy)",
+                                   required=True)
 
 
 class PrivacyPolicySchema(Schema):

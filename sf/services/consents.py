@@ -16,9 +16,9 @@ from sf.db import consents as consents_db
 from sf.db.consents import PRIVACY_POLICY
 from sf.db.sql import Executor
 from sf.errors import validation_error
+from sf.schemas.users import POLICY_VERSION_RE
 
 _FRONT_MATTER = re.compile(r"\A---\n(?P<head>.*?)\n---\n(?P<text>.*)\Z", re.DOTALL)
-_VERSION = re.compile(r"\A[A-Za-z0-9._-]{1,64}\Z")
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ def load_privacy_policy(path: Path) -> PrivacyPolicy:
         if sep:
             head[key.strip()] = value.strip()
     version = head.get("version", "")
-    if not _VERSION.match(version):
+    if not POLICY_VERSION_RE.match(version):
         raise ConfigError(f"SF_PRIVACY_POLICY_FILE: {path}: `version` must be 1-64 letters, "
                           "digits, dots, dashes or underscores")
     effective_at: datetime | None
