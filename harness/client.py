@@ -56,12 +56,23 @@ def call(base_url: str, method: str, path: str, body: Any = None, token: str | N
 
 # --- accounts ---------------------------------------------------------------------------------
 
+def privacy_policy_version(base_url: str, *, context: ssl.SSLContext | None = None) -> str:
+    """The version of the privacy policy the platform serves (registering accepts it)."""
+    status, body = call(base_url, "GET", "/api/legal/privacy-policy", context=context)
+    if status != 200:
+        raise RuntimeError(f"privacy policy: {status} {body}")
+    return str(body["version"])
+
+
 def register(base_url: str, username: str, password: str = PASSWORD, email: str | None = None,
-             *, context: ssl.SSLContext | None = None) -> dict[str, Any]:
-    """Sign up (POST /api/auth/register); the answer: access and refresh token, the user."""
+             *, context: ssl.SSLContext | None = None,
+             accept_privacy_policy: str | None = None) -> dict[str, Any]:
+    """Sign up (POST /api/auth/register), accepting the privacy policy the platform serves
+    (or the version given); the answer: access and refresh token, the user."""
+    version = accept_privacy_policy or privacy_policy_version(base_url, context=context)
     status, body = call(base_url, "POST", "/api/auth/register", {
         "username": username, "email": email or f"{username}@example.com",
-        "password": password}, context=context)
+        "password": password, "accept_privacy_policy": version}, context=context)
     if status != 201:
         raise RuntimeError(f"register {username}: {status} {body}")
     return body

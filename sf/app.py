@@ -17,6 +17,7 @@ from typing import Any
 import tornado.web
 
 from sf.config import (
+    BACKUP_SECRET_NAMES,
     EDGE_SECRET_NAMES,
     SECRET_NAMES,
     Config,
@@ -34,6 +35,7 @@ from sf.handlers import (
     exports,
     follows,
     health,
+    legal,
     media_hooks,
     statistics,
     stream_keys,
@@ -48,11 +50,12 @@ from sf.node.server import run_serve
 from sf.node.tls import write_self_signed
 from sf.observability import configure_logging, log_request
 from sf.ops import backup, commands, privacy
+from sf.security import EmailCipher
 from sf.services.container import Services
 
 # Every resource's handlers, in the order their routes are matched.
-HANDLER_MODULES = (health, docs, auth, users, exports, follows, stream_keys, allowed_viewers,
-                   streams, categories, statistics, viewers, media_hooks)
+HANDLER_MODULES = (health, docs, auth, legal, users, exports, follows, stream_keys,
+                   allowed_viewers, streams, categories, statistics, viewers, media_hooks)
 
 
 def collect_routes(services: Services) -> list[Any]:
@@ -102,7 +105,7 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(config: Config, args: argparse.Namespace) -> int:
-    applied = asyncio.run(migrate(config.database_url))
+    applied = asyncio.run(migrate(config.database_url, email_cipher=EmailCipher.of(config)))
     print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none pending'}")
     return 0
 
@@ -188,8 +191,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "secrets":
             return 0
     try:
-        # The edge checks playback signatures and holds no other secret.
-        config = load_config(secrets=EDGE_SECRET_NAMES if args.command == "edge" else SECRET_NAMES)
+        # The edge checks playback signatures and holds no other secret; only the backup
+        # commands need the backup key.
+        config = load_config(secrets=EDGE_SECRET_NAMES if args.command == "edge" else
+                             BACKUP_SECRET_NAMES if args.command in ("backup", "restore") else
+                             SECRET_NAMES)
     except ConfigError as exc:
         print(f"sf: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -29,6 +29,10 @@ SECRET_NAMES = (
 )
 # What the public edge alone (`sf edge`) needs: it checks playback signatures, nothing else.
 EDGE_SECRET_NAMES = ("internal_secret",)
+# What `sf backup` and `sf restore` need besides: the key of the backup archives (no API node
+# holds it). Every secret that is given (setting or file) is read and checked.
+BACKUP_SECRET_NAMES = (*SECRET_NAMES, "backup_encryption_key")
+ALL_SECRET_NAMES = BACKUP_SECRET_NAMES
 
 
 class ConfigError(ValueError):
@@ -485,6 +489,23 @@ class Config:
     backup_keep: int = setting(
         Integer(1, 10000), "`sf backup` keeps the newest this many dumps, removing older ones.",
         unit="dumps")
+    backup_encryption_key: str = setting(
+        Text(),
+        "base64 of 32 bytes: the AES-GCM key `sf backup` encrypts archives with and `sf restore` "
+        "needs (keep a copy away from the backups: without it they cannot be read). Empty: "
+        "`var/secrets/backup_encryption_key`.")
+    audit_log_file: Path = setting(
+        ProjectPath(),
+        "Append-only JSON lines, one per operator command that reads or restores people's "
+        "data (`sf backup`, `sf restore`, …): who, what, when, which account. Empty: "
+        "`<SF_VAR_DIR>/log/audit.jsonl`.")
+    operator: str = setting(
+        Text(), "Who runs operator commands, as the audit log names them; empty: the OS user.")
+    privacy_policy_file: Path = setting(
+        ProjectPath(),
+        "The operator's privacy policy (Markdown after a front matter giving `version` and "
+        "`effective_at`), served at `/api/legal/privacy-policy`; registering accepts its "
+        "version. Read at start-up.")
     media_node_heartbeat_ttl: float = setting(
         Number(1, 300),
         "A media node's heartbeat in Redis lives this long, renewed every third of it; a node "
@@ -620,6 +641,8 @@ def load_config(environ: dict[str, str] | None = None, defaults_file: Path = DEF
         values["media_dir"] = var_dir / "media"
     if not str(raw["backup_dir"]):
         values["backup_dir"] = var_dir / "backups"
+    if not str(raw["audit_log_file"]):
+        values["audit_log_file"] = var_dir / "log" / "audit.jsonl"
     if not values["media_node_url"]:
         values["media_node_url"] = f"http://127.0.0.1:{values['media_control_port']}"
     if not values["media_origin"]:
@@ -639,7 +662,7 @@ def load_config(environ: dict[str, str] | None = None, defaults_file: Path = DEF
     for name in ("tls_cert", "tls_key"):
         if values[name] and not Path(str(values[name])).is_file():
             raise ConfigError(f"{_env_name(name)}: file {values[name]} does not exist")
-    for name in SECRET_NAMES:
+    for name in ALL_SECRET_NAMES:
         path = var_dir / "secrets" / name
         if not values[name] and (name in secrets or path.exists()):
             values[name] = _read_secret(path, name)
@@ -648,9 +671,11 @@ def load_config(environ: dict[str, str] | None = None, defaults_file: Path = DEF
     )
     values["redis_url"] = _with_password(str(values["redis_url"]), var_dir / "secrets" / "redis_password")
     config = Config(**values, extra={k: environ[k] for k in unknown})  # type: ignore[arg-type]
-    given = {name for name in SECRET_NAMES if name in secrets or values[name]}
+    given = {name for name in ALL_SECRET_NAMES if name in secrets or values[name]}
     if "stream_key_encryption_keys" in given:
         parse_encryption_keys(config.stream_key_encryption_keys)
+    if "backup_encryption_key" in given:
+        parse_backup_key(config.backup_encryption_key)
     for name, least in (("jwt_secret", 32), ("stream_key_lookup_secret", 16),
                         ("internal_secret", 16)):
         if name in given and len(str(values[name])) < least:
@@ -711,6 +736,17 @@ def parse_encryption_keys(spec: str) -> list[tuple[str, bytes]]:
     return keys
 
 
+def parse_backup_key(spec: str) -> bytes:
+    """The 32-byte key of SF_BACKUP_ENCRYPTION_KEY (base64)."""
+    try:
+        key = base64.b64decode(spec.strip(), validate=True)
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise ConfigError("SF_BACKUP_ENCRYPTION_KEY: expected base64 of 32 bytes")
+    return key
+
+
 def new_encryption_key_spec(key_id: str) -> str:
     """A fresh "id:base64key" entry for SF_STREAM_KEY_ENCRYPTION_KEYS."""
     return f"{key_id}:{base64.b64encode(secrets.token_bytes(32)).decode()}"
@@ -726,6 +762,7 @@ def ensure_secrets(var_dir: Path) -> list[str]:
         "stream_key_encryption_keys": lambda: new_encryption_key_spec("k1"),
         "stream_key_lookup_secret": lambda: secrets.token_urlsafe(32),
         "internal_secret": lambda: secrets.token_urlsafe(32),
+        "backup_encryption_key": lambda: base64.b64encode(secrets.token_bytes(32)).decode(),
         "postgres_password": lambda: secrets.token_urlsafe(24),
         "redis_password": lambda: secrets.token_urlsafe(24),
     }

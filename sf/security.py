@@ -1,4 +1,4 @@
-"""Password hashing, JWTs and stream-key cryptography.
+"""Password hashing, JWTs, stream-key and e-mail address encryption, and backup archives.
 
 bcrypt is CPU-bound (~0.2 s at 12 rounds), so callers run `PasswordHasher` methods in an
 executor, never on the loop thread.
@@ -14,15 +14,19 @@ import secrets
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 import bcrypt
 import jwt
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from sf.config import Config, parse_encryption_keys
+from sf.config import Config, parse_backup_key, parse_encryption_keys
 from sf.errors import Unauthorized
 
 JWT_ALGORITHM = "HS256"
@@ -185,6 +189,179 @@ class StreamKeyCipher:
             raise KeyError(f"stream key encryption key {key_id!r} is not configured")
         aad = f"sf-stream-key:{user_id}".encode()
         return cipher.decrypt(blob[:12], blob[12:], aad).decode()
+
+
+@dataclass(frozen=True)
+class SealedEmail:
+    """An e-mail address at rest: AES-GCM ciphertext (nonce first), its key id, and the keyed
+    hash of the normalised address that login and uniqueness look it up by."""
+
+    key_id: str
+    ciphertext: bytes
+    digest: bytes
+
+
+class EmailCipher:
+    """Encrypts e-mail addresses with the stream keys' key ring (SF_STREAM_KEY_ENCRYPTION_KEYS:
+    the first key encrypts, all decrypt, `sf keys rotate` re-encrypts) and digests them for
+    lookup with a key derived from SF_STREAM_KEY_LOOKUP_SECRET for this purpose alone.
+
+    The ciphertext is bound to its account and column (`purpose`) through the associated data,
+    so a sealed address copied onto another row or column does not open.
+    """
+
+    LOOKUP_PURPOSE = b"sf e-mail lookup v1"
+
+    @classmethod
+    def of(cls, config: Config) -> EmailCipher:
+        """The cipher of a node's settings."""
+        return cls(config.stream_key_encryption_keys, config.stream_key_lookup_secret)
+
+    def __init__(self, encryption_keys: str, lookup_secret: str) -> None:
+        keys = parse_encryption_keys(encryption_keys)
+        self.current_key_id = keys[0][0]
+        self._keys = {key_id: AESGCM(key) for key_id, key in keys}
+        self._lookup_key = hmac.new(lookup_secret.encode(), self.LOOKUP_PURPOSE,
+                                    hashlib.sha256).digest()
+
+    @staticmethod
+    def normalise(email: str) -> str:
+        """The form addresses are compared in: lower case (as the old `lower(email)` index)."""
+        return email.lower()
+
+    def digest(self, email: str) -> bytes:
+        """The keyed hash of a normalised address (login lookup, the unique index)."""
+        return hmac.new(self._lookup_key, self.normalise(email).encode(), "sha256").digest()
+
+    @staticmethod
+    def _aad(user_id: int, purpose: str) -> bytes:
+        return f"sf-email:{purpose}:{user_id}".encode()
+
+    def encrypt(self, email: str, user_id: int, purpose: str = "email") -> SealedEmail:
+        nonce = secrets.token_bytes(12)
+        ciphertext = self._keys[self.current_key_id].encrypt(
+            nonce, email.encode(), self._aad(user_id, purpose))
+        return SealedEmail(self.current_key_id, nonce + ciphertext, self.digest(email))
+
+    def decrypt(self, key_id: str, blob: bytes, user_id: int, purpose: str = "email") -> str:
+        cipher = self._keys.get(key_id)
+        if cipher is None:
+            raise KeyError(f"e-mail encryption key {key_id!r} is not configured")
+        return cipher.decrypt(blob[:12], blob[12:], self._aad(user_id, purpose)).decode()
+
+
+class BackupDecryptionError(ValueError):
+    """A backup archive that does not open: wrong key, not an archive, truncated or altered."""
+
+
+class BackupCipher:
+    """Backup archives: the dump streamed through AES-256-GCM in chunks, memory bounded.
+
+    Layout: `MAGIC`, a key fingerprint (8 bytes, so a wrong key is told apart from damage), a
+    random 16-byte file id, then records of `length (4 bytes, big endian) | ciphertext`. Each
+    file has its own key (HKDF of SF_BACKUP_ENCRYPTION_KEY and the file id), each chunk the
+    nonce of its index, and the associated data of every chunk holds the header, its index and
+    whether it is the last: a reordered, dropped, appended, truncated or altered chunk, or a
+    chunk from another file, fails authentication.
+    """
+
+    MAGIC = b"SFBACKUP1\n"
+    CHUNK = 1 << 20  # plaintext bytes per chunk
+    _TAG = 16
+
+    def __init__(self, key_spec: str) -> None:
+        key = parse_backup_key(key_spec)
+        self._key = key
+        self.fingerprint = hmac.new(key, b"sf backup key fingerprint", "sha256").digest()[:8]
+
+    def _file_cipher(self, file_id: bytes) -> AESGCM:
+        return AESGCM(HKDF(algorithm=hashes.SHA256(), length=32, salt=file_id,
+                           info=b"sf backup file key").derive(self._key))
+
+    @staticmethod
+    def _nonce(index: int) -> bytes:
+        return index.to_bytes(12, "big")
+
+    @staticmethod
+    def _aad(header: bytes, index: int, final: bool) -> bytes:
+        return header + index.to_bytes(8, "big") + (b"\x01" if final else b"\x00")
+
+    def encrypt_stream(self, source: IO[bytes], sink: IO[bytes]) -> None:
+        """Read `source` to its end and write the archive of it to `sink`."""
+        file_id = secrets.token_bytes(16)
+        header = self.MAGIC + self.fingerprint + file_id
+        cipher = self._file_cipher(file_id)
+        sink.write(header)
+        index = 0
+        chunk = _read_full(source, self.CHUNK)
+        while True:
+            following = _read_full(source, self.CHUNK) if len(chunk) == self.CHUNK else b""
+            final = not following
+            sealed = cipher.encrypt(self._nonce(index), chunk, self._aad(header, index, final))
+            sink.write(len(sealed).to_bytes(4, "big") + sealed)
+            if final:
+                return
+            chunk, index = following, index + 1
+
+    def decrypt_chunks(self, source: IO[bytes]) -> Iterator[bytes]:
+        """The plaintext of an archive, chunk by chunk, each authenticated before it is given;
+        BackupDecryptionError at the first thing wrong (a chunk already given stays given:
+        check a whole archive with `verify` before acting on it)."""
+        header = _read_full(source, len(self.MAGIC) + 8 + 16)
+        if len(header) < len(self.MAGIC) or header[:len(self.MAGIC)] != self.MAGIC:
+            raise BackupDecryptionError("not an encrypted sf backup (its header is missing)")
+        if len(header) < len(self.MAGIC) + 24:
+            raise BackupDecryptionError("the archive is truncated (in its header)")
+        if not hmac.compare_digest(header[len(self.MAGIC):len(self.MAGIC) + 8], self.fingerprint):
+            raise BackupDecryptionError(
+                "the archive was written with another SF_BACKUP_ENCRYPTION_KEY")
+        cipher = self._file_cipher(header[-16:])
+        index = 0
+        while True:
+            prefix = _read_full(source, 4)
+            if len(prefix) < 4:
+                raise BackupDecryptionError(
+                    f"the archive is truncated (it ends before its last chunk, after {index})")
+            length = int.from_bytes(prefix, "big")
+            if not self._TAG <= length <= self.CHUNK + self._TAG:
+                raise BackupDecryptionError(f"chunk {index} of the archive is damaged")
+            sealed = _read_full(source, length)
+            if len(sealed) < length:
+                raise BackupDecryptionError(f"the archive is truncated (in chunk {index})")
+            for final in (False, True):
+                try:
+                    plain = cipher.decrypt(self._nonce(index), sealed,
+                                           self._aad(header, index, final))
+                except InvalidTag:
+                    continue
+                yield plain
+                if final:
+                    if source.read(1):
+                        raise BackupDecryptionError("the archive has data after its last chunk")
+                    return
+                break
+            else:
+                raise BackupDecryptionError(
+                    f"chunk {index} of the archive fails authentication: it was altered, "
+                    "reordered or comes from another file")
+            index += 1
+
+    def verify(self, source: IO[bytes]) -> int:
+        """Authenticate a whole archive without keeping it; the plaintext size."""
+        return sum(len(chunk) for chunk in self.decrypt_chunks(source))
+
+
+def _read_full(source: IO[bytes], size: int) -> bytes:
+    """Up to `size` bytes, fewer only at the end of `source` (pipes give short reads)."""
+    parts: list[bytes] = []
+    wanted = size
+    while wanted:
+        part = source.read(wanted)
+        if not part:
+            break
+        parts.append(part)
+        wanted -= len(part)
+    return b"".join(parts)
 
 
 def new_session_id() -> str:

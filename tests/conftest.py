@@ -207,6 +207,7 @@ class Api:
         self.client = client
         self.base_url = base_url
         self.transcript: list[bytes] = []
+        self._policy_version: str | None = None
 
     async def request(self, method: str, path: str, json_body: Any = None, token: str | None = None,
                       headers: dict[str, str] | None = None, body: bytes | None = None) -> Response:
@@ -238,11 +239,25 @@ class Api:
     async def delete(self, path: str, **kwargs: Any) -> Response:
         return await self.request("DELETE", path, **kwargs)
 
+    async def privacy_policy_version(self) -> str:
+        """The version of the privacy policy the server serves (read once per test)."""
+        if self._policy_version is None:
+            response = await self.get("/api/legal/privacy-policy")
+            assert response.status == 200, response
+            self._policy_version = str(response.json["version"])
+        return self._policy_version
+
+    async def registration(self, username: str = "alice", password: str = "password123",
+                           email: str | None = None, **extra: Any) -> dict[str, Any]:
+        """A registration body accepting the current privacy policy, with `extra` fields."""
+        return {"username": username, "email": email or f"{username.lower()}@example.com",
+                "password": password,
+                "accept_privacy_policy": await self.privacy_policy_version(), **extra}
+
     async def register(self, username: str = "alice", password: str = "password123",
                        email: str | None = None) -> dict[str, Any]:
-        response = await self.post("/api/auth/register", {
-            "username": username, "email": email or f"{username.lower()}@example.com",
-            "password": password})
+        response = await self.post("/api/auth/register",
+                                   await self.registration(username, password, email))
         assert response.status == 201, response
         return response.json  # type: ignore[no-any-return]
 

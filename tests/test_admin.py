@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from sf.config import new_encryption_key_spec
+from sf.security import EmailCipher
 from tests.helpers import go_live
 
 
@@ -48,6 +49,13 @@ async def test_keys_rotate_command(api, services, config):
     key = (await api.get("/api/stream/key", token=tokens["access_token"])).json["stream_key"]
     spec = new_encryption_key_spec("k2") + "," + config.stream_key_encryption_keys
     out = sf(config, "keys", "rotate", extra_env={"SF_STREAM_KEY_ENCRYPTION_KEYS": spec})
-    assert "re-encrypted 1 stream key(s)" in out
+    assert "re-encrypted 1 stream key(s) and 1 e-mail address(es)" in out
     assert await services.db.fetchval("SELECT key_id FROM stream_keys") == "k2"
+    assert await services.db.fetchval("SELECT email_key_id FROM users") == "k2"
     assert key not in out
+    # Under the new ring (k2 first, k1 still there to read), and under k2 alone once rotated:
+    # the address opens and login by it still works.
+    rotated = services.config.replace(stream_key_encryption_keys=spec.split(",")[0])
+    assert EmailCipher.of(rotated).decrypt(
+        "k2", await services.db.fetchval("SELECT email_ciphertext FROM users"),
+        tokens["user"]["id"]) == "bob@example.com"

@@ -15,14 +15,15 @@ pytestmark = pytest.mark.gen_test(timeout=60)
 
 
 async def test_register_returns_token_pair_and_private_user(api):
-    response = await api.post("/api/auth/register", {
-        "username": "Alice_1", "email": "Alice@Example.com", "password": "correct horse"})
+    response = await api.post("/api/auth/register", await api.registration(
+        "Alice_1", "correct horse", "Alice@Example.com"))
     assert response.status == 201
     body = response.json
     assert body["token_type"] == "Bearer"
     assert body["expires_in"] == 900
     assert set(body["user"]) == {"id", "username", "avatar", "bio", "followers_count",
-                                 "created_at", "is_live", "email", "updated_at"}
+                                 "created_at", "is_live", "email", "updated_at",
+                                 "privacy_policy_accepted", "privacy_policy_current"}
     assert body["user"]["username"] == "Alice_1"
     assert body["user"]["created_at"].endswith("Z")
     assert "password" not in response.body.decode().lower().replace("password_", "")
@@ -38,7 +39,7 @@ async def test_register_returns_token_pair_and_private_user(api):
     ("username", 42),
 ])
 async def test_register_rejects_invalid_fields(api, field, value):
-    body = {"username": "valid_name", "email": "v@example.com", "password": "password123"}
+    body = await api.registration("valid_name", email="v@example.com")
     body[field] = value
     response = await api.post("/api/auth/register", body)
     assert response.status == 422
@@ -47,30 +48,28 @@ async def test_register_rejects_invalid_fields(api, field, value):
 
 
 async def test_register_rejects_unknown_and_missing_fields(api):
-    response = await api.post("/api/auth/register", {
-        "username": "bob", "email": "b@example.com", "password": "password123", "is_admin": True})
+    response = await api.post("/api/auth/register", await api.registration(
+        "bob", email="b@example.com", is_admin=True))
     assert response.status == 422 and "is_admin" in response.json["error"]["fields"]
     response = await api.post("/api/auth/register", {"username": "bob"})
     assert response.status == 422
-    assert set(response.json["error"]["fields"]) == {"email", "password"}
+    assert set(response.json["error"]["fields"]) == {"email", "password", "accept_privacy_policy"}
 
 
 async def test_username_and_email_unique_case_insensitively(api):
     await api.register("Carol", email="carol@example.com")
-    same_name = await api.post("/api/auth/register", {
-        "username": "cAROL", "email": "other@example.com", "password": "password123"})
+    same_name = await api.post("/api/auth/register", await api.registration(
+        "cAROL", email="other@example.com"))
     assert same_name.status == 409 and same_name.json["error"]["code"] == "conflict"
     assert "username" in same_name.json["error"]["fields"]
-    same_email = await api.post("/api/auth/register", {
-        "username": "carol2", "email": "CAROL@example.com", "password": "password123"})
+    same_email = await api.post("/api/auth/register", await api.registration(
+        "carol2", email="CAROL@example.com"))
     assert same_email.status == 409 and "email" in same_email.json["error"]["fields"]
 
 
 async def test_parallel_registrations_of_one_username_exactly_one_wins(api):
-    responses = await asyncio.gather(*[
-        api.post("/api/auth/register", {"username": "racer", "email": f"r{i}@example.com",
-                                        "password": "password123"})
-        for i in range(20)])
+    bodies = [await api.registration("racer", email=f"r{i}@example.com") for i in range(20)]
+    responses = await asyncio.gather(*[api.post("/api/auth/register", body) for body in bodies])
     statuses = sorted(r.status for r in responses)
     assert statuses.count(201) == 1
     assert statuses.count(409) == 19
@@ -156,8 +155,7 @@ async def test_reusing_a_rotated_refresh_token_revokes_the_session(api):
 
 async def test_cookie_refresh_requires_csrf_header(api):
     """security.md#csrf-on-cookie-refresh."""
-    registered = await api.post("/api/auth/register", {
-        "username": "ivy", "email": "ivy@example.com", "password": "password123"})
+    registered = await api.post("/api/auth/register", await api.registration("ivy"))
     cookies = {}
     for header in registered.headers.get_list("Set-Cookie"):
         name, _, rest = header.partition("=")

@@ -61,6 +61,8 @@ BUSINESS_RULES: dict[str, dict[str, str]] = {
     # Content-Type the operation does not take, not data the document calls valid.
     "POST /api/v1/auth/refresh-token": {"400": "a body under its documented Content-Type",
                                         "415": "a body under its documented Content-Type"},
+    "POST /api/v1/auth/register": {"422": "the current privacy policy version"},
+    "POST /api/v1/users/profile/consents": {"422": "the current privacy policy version"},
     "POST /api/v1/streams": {"422": "an existing category"},
     "PUT /api/v1/stream/settings": {"422": "an existing category"},
     "POST /api/v1/users/change-password": {"422": "the right current password, and a new one "

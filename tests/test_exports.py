@@ -93,7 +93,9 @@ async def test_the_archive_holds_the_owners_data(api, services):
     assert profile["username"] == "alice" and profile["email"] == "alice@example.com"
     assert profile["bio"] == "hello there"
     assert "password_hash" not in profile
-    assert json.loads(files["consents.json"]) == []  # MERGE: the consent lane's table
+    consents = json.loads(files["consents.json"])
+    assert [(c["purpose"], c["version"]) for c in consents] == \
+        [("privacy_policy", await api.privacy_policy_version())]
     streams = json.loads(files["streams.json"])
     assert [s["id"] for s in streams] == [stream_id]
     assert {"peak_viewers", "average_viewers", "unique_viewers", "watch_time_seconds",

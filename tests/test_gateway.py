@@ -35,10 +35,12 @@ from PIL import Image
 
 from harness.platform import Platform, wait_for
 from harness.ports import reserve_port
+from sf.config import Config
 from sf.media import nginx
 from sf.media.hls import new_thumbnail_name, sign_playback, sign_thumbnail
 from sf.node import localservices
 from sf.node.tls import write_self_signed
+from sf.services.consents import load_privacy_policy
 
 pytestmark = pytest.mark.platform
 
@@ -95,6 +97,11 @@ def fetch(port: int, method: str, path: str, *, source: str = "127.0.0.1",
         conn.close()
 
 
+def policy_version(config: Config) -> str:
+    """The privacy policy version a platform serves (registering accepts it)."""
+    return load_privacy_policy(config.privacy_policy_file).version
+
+
 def edge(platform: Platform, method: str, path: str, **kwargs: Any) -> Response:
     """Through the platform's nginx."""
     return fetch(platform.config.http_port, method, path, **kwargs)
@@ -102,7 +109,8 @@ def edge(platform: Platform, method: str, path: str, **kwargs: Any) -> Response:
 
 def register(platform: Platform, username: str, source: str) -> dict[str, Any]:
     response = edge(platform, "POST", "/api/auth/register", source=source, body={
-        "username": username, "email": f"{username}@example.com", "password": "password123"})
+        "username": username, "email": f"{username}@example.com", "password": "password123",
+        "accept_privacy_policy": policy_version(platform.config)})
     assert response.status == 201, response.body
     token = response.json()["access_token"]
     key = edge(platform, "GET", "/api/stream/key", source=source,
@@ -334,7 +342,8 @@ def test_refresh_cookie_is_secure_behind_tls(base_config, tmp_path):
                              context=node.ssl_context, headers={"X-Forwarded-Proto": "http"},
                              body={"username": f"tlsuser{index}",
                                    "email": f"tlsuser{index}@example.com",
-                                   "password": "password123"})
+                                   "password": "password123",
+                                   "accept_privacy_policy": policy_version(node.config)})
             assert response.status == 201, response.body
             cookies = response.headers.get_all("Set-Cookie")
             refresh = next(cookie for cookie in cookies if cookie.startswith("sf_refresh="))
@@ -675,7 +684,7 @@ def test_sf_edge_in_front_of_a_media_node_passes_what_it_serves_and_answers_in_t
         source = address(81)
         response = fetch(port, "POST", "/api/auth/register", source=source, body={
             "username": "gatewayavatar", "email": "gatewayavatar@example.com",
-            "password": "password123"})
+            "password": "password123", "accept_privacy_policy": policy_version(node)})
         assert response.status == 201, response.body
         token = response.json()["access_token"]
         picture = io.BytesIO()

@@ -84,6 +84,7 @@ async def test_nul_in_login_fields_is_422(api, body, field):
     ({"username": "bob", "email": "bob@example.com", "password": "password\x00123"}, "password"),
 ])
 async def test_nul_in_register_fields_is_422(api, body, field):
+    body = {**body, "accept_privacy_policy": await api.privacy_policy_version()}
     assert_invalid(await api.post("/api/auth/register", body), field)
 
 
@@ -270,8 +271,8 @@ async def test_any_id_path_parameter_is_range_checked(services, http_client, pat
 
 @pytest.mark.parametrize("username", ["alice\n", "alice\r\n", "\nalice", "ali\nce"])
 async def test_username_with_a_newline_is_422(api, username):
-    response = await api.post("/api/auth/register", {
-        "username": username, "email": "alice@example.com", "password": "password123"})
+    response = await api.post("/api/auth/register", await api.registration(
+        username, email="alice@example.com"))
     assert_invalid(response, "username")
 
 
@@ -281,8 +282,7 @@ async def test_username_with_a_newline_is_422(api, username):
     "dashboard", "healthz", "readyz", "metrics", "null", "Undefined", "hls", "media", "internal",
 ])
 async def test_reserved_usernames_are_refused_at_registration(api, username):
-    response = await api.post("/api/auth/register", {
-        "username": username, "email": f"{username}@example.com", "password": "password123"})
+    response = await api.post("/api/auth/register", await api.registration(username))
     assert_invalid(response, "username")
     assert response.json["error"]["fields"]["username"] == ["is reserved"]
 
@@ -445,6 +445,5 @@ async def test_stream_fields_found_loose_by_the_outside_attack(api, body, field)
 
 @pytest.mark.parametrize("name", ["self", "TRUE", "false", "nil", "www", "Mail"])
 async def test_more_reserved_usernames(api, name):
-    response = await api.post("/api/auth/register", {
-        "username": name, "email": f"{name}@example.com", "password": "password123"})
+    response = await api.post("/api/auth/register", await api.registration(name))
     assert_invalid(response, "username")

@@ -140,14 +140,13 @@ class TestLoginThrottle:
 async def test_register_limited_per_ip(api):
     statuses = []
     for index in range(5):
-        response = await api.post("/api/auth/register", {
-            "username": f"user{index}", "email": f"u{index}@example.com",
-            "password": "password123"}, headers={"X-Forwarded-For": "203.0.113.7"})
+        response = await api.post("/api/auth/register", await api.registration(
+            f"user{index}", email=f"u{index}@example.com"),
+            headers={"X-Forwarded-For": "203.0.113.7"})
         statuses.append(response.status)
     assert statuses == [201, 201, 201, 201, 429]
-    other_ip = await api.post("/api/auth/register", {
-        "username": "user9", "email": "u9@example.com", "password": "password123"},
-        headers={"X-Forwarded-For": "203.0.113.8"})
+    other_ip = await api.post("/api/auth/register", await api.registration(
+        "user9", email="u9@example.com"), headers={"X-Forwarded-For": "203.0.113.8"})
     assert other_ip.status == 201
 
 

@@ -96,6 +96,7 @@ def sign_up(page: Page, username: str) -> None:
     page.get_by_test_id("signup-username").fill(username)
     page.get_by_test_id("signup-email").fill(f"{username}@example.com")
     page.get_by_test_id("signup-password").fill(PASSWORD)
+    page.get_by_test_id("signup-accept-policy").check()
     screenshot(page, "login")
     page.get_by_test_id("signup-submit").click()
     page.wait_for_url("**/dashboard")
@@ -300,6 +301,33 @@ def test_watch_page_goes_offline_and_comes_back_by_itself(platform: Platform, pa
     viewer.get_by_test_id("offline").wait_for(state="hidden", timeout=30_000)
     assert_playing(viewer)
     wait_for_text(viewer, "viewers", r"^1 viewer$")
+    assert pages.errors == []
+
+
+def test_sign_up_needs_the_privacy_policy_accepted(platform: Platform, pages: Pages) -> None:
+    """The sign-up form shows the policy (as text) and its version, refuses to send without the
+    box ticked, and registers the account with the version accepted."""
+    page = pages.new_page()
+    page.goto("/login")
+    page.get_by_test_id("tab-sign-up").click()
+    page.get_by_test_id("signup-username").fill("webconsent")
+    page.get_by_test_id("signup-email").fill("webconsent@example.com")
+    page.get_by_test_id("signup-password").fill(PASSWORD)
+    status, policy, _ = platform.request("GET", "/api/legal/privacy-policy")
+    assert status == 200
+    page.get_by_test_id("privacy-policy").click()
+    wait_for_text(page, "privacy-policy", policy["version"])
+    assert "# Privacy policy" in page.get_by_test_id("privacy-policy").inner_text()
+    page.get_by_test_id("signup-submit").click()
+    page.locator("#sign-up .error").wait_for()
+    assert "privacy policy" in page.locator("#sign-up .error").inner_text()
+    assert platform.request("GET", "/api/users/webconsent")[0] == 404  # nothing was sent
+    page.get_by_test_id("signup-accept-policy").check()
+    page.get_by_test_id("signup-submit").click()
+    page.wait_for_url("**/dashboard")
+    token = page.evaluate("JSON.parse(localStorage.getItem('sf.session')).access_token")
+    status, profile, _ = platform.request("GET", "/api/users/profile", token=token)
+    assert profile["privacy_policy_accepted"] == policy["version"]
     assert pages.errors == []
 
 

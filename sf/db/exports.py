@@ -194,11 +194,8 @@ async def section_pages(connection: asyncpg.Connection, query: str, user_id: int
 
 
 async def consents(connection: asyncpg.Connection, user_id: int) -> list[dict[str, Any]]:
-    """The user's privacy-policy acceptances (version, purpose, time).
-
-    MERGE (issue 21, atrest/consent lane): that lane adds the consents table; until the
-    branches meet this returns [] and `consents.json` is an empty list. Replace the body with
-    its query, e.g. `SELECT version, purpose, accepted_at FROM consents WHERE user_id = $1
-    ORDER BY accepted_at`.
-    """
-    return []
+    """The user's privacy-policy acceptances (version, purpose, time), oldest first."""
+    rows = await connection.fetch(
+        "SELECT version, purpose, accepted_at FROM consents WHERE user_id = $1"
+        " ORDER BY accepted_at, id", user_id)
+    return [dict(row) for row in rows]

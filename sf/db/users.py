@@ -9,13 +9,17 @@ import asyncpg
 
 from sf.db.sql import Executor, set_clause
 from sf.errors import Conflict, NotFound
+from sf.security import EmailCipher
 
 
 @dataclass(frozen=True)
 class User:
     """A user row plus `is_live` (whether one of their public streams is live now).
 
-    A private live stream never shows in `is_live`: the profile is public.
+    A private live stream never shows in `is_live`: the profile is public. The e-mail address
+    is stored sealed (`EmailCipher`) and opened only by the reads given the cipher (the own
+    profile, login, registration); the others (public views, lists) leave `email` empty.
+    `privacy_policy_accepted` (the version last accepted) is read with the own profile only.
     """
 
     id: int
@@ -28,16 +32,29 @@ class User:
     created_at: datetime
     updated_at: datetime
     is_live: bool
+    privacy_policy_accepted: str | None = None
 
 
-USER_COLUMNS = """u.id, u.username, u.email, u.password_hash, u.avatar, u.bio, u.followers_count,
-    u.created_at, u.updated_at,
+USER_COLUMNS = """u.id, u.username, u.email_key_id, u.email_ciphertext, u.password_hash, u.avatar,
+    u.bio, u.followers_count, u.created_at, u.updated_at,
     EXISTS (SELECT 1 FROM streams s WHERE s.user_id = u.id AND s.is_live AND NOT s.is_private)
         AS is_live"""
+# The own profile's columns: the public ones plus the privacy policy version last accepted.
+PRIVATE_COLUMNS = USER_COLUMNS + """,
+    (SELECT c.version FROM consents c WHERE c.user_id = u.id AND c.purpose = 'privacy_policy'
+     ORDER BY c.accepted_at DESC, c.id DESC LIMIT 1) AS privacy_policy_accepted"""
+_ROW_FIELDS = tuple(name for name in User.__dataclass_fields__
+                    if name not in ("email", "privacy_policy_accepted"))
 
 
-def user_from_row(row: asyncpg.Record) -> User:
-    return User(**{key: row[key] for key in User.__dataclass_fields__})
+def user_from_row(row: asyncpg.Record, cipher: EmailCipher | None = None) -> User:
+    """The User of a row of USER_COLUMNS (or PRIVATE_COLUMNS); its address opened with
+    `cipher` when given, else left empty."""
+    email = ""
+    if cipher is not None and row["email_ciphertext"] is not None:
+        email = cipher.decrypt(row["email_key_id"], row["email_ciphertext"], row["id"])
+    return User(**{key: row[key] for key in _ROW_FIELDS}, email=email,
+                privacy_policy_accepted=row.get("privacy_policy_accepted"))
 
 
 def _conflict(exc: asyncpg.UniqueViolationError) -> Conflict:
@@ -46,24 +63,32 @@ def _conflict(exc: asyncpg.UniqueViolationError) -> Conflict:
     return Conflict(f"That {field} is already taken", fields={field: ["already taken"]})
 
 
-async def create_user(db: Executor, username: str, email: str, password_hash: str) -> User:
-    """Insert a user; Conflict (409) when the username or email is taken (case-insensitively)."""
+async def create_user(db: Executor, cipher: EmailCipher, username: str, email: str,
+                      password_hash: str) -> User:
+    """Insert a user, the address sealed; Conflict (409) when the username or email is taken
+    (case-insensitively: the unique index is on the digest of the lower-case address)."""
+    # The id first: the sealed address is bound to it.
+    user_id = await db.fetchval("SELECT nextval(pg_get_serial_sequence('users', 'id'))")
+    sealed = cipher.encrypt(email, user_id)
     try:
         row = await db.fetchrow(
-            "INSERT INTO users (username, email, password_hash) VALUES ($1, $2, $3)"
+            "INSERT INTO users (id, username, email_key_id, email_ciphertext, email_digest,"
+            " password_hash) VALUES ($1, $2, $3, $4, $5, $6)"
             " RETURNING *, false AS is_live",
-            username, email, password_hash,
+            user_id, username, sealed.key_id, sealed.ciphertext, sealed.digest, password_hash,
         )
     except asyncpg.UniqueViolationError as exc:
         raise _conflict(exc) from None
-    return user_from_row(row)
+    return user_from_row(row, cipher)
 
 
-async def get_user(db: Executor, user_id: int) -> User:
-    row = await db.fetchrow(f"SELECT {USER_COLUMNS} FROM users u WHERE u.id = $1", user_id)
+async def get_user(db: Executor, user_id: int, cipher: EmailCipher | None = None) -> User:
+    """A user by id; with `cipher`, the own profile: the address opened and the consent read."""
+    columns = PRIVATE_COLUMNS if cipher is not None else USER_COLUMNS
+    row = await db.fetchrow(f"SELECT {columns} FROM users u WHERE u.id = $1", user_id)
     if row is None:
         raise NotFound("User not found")
-    return user_from_row(row)
+    return user_from_row(row, cipher)
 
 
 async def get_user_by_username(db: Executor, username: str) -> User:
@@ -75,25 +100,36 @@ async def get_user_by_username(db: Executor, username: str) -> User:
     return user_from_row(row)
 
 
-async def find_user_for_login(db: Executor, login: str) -> User | None:
-    """The user whose username or email is `login` (case-insensitive), or None."""
-    column = "email" if "@" in login else "username"
-    row = await db.fetchrow(
-        f"SELECT {USER_COLUMNS} FROM users u WHERE lower(u.{column}) = lower($1)", login
-    )
-    return user_from_row(row) if row else None
+async def find_user_for_login(db: Executor, cipher: EmailCipher, login: str) -> User | None:
+    """The user whose username or email is `login` (case-insensitive), or None. An address is
+    found by its digest: the database never sees it in clear."""
+    if "@" in login:
+        row = await db.fetchrow(f"SELECT {PRIVATE_COLUMNS} FROM users u WHERE u.email_digest = $1",
+                                cipher.digest(login))
+    else:
+        row = await db.fetchrow(
+            f"SELECT {PRIVATE_COLUMNS} FROM users u WHERE lower(u.username) = lower($1)", login)
+    return user_from_row(row, cipher) if row else None
 
 
 _UNSET = object()
 
 
-async def update_profile(db: Executor, user_id: int, *, email: object = _UNSET, bio: object = _UNSET,
+async def update_profile(db: Executor, user_id: int, *, cipher: EmailCipher | None = None,
+                         email: object = _UNSET, bio: object = _UNSET,
                          avatar: object = _UNSET) -> User:
-    """Change the given profile fields (others stay); Conflict when the email is taken."""
-    changes = {name: value for name, value in (("email", email), ("bio", bio), ("avatar", avatar))
-               if value is not _UNSET}
+    """Change the given profile fields (others stay; a new address is sealed with `cipher`,
+    which the answer is read with too); Conflict when the email is taken."""
+    changes: dict[str, object] = {name: value for name, value in (("bio", bio), ("avatar", avatar))
+                                  if value is not _UNSET}
+    if email is not _UNSET:
+        if cipher is None:
+            raise ValueError("changing the e-mail address needs the cipher")
+        sealed = cipher.encrypt(str(email), user_id)
+        changes.update(email_key_id=sealed.key_id, email_ciphertext=sealed.ciphertext,
+                       email_digest=sealed.digest)
     if not changes:
-        return await get_user(db, user_id)
+        return await get_user(db, user_id, cipher)
     assignments = set_clause(changes, 2)
     try:
         result = await db.execute(
@@ -104,7 +140,7 @@ async def update_profile(db: Executor, user_id: int, *, email: object = _UNSET, 
         raise _conflict(exc) from None
     if result.endswith(" 0"):
         raise NotFound("User not found")
-    return await get_user(db, user_id)
+    return await get_user(db, user_id, cipher)
 
 
 async def set_password_hash(db: Executor, user_id: int, password_hash: str) -> None:
@@ -119,3 +155,24 @@ async def account_age_seconds(db: Executor, user_id: int) -> float:
     age = await db.fetchval(
         "SELECT EXTRACT(epoch FROM now() - created_at) FROM users WHERE id = $1", user_id)
     return float(age) if age is not None else 0.0
+
+
+async def rotate_email_encryption(db: asyncpg.Pool, cipher: EmailCipher, batch: int = 500) -> int:
+    """Re-seal every address not under the current encryption key, a batch a transaction;
+    return how many changed. The digests stay: the lookup secret is not rotated."""
+    changed = 0
+    while True:
+        async with db.acquire() as connection, connection.transaction():
+            rows = await connection.fetch(
+                "SELECT id, email_key_id, email_ciphertext FROM users WHERE email_key_id <> $1"
+                " ORDER BY id LIMIT $2 FOR UPDATE", cipher.current_key_id, batch)
+            values = []
+            for row in rows:
+                plain = cipher.decrypt(row["email_key_id"], row["email_ciphertext"], row["id"])
+                sealed = cipher.encrypt(plain, row["id"])
+                values.append((row["id"], sealed.key_id, sealed.ciphertext))
+            await connection.executemany(
+                "UPDATE users SET email_key_id = $2, email_ciphertext = $3 WHERE id = $1", values)
+        changed += len(rows)
+        if len(rows) < batch:
+            return changed

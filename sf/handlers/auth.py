@@ -8,7 +8,7 @@ from typing import Any
 from sf.errors import Unauthorized
 from sf.handlers.base import APIHandler
 from sf.ratelimit import Limit
-from sf.schemas import LoginSchema, RefreshSchema, RegisterSchema, user_private
+from sf.schemas import LoginSchema, RefreshSchema, RegisterSchema
 from sf.security import TokenClaims
 from sf.services.accounts import LoginResult
 
@@ -42,7 +42,7 @@ class AuthHandler(APIHandler):
             "refresh_token": tokens.refresh_token,
             "token_type": "Bearer",
             "expires_in": tokens.expires_in,
-            "user": user_private.dump(result.user),
+            "user": self.services.user_private.dump(result.user),
         }, status)
 
 
@@ -51,6 +51,9 @@ class RegisterHandler(AuthHandler):
 
     async def post(self) -> None:
         """Create an account and log it in.
+
+        `accept_privacy_policy` must be the current version of the privacy policy
+        (GET /api/legal/privacy-policy); the acceptance is kept.
         ---
         summary: Register
         tags: [auth]
@@ -58,13 +61,13 @@ class RegisterHandler(AuthHandler):
         responses:
           201: {description: Account created, content: {application/json: {schema: TokenPairSchema}}}
           409: {description: Username or email taken, content: {application/json: {schema: ErrorSchema}}}
-          422: {description: Invalid fields, content: {application/json: {schema: ErrorSchema}}}
+          422: {description: "Invalid fields, or accept_privacy_policy is not the current version", content: {application/json: {schema: ErrorSchema}}}
           429: {description: Rate limited, content: {application/json: {schema: ErrorSchema}}}
         """
         body = self.parse_json(RegisterSchema())
         result = await self.services.accounts.register(
-            body["username"], body["email"], body["password"], client_ip=self.client_ip,
-            user_agent=self.request.headers.get("User-Agent", ""))
+            body["username"], body["email"], body["password"], body["accept_privacy_policy"],
+            client_ip=self.client_ip, user_agent=self.request.headers.get("User-Agent", ""))
         self.write_tokens(result, 201)
 
 

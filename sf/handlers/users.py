@@ -6,7 +6,7 @@ import tornado.httputil
 
 from sf.errors import UnsupportedMediaType, ValidationFailed
 from sf.handlers.base import USERNAME_ROUTE, APIHandler
-from sf.schemas import ChangePasswordSchema, ProfileUpdateSchema, user_private, user_public
+from sf.schemas import ChangePasswordSchema, ProfileUpdateSchema, user_public
 from sf.security import TokenClaims
 
 
@@ -23,7 +23,8 @@ class ProfileHandler(APIHandler):
           200: {description: Profile, content: {application/json: {schema: UserPrivateSchema}}}
           401: {description: Not authenticated, content: {application/json: {schema: ErrorSchema}}}
         """
-        self.write_json(await self.services.accounts.profile(self.user_id, user_private.dump,
+        self.write_json(await self.services.accounts.profile(self.user_id,
+                                                             self.services.user_private.dump,
                                                              self.prefetched))
 
     def cache_reads(self, claims: TokenClaims | None) -> tuple[str | None, tuple[str, ...]]:
@@ -51,7 +52,7 @@ class ProfileHandler(APIHandler):
         current_password = changes.pop("current_password", None)
         user = await self.services.accounts.update_profile(self.user_id, changes,
                                                             current_password, self.client_ip)
-        self.write_json(user_private.dump(user))
+        self.write_json(self.services.user_private.dump(user))
 
 
 class AvatarHandler(APIHandler):
@@ -96,7 +97,7 @@ class AvatarHandler(APIHandler):
         data = self._image_bytes()
         if not data:
             raise ValidationFailed("Invalid input", fields={"avatar": ["empty upload"]})
-        self.write_json(user_private.dump(
+        self.write_json(self.services.user_private.dump(
             await self.services.accounts.replace_avatar(self.user_id, data)))
 
 

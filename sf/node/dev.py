@@ -15,6 +15,7 @@ from sf.db.migrate import migrate
 from sf.media import nginx
 from sf.node import localservices
 from sf.node.server import AppFactory, NodeProcesses
+from sf.security import EmailCipher
 
 log = logging.getLogger("sf.dev")
 
@@ -88,7 +89,7 @@ def run_dev(config: Config, make_app: AppFactory) -> int:
     """Local PostgreSQL + Redis (reused when already running), migrations, then `run_node`."""
     started = localservices.start_all(config)
     try:
-        applied = asyncio.run(migrate(config.database_url))
+        applied = asyncio.run(migrate(config.database_url, email_cipher=EmailCipher.of(config)))
         log.info("migrations applied: %s", ", ".join(applied) or "none pending")
         return run_node(config, make_app)
     finally:

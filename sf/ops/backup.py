@@ -1,5 +1,13 @@
-"""`sf backup` and `sf restore FILE`: the database in PostgreSQL's custom dump format, with a
-SHA-256 checksum beside each dump, the newest SF_BACKUP_KEEP kept in SF_BACKUP_DIR.
+"""`sf backup` and `sf restore FILE`: the database in PostgreSQL's custom dump format,
+encrypted, with a SHA-256 checksum beside each archive, the newest SF_BACKUP_KEEP kept in
+SF_BACKUP_DIR.
+
+The dump holds every user's personal data, so it never reaches the disk in clear: pg_dump's
+output is streamed through `BackupCipher` (AES-256-GCM in 1 MiB chunks, a key of the file's own
+derived from SF_BACKUP_ENCRYPTION_KEY; memory stays bounded whatever the size) into the archive,
+and a restore streams it back into pg_restore. A restore first authenticates the whole archive
+(wrong key, truncation, reordering or any altered byte is refused with the reason) before it
+touches the database. Both commands write an audit line (sf/ops/audit.py).
 
 PostgreSQL's own pg_dump and pg_restore do the work. The password never reaches their command
 line, their environment or a log: it goes into a passfile (mode 600) in a private temporary
@@ -25,10 +33,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import asyncpg
@@ -37,6 +46,8 @@ import redis
 from sf.config import Config
 from sf.db.backups import BACKUP_NAME, checksum_path, file_sha256, recorded_sha256
 from sf.node.localservices import ServiceError, postgres_program
+from sf.ops.audit import audited
+from sf.security import BackupCipher, BackupDecryptionError
 
 log = logging.getLogger("sf.backup")
 
@@ -82,10 +93,17 @@ def _program(name: str) -> str:
         raise BackupError(str(exc)) from None
 
 
-def _run_tool(args: list[str], target: Target | None, what: str) -> str:
+def _run_tool(args: list[str], target: Target | None, what: str, *,
+              feed: Callable[[IO[bytes]], None] | None = None,
+              drain: Callable[[IO[bytes]], None] | None = None) -> str:
     """Run a PostgreSQL program, the URL's password (if any) in a passfile; its stdout, or
     BackupError with its stderr. Without a password in the URL, libpq's own ways apply
-    (~/.pgpass, PGPASSFILE, PGPASSWORD, peer or certificate authentication)."""
+    (~/.pgpass, PGPASSFILE, PGPASSWORD, peer or certificate authentication).
+
+    `feed` writes the program's standard input (an archive being decrypted); `drain` reads its
+    standard output (a dump being encrypted). Should either fail, the program is killed before
+    it could finish (pg_restore's single transaction is then rolled back) and the error raised.
+    """
     env = dict(os.environ)
     env.setdefault("PGCONNECT_TIMEOUT", CONNECT_TIMEOUT)
     with tempfile.TemporaryDirectory(prefix="sf-pg-") as private:  # mode 700
@@ -97,14 +115,57 @@ def _run_tool(args: list[str], target: Target | None, what: str) -> str:
             with os.fdopen(descriptor, "w") as handle:
                 handle.write(f"*:*:*:*:{escaped}\n")
             env["PGPASSFILE"] = str(passfile)
-        result = subprocess.run(args, env=env, capture_output=True, text=True,
-                                stdin=subprocess.DEVNULL)
-    if result.returncode != 0:
-        detail = result.stderr.strip() or f"exit status {result.returncode}"
+        # Output and errors into files of the private directory: a program writing much of
+        # either never blocks on a pipe nobody reads while this thread feeds or drains it.
+        with open(Path(private) / "stdout", "w+b") as out, \
+                open(Path(private) / "stderr", "w+b") as err:
+            process = subprocess.Popen(
+                args, env=env, stderr=err,
+                stdin=subprocess.PIPE if feed else subprocess.DEVNULL,
+                stdout=subprocess.PIPE if drain else out)
+            try:
+                if feed is not None:
+                    assert process.stdin is not None
+                    with process.stdin:
+                        feed(process.stdin)
+                if drain is not None:
+                    assert process.stdout is not None
+                    with process.stdout:
+                        drain(process.stdout)
+            except BaseException:
+                process.kill()
+                process.wait()
+                raise
+            returncode = process.wait()
+            out.seek(0)
+            err.seek(0)
+            stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
+    if returncode != 0:
+        detail = stderr.strip() or f"exit status {returncode}"
         if target is not None:
             detail = target.redact(detail)
         raise BackupError(f"{what} failed: {detail}")
-    return result.stdout
+    return stdout
+
+
+def backup_cipher(config: Config) -> BackupCipher:
+    """The cipher of SF_BACKUP_ENCRYPTION_KEY; BackupError when none is configured."""
+    if not config.backup_encryption_key:
+        raise BackupError("no backup encryption key: set SF_BACKUP_ENCRYPTION_KEY or create "
+                          f"{config.secrets_dir / 'backup_encryption_key'} (`sf secrets init`)")
+    return BackupCipher(config.backup_encryption_key)
+
+
+def _feed_decrypted(cipher: BackupCipher, archive: Path) -> Callable[[IO[bytes]], None]:
+    """Writes the plaintext of `archive` into a program's input, chunk by chunk."""
+    def feed(sink: IO[bytes]) -> None:
+        with open(archive, "rb") as source:
+            for chunk in cipher.decrypt_chunks(source):
+                try:
+                    sink.write(chunk)
+                except BrokenPipeError:
+                    return  # the program stopped reading: its exit status tells why
+    return feed
 
 
 def _fsync(path: Path) -> None:
@@ -129,9 +190,10 @@ def list_backups(directory: Path) -> list[Path]:
 
 
 def take_backup(config: Config) -> dict[str, Any]:
-    """Dump the database into SF_BACKUP_DIR, read the dump back, write its checksum, then drop
-    the backups beyond SF_BACKUP_KEEP. What was done, for the operator."""
+    """Dump the database, encrypted, into SF_BACKUP_DIR, read the archive back, write its
+    checksum, then drop the backups beyond SF_BACKUP_KEEP. What was done, for the operator."""
     target = Target.of(config.database_url)
+    cipher = backup_cipher(config)
     directory = config.backup_dir
     directory.mkdir(parents=True, exist_ok=True)
     os.chmod(directory, 0o700)  # dumps hold password hashes and encrypted stream keys
@@ -146,11 +208,14 @@ def take_backup(config: Config) -> dict[str, Any]:
     try:
         if dump.exists():
             raise BackupError(f"{dump} already exists")
-        _run_tool([_program("pg_dump"), "--format=custom", f"--file={partial}",
-                   f"--dbname={target.url}"], target, "pg_dump")
-        # Read every block back (a truncated or garbled dump fails here, not at restore time).
-        _run_tool([_program("pg_restore"), "--file=/dev/null", str(partial)], None,
-                  "reading the new dump back")
+        with open(partial, "wb") as archive:
+            _run_tool([_program("pg_dump"), "--format=custom", f"--dbname={target.url}"],
+                      target, "pg_dump",
+                      drain=lambda dump: cipher.encrypt_stream(dump, archive))
+        # Decrypt and read every block back (a truncated or garbled archive fails here, not at
+        # restore time).
+        _run_tool([_program("pg_restore"), "--file=/dev/null"], None,
+                  "reading the new dump back", feed=_feed_decrypted(cipher, partial))
         digest = file_sha256(partial)
         _fsync(partial)
         os.replace(partial, dump)
@@ -167,7 +232,8 @@ def take_backup(config: Config) -> dict[str, Any]:
         partial.unlink(missing_ok=True)
     removed = prune_backups(directory, config.backup_keep)
     result = {"backup": str(dump), "bytes": dump.stat().st_size, "sha256": digest,
-              "database": target.database, "seconds": round(time.monotonic() - started, 3),
+              "encrypted": True, "database": target.database,
+              "seconds": round(time.monotonic() - started, 3),
               "removed": [str(path) for path in removed]}
     log.info("backup written", extra={"backup": dump.name, "bytes": result["bytes"],
                                       "seconds": result["seconds"], "removed": len(removed)})
@@ -215,10 +281,21 @@ def verify_backup(dump: Path) -> str:
     return actual
 
 
-def dump_tables(dump: Path) -> set[str]:
-    """The public tables a dump holds, from its table of contents."""
-    listing = _run_tool([_program("pg_restore"), "--list", str(dump)], None,
-                        f"reading the table of contents of {dump}")
+def authenticate_backup(cipher: BackupCipher, dump: Path) -> None:
+    """Decrypt the whole archive without keeping it; BackupError saying what is wrong (wrong
+    key, not an archive, truncated, altered) if it does not open whole."""
+    try:
+        with open(dump, "rb") as source:
+            cipher.verify(source)
+    except BackupDecryptionError as exc:
+        raise BackupError(f"{dump}: {exc}; nothing was restored") from None
+
+
+def dump_tables(dump: Path, cipher: BackupCipher) -> set[str]:
+    """The public tables an archive holds, from its table of contents."""
+    listing = _run_tool([_program("pg_restore"), "--list"], None,
+                        f"reading the table of contents of {dump}",
+                        feed=_feed_decrypted(cipher, dump))
     return {match.group(2) for line in listing.splitlines()
             if (match := _TOC_TABLE.match(line)) and match.group(1) == "public"}
 
@@ -239,13 +316,15 @@ async def database_tables(database_url: str) -> set[str]:
 
 
 def restore_backup(config: Config, file: str, force: bool) -> dict[str, Any]:
-    """Verify a dump's checksum, then replace the configured database's data with it in one
-    transaction. What was done, for the operator."""
+    """Verify an archive's checksum and authenticate all of it, then replace the configured
+    database's data with it in one transaction. What was done, for the operator."""
     target = Target.of(config.database_url)
+    cipher = backup_cipher(config)
     started = time.monotonic()
     dump = resolve_backup(config, file)
     digest = verify_backup(dump)
-    in_dump = dump_tables(dump)
+    authenticate_backup(cipher, dump)
+    in_dump = dump_tables(dump, cipher)
     if not in_dump:
         raise BackupError(f"{dump} holds no tables of the public schema; nothing was restored")
     existing = asyncio.run(database_tables(config.database_url))
@@ -260,9 +339,13 @@ def restore_backup(config: Config, file: str, force: bool) -> dict[str, Any]:
             f"table(s) {', '.join(unknown)} of database {target.database!r} are not in the "
             "backup and would survive the restore beside data they may not fit; drop them or "
             "restore into an empty database (nothing was changed)")
-    _run_tool([_program("pg_restore"), "--clean", "--if-exists", "--single-transaction",
-               "--exit-on-error", "--no-owner", f"--dbname={target.url}", str(dump)],
-              target, "pg_restore (the database was left as it was)")
+    try:
+        _run_tool([_program("pg_restore"), "--clean", "--if-exists", "--single-transaction",
+                   "--exit-on-error", "--no-owner", f"--dbname={target.url}"],
+                  target, "pg_restore (the database was left as it was)",
+                  feed=_feed_decrypted(cipher, dump))
+    except BackupDecryptionError as exc:  # the file changed since it was authenticated
+        raise BackupError(f"{dump}: {exc}; the restore was rolled back") from None
     try:
         cleared = clear_sessions(config.redis_url)
     except redis.RedisError as exc:
@@ -315,7 +398,10 @@ def add_parsers(sub: Any) -> None:
 
 def cmd_backup(config: Config, args: argparse.Namespace) -> int:
     try:
-        result = take_backup(config)
+        with audited(config, "backup", details={"database": Target.of(config.database_url).database}
+                     ) as details:
+            result = take_backup(config)
+            details.update(file=Path(result["backup"]).name, sha256=result["sha256"])
     except (BackupError, OSError) as exc:
         print(f"sf backup: {exc}", file=sys.stderr)
         return 1
@@ -325,7 +411,11 @@ def cmd_backup(config: Config, args: argparse.Namespace) -> int:
 
 def cmd_restore(config: Config, args: argparse.Namespace) -> int:
     try:
-        result = restore_backup(config, args.file, args.force)
+        with audited(config, "restore", details={
+                "database": Target.of(config.database_url).database, "file": args.file,
+                "force": args.force}) as details:
+            result = restore_backup(config, args.file, args.force)
+            details.update(sha256=result["sha256"], tables=result["tables"])
     except (BackupError, OSError) as exc:
         print(f"sf restore: {exc}", file=sys.stderr)
         return 1

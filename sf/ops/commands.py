@@ -1,5 +1,7 @@
 """Operator commands: `sf categories ...` and `sf keys rotate` (no public write endpoints).
 
+`sf keys rotate` re-encrypts the stream keys and the e-mail addresses (one key ring).
+
 They run on the same services as a node, so caches are invalidated the same way.
 """
 
@@ -32,7 +34,8 @@ def add_parsers(sub: Any) -> None:
     remove.add_argument("id", type=int)
     keys = sub.add_parser("keys", help="stream key encryption")
     keys.add_argument("action", choices=["rotate"],
-                      help="re-encrypt every stream key with the first SF_STREAM_KEY_ENCRYPTION_KEYS key")
+                      help="re-encrypt every stream key and e-mail address with the first "
+                           "SF_STREAM_KEY_ENCRYPTION_KEYS key")
 
 
 async def run_categories(config: Config, args: argparse.Namespace) -> Any:
@@ -58,10 +61,12 @@ async def run_categories(config: Config, args: argparse.Namespace) -> Any:
         await services.close()
 
 
-async def rotate_keys(config: Config) -> int:
+async def rotate_keys(config: Config) -> tuple[int, int]:
+    """Re-encrypt under the first key; (stream keys, e-mail addresses) changed."""
     services = await start_services(config.replace(database_pool_min=1, database_pool_max=2))
     try:
-        return await services.stream_keys.rotate_key_encryption()
+        return (await services.stream_keys.rotate_key_encryption(),
+                await services.accounts.rotate_email_encryption())
     finally:
         await services.close()
 
@@ -72,6 +77,6 @@ def cmd_categories(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_keys(config: Config, args: argparse.Namespace) -> int:
-    changed = asyncio.run(rotate_keys(config))
-    print(f"re-encrypted {changed} stream key(s)")
+    keys, emails = asyncio.run(rotate_keys(config))
+    print(f"re-encrypted {keys} stream key(s) and {emails} e-mail address(es)")
     return 0

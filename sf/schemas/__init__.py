@@ -47,6 +47,8 @@ from sf.schemas.streams import (
 )
 from sf.schemas.users import (
     ChangePasswordSchema,
+    ConsentSchema,
+    PrivacyPolicySchema,
     ProfileUpdateSchema,
     UserListSchema,
     UserPrivateSchema,
@@ -57,8 +59,9 @@ from sf.schemas.users import (
 
 DOCUMENTED: tuple[type[Schema], ...] = (
     CategoryListSchema, CategorySchema, CategoryStreamListQuerySchema, ChangePasswordSchema,
-    ErrorBodySchema, ErrorSchema, ExportCreatedSchema, ExportDownloadQuerySchema,
-    ExportListSchema, ExportSchema, LoginSchema, PageQuerySchema, PaginationSchema, ProfileUpdateSchema,
+    ConsentSchema, ErrorBodySchema, ErrorSchema, ExportCreatedSchema, ExportDownloadQuerySchema,
+    ExportListSchema, ExportSchema, LoginSchema, PageQuerySchema, PaginationSchema,
+    PrivacyPolicySchema, ProfileUpdateSchema,
     RefreshSchema, RegisterSchema, StatisticsQuerySchema, StreamCreateSchema, StreamKeySchema,
     StreamListQuerySchema, StreamListSchema, StreamSchema, StreamSettingsSchema, StreamStatisticsSchema,
     StreamUpdateSchema, TokenPairSchema, UserListSchema, UserPrivateSchema, UserPublicSchema,
@@ -66,10 +69,10 @@ DOCUMENTED: tuple[type[Schema], ...] = (
 )
 
 __all__ = [
-    "DOCUMENTED", "ChangePasswordSchema", "CategoryListSchema", "CategorySchema",
+    "DOCUMENTED", "ChangePasswordSchema", "CategoryListSchema", "CategorySchema", "ConsentSchema",
     "CategoryStreamListQuerySchema", "ErrorBodySchema", "ErrorSchema", "ExportCreatedSchema",
     "ExportDownloadQuerySchema", "ExportListSchema", "ExportSchema", "LoginSchema", "PageQuerySchema",
-    "PaginationSchema", "ProfileUpdateSchema", "RefreshSchema", "RegisterSchema",
+    "PaginationSchema", "PrivacyPolicySchema", "ProfileUpdateSchema", "RefreshSchema", "RegisterSchema",
     "StatisticsQuerySchema", "StreamCreateSchema", "StreamKeySchema", "StreamListQuerySchema",
     "StreamListSchema", "StreamSchema", "StreamSettingsSchema", "StreamStatisticsSchema",
     "StreamUpdateSchema", "StrictSchema", "TokenPairSchema", "UserListSchema", "UserPrivateSchema",

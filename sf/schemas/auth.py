@@ -8,7 +8,14 @@ from typing import Any, ClassVar
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from sf.schemas.common import Storable, StrictSchema
-from sf.schemas.users import NEW_USERNAME_PATTERN, USERNAME_RE, Email, UserPrivateSchema, not_reserved
+from sf.schemas.users import (
+    NEW_USERNAME_PATTERN,
+    USERNAME_RE,
+    Email,
+    PolicyVersion,
+    UserPrivateSchema,
+    not_reserved,
+)
 
 
 class RegisterSchema(StrictSchema):
@@ -17,6 +24,9 @@ class RegisterSchema(StrictSchema):
         metadata={"pattern": NEW_USERNAME_PATTERN})
     email = Email(required=True)
     password = Storable(8, 128, required=True, load_only=True)
+    accept_privacy_policy = PolicyVersion(
+        "the version of the privacy policy the user accepts: the current one "
+        "(GET /api/legal/privacy-policy)", required=True, load_only=True)
 
 
 class LoginSchema(StrictSchema):

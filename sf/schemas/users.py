@@ -104,8 +104,46 @@ class UserPublicSchema(CompiledDump):
 
 
 class UserPrivateSchema(UserPublicSchema):
+    """The own profile; `privacy_policy_current` is the version the node serves (the schema
+    is built with it), so a client sees when it differs from `privacy_policy_accepted`."""
+
     email = fields.String()
     updated_at = UTCDateTime()
+    privacy_policy_accepted = fields.String(
+        allow_none=True, metadata={"description": "the privacy policy version last accepted"})
+    privacy_policy_current = fields.Method(
+        "dump_privacy_policy_current", metadata={"type": "string", "description":
+                                                 "the privacy policy version in force"})
+
+    def __init__(self, *args: Any, privacy_policy_version: str = "", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.privacy_policy_version = privacy_policy_version
+
+    def dump_privacy_policy_current(self, user: Any) -> str:
+        return self.privacy_policy_version
+
+
+# A document version as the operator writes it (sf/services/consents.py checks the file).
+POLICY_VERSION_RE = re.compile(r"\A[A-Za-z0-9._-]{1,64}\Z")
+POLICY_VERSION_PATTERN = rf"^[A-Za-z0-9._-]{{1,64}}{END}"
+
+
+def PolicyVersion(description: str, **kwargs: Any) -> fields.String:
+    """A privacy policy version; which one is current no schema can state (422 otherwise)."""
+    return fields.String(validate=validate.Regexp(POLICY_VERSION_RE, error="is not a version"),
+                         metadata={"pattern": POLICY_VERSION_PATTERN, "description": description},
+                         **kwargs)
+
+
+class ConsentSchema(StrictSchema):
+    privacy_policy = PolicyVersion("the current version (GET /api/legal/privacy-policy)",
+                                   required=True)
+
+
+class PrivacyPolicySchema(Schema):
+    version = fields.String()
+    effective_at = UTCDateTime()
+    text = fields.String(metadata={"description": "Markdown"})
 
 
 class UserListSchema(Schema):

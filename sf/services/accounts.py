@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,7 +21,8 @@ from sf.errors import Unauthorized, ValidationFailed, validation_error
 from sf.media.images import AVATAR_URL_PREFIX, ImageWorker
 from sf.ratelimit import LoginThrottle
 from sf.schemas.dump import encode_json
-from sf.security import PasswordHasher, TokenClaims
+from sf.security import EmailCipher, PasswordHasher, TokenClaims
+from sf.services.consents import ConsentService
 from sf.services.sessions import IssuedTokens, SessionStore
 from sf.services.stream_keys import StreamKeyService
 
@@ -65,8 +66,11 @@ class AccountService:
 
     def __init__(self, db: asyncpg.Pool, hasher: PasswordHasher, sessions: SessionStore,
                  throttle: LoginThrottle, cache: Cache, images: ImageWorker,
-                 stream_keys: StreamKeyService, avatar_hosts: tuple[str, ...] = ()) -> None:
+                 stream_keys: StreamKeyService, email_cipher: EmailCipher,
+                 consents: ConsentService, avatar_hosts: tuple[str, ...] = ()) -> None:
         self.db = db
+        self.email_cipher = email_cipher
+        self.consents = consents
         self.avatar_hosts = avatar_hosts
         self.hasher = hasher
         self.sessions = sessions
@@ -93,12 +97,20 @@ class AccountService:
                                    user_agent)
         return LoginResult(user, tokens)
 
-    async def register(self, username: str, email: str, password: str, client_ip: str = "",
+    async def register(self, username: str, email: str, password: str,
+                       accepted_privacy_policy: str, client_ip: str = "",
                        user_agent: str = "") -> LoginResult:
+        """Create an account that accepted the current privacy policy (422 on
+        `accept_privacy_policy` for another version); the acceptance is kept with it."""
+        self.consents.check_current(accepted_privacy_policy, "accept_privacy_policy")
         password_hash = await self._hash(password)
         async with self.db.acquire() as connection, connection.transaction():
-            user = await users_db.create_user(connection, username, email, password_hash)
+            user = await users_db.create_user(connection, self.email_cipher, username, email,
+                                              password_hash)
+            await self.consents.record_acceptance(connection, user.id, accepted_privacy_policy,
+                                                  "accept_privacy_policy")
             await self.stream_keys.create_for_new_user(connection, user)
+        user = replace(user, privacy_policy_accepted=accepted_privacy_policy)
         return await self.start_session(user, "register", client_ip, user_agent)
 
     async def login(self, login: str, password: str, client_ip: str,
@@ -108,7 +120,7 @@ class AccountService:
         Failures are throttled per account (see `LoginThrottle`), whichever of username or
         email names it.
         """
-        user = await users_db.find_user_for_login(self.db, login)
+        user = await users_db.find_user_for_login(self.db, self.email_cipher, login)
         account = (f"u{user.id}" if user else
                    "n" + hashlib.sha256(login.lower().encode()).hexdigest()[:32])
         delay = await self.throttle.check(account, client_ip)
@@ -124,7 +136,7 @@ class AccountService:
     async def refresh(self, refresh_token: str) -> LoginResult:
         tokens = await self.sessions.rotate(refresh_token)
         try:
-            user = await users_db.get_user(self.db, tokens.user_id)
+            user = await users_db.get_user(self.db, tokens.user_id, self.email_cipher)
         except Exception:
             raise Unauthorized("Session expired or revoked") from None
         return LoginResult(user, tokens)
@@ -142,7 +154,7 @@ class AccountService:
         """
         if changes.get("avatar") is not None:
             check_avatar_url(changes["avatar"], user_id, self.images.media_dir, self.avatar_hosts)
-        user = await users_db.get_user(self.db, user_id)
+        user = await users_db.get_user(self.db, user_id, self.email_cipher)
         if current_password is None:
             if "email" in changes and changes["email"] != user.email:
                 raise ValidationFailed("Invalid input", fields={
@@ -150,7 +162,8 @@ class AccountService:
         elif not await self._check_password(user, current_password, client_ip):
             raise ValidationFailed("Invalid input",
                                    fields={"current_password": ["is not correct"]})
-        updated = await users_db.update_profile(self.db, user_id, **changes)
+        updated = await users_db.update_profile(self.db, user_id, cipher=self.email_cipher,
+                                                **changes)
         await self.cache.forget_public_views(updated.username)
         if "avatar" in changes and changes["avatar"] != user.avatar:
             await self.images.remove(user.avatar)  # a file of ours that nothing shows any more
@@ -160,26 +173,34 @@ class AccountService:
         """Store an uploaded image as the user's avatar (re-encoded); the old file goes."""
         url = await self.images.replace_avatar(user_id, data)
         previous = await users_db.get_user(self.db, user_id)
-        user = await users_db.update_profile(self.db, user_id, avatar=url)
+        user = await users_db.update_profile(self.db, user_id, cipher=self.email_cipher,
+                                             avatar=url)
         await self.images.remove(previous.avatar)
         await self.cache.forget_public_views(user.username)
         return user
 
-    async def get_user(self, user_id: int) -> User:
-        return await users_db.get_user(self.db, user_id)
+    async def rotate_email_encryption(self) -> int:
+        """Re-encrypt every address with the first configured key; how many changed."""
+        return await users_db.rotate_email_encryption(self.db, self.email_cipher)
 
-    @staticmethod
-    def profile_reads(user_id: int) -> tuple[str, tuple[str, ...]]:
-        """The cache entry `profile` answers from, to read ahead (`Cache.reads`)."""
-        return STREAMS_NAMESPACE, (f"profile:{user_id}",)
+    async def get_user(self, user_id: int) -> User:
+        """The own profile: the address opened, the accepted policy version read."""
+        return await users_db.get_user(self.db, user_id, self.email_cipher)
+
+    def profile_reads(self, user_id: int) -> tuple[str, tuple[str, ...]]:
+        """The cache entry `profile` answers from, to read ahead (`Cache.reads`). The current
+        policy version is part of its key: a node serving a new policy answers anew."""
+        return STREAMS_NAMESPACE, (f"profile:{user_id}:{self.consents.policy.version}",)
 
     async def profile(self, user_id: int, render: Callable[[User], Any],
                       prefetched: Prefetched | None = None) -> bytes:
         """The user's own profile, rendered by `render`, as JSON. Cached under the streams
         generation, which every write that changes it bumps (profile, avatar and password
-        changes, follows, going live or ending): the key is the signed-in user's own id."""
+        changes, follows, going live or ending, consents): the key is the signed-in user's own
+        id."""
         async def load() -> bytes:
-            return encode_json(render(await users_db.get_user(self.db, user_id)))
+            return encode_json(render(await users_db.get_user(self.db, user_id,
+                                                              self.email_cipher)))
 
         namespace, (key,) = self.profile_reads(user_id)
         return await self.cache.get_or_set_in(namespace, key, load, prefetched, INVALIDATED_TTL)

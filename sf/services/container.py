@@ -24,11 +24,12 @@ from sf.config import Config
 from sf.db.pool import create_pool
 from sf.media.images import ImageWorker
 from sf.ratelimit import LoginThrottle, RateLimiter
-from sf.schemas import StreamSchema
-from sf.security import PasswordHasher, StreamKeyCipher, TokenService
+from sf.schemas import StreamSchema, UserPrivateSchema
+from sf.security import EmailCipher, PasswordHasher, StreamKeyCipher, TokenService
 from sf.services.accounts import AccountService
 from sf.services.allowed_viewers import AllowedViewerService
 from sf.services.categories import CategoryService
+from sf.services.consents import ConsentService, load_privacy_policy
 from sf.services.events import EventBus
 from sf.services.exports import ExportService
 from sf.services.ingest import IngestService
@@ -120,6 +121,7 @@ class Services:
     sessions: SessionStore
     limiter: RateLimiter
     cipher: StreamKeyCipher
+    email_cipher: EmailCipher  # e-mail addresses at rest, with the stream keys' key ring
     cache: Cache
     images: ImageWorker
     events: EventBus
@@ -129,8 +131,10 @@ class Services:
     categories: CategoryService
     publishing: PublishingService
     accounts: AccountService
+    consents: ConsentService  # the privacy policy and its acceptances
     statistics: StatisticsService  # live totals onto streams, samples (leader node only)
     stream_schema: StreamSchema
+    user_private: UserPrivateSchema  # the own profile, with the current policy version
     tickets: TicketStore
     counts: ViewerCounts
     viewers: ViewerHub
@@ -224,6 +228,7 @@ async def _wire(config: Config, db: asyncpg.Pool, cleanups: Cleanups, *, ingest:
     cleanups.add("the password hashing threads", lambda: hasher.executor.shutdown(wait=False))
     sessions = SessionStore(redis, tokens)
     cipher = StreamKeyCipher(config.stream_key_encryption_keys, config.stream_key_lookup_secret)
+    email_cipher = EmailCipher.of(config)
     cache = Cache(redis, config.cache_ttl)
     images = ImageWorker(config.media_dir, config.avatar_size, config.avatar_max_pixels)
     cleanups.add("the image threads", images.close)
@@ -232,8 +237,9 @@ async def _wire(config: Config, db: asyncpg.Pool, cleanups: Cleanups, *, ingest:
     stream_keys = StreamKeyService(db, cipher, streams)
     throttle = LoginThrottle(redis, config.rate_limit_auth_account,
                              config.rate_limit_auth_account_ceiling, config.rate_limit_window)
+    consents = ConsentService(db, cache, load_privacy_policy(config.privacy_policy_file))
     accounts = AccountService(db, hasher, sessions, throttle, cache, images, stream_keys,
-                              avatar_hosts=config.avatar_hosts)
+                              email_cipher, consents, avatar_hosts=config.avatar_hosts)
     counts = ViewerCounts(redis, config.node_id,
                           anonymous_per_network=config.viewers_anonymous_per_network,
                           min_dwell_seconds=config.viewer_min_dwell_seconds)
@@ -243,7 +249,7 @@ async def _wire(config: Config, db: asyncpg.Pool, cleanups: Cleanups, *, ingest:
     statistics = StatisticsService(config, db, redis, counts, cache, streams)
     publishing = PublishingService(db, cipher, cache, streams)
     media_nodes = MediaNodeRegistry(redis, config.media_node_heartbeat_ttl)
-    exports = ExportService(config, db)
+    exports = ExportService(config, db, email_cipher)
     cleanups.add("the export thread", lambda: exports.executor.shutdown(wait=False))
     retention = AddressRetention(db, config.ip_retention_days)
     # The scheduled jobs, run in this order each round (`sf privacy purge` runs one round).
@@ -261,13 +267,14 @@ async def _wire(config: Config, db: asyncpg.Pool, cleanups: Cleanups, *, ingest:
         events.subscribe(node_ingest.remote)
     return Services(
         config=config, db=db, redis=redis, tokens=tokens, hasher=hasher, sessions=sessions,
-        limiter=limiter, cipher=cipher, cache=cache, images=images, events=events,
+        limiter=limiter, cipher=cipher, email_cipher=email_cipher, cache=cache, images=images, events=events,
         streams=streams, stream_keys=stream_keys,
         allowed_viewers=AllowedViewerService(db, cache, streams),
         categories=CategoryService(db, cache), publishing=publishing, accounts=accounts,
-        statistics=statistics,
+        consents=consents, statistics=statistics,
         stream_schema=StreamSchema(playback_secret=config.internal_secret,
                                    playback_ttl=config.playback_url_ttl),
+        user_private=UserPrivateSchema(privacy_policy_version=consents.policy.version),
         tickets=TicketStore(redis), counts=counts, viewers=viewers,
         media_nodes=media_nodes, ingest=node_ingest, exports=exports, jobs=jobs,
         cleanups=cleanups,

@@ -45,6 +45,7 @@ from sf.db import users as users_db
 from sf.db.exports import Export
 from sf.errors import Forbidden, NotFound
 from sf.media.images import AVATAR_URL_PREFIX
+from sf.security import EmailCipher
 
 log = logging.getLogger("sf.exports")
 
@@ -159,9 +160,10 @@ class ExportArchive:
 class ExportService:
     """Requests, builds, lists, serves and expires personal data exports."""
 
-    def __init__(self, config: Config, db: asyncpg.Pool) -> None:
+    def __init__(self, config: Config, db: asyncpg.Pool, email_cipher: EmailCipher) -> None:
         self.config = config
         self.db = db
+        self.email_cipher = email_cipher
         self.dir = config.media_dir / "exports"
         self.signer = ExportLinkSigner(config.internal_secret)
         # One thread writes archives (ZIP and file IO never on the loop); builds on this node
@@ -266,7 +268,7 @@ class ExportService:
 
         async with self.db.acquire() as connection, \
                 connection.transaction(isolation="repeatable_read", readonly=True):
-            user = await users_db.get_user(connection, user_id)
+            user = await users_db.get_user(connection, user_id, self.email_cipher)
             await on_thread(archive.write_json, "profile.json", {
                 "id": user.id, "username": user.username, "email": user.email,
                 "avatar": user.avatar, "bio": user.bio, "followers_count": user.followers_count,

@@ -145,8 +145,15 @@ export async function signIn(login, password) {
   return storeTokens(pair).user;
 }
 
-export async function signUp(username, email, password) {
-  const pair = await api("POST", "/api/auth/register", { username, email, password }, { auth: "none" });
+export async function privacyPolicy() {
+  /** The privacy policy in force: {version, effective_at, text}. */
+  return api("GET", "/api/legal/privacy-policy", undefined, { auth: "none" });
+}
+
+export async function signUp(username, email, password, acceptPrivacyPolicy) {
+  /** `acceptPrivacyPolicy`: the version of the policy the user accepted (the current one). */
+  const pair = await api("POST", "/api/auth/register",
+    { username, email, password, accept_privacy_policy: acceptPrivacyPolicy }, { auth: "none" });
   return storeTokens(pair).user;
 }
 

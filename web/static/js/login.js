@@ -1,7 +1,7 @@
 // Sign in and sign up. On success the access token is stored (see api.js) and the browser
 // goes back to where it came from (`?next=`, same-origin paths only) or to the dashboard.
 
-import { signIn, signUp } from "/static/js/api.js";
+import { privacyPolicy, signIn, signUp } from "/static/js/api.js";
 import { $, renderHeader, safeNext, showError } from "/static/js/ui.js";
 
 const next = safeNext(new URLSearchParams(location.search).get("next"), "/dashboard");
@@ -42,5 +42,16 @@ renderHeader();
 $("#tab-sign-in").addEventListener("click", () => selectTab("sign-in"));
 $("#tab-sign-up").addEventListener("click", () => selectTab("sign-up"));
 handle($("#sign-in"), (data) => signIn(String(data.get("login")).trim(), String(data.get("password"))));
-handle($("#sign-up"), (data) => signUp(String(data.get("username")).trim(), String(data.get("email")).trim(), String(data.get("password"))));
+// The policy the checkbox accepts: fetched once, its text shown as text (never as HTML).
+const policy = privacyPolicy().then((current) => {
+  $("#policy-version").textContent = `(version ${current.version})`;
+  $("#policy-text").textContent = current.text;
+  return current;
+}, (error) => {
+  $("#policy-text").textContent = "The privacy policy could not be loaded; reload the page.";
+  throw error;
+});
+policy.catch(() => {});
+handle($("#sign-up"), async (data) => signUp(String(data.get("username")).trim(), String(data.get("email")).trim(),
+  String(data.get("password")), (await policy).version));
 if (location.hash === "#sign-up") selectTab("sign-up");
