@@ -27,6 +27,7 @@ from sf.config import (
 )
 from sf.db.migrate import migrate
 from sf.handlers import (
+    account_mail,
     allowed_viewers,
     auth,
     categories,
@@ -50,8 +51,8 @@ from sf.ops import backup, commands
 from sf.services.container import Services
 
 # Every resource's handlers, in the order their routes are matched.
-HANDLER_MODULES = (health, docs, auth, users, follows, stream_keys, allowed_viewers, streams,
-                   categories, statistics, viewers, media_hooks)
+HANDLER_MODULES = (health, docs, auth, account_mail, users, follows, stream_keys, allowed_viewers,
+                   streams, categories, statistics, viewers, media_hooks)
 
 
 def collect_routes(services: Services) -> list[Any]:

@@ -7,6 +7,7 @@ from datetime import datetime
 
 import asyncpg
 
+from sf.db.mail_tokens import PENDING_EMAIL_SQL
 from sf.db.sql import Executor, set_clause
 from sf.errors import Conflict, NotFound
 
@@ -28,12 +29,14 @@ class User:
     created_at: datetime
     updated_at: datetime
     is_live: bool
+    email_verified: bool = False
+    pending_email: str | None = None  # an e-mail change waiting for its verification
 
 
-USER_COLUMNS = """u.id, u.username, u.email, u.password_hash, u.avatar, u.bio, u.followers_count,
+USER_COLUMNS = f"""u.id, u.username, u.email, u.password_hash, u.avatar, u.bio, u.followers_count,
     u.created_at, u.updated_at,
     EXISTS (SELECT 1 FROM streams s WHERE s.user_id = u.id AND s.is_live AND NOT s.is_private)
-        AS is_live"""
+        AS is_live, u.email_verified, {PENDING_EMAIL_SQL}"""
 
 
 def user_from_row(row: asyncpg.Record) -> User:
@@ -51,7 +54,7 @@ async def create_user(db: Executor, username: str, email: str, password_hash: st
     try:
         row = await db.fetchrow(
             "INSERT INTO users (username, email, password_hash) VALUES ($1, $2, $3)"
-            " RETURNING *, false AS is_live",
+            " RETURNING *, false AS is_live, NULL AS pending_email",
             username, email, password_hash,
         )
     except asyncpg.UniqueViolationError as exc:
@@ -82,6 +85,32 @@ async def find_user_for_login(db: Executor, login: str) -> User | None:
         f"SELECT {USER_COLUMNS} FROM users u WHERE lower(u.{column}) = lower($1)", login
     )
     return user_from_row(row) if row else None
+
+
+async def find_user_by_email(db: Executor, email: str) -> User | None:
+    """The user whose address is `email` (case-insensitive), or None; a pending address of an
+    unconfirmed change does not count."""
+    row = await db.fetchrow(
+        f"SELECT {USER_COLUMNS} FROM users u WHERE lower(u.email) = lower($1)", email)
+    return user_from_row(row) if row else None
+
+
+async def email_taken(db: Executor, email: str, user_id: int) -> bool:
+    """Whether another account has `email` as its address (case-insensitive)."""
+    return bool(await db.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM users WHERE lower(email) = lower($1) AND id <> $2)",
+        email, user_id))
+
+
+async def confirm_email(db: Executor, user_id: int, new_email: str | None) -> None:
+    """Mark the account's address verified, first moving it to `new_email` when that is given
+    (a confirmed change); Conflict (409) when another account took that address meanwhile."""
+    try:
+        await db.execute(
+            "UPDATE users SET email = coalesce($2, email), email_verified = true,"
+            " updated_at = now() WHERE id = $1", user_id, new_email)
+    except asyncpg.UniqueViolationError as exc:
+        raise _conflict(exc) from None
 
 
 _UNSET = object()

@@ -14,7 +14,16 @@ from __future__ import annotations
 
 from marshmallow import Schema
 
-from sf.schemas.auth import LoginSchema, RefreshSchema, RegisterSchema, TokenPairSchema, WsTicketSchema
+from sf.schemas.auth import (
+    LoginSchema,
+    MailTokenSchema,
+    PasswordResetConfirmSchema,
+    PasswordResetRequestSchema,
+    RefreshSchema,
+    RegisterSchema,
+    TokenPairSchema,
+    WsTicketSchema,
+)
 from sf.schemas.categories import CategoryListSchema, CategorySchema, category_schema
 from sf.schemas.channel import StreamKeySchema, StreamSettingsSchema
 from sf.schemas.common import StrictSchema
@@ -48,7 +57,8 @@ from sf.schemas.users import (
 
 DOCUMENTED: tuple[type[Schema], ...] = (
     CategoryListSchema, CategorySchema, CategoryStreamListQuerySchema, ChangePasswordSchema,
-    ErrorBodySchema, ErrorSchema, LoginSchema, PageQuerySchema, PaginationSchema, ProfileUpdateSchema,
+    ErrorBodySchema, ErrorSchema, LoginSchema, MailTokenSchema, PageQuerySchema,
+    PasswordResetConfirmSchema, PasswordResetRequestSchema, PaginationSchema, ProfileUpdateSchema,
     RefreshSchema, RegisterSchema, StatisticsQuerySchema, StreamCreateSchema, StreamKeySchema,
     StreamListQuerySchema, StreamListSchema, StreamSchema, StreamSettingsSchema, StreamStatisticsSchema,
     StreamUpdateSchema, TokenPairSchema, UserListSchema, UserPrivateSchema, UserPublicSchema,
@@ -57,7 +67,8 @@ DOCUMENTED: tuple[type[Schema], ...] = (
 
 __all__ = [
     "DOCUMENTED", "ChangePasswordSchema", "CategoryListSchema", "CategorySchema",
-    "CategoryStreamListQuerySchema", "ErrorBodySchema", "ErrorSchema", "LoginSchema", "PageQuerySchema",
+    "CategoryStreamListQuerySchema", "ErrorBodySchema", "ErrorSchema", "LoginSchema",
+    "MailTokenSchema", "PageQuerySchema", "PasswordResetConfirmSchema", "PasswordResetRequestSchema",
     "PaginationSchema", "ProfileUpdateSchema", "RefreshSchema", "RegisterSchema",
     "StatisticsQuerySchema", "StreamCreateSchema", "StreamKeySchema", "StreamListQuerySchema",
     "StreamListSchema", "StreamSchema", "StreamSettingsSchema", "StreamStatisticsSchema",

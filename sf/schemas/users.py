@@ -104,7 +104,12 @@ class UserPublicSchema(CompiledDump):
 
 
 class UserPrivateSchema(UserPublicSchema):
-    email = fields.String()
+    email = fields.String(metadata={"description": "the address the account signs in and gets "
+                                                   "mail with (a change counts once verified)"})
+    email_verified = fields.Boolean(metadata={
+        "description": "whether `email` was confirmed through the link mailed to it"})
+    pending_email = fields.String(allow_none=True, metadata={
+        "description": "a new address waiting for its verification link (null: none)"})
     updated_at = UTCDateTime()
 
 

@@ -16,11 +16,12 @@ import asyncpg
 from sf.cache import INVALIDATED_TTL, STREAMS_NAMESPACE, Cache, Prefetched, public_user_key
 from sf.db import users as users_db
 from sf.db.users import User
-from sf.errors import Unauthorized, ValidationFailed, validation_error
+from sf.errors import Conflict, Unauthorized, ValidationFailed, validation_error
 from sf.media.images import AVATAR_URL_PREFIX, ImageWorker
 from sf.ratelimit import LoginThrottle
 from sf.schemas.dump import encode_json
 from sf.security import PasswordHasher, TokenClaims
+from sf.services.account_mail import AccountMailService
 from sf.services.sessions import IssuedTokens, SessionStore
 from sf.services.stream_keys import StreamKeyService
 
@@ -64,8 +65,10 @@ class AccountService:
 
     def __init__(self, db: asyncpg.Pool, hasher: PasswordHasher, sessions: SessionStore,
                  throttle: LoginThrottle, cache: Cache, images: ImageWorker,
-                 stream_keys: StreamKeyService, avatar_hosts: tuple[str, ...] = ()) -> None:
+                 stream_keys: StreamKeyService, account_mail: AccountMailService,
+                 avatar_hosts: tuple[str, ...] = ()) -> None:
         self.db = db
+        self.account_mail = account_mail
         self.avatar_hosts = avatar_hosts
         self.hasher = hasher
         self.sessions = sessions
@@ -83,11 +86,19 @@ class AccountService:
             self.hasher.executor, self.hasher.verify, password, password_hash)
 
     async def register(self, username: str, email: str, password: str) -> LoginResult:
+        """Create the account (its address still unverified: a link to verify it is mailed)
+        and sign it in."""
         password_hash = await self._hash(password)
-        async with self.db.acquire() as connection, connection.transaction():
+        created: list[User] = []
+
+        async def create(connection: asyncpg.Connection) -> None:
             user = await users_db.create_user(connection, username, email, password_hash)
             await self.stream_keys.create_for_new_user(connection, user)
-        return LoginResult(user, await self.sessions.create(user.id))
+            await self.account_mail.queue_verification(connection, user, user.email, change=False)
+            created.append(user)
+
+        await self.account_mail.in_transaction(create)
+        return LoginResult(created[0], await self.sessions.create(created[0].id))
 
     async def login(self, login: str, password: str, client_ip: str) -> LoginResult:
         """Same answer and about the same time for an unknown user and a wrong password.
@@ -125,7 +136,9 @@ class AccountService:
         """Apply profile `changes` (email, bio, avatar; others stay).
 
         Changing the email needs the current password: missing or wrong is a 422 on
-        `current_password`. A password that is given is checked whatever else changes.
+        `current_password`. A password that is given is checked whatever else changes. A new
+        email is not the account's address yet: it is kept pending and a verification link
+        mailed to it (409 when another account has it); the old one stays until then.
         """
         if changes.get("avatar") is not None:
             check_avatar_url(changes["avatar"], user_id, self.images.media_dir, self.avatar_hosts)
@@ -137,7 +150,22 @@ class AccountService:
         elif not await self._check_password(user, current_password, client_ip):
             raise ValidationFailed("Invalid input",
                                    fields={"current_password": ["is not correct"]})
-        updated = await users_db.update_profile(self.db, user_id, **changes)
+        new_email = changes.pop("email", None)
+        if new_email is not None and new_email == user.email:
+            new_email = None
+        if new_email is not None:
+            if await users_db.email_taken(self.db, new_email, user_id):
+                raise Conflict("That email is already taken", fields={"email": ["already taken"]})
+
+            async def change(connection: asyncpg.Connection) -> None:
+                await users_db.update_profile(connection, user_id, **changes)
+                await self.account_mail.queue_verification(connection, user, new_email,
+                                                           change=True)
+
+            await self.account_mail.in_transaction(change)
+            updated = await users_db.get_user(self.db, user_id)
+        else:
+            updated = await users_db.update_profile(self.db, user_id, **changes)
         await self.cache.forget_public_views(updated.username)
         if "avatar" in changes and changes["avatar"] != user.avatar:
             await self.images.remove(user.avatar)  # a file of ours that nothing shows any more

@@ -26,11 +26,13 @@ from sf.media.images import ImageWorker
 from sf.ratelimit import LoginThrottle, RateLimiter
 from sf.schemas import StreamSchema
 from sf.security import PasswordHasher, StreamKeyCipher, TokenService
+from sf.services.account_mail import AccountMailService
 from sf.services.accounts import AccountService
 from sf.services.allowed_viewers import AllowedViewerService
 from sf.services.categories import CategoryService
 from sf.services.events import EventBus
 from sf.services.ingest import IngestService
+from sf.services.mail import MailSender
 from sf.services.media_nodes import MediaNodeRegistry
 from sf.services.publishing import PublishingService
 from sf.services.sessions import SessionStore, TicketStore
@@ -126,6 +128,8 @@ class Services:
     categories: CategoryService
     publishing: PublishingService
     accounts: AccountService
+    mail: MailSender  # delivers the mail outbox (every API process runs one)
+    account_mail: AccountMailService
     statistics: StatisticsService  # live totals onto streams, samples (leader node only)
     stream_schema: StreamSchema
     tickets: TicketStore
@@ -145,6 +149,7 @@ class Services:
             dedup_seconds=config.alert_webhook_dedup_seconds,
             max_per_minute=config.alert_webhook_max_per_minute)
         await self.events.start()
+        await self.mail.start()
         await self.statistics.start()
         await self.viewers.start()
         if self.ingest is not None:
@@ -160,6 +165,7 @@ class Services:
                 await self.viewers.stop()
             finally:
                 await self.statistics.stop()  # never raises
+                await self.mail.stop()
                 await self.events.stop()
                 alerts, self.alerts = self.alerts, None
                 # Off the loop: it gives queued alerts a few seconds to go out.
@@ -224,8 +230,10 @@ async def _wire(config: Config, db: asyncpg.Pool, cleanups: Cleanups, *, ingest:
     stream_keys = StreamKeyService(db, cipher, streams)
     throttle = LoginThrottle(redis, config.rate_limit_auth_account,
                              config.rate_limit_auth_account_ceiling, config.rate_limit_window)
+    mail = MailSender(db, config)
+    account_mail = AccountMailService(db, config, hasher, sessions, cache, limiter, mail)
     accounts = AccountService(db, hasher, sessions, throttle, cache, images, stream_keys,
-                              avatar_hosts=config.avatar_hosts)
+                              account_mail, avatar_hosts=config.avatar_hosts)
     counts = ViewerCounts(redis, config.node_id,
                           anonymous_per_network=config.viewers_anonymous_per_network,
                           min_dwell_seconds=config.viewer_min_dwell_seconds)
@@ -247,6 +255,7 @@ async def _wire(config: Config, db: asyncpg.Pool, cleanups: Cleanups, *, ingest:
         streams=streams, stream_keys=stream_keys,
         allowed_viewers=AllowedViewerService(db, cache, streams),
         categories=CategoryService(db, cache), publishing=publishing, accounts=accounts,
+        mail=mail, account_mail=account_mail,
         statistics=statistics,
         stream_schema=StreamSchema(playback_secret=config.internal_secret,
                                    playback_ttl=config.playback_url_ttl),
