@@ -8,12 +8,15 @@ import statistics
 import time
 from email.utils import make_msgid
 
+import aiosmtplib
 import pytest
 
+from harness.ports import release_ports, reserve_ports
 from harness.smtp import token_of
 from sf.db import outbox
 from sf.db.users import User
 from sf.errors import ValidationFailed
+from sf.node.dev import start_mail_sink, stop_process
 from sf.services.account_mail import verification_content
 from sf.services.mail import MailContent, MailSender, compose
 
@@ -221,35 +224,50 @@ async def test_reset_requests_are_limited_per_address(api, services):
     assert other.status == 202
 
 
+def trimmed_mean(values: list[float]) -> float:
+    """The mean of the middle 80 %: a request that met a busy machine says nothing of SF."""
+    ordered = sorted(values)
+    cut = len(ordered) // 10
+    return statistics.mean(ordered[cut:len(ordered) - cut])
+
+
 async def test_reset_takes_the_same_time_for_known_and_unknown_addresses(api, services):
     """security.md#reset-enumeration-by-timing: the same lookup, limit and statements either
-    way; the means of 20 requests each stay within a few milliseconds."""
-    tries = 20
-    for index in range(tries):
+    way; over 20 requests each, interleaved, the means (of the middle 80 %) and the median of
+    the paired differences stay within 2.5 ms. An early return for unknown addresses (no
+    transaction to commit) made them 3-7 ms apart, in every round."""
+    tries, rounds = 20, 3
+    for index in range(tries * rounds):
         await services.accounts.register(f"timed{index}", f"timed{index}@example.com",
                                          "password123")
 
-    async def timed(index: int, email: str) -> float:
+    async def timed(client: int, email: str) -> float:
         started = time.perf_counter()
         response = await api.post("/api/auth/password-reset", {"email": email},
-                                  headers={"X-Forwarded-For": f"203.0.113.{index}"})
+                                  headers={"X-Forwarded-For": f"10.0.{client // 250}.{client % 250}"})
         elapsed = time.perf_counter() - started
         assert (response.status, response.body) == (202, b"")
         return elapsed
 
     for index in range(5):  # warm up connections and prepared statements
-        await timed(200 + index, f"warm{index}@example.com")
-    known, unknown = [], []
-    for index in range(tries):
-        known.append(await timed(index, f"timed{index}@example.com"))
-        unknown.append(await timed(100 + index, f"ghost{index}@example.com"))
-    difference = statistics.mean(known) - statistics.mean(unknown)
-    paired = statistics.median(k - u for k, u in zip(known, unknown, strict=True))
-    # An early return for unknown addresses (no transaction to commit) made it 3-7 ms.
-    assert abs(difference) < 0.0025 and abs(paired) < 0.0025, (known, unknown)
+        await timed(1000 + index, f"warm{index}@example.com")
+    seen = []
+    for round_ in range(rounds):  # a machine busy with other work gets more than one chance
+        known, unknown = [], []
+        for index in range(round_ * tries, (round_ + 1) * tries):
+            known.append(await timed(index, f"timed{index}@example.com"))
+            unknown.append(await timed(500 + index, f"ghost{index}@example.com"))
+        difference = trimmed_mean(known) - trimmed_mean(unknown)
+        paired = statistics.median(k - u for k, u in zip(known, unknown, strict=True))
+        seen.append((round(difference * 1000, 2), round(paired * 1000, 2)))
+        if abs(difference) < 0.0025 and abs(paired) < 0.0025:
+            break
+    else:
+        pytest.fail(f"known and unknown addresses apart by (ms, mean and paired): {seen}")
     queued = [row["status"] for row in await outbox_rows(services)
               if row["kind"] == "password_reset"]
-    assert sorted(queued) == ["pending"] * tries + ["skipped"] * (tries + 5)
+    assert queued.count("pending") == len(seen) * tries
+    assert queued.count("skipped") == len(seen) * tries + 5
 
 
 # --- mail safety ----------------------------------------------------------------------------
@@ -372,3 +390,33 @@ async def test_a_mail_is_given_up_after_the_last_attempt(services, caplog):
     row = (await outbox_rows(services))[0]
     assert (row["status"], row["attempts"], row["recipient"]) == ("failed", 2, "")
     assert any(record.message == "mail given up" for record in caplog.records)
+
+
+# --- make run's sink ------------------------------------------------------------------------
+
+async def test_the_development_sink_keeps_each_mail_and_prints_its_links(tmp_path, base_config,
+                                                                         capfd):
+    """`sf dev` starts `python -m sf.node.mail_sink` on SF_SMTP_URL: each mail a .eml under
+    var/mail, its links on the console."""
+    port = reserve_ports(1)[0]
+    config = base_config.replace(smtp_url=f"smtp://127.0.0.1:{port}", var_dir=tmp_path)
+    sink = start_mail_sink(config)
+    assert sink is not None
+    try:
+        assert start_mail_sink(config) is None  # something listens there already
+        link = "http://127.0.0.1:8080/account/verify-email#token=abc"
+        message = compose(base_config.mail_from, "dev@example.com",
+                          MailContent("Confirm", f"Open {link}\n", "<p>html</p>"))
+        await aiosmtplib.send(message, sender="no-reply@localhost",
+                              recipients=["dev@example.com"], hostname="127.0.0.1", port=port)
+        deadline = time.monotonic() + 10
+        while not list((tmp_path / "mail").glob("*.eml")):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        [kept] = list((tmp_path / "mail").glob("*.eml"))
+        assert kept.read_bytes() == message
+    finally:
+        stop_process(sink)
+        release_ports([port])
+    assert sink.returncode == 0
+    assert f"  {link}" in capfd.readouterr().out.splitlines()
