@@ -392,6 +392,19 @@ async def test_a_mail_is_given_up_after_the_last_attempt(services, caplog):
     assert any(record.message == "mail given up" for record in caplog.records)
 
 
+async def test_housekeeping_deletes_expired_tokens_and_old_finished_mail(api, services,
+                                                                         mailbox):
+    await api.register("rosa")
+    await mailbox.wait_for("rosa@example.com")
+    await api.post("/api/auth/password-reset", {"email": "ghost@example.com"})
+    await services.db.execute("UPDATE mail_tokens SET expires_at = now() - interval '1 second'")
+    await services.db.execute("UPDATE mail_outbox SET created_at = now() - interval '8 days'")
+    await services.accounts.register("sam", "sam@example.com", "password123")  # new: stays
+    await MailSender(services.db, services.config)._housekeeping()
+    assert await services.db.fetchval("SELECT count(*) FROM mail_tokens") == 1
+    assert len(await outbox_rows(services)) == 1  # sam's (perhaps sent already)
+
+
 # --- make run's sink ------------------------------------------------------------------------
 
 async def test_the_development_sink_keeps_each_mail_and_prints_its_links(tmp_path, base_config,

@@ -83,7 +83,9 @@ async def give_up(db: Executor, mail: OutboxMail, error: str) -> None:
         mail.id, mail.attempts, error[:500])
 
 
-async def backlog(db: Executor) -> int:
-    """Mails not yet sent nor given up (pending or being sent)."""
-    return int(await db.fetchval(
-        "SELECT count(*) FROM mail_outbox WHERE status IN ('pending', 'sending')"))
+async def forget_done(db: Executor, older_than_seconds: float) -> int:
+    """Delete rows sent, given up or skipped longer ago than this; how many went."""
+    result = await db.execute(
+        "DELETE FROM mail_outbox WHERE status IN ('sent', 'failed', 'skipped')"
+        " AND created_at < now() - make_interval(secs => $1)", older_than_seconds)
+    return int(result.split()[-1])

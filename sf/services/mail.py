@@ -27,7 +27,7 @@ import aiosmtplib
 import asyncpg
 
 from sf.config import Config
-from sf.db import outbox
+from sf.db import mail_tokens, outbox
 from sf.db.outbox import OutboxMail
 from sf.errors import validation_error
 from sf.observability import Outage
@@ -35,6 +35,8 @@ from sf.observability import Outage
 log = logging.getLogger("sf.mail")
 
 BATCH = 10  # mails claimed at once by one sender
+HOUSEKEEPING_SECONDS = 3600.0  # how often a sender deletes expired tokens and old outbox rows
+KEEP_DONE_SECONDS = 7 * 86400.0  # outbox rows sent, given up or skipped are kept this long
 BACKOFF_MAX_SECONDS = 3600.0
 HEADER_BREAKERS = frozenset("\r\n\x00")
 
@@ -94,6 +96,7 @@ class MailSender:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._next_housekeeping = 0.0
 
     def wake(self) -> None:
         """Look for due mails now (a request of this process queued one)."""
@@ -118,6 +121,7 @@ class MailSender:
             self._wake.clear()
             try:
                 await self.send_due()
+                await self._housekeeping()
                 self.outage.back()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
                 self.outage.lost(error)
@@ -134,6 +138,16 @@ class MailSender:
             if not mails:
                 return delivered
             delivered += await self._send_batch(mails)
+
+    async def _housekeeping(self) -> None:
+        """Now and then: expired link tokens and old finished outbox rows go."""
+        if time.monotonic() < self._next_housekeeping:
+            return
+        self._next_housekeeping = time.monotonic() + HOUSEKEEPING_SECONDS
+        tokens = await mail_tokens.forget_expired(self.db)
+        rows = await outbox.forget_done(self.db, KEEP_DONE_SECONDS)
+        if tokens or rows:
+            log.info("mail housekeeping", extra={"expired_tokens": tokens, "outbox_rows": rows})
 
     def _client(self) -> aiosmtplib.SMTP:
         url = urlsplit(self.config.smtp_url)
