@@ -151,6 +151,7 @@ class Platform:
             "SF_MAX_TRANSCODERS": "64", "SF_TRANSCODE_CPU_MAX_PERCENT": "100",
             "SF_TRANSCODE_MIN_ACCOUNT_AGE_MINUTES": "0", "SF_PUBLISH_RANGE_GO_LIVES_PER_HOUR": "0",
             "SF_PUBLISH_RANGE_LADDERS": "0",
+            "SF_SMTP_URL": base.smtp_url,  # the tests' receiver (harness/smtp.py), not :8025
             **overrides,
         }
         self.env = node_env(var_dir, workdir / "media", base.database_url,

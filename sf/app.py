@@ -28,6 +28,7 @@ from sf.config import (
 )
 from sf.db.migrate import migrate
 from sf.handlers import (
+    account_mail,
     allowed_viewers,
     auth,
     categories,
@@ -54,7 +55,7 @@ from sf.security import EmailCipher
 from sf.services.container import Services
 
 # Every resource's handlers, in the order their routes are matched.
-HANDLER_MODULES = (health, docs, auth, legal, users, exports, follows, stream_keys,
+HANDLER_MODULES = (health, docs, auth, account_mail, legal, users, exports, follows, stream_keys,
                    allowed_viewers, streams, categories, statistics, viewers, media_hooks)
 
 

@@ -482,6 +482,39 @@ class Config:
         unit="seconds")
     alert_webhook_max_per_minute: int = setting(
         Integer(1, 10000), "Most alerts posted a minute by one process.", unit="alerts")
+    smtp_url: str = setting(
+        Url("smtp", "smtps"),
+        "The SMTP server mails go through: `smtp://` (STARTTLS when the server offers it) or "
+        "`smtps://` (TLS from the start), with `user:password@` when it needs a login. `make "
+        "run` starts a local sink on the default (mails kept under `var/mail/`).")
+    smtp_timeout: float = setting(
+        Number(1, 300), "Longest wait for the SMTP server in one step (connect, a command).",
+        unit="seconds")
+    mail_from: str = setting(Text(), "The From of every mail (an address, optionally with a name).")
+    public_url: str = setting(
+        OptionalUrl("http", "https"),
+        "Base URL of the web front as users reach it, for links in mails (e.g. "
+        "`https://sf.example.com`); empty: `http(s)://SF_PUBLIC_HOST:SF_HTTP_PORT`.")
+    mail_poll_seconds: float = setting(
+        Number(0.05, 300),
+        "Each API process's mail sender looks for due mails this often (and at once after its "
+        "own requests queue one).", unit="seconds")
+    mail_retry_seconds: float = setting(
+        Number(0.01, 3600),
+        "Wait before the first retry of a mail the SMTP server did not take; doubling each "
+        "time, at most an hour.", unit="seconds")
+    mail_max_attempts: int = setting(
+        Integer(1, 100), "Attempts of one mail before it is given up (logged).", unit="attempts")
+    email_verification_ttl: int = setting(
+        Integer(60, 30 * 86400), "How long an e-mail verification link works.", unit="seconds")
+    password_reset_ttl: int = setting(
+        Integer(60, 86400), "How long a password reset link works.", unit="seconds")
+    rate_limit_mail: int = setting(
+        Integer(1, 100000),
+        "Password reset requests per submitted address and per account, and verification "
+        "re-sends per account, per `SF_RATE_LIMIT_MAIL_WINDOW` (429 beyond).", unit="requests")
+    rate_limit_mail_window: int = setting(
+        Integer(1, 86400), "Window of `SF_RATE_LIMIT_MAIL`.", unit="seconds")
     backup_dir: Path = setting(
         ProjectPath(),
         "Where `sf backup` writes dumps and checksums; API nodes read it for "
@@ -592,6 +625,17 @@ class Config:
         host = self.api_host if self.api_host not in ("0.0.0.0", "::", "") else "127.0.0.1"
         host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{self.api_internal_port}"
+
+    @property
+    def public_base_url(self) -> str:
+        """Where users reach the web front (links in mails), without a trailing slash."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        scheme = "https" if self.tls_enabled else "http"
+        default_port = 443 if self.tls_enabled else 80
+        host = f"[{self.public_host}]" if ":" in self.public_host else self.public_host
+        port = "" if self.http_port == default_port else f":{self.http_port}"
+        return f"{scheme}://{host}{port}"
 
     @property
     def rtmp_url(self) -> str:

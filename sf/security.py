@@ -244,10 +244,20 @@ class EmailCipher:
         return SealedEmail(self.current_key_id, nonce + ciphertext, self.digest(email))
 
     def decrypt(self, key_id: str, blob: bytes, user_id: int, purpose: str = "email") -> str:
+        return self.open_bytes(key_id, blob, user_id, purpose).decode()
+
+    def seal_bytes(self, data: bytes, user_id: int, purpose: str) -> tuple[str, bytes]:
+        """Any bytes holding an address (a queued mail), sealed like an address: (key id,
+        nonce + ciphertext)."""
+        nonce = secrets.token_bytes(12)
+        return self.current_key_id, nonce + self._keys[self.current_key_id].encrypt(
+            nonce, data, self._aad(user_id, purpose))
+
+    def open_bytes(self, key_id: str, blob: bytes, user_id: int, purpose: str) -> bytes:
         cipher = self._keys.get(key_id)
         if cipher is None:
             raise KeyError(f"e-mail encryption key {key_id!r} is not configured")
-        return cipher.decrypt(blob[:12], blob[12:], self._aad(user_id, purpose)).decode()
+        return cipher.decrypt(blob[:12], blob[12:], self._aad(user_id, purpose))
 
 
 class BackupDecryptionError(ValueError):

@@ -42,6 +42,7 @@ from typing import Any
 import pytest
 import tornado.httpclient
 
+from harness.smtp import MailReceiver
 from sf.app import make_app
 from sf.config import Config, bootstrap_var_dir, ensure_secrets, load_config, with_url_path
 from sf.db.migrate import MIGRATIONS_DIR, drop_database, recreate_database
@@ -55,15 +56,27 @@ LOG_CAPTURE = Path(os.environ.get("SF_TEST_LOG", f"/tmp/sf-test-logs-{TEST_SLOT}
 
 
 @pytest.fixture(scope="session")
-def base_config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Config]:
-    """Config of the test session: its own database, Redis db 9, media in a temp dir."""
+def mail_receiver() -> Iterator[MailReceiver]:
+    """The session's SMTP server (aiosmtpd on a reserved port): SF_SMTP_URL of every test."""
+    receiver = MailReceiver().start()
+    yield receiver
+    receiver.close()
+
+
+@pytest.fixture(scope="session")
+def base_config(tmp_path_factory: pytest.TempPathFactory,
+                mail_receiver: MailReceiver) -> Iterator[Config]:
+    """Config of the test session: its own database, Redis db 9, media in a temp dir, mail to
+    the session's SMTP receiver (retried within a fraction of a second)."""
     ensure_secrets(bootstrap_var_dir())
     media = tmp_path_factory.mktemp("media")
     # One pooled connection opened up front, not two: every test starts its own services.
     config = load_config({**os.environ, "SF_ENV": "test", "SF_BCRYPT_ROUNDS": "4",
                           "SF_DATABASE_POOL_MIN": "1",
                           "SF_MEDIA_DIR": str(media), "SF_CACHE_TTL": "2",
-                          "SF_CORS_ORIGINS": "https://app.example.com"})
+                          "SF_CORS_ORIGINS": "https://app.example.com",
+                          "SF_SMTP_URL": mail_receiver.url, "SF_SMTP_TIMEOUT": "2",
+                          "SF_MAIL_POLL_SECONDS": "0.2", "SF_MAIL_RETRY_SECONDS": "0.2"})
     localservices.start_all(config)
     name = f"sf_test_{uuid.uuid4().hex[:10]}"
     database_url = run_private(recreate_database(config.database_url, name))
@@ -153,6 +166,16 @@ def services(io_loop: Any, config: Config) -> Iterator[Services]:
     io_loop.run_sync(lambda: reset_state(built))
     yield built
     io_loop.run_sync(built.close)
+
+
+@pytest.fixture
+def mailbox(io_loop: Any, services: Services, mail_receiver: MailReceiver) -> Iterator[MailReceiver]:
+    """The SMTP receiver, emptied, with the services' mail sender running (stopped after)."""
+    mail_receiver.start()  # a test may have left it stopped (an outage)
+    mail_receiver.clear()
+    io_loop.run_sync(services.mail.start)
+    yield mail_receiver
+    io_loop.run_sync(services.mail.stop)
 
 
 BUILD_OPENAPI = docs.build_openapi

@@ -23,7 +23,8 @@ async def test_register_returns_token_pair_and_private_user(api):
     assert body["expires_in"] == 900
     assert set(body["user"]) == {"id", "username", "avatar", "bio", "followers_count",
                                  "created_at", "is_live", "email", "updated_at",
-                                 "privacy_policy_accepted", "privacy_policy_current"}
+                                 "privacy_policy_accepted", "privacy_policy_current",
+                                 "email_verified", "pending_email"}
     assert body["user"]["username"] == "Alice_1"
     assert body["user"]["created_at"].endswith("Z")
     assert "password" not in response.body.decode().lower().replace("password_", "")

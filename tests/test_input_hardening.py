@@ -16,6 +16,7 @@ import tornado.testing
 import tornado.web
 from PIL import Image
 
+from harness.smtp import token_of
 from sf.config import ConfigError, load_config
 from sf.handlers.base import APIHandler
 
@@ -305,7 +306,7 @@ async def test_an_existing_account_with_a_reserved_name_keeps_working(api, servi
 
 # --- email change needs the password ----------------------------------------------------------
 
-async def test_email_change_requires_the_current_password(api):
+async def test_email_change_requires_the_current_password(api, mailbox):
     token = (await api.register("jack"))["access_token"]
     missing = await api.put("/api/users/profile", {"email": "jack2@example.com"}, token=token)
     assert_invalid(missing, "current_password")
@@ -317,7 +318,10 @@ async def test_email_change_requires_the_current_password(api):
     assert (await api.get("/api/users/profile", token=token)).json["email"] == "jack@example.com"
     right = await api.put("/api/users/profile", {"email": "jack2@example.com",
                                                  "current_password": "password123"}, token=token)
-    assert right.status == 200 and right.json["email"] == "jack2@example.com"
+    assert right.status == 200 and right.json["pending_email"] == "jack2@example.com"
+    verified = await api.post("/api/auth/verify-email", {
+        "token": token_of(await mailbox.wait_for("jack2@example.com"))})
+    assert verified.status == 204
     login = await api.post("/api/auth/login", {"email": "jack2@example.com",
                                                "password": "password123"})
     assert login.status == 200

@@ -12,6 +12,8 @@ import zlib
 import pytest
 from PIL import Image
 
+from harness.smtp import token_of
+
 pytestmark = pytest.mark.gen_test(timeout=60)
 
 
@@ -49,7 +51,7 @@ async def test_profile_requires_auth(api):
                                        "message": "Authentication required"}}
 
 
-async def test_partial_profile_update(api):
+async def test_partial_profile_update(api, mailbox):
     tokens = await api.register("alice")
     token = tokens["access_token"]
     response = await api.put("/api/users/profile", {"bio": "I stream chess"}, token=token)
@@ -58,7 +60,13 @@ async def test_partial_profile_update(api):
     assert response.json["email"] == "alice@example.com"
     response = await api.put("/api/users/profile", {"email": "new@example.com",
                                                     "current_password": "password123"}, token=token)
-    assert response.json["bio"] == "I stream chess" and response.json["email"] == "new@example.com"
+    assert response.json["bio"] == "I stream chess" and response.json["email"] == "alice@example.com"
+    assert response.json["pending_email"] == "new@example.com"  # until verified
+    verified = await api.post("/api/auth/verify-email", {
+        "token": token_of(await mailbox.wait_for("new@example.com"))})
+    assert verified.status == 204
+    response = await api.get("/api/users/profile", token=token)
+    assert response.json["email"] == "new@example.com" and response.json["email_verified"]
     response = await api.put("/api/users/profile", {"avatar": "https://cdn.example.com/a.png"},
                              token=token)
     assert response.json["avatar"] == "https://cdn.example.com/a.png"

@@ -7,6 +7,7 @@ from datetime import datetime
 
 import asyncpg
 
+from sf.db.mail_tokens import PENDING_EMAIL_PURPOSE, PENDING_EMAIL_SQL
 from sf.db.sql import Executor, set_clause
 from sf.errors import Conflict, NotFound
 from sf.security import EmailCipher
@@ -33,18 +34,22 @@ class User:
     updated_at: datetime
     is_live: bool
     privacy_policy_accepted: str | None = None
+    email_verified: bool = False
+    pending_email: str | None = None  # an e-mail change waiting for its verification
 
 
 USER_COLUMNS = """u.id, u.username, u.email_key_id, u.email_ciphertext, u.password_hash, u.avatar,
     u.bio, u.followers_count, u.created_at, u.updated_at,
     EXISTS (SELECT 1 FROM streams s WHERE s.user_id = u.id AND s.is_live AND NOT s.is_private)
-        AS is_live"""
-# The own profile's columns: the public ones plus the privacy policy version last accepted.
-PRIVATE_COLUMNS = USER_COLUMNS + """,
+        AS is_live, u.email_verified"""
+# The own profile's columns: the public ones plus the privacy policy version last accepted and
+# the sealed pending address of an unconfirmed e-mail change.
+PRIVATE_COLUMNS = USER_COLUMNS + f""",
     (SELECT c.version FROM consents c WHERE c.user_id = u.id AND c.purpose = 'privacy_policy'
-     ORDER BY c.accepted_at DESC, c.id DESC LIMIT 1) AS privacy_policy_accepted"""
+     ORDER BY c.accepted_at DESC, c.id DESC LIMIT 1) AS privacy_policy_accepted,
+    {PENDING_EMAIL_SQL}"""
 _ROW_FIELDS = tuple(name for name in User.__dataclass_fields__
-                    if name not in ("email", "privacy_policy_accepted"))
+                    if name not in ("email", "privacy_policy_accepted", "pending_email"))
 
 
 def user_from_row(row: asyncpg.Record, cipher: EmailCipher | None = None) -> User:
@@ -53,8 +58,12 @@ def user_from_row(row: asyncpg.Record, cipher: EmailCipher | None = None) -> Use
     email = ""
     if cipher is not None and row["email_ciphertext"] is not None:
         email = cipher.decrypt(row["email_key_id"], row["email_ciphertext"], row["id"])
+    pending = None
+    if cipher is not None and row.get("pending_email_ciphertext") is not None:
+        pending = cipher.decrypt(row["pending_email_key_id"], row["pending_email_ciphertext"],
+                                 row["id"], PENDING_EMAIL_PURPOSE)
     return User(**{key: row[key] for key in _ROW_FIELDS}, email=email,
-                privacy_policy_accepted=row.get("privacy_policy_accepted"))
+                privacy_policy_accepted=row.get("privacy_policy_accepted"), pending_email=pending)
 
 
 def _conflict(exc: asyncpg.UniqueViolationError) -> Conflict:
@@ -110,6 +119,39 @@ async def find_user_for_login(db: Executor, cipher: EmailCipher, login: str) -> 
         row = await db.fetchrow(
             f"SELECT {PRIVATE_COLUMNS} FROM users u WHERE lower(u.username) = lower($1)", login)
     return user_from_row(row, cipher) if row else None
+
+
+async def find_user_by_email(db: Executor, cipher: EmailCipher, email: str) -> User | None:
+    """The user whose address is `email` (case-insensitive, by its digest), the address opened;
+    None for none. A pending address of an unconfirmed change does not count."""
+    row = await db.fetchrow(f"SELECT {USER_COLUMNS} FROM users u WHERE u.email_digest = $1",
+                            cipher.digest(email))
+    return user_from_row(row, cipher) if row else None
+
+
+async def email_taken(db: Executor, cipher: EmailCipher, email: str, user_id: int) -> bool:
+    """Whether another account has `email` as its address (case-insensitive, by digest)."""
+    return bool(await db.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM users WHERE email_digest = $1 AND id <> $2)",
+        cipher.digest(email), user_id))
+
+
+async def confirm_email(db: Executor, cipher: EmailCipher, user_id: int,
+                        new_email: str | None) -> None:
+    """Mark the account's address verified, first moving it to `new_email` (sealed) when that
+    is given (a confirmed change); Conflict (409) when another account took that address."""
+    try:
+        if new_email is None:
+            await db.execute("UPDATE users SET email_verified = true, updated_at = now()"
+                             " WHERE id = $1", user_id)
+            return
+        sealed = cipher.encrypt(new_email, user_id)
+        await db.execute(
+            "UPDATE users SET email_key_id = $2, email_ciphertext = $3, email_digest = $4,"
+            " email_verified = true, updated_at = now() WHERE id = $1",
+            user_id, sealed.key_id, sealed.ciphertext, sealed.digest)
+    except asyncpg.UniqueViolationError as exc:
+        raise _conflict(exc) from None
 
 
 _UNSET = object()

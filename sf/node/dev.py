@@ -1,14 +1,18 @@
 """`sf node` runs one node (the public edge nginx, the media nginx with RTMP, the API
 processes; `--no-edge`: a media node behind a separate edge); `sf edge` runs the edge alone (a
-gateway machine); `sf dev` (what `make run` runs) adds local PostgreSQL and Redis and the
-migrations to `sf node`. Each stops what it started on Ctrl-C or SIGTERM."""
+gateway machine); `sf dev` (what `make run` runs) adds local PostgreSQL and Redis, the
+migrations and a local SMTP sink (mails kept under `var/mail/`) to `sf node`. Each stops what it
+started on Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import signal
+import subprocess
+import sys
 import time
+from urllib.parse import urlsplit
 
 from sf.config import Config
 from sf.db.migrate import migrate
@@ -85,13 +89,47 @@ def run_edge(config: Config) -> int:
             signal.signal(signum, handler)
 
 
+def start_mail_sink(config: Config) -> subprocess.Popen[bytes] | None:
+    """The local SMTP sink (`python -m sf.node.mail_sink`, a process of its own: the API
+    processes are forked and must not inherit its thread) when `SF_SMTP_URL` is plain SMTP on
+    this machine and nothing listens there yet; None otherwise (mail goes to that server)."""
+    url = urlsplit(config.smtp_url)
+    host, port = url.hostname or "", url.port or 25
+    if url.scheme != "smtp" or host not in ("127.0.0.1", "localhost") \
+            or localservices.port_open(port, host):
+        return None
+    sink = subprocess.Popen([sys.executable, "-m", "sf.node.mail_sink", host, str(port),
+                             str(config.var_dir / "mail"), "--log-level", config.log_level])
+    deadline = time.monotonic() + 10
+    while not localservices.port_open(port, host):
+        if sink.poll() is not None or time.monotonic() > deadline:
+            stop_process(sink)
+            raise SystemExit(f"the local SMTP sink did not start on {host}:{port}")
+        time.sleep(0.05)
+    return sink
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(5)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def run_dev(config: Config, make_app: AppFactory) -> int:
-    """Local PostgreSQL + Redis (reused when already running), migrations, then `run_node`."""
+    """Local PostgreSQL + Redis (reused when already running), migrations, the local SMTP sink,
+    then `run_node`."""
     started = localservices.start_all(config)
+    sink = None
     try:
         applied = asyncio.run(migrate(config.database_url, email_cipher=EmailCipher.of(config)))
         log.info("migrations applied: %s", ", ".join(applied) or "none pending")
+        sink = start_mail_sink(config)
         return run_node(config, make_app)
     finally:
+        if sink is not None:
+            stop_process(sink)
         localservices.stop_all(config, started)
         log.info("stopped nginx%s", "".join(f", {name}" for name in started))

@@ -14,7 +14,16 @@ from __future__ import annotations
 
 from marshmallow import Schema
 
-from sf.schemas.auth import LoginSchema, RefreshSchema, RegisterSchema, TokenPairSchema, WsTicketSchema
+from sf.schemas.auth import (
+    LoginSchema,
+    MailTokenSchema,
+    PasswordResetConfirmSchema,
+    PasswordResetRequestSchema,
+    RefreshSchema,
+    RegisterSchema,
+    TokenPairSchema,
+    WsTicketSchema,
+)
 from sf.schemas.categories import CategoryListSchema, CategorySchema, category_schema
 from sf.schemas.channel import StreamKeySchema, StreamSettingsSchema
 from sf.schemas.common import StrictSchema
@@ -60,7 +69,8 @@ from sf.schemas.users import (
 DOCUMENTED: tuple[type[Schema], ...] = (
     CategoryListSchema, CategorySchema, CategoryStreamListQuerySchema, ChangePasswordSchema,
     ConsentSchema, ErrorBodySchema, ErrorSchema, ExportCreatedSchema, ExportDownloadQuerySchema,
-    ExportListSchema, ExportSchema, LoginSchema, PageQuerySchema, PaginationSchema,
+    ExportListSchema, ExportSchema, LoginSchema, MailTokenSchema, PageQuerySchema,
+    PasswordResetConfirmSchema, PasswordResetRequestSchema, PaginationSchema,
     PrivacyPolicySchema, ProfileUpdateSchema,
     RefreshSchema, RegisterSchema, StatisticsQuerySchema, StreamCreateSchema, StreamKeySchema,
     StreamListQuerySchema, StreamListSchema, StreamSchema, StreamSettingsSchema, StreamStatisticsSchema,
@@ -71,7 +81,8 @@ DOCUMENTED: tuple[type[Schema], ...] = (
 __all__ = [
     "DOCUMENTED", "ChangePasswordSchema", "CategoryListSchema", "CategorySchema", "ConsentSchema",
     "CategoryStreamListQuerySchema", "ErrorBodySchema", "ErrorSchema", "ExportCreatedSchema",
-    "ExportDownloadQuerySchema", "ExportListSchema", "ExportSchema", "LoginSchema", "PageQuerySchema",
+    "ExportDownloadQuerySchema", "ExportListSchema", "ExportSchema", "LoginSchema",
+    "MailTokenSchema", "PageQuerySchema", "PasswordResetConfirmSchema", "PasswordResetRequestSchema",
     "PaginationSchema", "PrivacyPolicySchema", "ProfileUpdateSchema", "RefreshSchema", "RegisterSchema",
     "StatisticsQuerySchema", "StreamCreateSchema", "StreamKeySchema", "StreamListQuerySchema",
     "StreamListSchema", "StreamSchema", "StreamSettingsSchema", "StreamStatisticsSchema",

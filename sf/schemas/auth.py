@@ -44,6 +44,21 @@ class LoginSchema(StrictSchema):
             raise ValidationError("give exactly one of username or email", "username")
 
 
+class MailTokenSchema(StrictSchema):
+    """A token from a link in a mail (`#token=` of e-mail verification)."""
+
+    token = Storable(1, 256, required=True, load_only=True)
+
+
+class PasswordResetRequestSchema(StrictSchema):
+    email = Email(required=True, load_only=True)
+
+
+class PasswordResetConfirmSchema(StrictSchema):
+    token = Storable(1, 256, required=True, load_only=True)
+    new_password = Storable(8, 128, required=True, load_only=True)
+
+
 class RefreshSchema(StrictSchema):
     refresh_token = Storable(1, 4096, required=True)
 

@@ -107,7 +107,12 @@ class UserPrivateSchema(UserPublicSchema):
     """The own profile; `privacy_policy_current` is the version the node serves (the schema
     is built with it), so a client sees when it differs from `privacy_policy_accepted`."""
 
-    email = fields.String()
+    email = fields.String(metadata={"description": "the address the account signs in and gets "
+                                                   "mail with (a change counts once verified)"})
+    email_verified = fields.Boolean(metadata={
+        "description": "whether `email` was confirmed through the link mailed to it"})
+    pending_email = fields.String(allow_none=True, metadata={
+        "description": "a new address waiting for its verification link (null: none)"})
     updated_at = UTCDateTime()
     privacy_policy_accepted = fields.String(
         allow_none=True, metadata={"description": "the privacy policy version last accepted"})

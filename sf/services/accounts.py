@@ -14,14 +14,15 @@ from urllib.parse import urlsplit
 import asyncpg
 
 from sf.cache import INVALIDATED_TTL, STREAMS_NAMESPACE, Cache, Prefetched, public_user_key
-from sf.db import login_records
+from sf.db import login_records, mail_tokens, outbox
 from sf.db import users as users_db
 from sf.db.users import User
-from sf.errors import Unauthorized, ValidationFailed, validation_error
+from sf.errors import Conflict, Unauthorized, ValidationFailed, validation_error
 from sf.media.images import AVATAR_URL_PREFIX, ImageWorker
 from sf.ratelimit import LoginThrottle
 from sf.schemas.dump import encode_json
 from sf.security import EmailCipher, PasswordHasher, TokenClaims
+from sf.services.account_mail import AccountMailService
 from sf.services.consents import ConsentService
 from sf.services.sessions import IssuedTokens, SessionStore
 from sf.services.stream_keys import StreamKeyService
@@ -67,10 +68,12 @@ class AccountService:
     def __init__(self, db: asyncpg.Pool, hasher: PasswordHasher, sessions: SessionStore,
                  throttle: LoginThrottle, cache: Cache, images: ImageWorker,
                  stream_keys: StreamKeyService, email_cipher: EmailCipher,
-                 consents: ConsentService, avatar_hosts: tuple[str, ...] = ()) -> None:
+                 consents: ConsentService, account_mail: AccountMailService,
+                 avatar_hosts: tuple[str, ...] = ()) -> None:
         self.db = db
         self.email_cipher = email_cipher
         self.consents = consents
+        self.account_mail = account_mail
         self.avatar_hosts = avatar_hosts
         self.hasher = hasher
         self.sessions = sessions
@@ -88,7 +91,7 @@ class AccountService:
             self.hasher.executor, self.hasher.verify, password, password_hash)
 
     async def start_session(self, user: User, kind: str, client_ip: str,
-                         user_agent: str) -> LoginResult:
+                            user_agent: str) -> LoginResult:
         """Open a session for `user`, who just signed in (`kind`: register, login,
         password_reset), and keep its login record (shown in the user's export; the address is
         erased after SF_IP_RETENTION_DAYS)."""
@@ -101,16 +104,23 @@ class AccountService:
                        accepted_privacy_policy: str, client_ip: str = "",
                        user_agent: str = "") -> LoginResult:
         """Create an account that accepted the current privacy policy (422 on
-        `accept_privacy_policy` for another version); the acceptance is kept with it."""
+        `accept_privacy_policy` for another version; the acceptance is kept with it), its
+        address still unverified (a link to verify it is mailed), and sign it in."""
         self.consents.check_current(accepted_privacy_policy, "accept_privacy_policy")
         password_hash = await self._hash(password)
-        async with self.db.acquire() as connection, connection.transaction():
+        created: list[User] = []
+
+        async def create(connection: asyncpg.Connection) -> None:
             user = await users_db.create_user(connection, self.email_cipher, username, email,
                                               password_hash)
             await self.consents.record_acceptance(connection, user.id, accepted_privacy_policy,
                                                   "accept_privacy_policy")
             await self.stream_keys.create_for_new_user(connection, user)
-        user = replace(user, privacy_policy_accepted=accepted_privacy_policy)
+            await self.account_mail.queue_verification(connection, user, user.email, change=False)
+            created.append(user)
+
+        await self.account_mail.in_transaction(create)
+        user = replace(created[0], privacy_policy_accepted=accepted_privacy_policy)
         return await self.start_session(user, "register", client_ip, user_agent)
 
     async def login(self, login: str, password: str, client_ip: str,
@@ -150,7 +160,9 @@ class AccountService:
         """Apply profile `changes` (email, bio, avatar; others stay).
 
         Changing the email needs the current password: missing or wrong is a 422 on
-        `current_password`. A password that is given is checked whatever else changes.
+        `current_password`. A password that is given is checked whatever else changes. A new
+        email is not the account's address yet: it is kept pending and a verification link
+        mailed to it (409 when another account has it); the old one stays until then.
         """
         if changes.get("avatar") is not None:
             check_avatar_url(changes["avatar"], user_id, self.images.media_dir, self.avatar_hosts)
@@ -162,8 +174,23 @@ class AccountService:
         elif not await self._check_password(user, current_password, client_ip):
             raise ValidationFailed("Invalid input",
                                    fields={"current_password": ["is not correct"]})
-        updated = await users_db.update_profile(self.db, user_id, cipher=self.email_cipher,
-                                                **changes)
+        new_email = changes.pop("email", None)
+        if new_email is not None and new_email == user.email:
+            new_email = None
+        if new_email is not None:
+            if await users_db.email_taken(self.db, self.email_cipher, new_email, user_id):
+                raise Conflict("That email is already taken", fields={"email": ["already taken"]})
+
+            async def change(connection: asyncpg.Connection) -> None:
+                await users_db.update_profile(connection, user_id, **changes)
+                await self.account_mail.queue_verification(connection, user, new_email,
+                                                           change=True)
+
+            await self.account_mail.in_transaction(change)
+            updated = await users_db.get_user(self.db, user_id, self.email_cipher)
+        else:
+            updated = await users_db.update_profile(self.db, user_id, cipher=self.email_cipher,
+                                                    **changes)
         await self.cache.forget_public_views(updated.username)
         if "avatar" in changes and changes["avatar"] != user.avatar:
             await self.images.remove(user.avatar)  # a file of ours that nothing shows any more
@@ -180,8 +207,11 @@ class AccountService:
         return user
 
     async def rotate_email_encryption(self) -> int:
-        """Re-encrypt every address with the first configured key; how many changed."""
-        return await users_db.rotate_email_encryption(self.db, self.email_cipher)
+        """Re-encrypt every stored address (accounts', pending changes', queued mails') with the
+        first configured key; how many changed."""
+        changed = await users_db.rotate_email_encryption(self.db, self.email_cipher)
+        changed += await mail_tokens.rotate_encryption(self.db, self.email_cipher)
+        return changed + await outbox.rotate_encryption(self.db, self.email_cipher)
 
     async def get_user(self, user_id: int) -> User:
         """The own profile: the address opened, the accepted policy version read."""

@@ -26,6 +26,7 @@ from sf.media.images import ImageWorker
 from sf.ratelimit import LoginThrottle, RateLimiter
 from sf.schemas import StreamSchema, UserPrivateSchema
 from sf.security import EmailCipher, PasswordHasher, StreamKeyCipher, TokenService
+from sf.services.account_mail import AccountMailService
 from sf.services.accounts import AccountService
 from sf.services.allowed_viewers import AllowedViewerService
 from sf.services.categories import CategoryService
@@ -34,6 +35,7 @@ from sf.services.events import EventBus
 from sf.services.exports import ExportService
 from sf.services.ingest import IngestService
 from sf.services.jobs import Job, JobRunner
+from sf.services.mail import MailSender
 from sf.services.media_nodes import MediaNodeRegistry
 from sf.services.publishing import PublishingService
 from sf.services.retention import AddressRetention
@@ -132,6 +134,8 @@ class Services:
     publishing: PublishingService
     accounts: AccountService
     consents: ConsentService  # the privacy policy and its acceptances
+    mail: MailSender  # delivers the mail outbox (every API process runs one)
+    account_mail: AccountMailService
     statistics: StatisticsService  # live totals onto streams, samples (leader node only)
     stream_schema: StreamSchema
     user_private: UserPrivateSchema  # the own profile, with the current policy version
@@ -154,6 +158,7 @@ class Services:
             dedup_seconds=config.alert_webhook_dedup_seconds,
             max_per_minute=config.alert_webhook_max_per_minute)
         await self.events.start()
+        await self.mail.start()
         await self.statistics.start()
         await self.viewers.start()
         if self.ingest is not None:
@@ -172,6 +177,7 @@ class Services:
                 await self.viewers.stop()
             finally:
                 await self.statistics.stop()  # never raises
+                await self.mail.stop()
                 await self.events.stop()
                 alerts, self.alerts = self.alerts, None
                 # Off the loop: it gives queued alerts a few seconds to go out.
@@ -238,8 +244,12 @@ async def _wire(config: Config, db: asyncpg.Pool, cleanups: Cleanups, *, ingest:
     throttle = LoginThrottle(redis, config.rate_limit_auth_account,
                              config.rate_limit_auth_account_ceiling, config.rate_limit_window)
     consents = ConsentService(db, cache, load_privacy_policy(config.privacy_policy_file))
+    mail = MailSender(db, config, email_cipher)
+    account_mail = AccountMailService(db, config, hasher, sessions, cache, limiter, mail,
+                                      email_cipher)
     accounts = AccountService(db, hasher, sessions, throttle, cache, images, stream_keys,
-                              email_cipher, consents, avatar_hosts=config.avatar_hosts)
+                              email_cipher, consents, account_mail,
+                              avatar_hosts=config.avatar_hosts)
     counts = ViewerCounts(redis, config.node_id,
                           anonymous_per_network=config.viewers_anonymous_per_network,
                           min_dwell_seconds=config.viewer_min_dwell_seconds)
@@ -271,7 +281,7 @@ async def _wire(config: Config, db: asyncpg.Pool, cleanups: Cleanups, *, ingest:
         streams=streams, stream_keys=stream_keys,
         allowed_viewers=AllowedViewerService(db, cache, streams),
         categories=CategoryService(db, cache), publishing=publishing, accounts=accounts,
-        consents=consents, statistics=statistics,
+        consents=consents, mail=mail, account_mail=account_mail, statistics=statistics,
         stream_schema=StreamSchema(playback_secret=config.internal_secret,
                                    playback_ttl=config.playback_url_ttl),
         user_private=UserPrivateSchema(privacy_policy_version=consents.policy.version),
