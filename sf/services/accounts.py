@@ -94,6 +94,7 @@ class AccountService:
         Failures are throttled per account (see `LoginThrottle`), whichever of username or
         email names it.
         """
+        self.hasher.refuse_if_full()  # before any work for a check that could not run
         user = await users_db.find_user_for_login(self.db, login)
         account = (f"u{user.id}" if user else
                    "n" + hashlib.sha256(login.lower().encode()).hexdigest()[:32])
