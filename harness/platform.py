@@ -143,6 +143,7 @@ class Platform:
             "SF_API_PROCESSES": "2",
             "SF_TRANSCODE_PRESET": "ultrafast", "SF_PUBLISH_GRACE_SECONDS": "4",
             "SF_SWEEP_INTERVAL": "0.5", "SF_THUMBNAIL_INTERVAL": "2", "SF_BCRYPT_ROUNDS": "4",
+            "SF_PASSWORD_CHECKS_MAX_PENDING": "1000",
             "SF_SEGMENT_RETENTION_SECONDS": "3", "SF_LOG_LEVEL": "INFO",
             "SF_RATE_LIMIT_AUTH_IP": "1000", "SF_RATE_LIMIT_KEY_RESET": "1000",
             # Signed-in traffic, sign-ins and sign-ups of many accounts from 127.0.0.1 (tests/
