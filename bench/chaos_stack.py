@@ -75,6 +75,8 @@ class Stack:
             # The edge balances over both API nodes (node A takes the RTMP callbacks).
             "SF_EDGE_API_SERVERS": ",".join(f"127.0.0.1:{api}" for api, _ in NODE_PORTS.values()),
             "SF_RATE_LIMIT_ANONYMOUS": "100000000", "SF_RATE_LIMIT_USER": "100000000",
+            "SF_RATE_LIMIT_AUTHENTICATED_IP": "100000000", "SF_RATE_LIMIT_AUTH_NETWORK": "100000000",
+            "SF_RATE_LIMIT_AUTH_NODE": "100000000", "SF_ACCOUNTS_PER_RANGE_PER_DAY": "100000000",
             "SF_RATE_LIMIT_AUTH_IP": "100000000", "SF_RATE_LIMIT_AUTH_ACCOUNT": "100000000",
             "SF_BCRYPT_ROUNDS": "4", "SF_ACCESS_TOKEN_TTL": "7200",
             "SF_TRANSCODE_PRESET": "ultrafast", "SF_LOG_LEVEL": "INFO", "SF_ENV": "production",

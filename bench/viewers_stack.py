@@ -132,6 +132,8 @@ class Stack:
             "SF_REDIS_URL": f"redis://127.0.0.1:{self.redis_port}/0",
             **self.ports, "SF_API_PROCESSES": "1",  # pinned to CPU 0
             "SF_RATE_LIMIT_ANONYMOUS": "100000000", "SF_RATE_LIMIT_USER": "100000000",
+            "SF_RATE_LIMIT_AUTHENTICATED_IP": "100000000", "SF_RATE_LIMIT_AUTH_NETWORK": "100000000",
+            "SF_RATE_LIMIT_AUTH_NODE": "100000000", "SF_ACCOUNTS_PER_RANGE_PER_DAY": "100000000",
             "SF_RATE_LIMIT_AUTH_IP": "100000000", "SF_RATE_LIMIT_AUTH_ACCOUNT": "100000000",
             "SF_BCRYPT_ROUNDS": "4", "SF_LOG_LEVEL": "WARNING", "SF_ENV": "production",
         }

@@ -143,8 +143,13 @@ class Platform:
             "SF_API_PROCESSES": "2",
             "SF_TRANSCODE_PRESET": "ultrafast", "SF_PUBLISH_GRACE_SECONDS": "4",
             "SF_SWEEP_INTERVAL": "0.5", "SF_THUMBNAIL_INTERVAL": "2", "SF_BCRYPT_ROUNDS": "4",
+            "SF_PASSWORD_CHECKS_MAX_PENDING": "1000",
             "SF_SEGMENT_RETENTION_SECONDS": "3", "SF_LOG_LEVEL": "INFO",
             "SF_RATE_LIMIT_AUTH_IP": "1000", "SF_RATE_LIMIT_KEY_RESET": "1000",
+            # Signed-in traffic, sign-ins and sign-ups of many accounts from 127.0.0.1 (tests/
+            # test_signin.py and test_login_flood.py set the aggregate limits they test).
+            "SF_RATE_LIMIT_AUTH_NETWORK": "10000", "SF_ACCOUNTS_PER_RANGE_PER_DAY": "10000",
+            "SF_RATE_LIMIT_AUTH_NODE": "100000", "SF_RATE_LIMIT_AUTHENTICATED_IP": "10000000",
             # Transcoder admission off: tests register accounts and publish from 127.0.0.1 at
             # once, expecting a ladder, on a machine busy with other suites (tests/
             # test_admission.py turns each limit on).

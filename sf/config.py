@@ -355,7 +355,17 @@ class Config:
     access_token_ttl: int = setting(Integer(30, 86400), "Lifetime of an access token.", unit="seconds")
     refresh_token_ttl: int = setting(
         Integer(300, 31536000), "Lifetime of a refresh session (30 days by default).", unit="seconds")
-    bcrypt_rounds: int = setting(Integer(4, 16), "bcrypt cost of password hashes (log2 of the rounds).")
+    bcrypt_rounds: int = setting(
+        Integer(4, 16),
+        "bcrypt cost of password hashes (log2 of the rounds). 10 is OWASP's floor and costs 59 ms "
+        "of CPU a check on the reference machine (11: 117 ms, 12: 234 ms; docs/benchmarks.md), "
+        "which keeps sign-in under its p95 of 200 ms. A stored hash of another cost is redone "
+        "at this one on the user's next successful login.")
+    password_checks_max_pending: int = setting(
+        Integer(1, 100000),
+        "Password checks and hashes (sign-in, sign-up, password and e-mail changes, account "
+        "erasure) waiting or running at once per API process; one more is answered 503 with "
+        "`Retry-After: 1` at once. A node holds `SF_API_PROCESSES` times this.", unit="checks")
     max_body_bytes: int = setting(
         Integer(1024, 10485760), "Largest JSON body (413 above).", unit="bytes")
     max_avatar_bytes: int = setting(
@@ -380,14 +390,32 @@ class Config:
     rate_limit_auth_ip: int = setting(
         Integer(1, 10**9), "Logins and registrations per window per client address.",
         unit="requests")
+    rate_limit_auth_network: int = setting(
+        Integer(1, 10**9),
+        "Logins, registrations and password resets per window from one /24 (IPv4) or /64 (IPv6) "
+        "network, all its addresses together.", unit="requests")
+    rate_limit_auth_node: int = setting(
+        Integer(1, 10**9),
+        "Logins per window on one node (`SF_NODE_ID`) from all addresses together; the same "
+        "again for registrations and for password resets.", unit="requests")
+    rate_limit_authenticated_ip: int = setting(
+        Integer(1, 10**9),
+        "Signed-in requests per window per client address, all its accounts together (each "
+        "account also has `SF_RATE_LIMIT_USER`).", unit="requests")
+    accounts_per_range_per_day: int = setting(
+        Integer(1, 10**9),
+        "Registration attempts per day (a fixed UTC day window) from one /24 (IPv4) or /64 "
+        "(IPv6) network.", unit="accounts")
     rate_limit_auth_account: int = setting(
         Integer(1, 10**9),
         "Failed logins per window per account and client address; then 429 for that pair only "
         "(a success clears it).", unit="failures")
     rate_limit_auth_account_ceiling: int = setting(
         Integer(1, 10**9),
-        "Failed logins per window per account from all addresses; past it every login to the "
-        "account first waits 0.5 s, doubling every 10 further failures up to 8 s.",
+        "Failed logins per window per account from all addresses; past it a login to the account "
+        "from a /24 (IPv4) or /64 (IPv6) network that failed against it this window first waits "
+        "0.5 s, doubling every 10 further failures up to 8 s (other networks, the owner's, do "
+        "not wait).",
         unit="failures")
     rate_limit_key_reset: int = setting(
         Integer(1, 10**9), "Stream-key resets per window per user.", unit="requests")

@@ -80,6 +80,13 @@ class Unavailable(DomainError):
     retry_after = 5
 
 
+class Overloaded(Unavailable):
+    """Too much of one kind of work is waiting on this node: retry shortly (503 with
+    Retry-After, at once rather than after a queue's worth of waiting)."""
+
+    retry_after = 1
+
+
 def validation_error(field: str, message: str) -> ValidationFailed:
     """A 422 for one field, in the API.md shape."""
     return ValidationFailed("Invalid input", fields={field: [message]})

@@ -4,6 +4,7 @@ pipelined connection of `sf.redis_pipeline`), and the failed-login throttle."""
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from sf.cache import CacheReads
+from sf.config import Config
 from sf.errors import RateLimited
 from sf.observability import Outage
 from sf.redis_pipeline import PipelinedScript
@@ -27,6 +29,47 @@ class Limit:
     identity: str
     limit: int
     window: int
+
+
+def network_of(address: str) -> str:
+    """The /24 (IPv4) or /64 (IPv6) network of a client address, where one operator's
+    addresses usually sit together; an unparsable address stands for itself."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    prefix = 24 if ip.version == 4 else 64
+    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
+
+
+DAY = 86400
+
+
+def auth_limits(config: Config, client_ip: str, action: str) -> list[Limit]:
+    """The limits of a sign-in, sign-up or password reset (`action`: "login", "register",
+    "password-reset"), beyond the per-address request limit: per address, per /24 or /64
+    network (all of a network's attempts together), and per node for the action (so a flood of
+    one action cannot spend another's budget). security.md#login-flood."""
+    window = config.rate_limit_window
+    return [Limit("auth-ip", client_ip, config.rate_limit_auth_ip, window),
+            Limit("auth-net", network_of(client_ip), config.rate_limit_auth_network, window),
+            Limit("auth-node", f"{action}:{config.node_id}", config.rate_limit_auth_node, window)]
+
+
+def registration_limits(config: Config, client_ip: str) -> list[Limit]:
+    """`auth_limits` of a registration, plus the day's registrations from its network.
+    security.md#throwaway-accounts."""
+    return [*auth_limits(config, client_ip, "register"),
+            Limit("signup-net", network_of(client_ip), config.accounts_per_range_per_day, DAY)]
+
+
+def signed_in_address_limit(config: Config, client_ip: str) -> Limit:
+    """The budget of a client address for signed-in requests, all its accounts together,
+    counted in the same round trip as each account's own. security.md#throwaway-accounts."""
+    return Limit("signed-in-ip", client_ip, config.rate_limit_authenticated_ip,
+                 config.rate_limit_window)
 
 
 @dataclass(frozen=True)
@@ -177,8 +220,10 @@ class LoginThrottle:
     An account is the user a login string names (by username or email alike) or, for unknown
     names, the normalized string itself. Failures are limited per (account, client IP): an
     attacker's address is refused while the owner elsewhere still gets in. Past a ceiling of
-    failures from all addresses together, every login to the account waits, exponentially
-    longer, which slows a distributed attack and still admits the owner.
+    failures from all addresses together, a login to the account from a network (/24, /64)
+    that has failed against it waits, exponentially longer, which slows a distributed attack;
+    a network without failures against the account (the owner's usual one) does not wait, so
+    failures aimed at an account never stack delays for its owner (security.md#login-flood).
     """
 
     def __init__(self, redis: Redis, per_address: int, ceiling: int, window: int) -> None:
@@ -187,32 +232,34 @@ class LoginThrottle:
         self.ceiling = ceiling
         self.window = window
 
-    def _keys(self, account: str, client_ip: str) -> tuple[str, str, int]:
+    def _keys(self, account: str, client_ip: str) -> tuple[list[str], int]:
+        """[account, (account, address), (account, network)] keys of this window."""
         now = time.time()
         window_start = int(now // self.window)
         retry_after = max(1, int(self.window - (now % self.window)) + 1)
-        return (f"sf:lf:{account}:{window_start}",
-                f"sf:lf:{account}:{client_ip}:{window_start}", retry_after)
+        return ([f"sf:lf:{account}:{window_start}",
+                 f"sf:lf:{account}:{client_ip}:{window_start}",
+                 f"sf:lf:{account}:n{network_of(client_ip)}:{window_start}"], retry_after)
 
     async def check(self, account: str, client_ip: str) -> float:
         """Raise RateLimited for a locked (account, IP) pair; else the seconds to wait first."""
-        account_key, pair_key, retry_after = self._keys(account, client_ip)
-        account_failures, pair_failures = await self.redis.mget(account_key, pair_key)
+        keys, retry_after = self._keys(account, client_ip)
+        account_failures, pair_failures, network_failures = await self.redis.mget(*keys)
         if int(pair_failures or 0) >= self.per_address:
             raise RateLimited(retry_after, "Too many failed logins for this account, retry later")
         excess = int(account_failures or 0) - self.ceiling
-        if excess < 0:
+        if excess < 0 or not int(network_failures or 0):
             return 0.0
         return float(min(LOGIN_DELAY_MAX, LOGIN_DELAY_BASE * 2 ** (excess // LOGIN_DELAY_STEP)))
 
     async def failed(self, account: str, client_ip: str) -> None:
-        account_key, pair_key, _ = self._keys(account, client_ip)
+        keys, _ = self._keys(account, client_ip)
         async with self.redis.pipeline(transaction=False) as pipe:
-            for key in (account_key, pair_key):
+            for key in keys:
                 pipe.incr(key)
                 pipe.expire(key, self.window + 1, nx=True)
             await pipe.execute()
 
     async def succeeded(self, account: str, client_ip: str) -> None:
         """The owner proved who they are: their address starts afresh."""
-        await self.redis.delete(self._keys(account, client_ip)[1])
+        await self.redis.delete(self._keys(account, client_ip)[0][1])

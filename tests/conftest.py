@@ -71,7 +71,10 @@ def base_config(tmp_path_factory: pytest.TempPathFactory,
     ensure_secrets(bootstrap_var_dir())
     media = tmp_path_factory.mktemp("media")
     # One pooled connection opened up front, not two: every test starts its own services.
+    # Password checks unbounded too (tests/test_signin.py sets the bound it tests): tests
+    # register in parallel to race the database, not bcrypt's queue.
     config = load_config({**os.environ, "SF_ENV": "test", "SF_BCRYPT_ROUNDS": "4",
+                          "SF_PASSWORD_CHECKS_MAX_PENDING": "1000",
                           "SF_DATABASE_POOL_MIN": "1",
                           "SF_MEDIA_DIR": str(media), "SF_CACHE_TTL": "2",
                           "SF_CORS_ORIGINS": "https://app.example.com",

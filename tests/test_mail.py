@@ -372,8 +372,10 @@ async def test_two_senders_never_send_one_mail_twice(services, mail_receiver):
         for index in range(40):
             message = compose(services.config.mail_from, f"bulk{index}@example.com", content)
             ids.append(message.split(b"Message-ID: ")[1].split(b"\r\n")[0])
-            await outbox.enqueue(connection, services.email_cipher, "test", f"bulk{index}@example.com", message)
-    senders = [MailSender(services.db, services.config, services.email_cipher) for _ in range(3)]
+            await outbox.enqueue(connection, services.email_cipher, "test",
+                                 f"bulk{index}@example.com", message)
+    senders = [MailSender(services.db, services.config, services.email_cipher)
+               for _ in range(3)]
     delivered = await asyncio.gather(*(sender.send_due() for sender in senders))
     assert sum(delivered) == 40
     received = [mail.message["Message-ID"].encode() for mail in mail_receiver.mails]

@@ -192,6 +192,15 @@ async def set_password_hash(db: Executor, user_id: int, password_hash: str) -> N
     )
 
 
+async def replace_password_hash(db: Executor, user_id: int, old_hash: str,
+                                new_hash: str) -> None:
+    """Store a rehash of the same password, unless the password changed meanwhile."""
+    await db.execute(
+        "UPDATE users SET password_hash = $3 WHERE id = $1 AND password_hash = $2",
+        user_id, old_hash, new_hash,
+    )
+
+
 async def account_age_seconds(db: Executor, user_id: int) -> float:
     """How long ago the account was created, by the database's clock (0 for no such user)."""
     age = await db.fetchval(

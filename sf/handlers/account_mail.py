@@ -59,6 +59,7 @@ class ResendVerificationHandler(AuthHandler):
 
 class PasswordResetHandler(AuthHandler):
     auth = "public"
+    auth_action = "password-reset"  # per address, network and node (security.md#login-flood)
 
     async def post(self) -> None:
         """Ask for a password reset link by mail.
@@ -72,7 +73,7 @@ class PasswordResetHandler(AuthHandler):
         responses:
           202: {description: "Accepted: if an account has this address, a reset link (valid SF_PASSWORD_RESET_TTL, once) is mailed to it"}
           422: {description: Not an e-mail address, content: {application/json: {schema: ErrorSchema}}}
-          429: {description: "Too many requests from this client address, for this address or for its account (SF_RATE_LIMIT_MAIL per SF_RATE_LIMIT_MAIL_WINDOW)", content: {application/json: {schema: ErrorSchema}}}
+          429: {description: "Too many requests from this client address, its /24 or /64 network or this node, for this address or for its account (SF_RATE_LIMIT_MAIL per SF_RATE_LIMIT_MAIL_WINDOW)", content: {application/json: {schema: ErrorSchema}}}
         """
         body = self.parse_json(PasswordResetRequestSchema())
         await self.services.account_mail.request_password_reset(body["email"])
@@ -82,6 +83,7 @@ class PasswordResetHandler(AuthHandler):
 
 class PasswordResetConfirmHandler(AuthHandler):
     auth = "public"
+    auth_action = "password-reset"
 
     async def post(self) -> None:
         """Set a new password with the token of a reset link; every session of the account ends.
@@ -92,7 +94,8 @@ class PasswordResetConfirmHandler(AuthHandler):
         responses:
           204: {description: Password set; every session of the account is signed out}
           422: {description: "The token is invalid, expired, already used or replaced by a newer link (one answer for all, on field `token`), or the new password is invalid", content: {application/json: {schema: ErrorSchema}}}
-          429: {description: Rate limited, content: {application/json: {schema: ErrorSchema}}}
+          429: {description: "Too many attempts from this address, its /24 or /64 network or on this node", content: {application/json: {schema: ErrorSchema}}}
+          503: {description: "Too many password hashes in progress on this node: retry after Retry-After", content: {application/json: {schema: ErrorSchema}}}
         """
         body = self.parse_json(PasswordResetConfirmSchema())
         await self.services.account_mail.reset_password(body["token"], body["new_password"])

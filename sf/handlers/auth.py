@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import hmac
-from typing import Any
+from typing import Any, ClassVar
 
 from sf.errors import Unauthorized
 from sf.handlers.base import APIHandler
-from sf.ratelimit import Limit
+from sf.ratelimit import Limit, auth_limits, registration_limits
 from sf.schemas import LoginSchema, RefreshSchema, RegisterSchema
 from sf.security import TokenClaims
 from sf.services.accounts import LoginResult
@@ -21,8 +21,13 @@ class AuthHandler(APIHandler):
     """Shared answer of every call that hands out a token pair."""
 
     rate_bucket = "auth"
+    # Sign-in and sign-up also count against their network and node (`auth_limits`); the
+    # others (refresh, logout) against the address only.
+    auth_action: ClassVar[str | None] = None
 
     def extra_limits(self, claims: TokenClaims | None) -> list[Limit]:
+        if self.auth_action is not None:
+            return auth_limits(self.config, self.client_ip, self.auth_action)
         return [Limit("auth-ip", self.client_ip, self.config.rate_limit_auth_ip,
                       self.config.rate_limit_window)]
 
@@ -49,6 +54,9 @@ class AuthHandler(APIHandler):
 class RegisterHandler(AuthHandler):
     auth = "public"
 
+    def extra_limits(self, claims: TokenClaims | None) -> list[Limit]:
+        return registration_limits(self.config, self.client_ip)
+
     async def post(self) -> None:
         """Create an account and log it in.
 
@@ -62,7 +70,8 @@ class RegisterHandler(AuthHandler):
           201: {description: Account created, content: {application/json: {schema: TokenPairSchema}}}
           409: {description: Username or email taken, content: {application/json: {schema: ErrorSchema}}}
           422: {description: "Invalid fields, or accept_privacy_policy is not the current version", content: {application/json: {schema: ErrorSchema}}}
-          429: {description: Rate limited, content: {application/json: {schema: ErrorSchema}}}
+          429: {description: "Too many attempts from this address, its /24 or /64 network (per minute, or registrations per day) or on this node", content: {application/json: {schema: ErrorSchema}}}
+          503: {description: "Too many password hashes in progress on this node: retry after Retry-After", content: {application/json: {schema: ErrorSchema}}}
         """
         body = self.parse_json(RegisterSchema())
         result = await self.services.accounts.register(
@@ -73,6 +82,7 @@ class RegisterHandler(AuthHandler):
 
 class LoginHandler(AuthHandler):
     auth = "public"
+    auth_action = "login"
 
     async def post(self) -> None:
         """Log in by username or email.
@@ -83,7 +93,8 @@ class LoginHandler(AuthHandler):
         responses:
           200: {description: Logged in, content: {application/json: {schema: TokenPairSchema}}}
           401: {description: Wrong credentials (same answer for an unknown user), content: {application/json: {schema: ErrorSchema}}}
-          429: {description: Too many attempts from this address, or too many failed logins for this account from this address, content: {application/json: {schema: ErrorSchema}}}
+          429: {description: "Too many attempts from this address, its /24 or /64 network or on this node, or too many failed logins for this account from this address", content: {application/json: {schema: ErrorSchema}}}
+          503: {description: "Too many password checks in progress on this node: retry after Retry-After (answered at once)", content: {application/json: {schema: ErrorSchema}}}
         """
         body = self.parse_json(LoginSchema())
         login = body.get("username") or body["email"]

@@ -31,7 +31,7 @@ from sf.handlers import inputs, proxy_trust
 from sf.handlers.headers import set_standing_headers
 from sf.handlers.request_gate import admit
 from sf.observability import RATE_LIMITED
-from sf.ratelimit import Limit
+from sf.ratelimit import Limit, signed_in_address_limit
 from sf.schemas.dump import encode_json
 from sf.security import TokenClaims
 from sf.services.container import Services
@@ -267,7 +267,10 @@ class APIHandler(BaseHandler):
                      config.rate_limit_window)
 
     def _limits(self, claims: TokenClaims | None) -> list[Limit]:
-        return [self._main_limit(claims), *self.extra_limits(claims)]
+        limits = [self._main_limit(claims), *self.extra_limits(claims)]
+        if claims is not None:  # the address's own budget too, in the same round trip
+            limits.append(signed_in_address_limit(self.config, self.client_ip))
+        return limits
 
     def cache_reads(self, claims: TokenClaims | None) -> tuple[str | None, tuple[str, ...]]:
         """The cache entries this request answers from, as (namespace or None, keys), read

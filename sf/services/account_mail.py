@@ -8,7 +8,6 @@ fragment (`#token=`), which browsers never send to a server or put in a Referer.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import secrets
 from collections.abc import Awaitable, Callable
@@ -208,8 +207,7 @@ class AccountMailService:
         digest = token_digest(token)
         if not await mail_tokens.is_live(self.db, PASSWORD_RESET, digest):
             raise bad_token()  # before hashing: a made-up token costs no bcrypt
-        password_hash = await asyncio.get_running_loop().run_in_executor(
-            self.hasher.executor, self.hasher.hash, new_password)
+        password_hash = await self.hasher.hash_password(new_password)  # bounded: 503 past it
         async with self.db.acquire() as connection, connection.transaction():
             redeemed = await mail_tokens.redeem(connection, self.cipher, PASSWORD_RESET, digest)
             if redeemed is None:

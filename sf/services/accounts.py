@@ -83,12 +83,11 @@ class AccountService:
         self.stream_keys = stream_keys
 
     async def _hash(self, password: str) -> str:
-        return await asyncio.get_running_loop().run_in_executor(
-            self.hasher.executor, self.hasher.hash, password)
+        """Every password hash and check goes through the hasher's bounded queue (503 past it)."""
+        return await self.hasher.hash_password(password)
 
     async def _verify(self, password: str, password_hash: str | None) -> bool:
-        return await asyncio.get_running_loop().run_in_executor(
-            self.hasher.executor, self.hasher.verify, password, password_hash)
+        return (await self.hasher.check_password(password, password_hash)).ok
 
     async def start_session(self, user: User, kind: str, client_ip: str,
                             user_agent: str) -> LoginResult:
@@ -130,17 +129,21 @@ class AccountService:
         Failures are throttled per account (see `LoginThrottle`), whichever of username or
         email names it.
         """
+        self.hasher.refuse_if_full()  # before any work for a check that could not run
         user = await users_db.find_user_for_login(self.db, self.email_cipher, login)
         account = (f"u{user.id}" if user else
                    "n" + hashlib.sha256(login.lower().encode()).hexdigest()[:32])
         delay = await self.throttle.check(account, client_ip)
         if delay:
             await asyncio.sleep(delay)
-        ok = await self._verify(password, user.password_hash if user else None)
-        if not ok or user is None:
+        check = await self.hasher.check_password(password, user.password_hash if user else None)
+        if not check.ok or user is None:
             await self.throttle.failed(account, client_ip)
             raise Unauthorized("Invalid credentials")
         await self.throttle.succeeded(account, client_ip)
+        if check.rehashed is not None:  # the work factor changed since this hash was made
+            await users_db.replace_password_hash(self.db, user.id, user.password_hash,
+                                                 check.rehashed)
         return await self.start_session(user, "login", client_ip, user_agent)
 
     async def refresh(self, refresh_token: str) -> LoginResult:

@@ -230,7 +230,8 @@ async def _wire(config: Config, db: asyncpg.Pool, cleanups: Cleanups, *, ingest:
     limiter = RateLimiter(redis)
     cleanups.add("the request gate's Redis connection", limiter.close)
     tokens = TokenService(config)
-    hasher = PasswordHasher(config.bcrypt_rounds, workers=max(1, os.cpu_count() or 1))
+    hasher = PasswordHasher(config.bcrypt_rounds, workers=max(1, os.cpu_count() or 1),
+                            max_pending=config.password_checks_max_pending)
     cleanups.add("the password hashing threads", lambda: hasher.executor.shutdown(wait=False))
     sessions = SessionStore(redis, tokens)
     cipher = StreamKeyCipher(config.stream_key_encryption_keys, config.stream_key_lookup_secret)
