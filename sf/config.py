@@ -485,6 +485,15 @@ class Config:
     backup_keep: int = setting(
         Integer(1, 10000), "`sf backup` keeps the newest this many dumps, removing older ones.",
         unit="dumps")
+    erasure_grace_days: float = setting(
+        Number(0, 365),
+        "An account deleted by its owner (`DELETE /api/users/profile`) is hidden at once; its "
+        "personal data is destroyed this long after, unless the owner signs in with "
+        "`\"restore\": true` before then.", unit="days")
+    erased_username_reserve_days: float = setting(
+        Number(0, 36500),
+        "The username of a deleted account stays taken this long after the deletion (nobody "
+        "can register it to pass for the person), then the erasure job frees it.", unit="days")
     media_node_heartbeat_ttl: float = setting(
         Number(1, 300),
         "A media node's heartbeat in Redis lives this long, renewed every third of it; a node "

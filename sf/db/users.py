@@ -28,12 +28,18 @@ class User:
     created_at: datetime
     updated_at: datetime
     is_live: bool
+    deleted_at: datetime | None = None  # erasure requested: hidden everywhere (sf/db/erasure.py)
 
 
 USER_COLUMNS = """u.id, u.username, u.email, u.password_hash, u.avatar, u.bio, u.followers_count,
-    u.created_at, u.updated_at,
+    u.created_at, u.updated_at, u.deleted_at,
     EXISTS (SELECT 1 FROM streams s WHERE s.user_id = u.id AND s.is_live AND NOT s.is_private)
         AS is_live"""
+
+
+# SQL: the user `u` has not asked for erasure. Every read that can show a user to anyone
+# carries it; only login sees deleted accounts (to restore one within the grace period).
+LISTED = "u.deleted_at IS NULL"
 
 
 def user_from_row(row: asyncpg.Record) -> User:
@@ -60,7 +66,8 @@ async def create_user(db: Executor, username: str, email: str, password_hash: st
 
 
 async def get_user(db: Executor, user_id: int) -> User:
-    row = await db.fetchrow(f"SELECT {USER_COLUMNS} FROM users u WHERE u.id = $1", user_id)
+    row = await db.fetchrow(f"SELECT {USER_COLUMNS} FROM users u WHERE u.id = $1 AND {LISTED}",
+                            user_id)
     if row is None:
         raise NotFound("User not found")
     return user_from_row(row)
@@ -68,7 +75,8 @@ async def get_user(db: Executor, user_id: int) -> User:
 
 async def get_user_by_username(db: Executor, username: str) -> User:
     row = await db.fetchrow(
-        f"SELECT {USER_COLUMNS} FROM users u WHERE lower(u.username) = lower($1)", username
+        f"SELECT {USER_COLUMNS} FROM users u WHERE lower(u.username) = lower($1) AND {LISTED}",
+        username
     )
     if row is None:
         raise NotFound("User not found")
@@ -76,10 +84,12 @@ async def get_user_by_username(db: Executor, username: str) -> User:
 
 
 async def find_user_for_login(db: Executor, login: str) -> User | None:
-    """The user whose username or email is `login` (case-insensitive), or None."""
+    """The user whose username or email is `login` (case-insensitive), or None; an account
+    deleted within its grace period too (`deleted_at` says so), not an erased one."""
     column = "email" if "@" in login else "username"
     row = await db.fetchrow(
-        f"SELECT {USER_COLUMNS} FROM users u WHERE lower(u.{column}) = lower($1)", login
+        f"SELECT {USER_COLUMNS} FROM users u WHERE lower(u.{column}) = lower($1)"
+        " AND u.erased_at IS NULL", login
     )
     return user_from_row(row) if row else None
 

@@ -79,12 +79,13 @@ class LoginHandler(AuthHandler):
         responses:
           200: {description: Logged in, content: {application/json: {schema: TokenPairSchema}}}
           401: {description: Wrong credentials (same answer for an unknown user), content: {application/json: {schema: ErrorSchema}}}
+          403: {description: "The account is deleted and scheduled for erasure (right password, no restore: true)", content: {application/json: {schema: ErrorSchema}}}
           429: {description: Too many attempts from this address, or too many failed logins for this account from this address, content: {application/json: {schema: ErrorSchema}}}
         """
         body = self.parse_json(LoginSchema())
         login = body.get("username") or body["email"]
-        self.write_tokens(await self.services.accounts.login(login, body["password"],
-                                                             self.client_ip))
+        self.write_tokens(await self.services.accounts.login(
+            login, body["password"], self.client_ip, restore=body.get("restore", False)))
 
 
 class LogoutHandler(AuthHandler):

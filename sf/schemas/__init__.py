@@ -38,17 +38,21 @@ from sf.schemas.streams import (
 )
 from sf.schemas.users import (
     ChangePasswordSchema,
+    DeleteAccountSchema,
+    ErasureScheduledSchema,
     ProfileUpdateSchema,
     UserListSchema,
     UserPrivateSchema,
     UserPublicSchema,
+    erasure_scheduled,
     user_private,
     user_public,
 )
 
 DOCUMENTED: tuple[type[Schema], ...] = (
     CategoryListSchema, CategorySchema, CategoryStreamListQuerySchema, ChangePasswordSchema,
-    ErrorBodySchema, ErrorSchema, LoginSchema, PageQuerySchema, PaginationSchema, ProfileUpdateSchema,
+    DeleteAccountSchema, ErasureScheduledSchema, ErrorBodySchema, ErrorSchema, LoginSchema,
+    PageQuerySchema, PaginationSchema, ProfileUpdateSchema,
     RefreshSchema, RegisterSchema, StatisticsQuerySchema, StreamCreateSchema, StreamKeySchema,
     StreamListQuerySchema, StreamListSchema, StreamSchema, StreamSettingsSchema, StreamStatisticsSchema,
     StreamUpdateSchema, TokenPairSchema, UserListSchema, UserPrivateSchema, UserPublicSchema,
@@ -57,6 +61,7 @@ DOCUMENTED: tuple[type[Schema], ...] = (
 
 __all__ = [
     "DOCUMENTED", "ChangePasswordSchema", "CategoryListSchema", "CategorySchema",
+    "DeleteAccountSchema", "ErasureScheduledSchema", "erasure_scheduled",
     "CategoryStreamListQuerySchema", "ErrorBodySchema", "ErrorSchema", "LoginSchema", "PageQuerySchema",
     "PaginationSchema", "ProfileUpdateSchema", "RefreshSchema", "RegisterSchema",
     "StatisticsQuerySchema", "StreamCreateSchema", "StreamKeySchema", "StreamListQuerySchema",

@@ -7,6 +7,7 @@ import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -16,11 +17,12 @@ import asyncpg
 from sf.cache import INVALIDATED_TTL, STREAMS_NAMESPACE, Cache, Prefetched, public_user_key
 from sf.db import users as users_db
 from sf.db.users import User
-from sf.errors import Unauthorized, ValidationFailed, validation_error
+from sf.errors import Forbidden, Unauthorized, ValidationFailed, validation_error
 from sf.media.images import AVATAR_URL_PREFIX, ImageWorker
 from sf.ratelimit import LoginThrottle
 from sf.schemas.dump import encode_json
 from sf.security import PasswordHasher, TokenClaims
+from sf.services.erasure import ErasureService
 from sf.services.sessions import IssuedTokens, SessionStore
 from sf.services.stream_keys import StreamKeyService
 
@@ -64,8 +66,10 @@ class AccountService:
 
     def __init__(self, db: asyncpg.Pool, hasher: PasswordHasher, sessions: SessionStore,
                  throttle: LoginThrottle, cache: Cache, images: ImageWorker,
-                 stream_keys: StreamKeyService, avatar_hosts: tuple[str, ...] = ()) -> None:
+                 stream_keys: StreamKeyService, erasure: ErasureService,
+                 avatar_hosts: tuple[str, ...] = ()) -> None:
         self.db = db
+        self.erasure = erasure
         self.avatar_hosts = avatar_hosts
         self.hasher = hasher
         self.sessions = sessions
@@ -89,11 +93,14 @@ class AccountService:
             await self.stream_keys.create_for_new_user(connection, user)
         return LoginResult(user, await self.sessions.create(user.id))
 
-    async def login(self, login: str, password: str, client_ip: str) -> LoginResult:
+    async def login(self, login: str, password: str, client_ip: str,
+                    restore: bool = False) -> LoginResult:
         """Same answer and about the same time for an unknown user and a wrong password.
 
         Failures are throttled per account (see `LoginThrottle`), whichever of username or
-        email names it.
+        email names it. An account deleted within its grace period signs in only with
+        `restore`, which cancels the erasure; without it, 403 says the erasure is scheduled
+        (only to someone who gave the right password).
         """
         user = await users_db.find_user_for_login(self.db, login)
         account = (f"u{user.id}" if user else
@@ -106,6 +113,12 @@ class AccountService:
             await self.throttle.failed(account, client_ip)
             raise Unauthorized("Invalid credentials")
         await self.throttle.succeeded(account, client_ip)
+        if user.deleted_at is not None:
+            if not restore:
+                raise Forbidden("This account is deleted and scheduled for erasure; sign in "
+                                'with "restore": true to keep it')
+            await self.erasure.restore(user)
+            user = await users_db.get_user(self.db, user.id)
         return LoginResult(user, await self.sessions.create(user.id))
 
     async def refresh(self, refresh_token: str) -> LoginResult:
@@ -198,6 +211,14 @@ class AccountService:
             return True
         await self.throttle.failed(account, client_ip)
         return False
+
+    async def delete_account(self, user_id: int, password: str, client_ip: str) -> datetime:
+        """The owner deletes their account (checked like a password change: a 422 on
+        `password`, throttled); hidden at once, erased after the grace period. When."""
+        user = await users_db.get_user(self.db, user_id)
+        if not await self._check_password(user, password, client_ip):
+            raise ValidationFailed("Invalid input", fields={"password": ["is not correct"]})
+        return await self.erasure.request(user)
 
     async def change_password(self, claims: TokenClaims, current: str, new: str,
                               client_ip: str) -> None:

@@ -29,6 +29,7 @@ from sf.security import PasswordHasher, StreamKeyCipher, TokenService
 from sf.services.accounts import AccountService
 from sf.services.allowed_viewers import AllowedViewerService
 from sf.services.categories import CategoryService
+from sf.services.erasure import ErasureService
 from sf.services.events import EventBus
 from sf.services.ingest import IngestService
 from sf.services.media_nodes import MediaNodeRegistry
@@ -126,6 +127,7 @@ class Services:
     categories: CategoryService
     publishing: PublishingService
     accounts: AccountService
+    erasure: ErasureService  # account deletion, restore within the grace, purge_due (the jobs)
     statistics: StatisticsService  # live totals onto streams, samples (leader node only)
     stream_schema: StreamSchema
     tickets: TicketStore
@@ -224,7 +226,8 @@ async def _wire(config: Config, db: asyncpg.Pool, cleanups: Cleanups, *, ingest:
     stream_keys = StreamKeyService(db, cipher, streams)
     throttle = LoginThrottle(redis, config.rate_limit_auth_account,
                              config.rate_limit_auth_account_ceiling, config.rate_limit_window)
-    accounts = AccountService(db, hasher, sessions, throttle, cache, images, stream_keys,
+    erasure = ErasureService(config, db, cache, sessions, streams, stream_keys)
+    accounts = AccountService(db, hasher, sessions, throttle, cache, images, stream_keys, erasure,
                               avatar_hosts=config.avatar_hosts)
     counts = ViewerCounts(redis, config.node_id,
                           anonymous_per_network=config.viewers_anonymous_per_network,
@@ -247,6 +250,7 @@ async def _wire(config: Config, db: asyncpg.Pool, cleanups: Cleanups, *, ingest:
         streams=streams, stream_keys=stream_keys,
         allowed_viewers=AllowedViewerService(db, cache, streams),
         categories=CategoryService(db, cache), publishing=publishing, accounts=accounts,
+        erasure=erasure,
         statistics=statistics,
         stream_schema=StreamSchema(playback_secret=config.internal_secret,
                                    playback_ttl=config.playback_url_ttl),
