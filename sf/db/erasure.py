@@ -206,7 +206,26 @@ async def release_names(db: Executor, reserve_days: float) -> list[int]:
     return [int(row["id"]) for row in rows]
 
 
-async def erasure_state(db: Executor, user_id: int) -> asyncpg.Record | None:
-    """(deleted_at, erase_after, erased_at) of an account, or None when there is no such row."""
-    return await db.fetchrow(
-        "SELECT deleted_at, erase_after, erased_at FROM users WHERE id = $1", user_id)
+async def release_name(db: Executor, user_id: int) -> bool:
+    """Free one erased account's username now (a replayed release); False if nothing changed."""
+    result = await db.execute(
+        """UPDATE users SET username = 'erased-' || id, updated_at = now()
+            WHERE id = $1 AND erased_at IS NOT NULL AND username !~ '^erased-[0-9]+$'""",
+        user_id)
+    return not result.endswith(" 0")
+
+
+@dataclass(frozen=True)
+class ErasureState:
+    """Where an account stands: when it was created, deleted, erased."""
+
+    created_at: datetime
+    deleted_at: datetime | None
+    erased_at: datetime | None
+
+
+async def erasure_state(db: Executor, user_id: int) -> ErasureState | None:
+    """An account's erasure state, or None when there is no such row."""
+    row = await db.fetchrow(
+        "SELECT created_at, deleted_at, erased_at FROM users WHERE id = $1", user_id)
+    return ErasureState(row["created_at"], row["deleted_at"], row["erased_at"]) if row else None

@@ -3,9 +3,10 @@ live stream, follows, invites, every public answer), is restored if its owner si
 `"restore": true` within the grace period, and otherwise has its personal data destroyed by
 `purge_due` (the scheduled jobs call it); its username is released later still.
 
-Every step is written to the erasure ledger in PostgreSQL and appended to a ledger file under
-the var directory, which survives losing the database: `sf restore` re-applies both
-(`sf/ops/erasure_replay.py`), so a restored backup never brings an erased person back.
+Every step is written to the erasure ledger in PostgreSQL and appended to a ledger file beside
+the backups (`SF_BACKUP_DIR`, under `var/` by default), which survives losing the database:
+`sf restore` re-applies both (`sf/ops/erasure_replay.py`), so a restored backup never brings
+an erased person back.
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ PURGE_BATCH = 100
 
 
 def ledger_file_of(config: Config) -> Path:
-    """The append-only copy of the erasure ledger, beside the database's."""
-    return config.var_dir / LEDGER_FILE_NAME
+    """The append-only copy of the erasure ledger: beside the backups (by default under
+    `var/`), where `sf restore` finds it even when the database it restores into is gone."""
+    return config.backup_dir / LEDGER_FILE_NAME
 
 
 def entry_to_json(entry: LedgerEntry) -> str:
@@ -58,11 +60,13 @@ def entry_from_json(line: str) -> LedgerEntry:
 
 def append_ledger_line(path: Path, entry: LedgerEntry) -> None:
     """Append one entry and flush it to disk (a line is small: one write, then fsync)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as file:
-        file.write(entry_to_json(entry) + "\n")
-        file.flush()
-        os.fsync(file.fileno())
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(descriptor, (entry_to_json(entry) + "\n").encode())
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def read_ledger_file(path: Path) -> list[LedgerEntry]:
