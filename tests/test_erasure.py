@@ -200,7 +200,7 @@ async def test_no_trace_of_a_deleted_account_in_any_public_answer(api, services)
 async def test_login_during_the_grace_period_says_so_and_restore_brings_the_account_back(
         api, services):
     alice = await api.register("alice")
-    bob = await api.register("bob")
+    await api.register("bob")
     old_key = (await api.get("/api/stream/key", token=alice["access_token"])).json["stream_key"]
     assert (await api.post("/api/users/bob/follow", token=alice["access_token"])).status == 204
     assert (await delete_account(api, alice)).status == 202

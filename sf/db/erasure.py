@@ -8,7 +8,7 @@ replays them onto a database restored from a backup older than they are.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 import asyncpg
 
@@ -64,13 +64,18 @@ def _entry(row: asyncpg.Record) -> LedgerEntry:
 
 async def record(db: Executor, user_id: int, event: str, categories: tuple[str, ...] = (),
                  erase_after: datetime | None = None, at: datetime | None = None) -> LedgerEntry:
-    """Add a ledger row (an existing identical one is kept: a replay adds nothing twice)."""
+    """Add a ledger row; a replay adds nothing twice (and an entry already there takes no id
+    from the sequence either: a restored database stays exactly the backup's)."""
     row = await db.fetchrow(
         """INSERT INTO erasure_ledger (user_id, event, categories, erase_after, created_at)
-           VALUES ($1, $2, $3, $4, COALESCE($5, now()))
-           ON CONFLICT (user_id, event, created_at) DO UPDATE SET categories = EXCLUDED.categories
+           SELECT $1, $2, $3, $4, COALESCE($5, now())
+            WHERE NOT EXISTS (SELECT 1 FROM erasure_ledger WHERE user_id = $1 AND event = $2
+                                 AND created_at = COALESCE($5, now()))
+           ON CONFLICT (user_id, event, created_at) DO NOTHING
            RETURNING user_id, event, categories, erase_after, created_at""",
         user_id, event, list(categories), erase_after, at)
+    if row is None:
+        return LedgerEntry(user_id, event, tuple(categories), erase_after, at or datetime.now(UTC))
     return _entry(row)
 
 
