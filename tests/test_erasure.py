@@ -348,3 +348,13 @@ async def test_purge_destroys_personal_data_and_keeps_the_name_reserved_then_fre
     table_text = await services.db.fetchval("SELECT string_agg(t::text, ' ') FROM erasure_ledger t")
     for personal in ("alice", "example.com", "555-0100"):
         assert personal not in ledger_text and personal not in table_text
+
+
+async def test_an_unwritable_ledger_file_does_not_fail_the_deletion(api, services, caplog):
+    services.config.backup_dir.parent.mkdir(parents=True, exist_ok=True)
+    services.config.backup_dir.write_text("not a directory")
+    alice = await api.register("alice")
+    assert (await delete_account(api, alice)).status == 202
+    assert await services.db.fetchval("SELECT count(*) FROM erasure_ledger") == 1
+    assert any(record.getMessage().startswith("erasure ledger file")
+               and record.levelname == "ERROR" for record in caplog.records)

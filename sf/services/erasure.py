@@ -117,8 +117,14 @@ class ErasureService:
         self.ledger_path = ledger_file_of(config)
 
     async def _append(self, entry: LedgerEntry) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, append_ledger_line,
-                                                         self.ledger_path, entry)
+        """The file copy of a ledger row already committed: a file that cannot be written is
+        an operator's alert, not a failed request (the database's ledger holds the step)."""
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, append_ledger_line,
+                                                             self.ledger_path, entry)
+        except OSError as exc:
+            log.error("erasure ledger file %s not written: %s", self.ledger_path, exc,
+                      extra={"event": "erasure_ledger_file_failed", "user_id": entry.user_id})
 
     async def request(self, user: User) -> datetime:
         """The owner asked for erasure (password already checked): hide the account at once;
