@@ -567,6 +567,15 @@ class Config:
         "The operator's privacy policy (Markdown after a front matter giving `version` and "
         "`effective_at`), served at `/api/legal/privacy-policy`; registering accepts its "
         "version. Read at start-up.")
+    erasure_grace_days: float = setting(
+        Number(0, 365),
+        "An account deleted by its owner (`DELETE /api/users/profile`) is hidden at once; its "
+        "personal data is destroyed this long after, unless the owner signs in with "
+        "`\"restore\": true` before then.", unit="days")
+    erased_username_reserve_days: float = setting(
+        Number(0, 36500),
+        "The username of a deleted account stays taken this long after the deletion (nobody "
+        "can register it to pass for the person), then the erasure job frees it.", unit="days")
     media_node_heartbeat_ttl: float = setting(
         Number(1, 300),
         "A media node's heartbeat in Redis lives this long, renewed every third of it; a node "

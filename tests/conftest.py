@@ -70,6 +70,9 @@ def base_config(tmp_path_factory: pytest.TempPathFactory,
     the session's SMTP receiver (retried within a fraction of a second)."""
     ensure_secrets(bootstrap_var_dir())
     media = tmp_path_factory.mktemp("media")
+    # Operator commands the tests run (in process or as `sf` children, which inherit this)
+    # write their audit lines here, never into the project's var/log.
+    os.environ["SF_AUDIT_LOG_FILE"] = str(tmp_path_factory.mktemp("audit") / "audit.jsonl")
     # One pooled connection opened up front, not two: every test starts its own services.
     # Password checks unbounded too (tests/test_signin.py sets the bound it tests): tests
     # register in parallel to race the database, not bcrypt's queue.

@@ -54,6 +54,10 @@ async def test_keys_rotate_command(api, services, config):
     assert await services.db.fetchval("SELECT key_id FROM stream_keys") == "k2"
     assert await services.db.fetchval("SELECT email_key_id FROM users") == "k2"
     assert key not in out
+    # It opened everyone's address: audited.
+    line = json.loads(config.audit_log_file.read_text().splitlines()[-1])
+    assert (line["action"], line["account"], line["details"]) == (
+        "keys_rotate", "*", {"stream_keys": 1, "emails": 2, "outcome": "ok"})
     # Under the new ring (k2 first, k1 still there to read), and under k2 alone once rotated:
     # the address opens and login by it still works.
     rotated = services.config.replace(stream_key_encryption_keys=spec.split(",")[0])

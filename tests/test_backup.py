@@ -181,6 +181,9 @@ async def fill_through_the_app(api: Api, services: Any) -> dict[str, Any]:
     assert prepared.status == 201, prepared
     live = await go_live(api, services, alice, title="alice live", is_private=True, category_id=1)
     assert (await api.put("/api/stream/allowed-viewers/carol", token=alice["access_token"])).status == 204
+    frank = await api.register("frank")  # a deleted account: a row in the erasure ledger
+    assert (await api.request("DELETE", "/api/users/profile", {"password": "password123"},
+                              token=frank["access_token"])).status == 202
     await set_viewers(services, live, 5)
     assert await services.statistics.sample() == 1  # a viewer sample and the stream's statistics
     # Tables of issue 21 that no endpoint of this branch fills yet.

@@ -10,9 +10,9 @@ documents, response schemas and content types, `Allow` on 405, negative data ref
 data accepted), the last one allowing, per operation, the refusals of BUSINESS_RULES below.
 
 Authenticated operations run with a Bearer token of a registered user that owns a stream. The
-two operations that end sessions (logout revokes the token, change-password revokes every
-other session) get a fresh user per call instead, so they run for real without logging the
-shared user out.
+operations that end sessions (logout revokes the token, change-password revokes every other
+session, deleting the account all of them) get a fresh user per call instead, so they run for
+real without logging the shared user out.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ from harness.platform import Platform
 
 MAX_EXAMPLES = int(os.environ.get("SFTEST_FUZZ_EXAMPLES", "25"))
 SEED = int(os.environ.get("SFTEST_FUZZ_SEED", "20240611"))
-SESSION_ENDING = {("POST", "/api/v1/auth/logout"), ("POST", "/api/v1/users/change-password")}
+SESSION_ENDING = {("POST", "/api/v1/auth/logout"), ("POST", "/api/v1/users/change-password"),
+                  ("DELETE", "/api/v1/users/profile")}
 
 # Mixed into generated values: what reached the database or the JSON writer as a 500 before.
 HOSTILE_TEXT = ["\x00", "chess\x00", "alice\n", "ADMIN", "9223372036854775808", "-1", "1e400",
@@ -64,7 +65,9 @@ BUSINESS_RULES: dict[str, dict[str, str]] = {
     "POST /api/v1/auth/register": {"422": "the current privacy policy version"},
     "POST /api/v1/users/profile/consents": {"422": "the current privacy policy version"},
     "POST /api/v1/streams": {"422": "an existing category"},
+    "PUT /api/v1/streams/{stream_id}": {"422": "an existing category"},
     "PUT /api/v1/stream/settings": {"422": "an existing category"},
+    "DELETE /api/v1/users/profile": {"422": "the account's right password"},
     "POST /api/v1/users/change-password": {"422": "the right current password, and a new one "
                                                   "that differs from it"},
     "PUT /api/v1/stream/allowed-viewers/{username}": {"422": "not yourself"},

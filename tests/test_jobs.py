@@ -144,12 +144,24 @@ async def test_sf_privacy_purge_runs_one_round_and_prints_it(api, services, conf
     await services.db.execute(
         "UPDATE login_records SET created_at = now() - interval '400 days' WHERE user_id = $1",
         user_id)
+    gone = await api.register("quin")  # deleted, its grace period over: erased by the round
+    deleted = await api.request("DELETE", "/api/users/profile", {"password": "password123"},
+                                token=gone["access_token"])
+    assert deleted.status == 202, deleted
+    await services.db.execute("UPDATE users SET erase_after = now() WHERE id = $1",
+                              gone["user"]["id"])
     result = _sf(config, "privacy", "purge")
     assert result.returncode == 0, result.stderr
     printed = json.loads(result.stdout)
     assert printed["ran"] is True
     assert printed["jobs"]["ip_retention"]["login_record_addresses"] == 1
-    assert set(printed["jobs"]) == {"stale_exports", "expired_exports", "ip_retention"}
+    assert printed["jobs"]["erasure"] == {"erased": 1}
+    assert set(printed["jobs"]) == {"erasure", "stale_exports", "expired_exports", "ip_retention"}
+    # It destroyed people's data: audited (who, what, when), with what it erased.
+    audited = [json.loads(line) for line in config.audit_log_file.read_text().splitlines()]
+    assert [(line["action"], line["details"]["outcome"]) for line in audited[-2:]] == [
+        ("privacy_purge", "started"), ("privacy_purge", "ok")]
+    assert audited[-1]["details"]["erased"] == 1 and audited[-1]["operator"]
     # While a node's round holds the lock, the command waits for it and then gives up.
     assert await services.jobs.lock.hold()
     blocked = _sf(config, "privacy", "purge", "--wait", "0.5")

@@ -148,7 +148,9 @@ def test_clear_text_addresses_are_sealed_by_the_migration(fresh_database, tmp_pa
             with pytest.raises(RuntimeError, match="interrupted"):
                 await migrate(url, email_cipher=interrupted)
             assert await db.fetchval("SELECT count(*) FROM users WHERE email IS NULL") == 3
-            assert await migrate(url, email_cipher=cipher) == []
+            # The data step finishes, then the migrations after 012 (stopped behind it) apply.
+            later = [name for version, name, _ in migration_files() if version > 12]
+            assert await migrate(url, email_cipher=cipher) == later
             assert await migrate(url, email_cipher=cipher) == []  # nothing left to do
             columns = {row["column_name"] for row in await db.fetch(
                 "SELECT column_name FROM information_schema.columns WHERE table_name = 'users'")}

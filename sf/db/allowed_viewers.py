@@ -43,7 +43,7 @@ async def list_allowed(db: Executor, owner_id: int, limit: int,
     rows = await db.fetch(
         f"""SELECT {users_db.USER_COLUMNS}, a.created_at AS invited_at, a.id AS invite_id
               FROM allowed_viewers a JOIN users u ON u.id = a.viewer_id
-             WHERE a.owner_id = $1 {keyset}
+             WHERE a.owner_id = $1 AND {users_db.LISTED} {keyset}
              ORDER BY a.created_at DESC, a.id DESC LIMIT ${len(args)}""", *args)
     page = rows[:limit]
     users = [users_db.user_from_row(row) for row in page]

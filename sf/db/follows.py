@@ -61,7 +61,7 @@ async def list_follow_side(db: Executor, username: str, side: str, limit: int,
     rows = await db.fetch(
         f"""SELECT {users_db.USER_COLUMNS}, f.created_at AS followed_at, f.id AS follow_id
               FROM follows f JOIN users u ON u.id = f.{other}
-             WHERE f.{anchor} = $1 {keyset}
+             WHERE f.{anchor} = $1 AND {users_db.LISTED} {keyset}
              ORDER BY f.created_at DESC, f.id DESC LIMIT ${len(args)}""", *args)
     page = rows[:limit]
     users = [users_db.user_from_row(row) for row in page]

@@ -14,6 +14,7 @@ import asyncpg
 
 from sf.db.pagination import decode_cursor, encode_cursor
 from sf.db.sql import Executor, set_clause
+from sf.db.users import LISTED
 from sf.errors import Conflict, Forbidden, NotFound, validation_error
 
 
@@ -82,8 +83,9 @@ class Query:
 
 async def get_stream(db: Executor, stream_id: int, viewer_id: int | None) -> Stream:
     """A stream the viewer may see; NotFound otherwise (a hidden stream does not exist)."""
-    row = await db.fetchrow(f"{SELECT_STREAM} WHERE s.id = $1 AND {visible_to('$2::bigint')}",
-                            stream_id, viewer_id)
+    row = await db.fetchrow(
+        f"{SELECT_STREAM} WHERE s.id = $1 AND {visible_to('$2::bigint')} AND {LISTED}",
+        stream_id, viewer_id)
     if row is None:
         raise NotFound("Stream not found")
     return stream_from_row(row)
@@ -346,6 +348,7 @@ async def list_streams(db: Executor, *, viewer_id: int | None, is_live: bool | N
     """
     query = Query()
     query.where.append(visible_to(query.bind(viewer_id) + "::bigint"))
+    query.where.append(LISTED)  # an account deleted for erasure shows no stream
     if is_live is not None:
         query.where.append("s.is_live" if is_live else "NOT s.is_live")
     if category_id is not None:

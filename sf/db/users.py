@@ -36,10 +36,11 @@ class User:
     privacy_policy_accepted: str | None = None
     email_verified: bool = False
     pending_email: str | None = None  # an e-mail change waiting for its verification
+    deleted_at: datetime | None = None  # erasure requested: hidden everywhere (sf/db/erasure.py)
 
 
 USER_COLUMNS = """u.id, u.username, u.email_key_id, u.email_ciphertext, u.password_hash, u.avatar,
-    u.bio, u.followers_count, u.created_at, u.updated_at,
+    u.bio, u.followers_count, u.created_at, u.updated_at, u.deleted_at,
     EXISTS (SELECT 1 FROM streams s WHERE s.user_id = u.id AND s.is_live AND NOT s.is_private)
         AS is_live, u.email_verified"""
 # The own profile's columns: the public ones plus the privacy policy version last accepted and
@@ -50,6 +51,11 @@ PRIVATE_COLUMNS = USER_COLUMNS + f""",
     {PENDING_EMAIL_SQL}"""
 _ROW_FIELDS = tuple(name for name in User.__dataclass_fields__
                     if name not in ("email", "privacy_policy_accepted", "pending_email"))
+
+
+# SQL: the user `u` has not asked for erasure. Every read that can show a user to anyone
+# carries it; only login sees deleted accounts (to restore one within the grace period).
+LISTED = "u.deleted_at IS NULL"
 
 
 def user_from_row(row: asyncpg.Record, cipher: EmailCipher | None = None) -> User:
@@ -94,7 +100,8 @@ async def create_user(db: Executor, cipher: EmailCipher, username: str, email: s
 async def get_user(db: Executor, user_id: int, cipher: EmailCipher | None = None) -> User:
     """A user by id; with `cipher`, the own profile: the address opened and the consent read."""
     columns = PRIVATE_COLUMNS if cipher is not None else USER_COLUMNS
-    row = await db.fetchrow(f"SELECT {columns} FROM users u WHERE u.id = $1", user_id)
+    row = await db.fetchrow(f"SELECT {columns} FROM users u WHERE u.id = $1 AND {LISTED}",
+                            user_id)
     if row is None:
         raise NotFound("User not found")
     return user_from_row(row, cipher)
@@ -102,7 +109,8 @@ async def get_user(db: Executor, user_id: int, cipher: EmailCipher | None = None
 
 async def get_user_by_username(db: Executor, username: str) -> User:
     row = await db.fetchrow(
-        f"SELECT {USER_COLUMNS} FROM users u WHERE lower(u.username) = lower($1)", username
+        f"SELECT {USER_COLUMNS} FROM users u WHERE lower(u.username) = lower($1) AND {LISTED}",
+        username
     )
     if row is None:
         raise NotFound("User not found")
@@ -110,14 +118,16 @@ async def get_user_by_username(db: Executor, username: str) -> User:
 
 
 async def find_user_for_login(db: Executor, cipher: EmailCipher, login: str) -> User | None:
-    """The user whose username or email is `login` (case-insensitive), or None. An address is
-    found by its digest: the database never sees it in clear."""
+    """The user whose username or email is `login` (case-insensitive), or None; an account
+    deleted within its grace period too (`deleted_at` says so), not an erased one. An address
+    is found by its digest: the database never sees it in clear."""
     if "@" in login:
-        row = await db.fetchrow(f"SELECT {PRIVATE_COLUMNS} FROM users u WHERE u.email_digest = $1",
-                                cipher.digest(login))
+        row = await db.fetchrow(f"SELECT {PRIVATE_COLUMNS} FROM users u WHERE u.email_digest = $1"
+                                " AND u.erased_at IS NULL", cipher.digest(login))
     else:
         row = await db.fetchrow(
-            f"SELECT {PRIVATE_COLUMNS} FROM users u WHERE lower(u.username) = lower($1)", login)
+            f"SELECT {PRIVATE_COLUMNS} FROM users u WHERE lower(u.username) = lower($1)"
+            " AND u.erased_at IS NULL", login)
     return user_from_row(row, cipher) if row else None
 
 

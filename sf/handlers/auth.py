@@ -93,6 +93,7 @@ class LoginHandler(AuthHandler):
         responses:
           200: {description: Logged in, content: {application/json: {schema: TokenPairSchema}}}
           401: {description: Wrong credentials (same answer for an unknown user), content: {application/json: {schema: ErrorSchema}}}
+          403: {description: "The account is deleted and scheduled for erasure (right password, no restore: true)", content: {application/json: {schema: ErrorSchema}}}
           429: {description: "Too many attempts from this address, its /24 or /64 network or on this node, or too many failed logins for this account from this address", content: {application/json: {schema: ErrorSchema}}}
           503: {description: "Too many password checks in progress on this node: retry after Retry-After (answered at once)", content: {application/json: {schema: ErrorSchema}}}
         """
@@ -100,7 +101,8 @@ class LoginHandler(AuthHandler):
         login = body.get("username") or body["email"]
         self.write_tokens(await self.services.accounts.login(
             login, body["password"], self.client_ip,
-            user_agent=self.request.headers.get("User-Agent", "")))
+            user_agent=self.request.headers.get("User-Agent", ""),
+            restore=body.get("restore", False)))
 
 
 class LogoutHandler(AuthHandler):

@@ -6,7 +6,13 @@ import tornado.httputil
 
 from sf.errors import UnsupportedMediaType, ValidationFailed
 from sf.handlers.base import USERNAME_ROUTE, APIHandler
-from sf.schemas import ChangePasswordSchema, ProfileUpdateSchema, user_public
+from sf.schemas import (
+    ChangePasswordSchema,
+    DeleteAccountSchema,
+    ProfileUpdateSchema,
+    erasure_scheduled,
+    user_public,
+)
 from sf.security import TokenClaims
 
 
@@ -53,6 +59,26 @@ class ProfileHandler(APIHandler):
         user = await self.services.accounts.update_profile(self.user_id, changes,
                                                             current_password, self.client_ip)
         self.write_json(self.services.user_private.dump(user))
+
+    async def delete(self) -> None:
+        """Delete the account: gone from every public place at once (its sessions, tickets,
+        stream key, live stream, follows and invites end); its personal data is destroyed
+        after SF_ERASURE_GRACE_DAYS unless its owner signs in with `restore: true` before.
+        ---
+        summary: Delete own account
+        tags: [users]
+        security: [{bearer: []}]
+        requestBody: {required: true, content: {application/json: {schema: DeleteAccountSchema}}}
+        responses:
+          202: {description: Deleted; erased at erase_after, content: {application/json: {schema: ErasureScheduledSchema}}}
+          401: {description: Not authenticated, content: {application/json: {schema: ErrorSchema}}}
+          422: {description: Wrong password, content: {application/json: {schema: ErrorSchema}}}
+          429: {description: Too many wrong passwords for this account from this address (counted with failed logins), content: {application/json: {schema: ErrorSchema}}}
+        """
+        body = self.parse_json(DeleteAccountSchema())
+        erase_after = await self.services.accounts.delete_account(self.user_id, body["password"],
+                                                                  self.client_ip)
+        self.write_json(erasure_scheduled.dump({"erase_after": erase_after}), 202)
 
 
 class AvatarHandler(APIHandler):

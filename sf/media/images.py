@@ -84,6 +84,18 @@ def remove_avatar(media_dir: Path, url: str | None) -> None:
         pass
 
 
+def remove_avatars_of(media_dir: Path, user_id: int) -> int:
+    """Delete every avatar file a user ever stored (an erased account's); how many."""
+    directory = media_dir / "avatars"
+    if not directory.is_dir():
+        return 0
+    removed = 0
+    for path in directory.glob(f"{int(user_id)}-*.webp"):
+        path.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
 class ImageWorker:
     """Runs avatar decoding on one thread of its own; refuses work past a short queue."""
 

@@ -46,6 +46,7 @@ import redis
 from sf.config import Config
 from sf.db.backups import BACKUP_NAME, checksum_path, file_sha256, recorded_sha256
 from sf.node.localservices import ServiceError, postgres_program
+from sf.ops import erasure_replay
 from sf.ops.audit import audited
 from sf.security import BackupCipher, BackupDecryptionError
 
@@ -339,6 +340,7 @@ def restore_backup(config: Config, file: str, force: bool) -> dict[str, Any]:
             f"table(s) {', '.join(unknown)} of database {target.database!r} are not in the "
             "backup and would survive the restore beside data they may not fit; drop them or "
             "restore into an empty database (nothing was changed)")
+    erasures = erasure_replay.read_ledger(config)  # before the restore replaces the ledger
     try:
         _run_tool([_program("pg_restore"), "--clean", "--if-exists", "--single-transaction",
                    "--exit-on-error", "--no-owner", f"--dbname={target.url}"],
@@ -353,8 +355,13 @@ def restore_backup(config: Config, file: str, force: bool) -> dict[str, Any]:
             f"the database was restored from {dump}, but the sessions in Redis could not be "
             f"cleared ({type(exc).__name__}): clear them before starting the API nodes "
             "(see the README, Backups)") from None
+    try:
+        replayed = erasure_replay.replay(config, erasures)
+    except erasure_replay.ReplayError as exc:
+        raise BackupError(f"the database was restored from {dump}, but {exc}") from None
     result = {"restored": str(dump), "sha256": digest, "database": target.database,
               "tables": len(in_dump), "sessions_cleared": cleared,
+              "erasures_replayed": replayed,
               "seconds": round(time.monotonic() - started, 3)}
     log.info("backup restored", extra={"backup": dump.name, "tables": len(in_dump),
                                        "seconds": result["seconds"]})

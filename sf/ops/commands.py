@@ -13,6 +13,7 @@ import json
 from typing import Any
 
 from sf.config import Config
+from sf.ops.audit import audited
 from sf.schemas import category_schema
 from sf.services.container import start_services
 
@@ -77,6 +78,9 @@ def cmd_categories(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_keys(config: Config, args: argparse.Namespace) -> int:
-    keys, emails = asyncio.run(rotate_keys(config))
+    # Opens every stored address to seal it again: audited as a read of everyone's data.
+    with audited(config, "keys_rotate") as details:
+        keys, emails = asyncio.run(rotate_keys(config))
+        details.update(stream_keys=keys, emails=emails)
     print(f"re-encrypted {keys} stream key(s) and {emails} e-mail address(es)")
     return 0

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sf.config import Config
+from sf.ops.audit import audited
 from sf.services.container import start_services
 
 
@@ -38,7 +39,11 @@ async def purge(config: Config, wait: float) -> dict[str, Any]:
 
 
 def cmd_privacy(config: Config, args: argparse.Namespace) -> int:
-    result = asyncio.run(purge(config, args.wait))
+    # Destroys people's data (erasures, addresses, archives): audited like backup and restore.
+    with audited(config, "privacy_purge") as details:
+        result = asyncio.run(purge(config, args.wait))
+        if result["ran"]:
+            details["erased"] = (result["jobs"].get("erasure") or {}).get("erased")
     print(json.dumps(result, indent=2, ensure_ascii=False, default=str))
     return 0 if result["ran"] and not any(
         isinstance(done, dict) and "error" in done for done in result["jobs"].values()) else 1

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from sf.schemas.common import Storable, StrictSchema
+from sf.schemas.common import Storable, StrictBoolean, StrictSchema
 from sf.schemas.users import (
     NEW_USERNAME_PATTERN,
     USERNAME_RE,
@@ -33,6 +33,9 @@ class LoginSchema(StrictSchema):
     username = Storable(1, 254)
     email = Storable(1, 254)
     password = Storable(1, 128, required=True, load_only=True)
+    restore = StrictBoolean(load_only=True, metadata={
+        "description": "true: sign in to an account deleted within its grace period, which "
+                       "cancels its erasure"})
 
     # Stated in the OpenAPI document next to the properties (docs.build_openapi).
     json_schema: ClassVar[dict[str, Any]] = {

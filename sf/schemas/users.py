@@ -93,6 +93,16 @@ class ChangePasswordSchema(StrictSchema):
     new_password = Storable(8, 128, required=True)
 
 
+class DeleteAccountSchema(StrictSchema):
+    password = Storable(1, 128, required=True, load_only=True)
+
+
+class ErasureScheduledSchema(Schema):
+    erase_after = UTCDateTime(metadata={
+        "description": "when the account's personal data will be destroyed, unless its owner "
+                       'signs in with "restore": true before then'})
+
+
 class UserPublicSchema(CompiledDump):
     id = fields.Integer()
     username = fields.String()
@@ -156,5 +166,6 @@ class UserListSchema(Schema):
     pagination = fields.Nested(PaginationSchema)
 
 
+erasure_scheduled = ErasureScheduledSchema()
 user_public = UserPublicSchema()
 user_private = UserPrivateSchema()

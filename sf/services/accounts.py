@@ -7,6 +7,7 @@ import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -17,13 +18,14 @@ from sf.cache import INVALIDATED_TTL, STREAMS_NAMESPACE, Cache, Prefetched, publ
 from sf.db import login_records, mail_tokens, outbox
 from sf.db import users as users_db
 from sf.db.users import User
-from sf.errors import Conflict, Unauthorized, ValidationFailed, validation_error
+from sf.errors import Conflict, Forbidden, Unauthorized, ValidationFailed, validation_error
 from sf.media.images import AVATAR_URL_PREFIX, ImageWorker
 from sf.ratelimit import LoginThrottle
 from sf.schemas.dump import encode_json
 from sf.security import EmailCipher, PasswordHasher, TokenClaims
 from sf.services.account_mail import AccountMailService
 from sf.services.consents import ConsentService
+from sf.services.erasure import ErasureService
 from sf.services.sessions import IssuedTokens, SessionStore
 from sf.services.stream_keys import StreamKeyService
 
@@ -69,11 +71,12 @@ class AccountService:
                  throttle: LoginThrottle, cache: Cache, images: ImageWorker,
                  stream_keys: StreamKeyService, email_cipher: EmailCipher,
                  consents: ConsentService, account_mail: AccountMailService,
-                 avatar_hosts: tuple[str, ...] = ()) -> None:
+                 erasure: ErasureService, avatar_hosts: tuple[str, ...] = ()) -> None:
         self.db = db
         self.email_cipher = email_cipher
         self.consents = consents
         self.account_mail = account_mail
+        self.erasure = erasure
         self.avatar_hosts = avatar_hosts
         self.hasher = hasher
         self.sessions = sessions
@@ -123,11 +126,13 @@ class AccountService:
         return await self.start_session(user, "register", client_ip, user_agent)
 
     async def login(self, login: str, password: str, client_ip: str,
-                    user_agent: str = "") -> LoginResult:
+                    user_agent: str = "", restore: bool = False) -> LoginResult:
         """Same answer and about the same time for an unknown user and a wrong password.
 
         Failures are throttled per account (see `LoginThrottle`), whichever of username or
-        email names it.
+        email names it. An account deleted within its grace period signs in only with
+        `restore`, which cancels the erasure; without it, 403 says the erasure is scheduled
+        (only to someone who gave the right password).
         """
         self.hasher.refuse_if_full()  # before any work for a check that could not run
         user = await users_db.find_user_for_login(self.db, self.email_cipher, login)
@@ -144,6 +149,12 @@ class AccountService:
         if check.rehashed is not None:  # the work factor changed since this hash was made
             await users_db.replace_password_hash(self.db, user.id, user.password_hash,
                                                  check.rehashed)
+        if user.deleted_at is not None:
+            if not restore:
+                raise Forbidden("This account is deleted and scheduled for erasure; sign in "
+                                'with "restore": true to keep it')
+            await self.erasure.restore(user)
+            user = await users_db.get_user(self.db, user.id, self.email_cipher)
         return await self.start_session(user, "login", client_ip, user_agent)
 
     async def refresh(self, refresh_token: str) -> LoginResult:
@@ -265,6 +276,14 @@ class AccountService:
             return True
         await self.throttle.failed(account, client_ip)
         return False
+
+    async def delete_account(self, user_id: int, password: str, client_ip: str) -> datetime:
+        """The owner deletes their account (checked like a password change: a 422 on
+        `password`, throttled); hidden at once, erased after the grace period. When."""
+        user = await users_db.get_user(self.db, user_id)
+        if not await self._check_password(user, password, client_ip):
+            raise ValidationFailed("Invalid input", fields={"password": ["is not correct"]})
+        return await self.erasure.request(user)
 
     async def change_password(self, claims: TokenClaims, current: str, new: str,
                               client_ip: str) -> None:

@@ -31,6 +31,7 @@ from sf.services.accounts import AccountService
 from sf.services.allowed_viewers import AllowedViewerService
 from sf.services.categories import CategoryService
 from sf.services.consents import ConsentService, load_privacy_policy
+from sf.services.erasure import ErasureService
 from sf.services.events import EventBus
 from sf.services.exports import ExportService
 from sf.services.ingest import IngestService
@@ -136,6 +137,7 @@ class Services:
     consents: ConsentService  # the privacy policy and its acceptances
     mail: MailSender  # delivers the mail outbox (every API process runs one)
     account_mail: AccountMailService
+    erasure: ErasureService  # account deletion, restore within the grace, purge_due (the jobs)
     statistics: StatisticsService  # live totals onto streams, samples (leader node only)
     stream_schema: StreamSchema
     user_private: UserPrivateSchema  # the own profile, with the current policy version
@@ -248,8 +250,9 @@ async def _wire(config: Config, db: asyncpg.Pool, cleanups: Cleanups, *, ingest:
     mail = MailSender(db, config, email_cipher)
     account_mail = AccountMailService(db, config, hasher, sessions, cache, limiter, mail,
                                       email_cipher)
+    erasure = ErasureService(config, db, cache, sessions, streams, stream_keys)
     accounts = AccountService(db, hasher, sessions, throttle, cache, images, stream_keys,
-                              email_cipher, consents, account_mail,
+                              email_cipher, consents, account_mail, erasure,
                               avatar_hosts=config.avatar_hosts)
     counts = ViewerCounts(redis, config.node_id,
                           anonymous_per_network=config.viewers_anonymous_per_network,
@@ -264,8 +267,8 @@ async def _wire(config: Config, db: asyncpg.Pool, cleanups: Cleanups, *, ingest:
     cleanups.add("the export thread", lambda: exports.executor.shutdown(wait=False))
     retention = AddressRetention(db, config.ip_retention_days)
     # The scheduled jobs, run in this order each round (`sf privacy purge` runs one round).
-    # MERGE (issue 21, erasure lane): add Job("erasure", erasure.purge_due) here.
     jobs = JobRunner(redis, config.node_id, config.jobs_interval_seconds, [
+        Job("erasure", erasure.purge_summary),
         Job("stale_exports", exports.fail_stale),
         Job("expired_exports", exports.delete_expired),
         Job("ip_retention", retention.erase_expired),
@@ -282,7 +285,8 @@ async def _wire(config: Config, db: asyncpg.Pool, cleanups: Cleanups, *, ingest:
         streams=streams, stream_keys=stream_keys,
         allowed_viewers=AllowedViewerService(db, cache, streams),
         categories=CategoryService(db, cache), publishing=publishing, accounts=accounts,
-        consents=consents, mail=mail, account_mail=account_mail, statistics=statistics,
+        consents=consents, mail=mail, account_mail=account_mail, erasure=erasure,
+        statistics=statistics,
         stream_schema=StreamSchema(playback_secret=config.internal_secret,
                                    playback_ttl=config.playback_url_ttl),
         user_private=UserPrivateSchema(privacy_policy_version=consents.policy.version),
