@@ -533,3 +533,42 @@ def test_policy_banner_and_data_export_from_the_dashboard(platform: Platform, pa
     status, body, headers = platform.get(link)
     assert status == 200 and body.startswith(b"PK") and headers["Content-Type"] == "application/zip"
     assert pages.errors == []
+
+
+def test_delete_the_account_then_restore_it_by_signing_in(platform: Platform, pages: Pages) -> None:
+    """Delete my account (password, then a confirm click): signed out, told when the data is
+    erased; signing in then is refused with the restore option, and restoring keeps it."""
+    platform.register("webleaving")
+    page = pages.new_page()
+    sign_in(page, "webleaving")
+    page.wait_for_url("**/dashboard")
+    page.get_by_test_id("delete-start").click()
+    confirm = page.get_by_test_id("delete-confirm")
+    page.get_by_test_id("delete-password").fill("not my password")
+    confirm.click()
+    wait_for_text(page, "delete-confirm", "^Click again")
+    confirm.click()
+    page.locator("#delete-form .error").wait_for()
+    assert platform.request("GET", "/api/users/webleaving")[0] == 200
+    page.get_by_test_id("delete-password").fill(PASSWORD)
+    confirm.click()
+    assert platform.request("GET", "/api/users/webleaving")[0] == 200  # not before the confirm
+    confirm.click()
+    page.wait_for_url("**/login?deleted=*")
+    wait_for_text(page, "login-notice", "erased after")
+    assert page.get_by_test_id("login-restore").is_visible()
+    assert page.evaluate("localStorage.getItem('sf.session')") is None
+    assert "sf_csrf" not in {cookie["name"] for cookie in page.context.cookies()}
+    assert platform.request("GET", "/api/users/webleaving")[0] == 404
+    screenshot(page, "login-deleted")
+    # Another browser, not told: the refusal itself offers the restore.
+    other = pages.new_page()
+    sign_in(other, "webleaving")
+    other.locator("#sign-in .error").wait_for()
+    assert "erasure" in other.locator("#sign-in .error").inner_text()
+    other.get_by_test_id("login-restore").check()
+    other.get_by_test_id("login-submit").click()
+    other.wait_for_url("**/dashboard")
+    wait_for_text(other, "nav-user", "^webleaving$")
+    assert platform.request("GET", "/api/users/webleaving")[0] == 200
+    assert unexpected(pages.errors, 403, 422) == []
