@@ -10,6 +10,7 @@ import re
 import ssl
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,10 @@ from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
 from harness.browser import launch_chromium
 from harness.platform import Platform, hls_ready, wait_for
+from harness.smtp import MailReceiver, ReceivedMail
 from sf.config import PROJECT_ROOT
 from sf.node.tls import write_self_signed
+from tests.helpers import fetch_value
 
 ARTIFACTS = PROJECT_ROOT / "var" / "test-artifacts" / "web"
 PASSWORD = "password123"
@@ -78,7 +81,7 @@ def browser() -> Iterator[Browser]:
 @pytest.fixture(scope="module")
 def platform(base_config: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     node = Platform(base_config, tmp_path_factory.mktemp("web-node"),
-                    SF_STATS_SAMPLE_SECONDS="2").start()
+                    SF_STATS_SAMPLE_SECONDS="2", SF_MAIL_POLL_SECONDS="0.5").start()
     yield node
     node.stop()
 
@@ -101,6 +104,27 @@ def sign_up(page: Page, username: str) -> None:
     page.get_by_test_id("signup-submit").click()
     page.wait_for_url("**/dashboard")
     page.wait_for_function("() => document.querySelector('#rtmp-url').value !== ''")
+
+
+def sign_in(page: Page, login: str, password: str = PASSWORD) -> None:
+    page.goto("/login")
+    page.get_by_test_id("login-name").fill(login)
+    page.get_by_test_id("login-password").fill(password)
+    page.get_by_test_id("login-submit").click()
+
+
+def mail_to(receiver: MailReceiver, address: str, subject: str, count: int = 1) -> ReceivedMail:
+    """The `count`-th mail with this subject the platform sent to `address`."""
+    def arrived() -> list[ReceivedMail]:
+        return [mail for mail in receiver.to(address) if mail.message["Subject"] == subject]
+    return wait_for(lambda: arrived()[count - 1:], 20, what=f"mail #{count} to {address}")[0]
+
+
+def unexpected(errors: list[str], *statuses: int) -> list[str]:
+    """The recorded errors but the failed answers (and their console lines) a test expects."""
+    return [error for error in errors if not any(f"HTTP {status} " in error
+                                                 or f"status of {status} " in error
+                                                 for status in statuses)]
 
 
 def access_token(page: Page) -> str:
@@ -144,7 +168,8 @@ def assert_no_script_ran(page: Page) -> None:
 
 
 def test_csp_and_security_headers_on_every_page(platform: Platform) -> None:
-    for path in ("/", "/watch/1", "/login", "/dashboard", "/static/js/api.js",
+    for path in ("/", "/watch/1", "/login", "/dashboard", "/account/verify-email",
+                 "/account/reset-password", "/static/js/api.js",
                  "/static/css/app.css", "/vendor/hls/hls.min.js", "/vendor/hls/hls.worker.js",
                  "/vendor/uplot/uPlot.iife.min.js"):
         status, body, headers = platform.get(path)
@@ -159,12 +184,14 @@ def test_csp_and_security_headers_on_every_page(platform: Platform) -> None:
         if path.endswith(".js"):
             assert headers["Content-Type"].startswith("application/javascript")
     # Pages carry no inline script or style for the CSP to refuse.
-    for page in ("index", "watch", "login", "dashboard"):
+    for page in ("index", "watch", "login", "dashboard", "account"):
         html = (PROJECT_ROOT / "web" / f"{page}.html").read_text()
         assert not re.search(r"<script(?![^>]*\bsrc=)[^>]*>", html), page
         assert "<style" not in html and not re.search(r"\s(?:style|on[a-z]+)=", html), page
     # Unknown paths and the library's package files stay out of reach.
     assert platform.get("/watch/abc")[0] == 404
+    assert platform.get("/account/other")[0] == 404
+    assert platform.get("/account.html")[0] == 404
     assert platform.get("/vendor/hls/../package.json")[0] in (400, 404)
     assert platform.get("/package.json")[0] == 404
     assert platform.get("/node_modules/hls.js/package.json")[0] == 404
@@ -399,3 +426,149 @@ def test_pages_work_behind_https(base_config: Any, browser: Browser, tmp_path: P
     finally:
         pages.close()
         node.stop()
+
+
+# --- the account lifecycle (issue 21) --------------------------------------------------------
+
+def test_verification_mail_link_confirms_the_address(
+        platform: Platform, pages: Pages, mail_receiver: MailReceiver) -> None:
+    """Sign up, send the link again from the dashboard (the first one stops working), open the
+    mailed link: the page confirms the address and takes the token out of the address bar."""
+    page = pages.new_page()
+    sign_up(page, "webmail")
+    address = "webmail@example.com"
+    first = mail_to(mail_receiver, address, "Confirm your e-mail address")
+    assert first.links[0].startswith(f"{platform.base_url}/account/verify-email#token=")
+    wait_for_text(page, "email-state", "^webmail@example.com is not verified yet")
+    page.get_by_test_id("resend-verification").click()
+    wait_for_text(page, "email-status", "^Sent to webmail@example.com")
+    second = mail_to(mail_receiver, address, "Confirm your e-mail address", count=2)
+    page.goto(first.links[0])
+    wait_for_text(page, "verify-status", "could not be confirmed")
+    assert "invalid, expired or already used" in page.locator("#verify .error").inner_text()
+    assert "token" not in page.url
+    # The second link, pasted into the same tab (only the fragment differs: no page load).
+    page.goto(second.links[0])
+    wait_for_text(page, "verify-status", "is confirmed")
+    assert page.url == f"{platform.base_url}/account/verify-email"
+    screenshot(page, "account-verified")
+    page.get_by_test_id("verify-dashboard").click()
+    page.wait_for_url("**/dashboard")
+    wait_for_text(page, "email-state", "^webmail@example.com is verified")
+    assert page.get_by_test_id("resend-verification").is_hidden()
+    assert unexpected(pages.errors, 422) == []
+    assert len([error for error in pages.errors if "HTTP 422" in error]) == 1
+
+
+def test_forgotten_password_reset_by_mail(
+        platform: Platform, pages: Pages, mail_receiver: MailReceiver) -> None:
+    """Forgot password on the sign-in form, the mailed link, a new password, signing in."""
+    user = platform.register("webforgot")
+    page = pages.new_page()
+    page.goto("/login")
+    page.get_by_test_id("forgot-password").click()
+    page.wait_for_url("**/account/reset-password")
+    page.get_by_test_id("reset-email").fill("webforgot@example.com")
+    page.get_by_test_id("reset-request-submit").click()
+    wait_for_text(page, "reset-request-status", "^If an account has this address")
+    # An address no account has gets the same answer (and no mail).
+    page.get_by_test_id("reset-email").fill("nobody-here@example.com")
+    page.get_by_test_id("reset-request-submit").click()
+    wait_for_text(page, "reset-request-status", "^If an account has this address")
+    mail = mail_to(mail_receiver, "webforgot@example.com", "Reset your password")
+    assert mail.links[0].startswith(f"{platform.base_url}/account/reset-password#token=")
+    page.goto(mail.links[0])
+    page.get_by_test_id("reset-password").fill("a new secret 42")
+    assert "token" not in page.url
+    page.get_by_test_id("reset-repeat").fill("a different one")
+    page.get_by_test_id("reset-submit").click()
+    page.locator("#reset-confirm .error").wait_for()
+    assert "differ" in page.locator("#reset-confirm .error").inner_text()
+    page.get_by_test_id("reset-repeat").fill("a new secret 42")
+    page.get_by_test_id("reset-submit").click()
+    page.wait_for_url("**/login?password=changed")
+    wait_for_text(page, "login-notice", "password is changed")
+    assert platform.request("GET", "/api/users/profile", token=user["token"])[0] == 401
+    assert platform.request("POST", "/api/auth/login",
+                            {"username": "webforgot", "password": PASSWORD})[0] == 401
+    assert mail_receiver.to("nobody-here@example.com") == []
+    page.get_by_test_id("login-name").fill("webforgot@example.com")
+    page.get_by_test_id("login-password").fill("a new secret 42")
+    page.get_by_test_id("login-submit").click()
+    page.wait_for_url("**/dashboard")
+    wait_for_text(page, "nav-user", "^webforgot$")
+    assert pages.errors == []
+
+
+def test_policy_banner_and_data_export_from_the_dashboard(platform: Platform, pages: Pages) -> None:
+    """A user who accepted an older privacy policy sees the new one and accepts it; "Download
+    my data" builds an export that becomes ready with a link to its ZIP."""
+    user = platform.register("webexport")
+    # What an operator's new policy version leaves behind: the last acceptance is an old one.
+    # (On a thread of its own: Playwright's sync API keeps an event loop running on this one.)
+    with ThreadPoolExecutor(1) as thread:
+        thread.submit(fetch_value, platform.env["SF_DATABASE_URL"],
+                      "INSERT INTO consents (user_id, purpose, version) "
+                      "VALUES ($1, 'privacy_policy', '1999-01-01') RETURNING id",
+                      user["user"]["id"]).result()
+    page = pages.new_page()
+    sign_in(page, "webexport")
+    page.wait_for_url("**/dashboard")
+    banner = page.get_by_test_id("policy-banner")
+    banner.wait_for(state="visible")
+    _, policy, _ = platform.request("GET", "/api/legal/privacy-policy")
+    wait_for_text(page, "policy-banner", "# Privacy policy")
+    assert policy["version"] in banner.inner_text()
+    page.get_by_test_id("accept-policy").click()
+    banner.wait_for(state="hidden")
+    _, profile, _ = platform.request("GET", "/api/users/profile", token=access_token(page))
+    assert profile["privacy_policy_accepted"] == profile["privacy_policy_current"]
+
+    page.get_by_test_id("request-export").click()
+    ready = page.locator("#exports li[data-status=ready]")
+    ready.wait_for(timeout=30_000)
+    link = ready.get_by_test_id("export-download").get_attribute("href")
+    assert link and link.startswith("/api/v1/users/profile/exports/")
+    screenshot(page, "dashboard-account")
+    status, body, headers = platform.get(link)
+    assert status == 200 and body.startswith(b"PK") and headers["Content-Type"] == "application/zip"
+    assert pages.errors == []
+
+
+def test_delete_the_account_then_restore_it_by_signing_in(platform: Platform, pages: Pages) -> None:
+    """Delete my account (password, then a confirm click): signed out, told when the data is
+    erased; signing in then is refused with the restore option, and restoring keeps it."""
+    platform.register("webleaving")
+    page = pages.new_page()
+    sign_in(page, "webleaving")
+    page.wait_for_url("**/dashboard")
+    page.get_by_test_id("delete-start").click()
+    confirm = page.get_by_test_id("delete-confirm")
+    page.get_by_test_id("delete-password").fill("not my password")
+    confirm.click()
+    wait_for_text(page, "delete-confirm", "^Click again")
+    confirm.click()
+    page.locator("#delete-form .error").wait_for()
+    assert platform.request("GET", "/api/users/webleaving")[0] == 200
+    page.get_by_test_id("delete-password").fill(PASSWORD)
+    confirm.click()
+    assert platform.request("GET", "/api/users/webleaving")[0] == 200  # not before the confirm
+    confirm.click()
+    page.wait_for_url("**/login?deleted=*")
+    wait_for_text(page, "login-notice", "erased after")
+    assert page.get_by_test_id("login-restore").is_visible()
+    assert page.evaluate("localStorage.getItem('sf.session')") is None
+    assert "sf_csrf" not in {cookie["name"] for cookie in page.context.cookies()}
+    assert platform.request("GET", "/api/users/webleaving")[0] == 404
+    screenshot(page, "login-deleted")
+    # Another browser, not told: the refusal itself offers the restore.
+    other = pages.new_page()
+    sign_in(other, "webleaving")
+    other.locator("#sign-in .error").wait_for()
+    assert "erasure" in other.locator("#sign-in .error").inner_text()
+    other.get_by_test_id("login-restore").check()
+    other.get_by_test_id("login-submit").click()
+    other.wait_for_url("**/dashboard")
+    wait_for_text(other, "nav-user", "^webleaving$")
+    assert platform.request("GET", "/api/users/webleaving")[0] == 200
+    assert unexpected(pages.errors, 403, 422) == []

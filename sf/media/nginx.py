@@ -170,6 +170,12 @@ WEB_LOCATIONS = r"""
             try_files /$web_page.html =404;
 {{web_headers}}
         }
+        # The pages the account mails link to (the token rides in the fragment, never sent).
+        location ~ "^/account/(?:verify-email|reset-password)$" {
+            root {{web_dir}};
+            try_files /account.html =404;
+{{web_headers}}
+        }
         location /static/ {
             root {{web_dir}};
 {{web_headers}}

@@ -62,6 +62,14 @@ function forget() {
   localStorage.removeItem(SESSION_KEY);
 }
 
+export function forgetSession() {
+  /** Forget the session here when the server already ended it (a deleted account, a password
+   * reset): no logout call to fail, and no refresh attempt later with the dead cookie. */
+  forget();
+  const secure = location.protocol === "https:" ? "; Secure" : "";
+  document.cookie = `sf_csrf=; Max-Age=0; path=/; SameSite=Strict${secure}`;
+}
+
 function canRefresh() {
   return readCookie("sf_csrf") !== "";
 }
@@ -139,10 +147,19 @@ export async function api(method, path, body = undefined, { auth = "optional" } 
   return parse(response);
 }
 
-export async function signIn(login, password) {
+export async function signIn(login, password, { restore = false } = {}) {
+  /** `restore`: keep an account deleted and waiting for erasure (cancels the erasure). */
   const field = login.includes("@") ? "email" : "username";
-  const pair = await api("POST", "/api/auth/login", { [field]: login, password }, { auth: "none" });
+  const body = { [field]: login, password };
+  if (restore) body.restore = true;
+  const pair = await api("POST", "/api/auth/login", body, { auth: "none" });
   return storeTokens(pair).user;
+}
+
+export function isErasureRefusal(error) {
+  /** A sign-in refused because the account is deleted and waits for its erasure. */
+  return error instanceof ApiError && error.status >= 400 && error.status < 500
+    && /erasure|erased/i.test(error.message);
 }
 
 export async function privacyPolicy() {

@@ -1,16 +1,20 @@
 // The creator dashboard: stream key (hidden until revealed, with reset) and RTMP URL for OBS,
 // default stream settings, the live stream's title and category, transcoder health (read from
-// the stream's own HLS playlists), profile bio, and statistics with a viewers-over-time chart.
+// the stream's own HLS playlists), profile bio, statistics with a viewers-over-time chart, and
+// the account: e-mail verification, the privacy policy to accept when it changed, data
+// exports, and deleting the account.
 
-import { api, ApiError, updateStoredUser } from "/static/js/api.js";
+import { api, ApiError, forgetSession, privacyPolicy, updateStoredUser } from "/static/js/api.js";
 import { $, el, formatCount, formatDuration, renderHeader, setText, showError } from "/static/js/ui.js";
 
 const LIVE_POLL_MS = 5000;
 const HEALTH_POLL_MS = 2000;
 const STATS_POLL_MS = 10000;
 const STALLED_AFTER_MS = 4000; // 1 s segments: a playlist this old means the transcoder is stuck
+const EXPORT_POLL_MS = 2000; // while an export is being built
+const EXPORT_STATUS = { pending: "being prepared…", ready: "ready", failed: "failed (request a new one)" };
 
-const state = { me: null, key: null, revealed: false, live: null, liveFormFor: 0, health: new Map(), chart: null, categories: [] };
+const state = { me: null, policyVersion: null, exportTimer: 0, deleting: false, key: null, revealed: false, live: null, liveFormFor: 0, health: new Map(), chart: null, categories: [] };
 
 function formError(form, error) {
   showError(form.querySelector(".error"), error);
@@ -133,6 +137,176 @@ function setUpProfile() {
       setText(form.querySelector(".status"), "Saved.");
     } catch (error) {
       formError(form, error);
+    }
+  });
+}
+
+// --- account and privacy ---------------------------------------------------------------------
+
+async function reloadProfile() {
+  state.me = await api("GET", "/api/users/profile", undefined, { auth: "required" });
+  updateStoredUser(state.me);
+  showEmail();
+  await checkPolicy();
+}
+
+function showEmail() {
+  const me = state.me;
+  const verified = Boolean(me.email_verified && !me.pending_email);
+  let text;
+  if (me.pending_email) {
+    text = `Your new address ${me.pending_email} waits for the link mailed to it; until it is confirmed, the account keeps ${me.email}.`;
+  } else if (me.email_verified) {
+    text = `${me.email} is verified.`;
+  } else {
+    text = `${me.email} is not verified yet: open the link mailed to it.`;
+  }
+  setText("#email-state", text);
+  $("#email-state").dataset.verified = String(verified);
+  $("#resend-verification").hidden = verified;
+}
+
+async function checkPolicy() {
+  /** The banner with the policy in force, while the user has not accepted that version. */
+  const banner = $("#policy-banner");
+  const { privacy_policy_accepted: accepted, privacy_policy_current: current } = state.me;
+  if (!current || accepted === current) {
+    banner.hidden = true;
+    return;
+  }
+  const policy = await privacyPolicy();
+  state.policyVersion = policy.version;
+  setText("#policy-banner-version", `(version ${policy.version})`);
+  setText("#policy-banner-text", policy.text);
+  banner.hidden = false;
+}
+
+function setUpAccount() {
+  const resend = $("#resend-verification");
+  resend.addEventListener("click", async () => {
+    showError("#email-error", null);
+    resend.disabled = true;
+    try {
+      await api("POST", "/api/users/profile/verify-email", undefined, { auth: "required" });
+      setText("#email-status", `Sent to ${state.me.pending_email || state.me.email}. The link mailed before no longer works.`);
+    } catch (error) {
+      showError("#email-error", error);
+    } finally {
+      resend.disabled = false;
+    }
+  });
+  const accept = $("#accept-policy");
+  accept.addEventListener("click", async () => {
+    const errorBox = $("#policy-banner .error");
+    showError(errorBox, null);
+    accept.disabled = true;
+    try {
+      await api("POST", "/api/users/profile/consents", { privacy_policy: state.policyVersion }, { auth: "required" });
+      await reloadProfile();
+    } catch (error) {
+      showError(errorBox, error);
+      await checkPolicy().catch(() => {}); // the policy may have changed again meanwhile
+    } finally {
+      accept.disabled = false;
+    }
+  });
+  // Verified in another tab (the mailed link): show it when the user comes back.
+  document.addEventListener("visibilitychange", () => {
+    if (!document.hidden && !state.deleting) reloadProfile().catch(() => {});
+  });
+  setUpExports();
+  setUpDeletion();
+}
+
+function exportItem(item) {
+  const children = [
+    el("span", { text: `${new Date(item.created_at).toLocaleString()}: ` }),
+    el("span", { class: "badge", "data-testid": "export-status", text: EXPORT_STATUS[item.status] || item.status }),
+  ];
+  if (item.status === "ready" && item.download_url) {
+    children.push(" ", el("a", { href: item.download_url, download: "", "data-testid": "export-download" }, "Download the ZIP"));
+    if (item.expires_at) children.push(el("span", { class: "status", text: ` (until ${new Date(item.expires_at).toLocaleString()})` }));
+  }
+  return el("li", { "data-export-id": item.id, "data-status": item.status }, children);
+}
+
+async function loadExports() {
+  clearTimeout(state.exportTimer);
+  const { data } = await api("GET", "/api/users/profile/exports?limit=5", undefined, { auth: "required" });
+  const list = $("#exports");
+  list.replaceChildren(...data.map(exportItem));
+  if (!data.length) list.append(el("li", { class: "status", text: "No export yet." }));
+  if (data.some((item) => item.status === "pending")) {
+    state.exportTimer = setTimeout(() => loadExports().catch((error) => showError("#export-error", error)), EXPORT_POLL_MS);
+  }
+}
+
+function setUpExports() {
+  const button = $("#request-export");
+  button.addEventListener("click", async () => {
+    showError("#export-error", null);
+    button.disabled = true;
+    try {
+      // 409 (one is being prepared) and 429 (too many today) say so in their message.
+      await api("POST", "/api/users/profile/exports", undefined, { auth: "required" });
+    } catch (error) {
+      showError("#export-error", error);
+    } finally {
+      button.disabled = false;
+    }
+    await loadExports().catch((error) => showError("#export-error", error));
+  });
+  loadExports().catch((error) => showError("#export-error", error));
+}
+
+function setUpDeletion() {
+  const start = $("#delete-start");
+  const form = $("#delete-form");
+  const confirm = form.querySelector("button[type=submit]");
+  let armed = false;
+  const disarm = () => {
+    armed = false;
+    confirm.textContent = "Delete my account";
+  };
+  start.addEventListener("click", () => {
+    start.hidden = true;
+    form.hidden = false;
+    form.elements.password.focus();
+  });
+  $("#delete-cancel").addEventListener("click", () => {
+    disarm();
+    form.reset();
+    formError(form, null);
+    form.hidden = true;
+    start.hidden = false;
+  });
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    formError(form, null);
+    if (!form.checkValidity()) {
+      formError(form, new Error("Your password: type it to delete the account."));
+      form.elements.password.focus();
+      return;
+    }
+    if (!armed) {
+      // The confirm step: a second, deliberate click (no modal confirm()).
+      armed = true;
+      confirm.textContent = "Click again to delete the account for good";
+      return;
+    }
+    confirm.disabled = true;
+    state.deleting = true;
+    try {
+      const { erase_after: eraseAfter } = await api("DELETE", "/api/users/profile",
+        { password: form.elements.password.value }, { auth: "required" });
+      // Every session ended on the server: forget this one and say what happens next.
+      forgetSession();
+      location.assign(`/login?deleted=${encodeURIComponent(eraseAfter)}`);
+    } catch (error) {
+      state.deleting = false;
+      formError(form, error);
+      confirm.disabled = false;
+      disarm();
     }
   });
 }
@@ -296,7 +470,7 @@ async function loadStats(streams) {
 
 async function poll(task, interval) {
   const run = async () => {
-    if (!document.hidden) {
+    if (!document.hidden && !state.deleting) {
       try {
         await task();
       } catch (error) {
@@ -321,6 +495,9 @@ async function init() {
   }
   updateStoredUser(state.me);
   renderHeader();
+  showEmail();
+  setUpAccount();
+  checkPolicy().catch((error) => showError("#dashboard-error", error));
   setUpKey();
   setUpProfile();
   setUpLiveForm();

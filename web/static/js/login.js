@@ -1,10 +1,22 @@
 // Sign in and sign up. On success the access token is stored (see api.js) and the browser
 // goes back to where it came from (`?next=`, same-origin paths only) or to the dashboard.
 
-import { privacyPolicy, signIn, signUp } from "/static/js/api.js";
+import { isErasureRefusal, privacyPolicy, signIn, signUp } from "/static/js/api.js";
 import { $, renderHeader, safeNext, showError } from "/static/js/ui.js";
 
-const next = safeNext(new URLSearchParams(location.search).get("next"), "/dashboard");
+const query = new URLSearchParams(location.search);
+const next = safeNext(query.get("next"), "/dashboard");
+
+function notice(text) {
+  const box = $("#login-notice");
+  box.textContent = text;
+  box.hidden = false;
+}
+
+function offerRestore() {
+  /** A deleted account can still be kept until its erasure: by signing in with restore. */
+  $("#restore-row").hidden = false;
+}
 
 function selectTab(name) {
   for (const id of ["sign-in", "sign-up"]) {
@@ -33,6 +45,7 @@ function handle(form, submit) {
       location.assign(next);
     } catch (error) {
       showError(errorBox, error);
+      if (isErasureRefusal(error)) offerRestore();
       button.disabled = false;
     }
   });
@@ -41,7 +54,17 @@ function handle(form, submit) {
 renderHeader();
 $("#tab-sign-in").addEventListener("click", () => selectTab("sign-in"));
 $("#tab-sign-up").addEventListener("click", () => selectTab("sign-up"));
-handle($("#sign-in"), (data) => signIn(String(data.get("login")).trim(), String(data.get("password"))));
+handle($("#sign-in"), (data) => signIn(String(data.get("login")).trim(), String(data.get("password")),
+  { restore: data.get("restore") === "on" }));
+if (query.get("password") === "changed") notice("Your password is changed: sign in with the new one.");
+if (query.has("deleted")) {
+  // Set by the dashboard right after the deletion: when the erasure happens (a date, no secret).
+  const eraseAfter = new Date(query.get("deleted"));
+  const when = Number.isNaN(eraseAfter.getTime()) ? "when its grace period ends" : `after ${eraseAfter.toLocaleString()}`;
+  notice(`Your account is deleted and gone from every public place. Its personal data is erased ${when}. `
+    + "Until then you can keep it: sign in with “Restore my account” ticked.");
+  offerRestore();
+}
 // The policy the checkbox accepts: fetched once, its text shown as text (never as HTML).
 const policy = privacyPolicy().then((current) => {
   $("#policy-version").textContent = `(version ${current.version})`;
