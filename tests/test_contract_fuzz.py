@@ -57,6 +57,10 @@ BUSINESS_RULES: dict[str, dict[str, str]] = {
     "GET /api/v1/users/{username}/followers": CURSOR,
     "GET /api/v1/users/{username}/following": CURSOR,
     "GET /api/v1/users/{username}/streams": CURSOR,
+    "GET /api/v1/users/profile/exports": CURSOR,
+    # A mailed link's token is one SF handed out; a made-up one is refused like a used one.
+    "POST /api/v1/auth/verify-email": {"422": "a token from a verification link"},
+    "POST /api/v1/auth/password-reset/confirm": {"422": "a token from a reset link"},
     # The coverage phase also sends this body as text/plain (415) and as multipart/form-data
     # without a boundary, which Tornado refuses (400) before the handler could answer 415: a
     # Content-Type the operation does not take, not data the document calls valid.
