@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
@@ -10,9 +12,10 @@ import asyncpg
 # The run slot (SFTEST_SLOT) and its Redis databases; platforms and ports: the harness package.
 from harness.slots import MEDIA_REDIS_DB, TEST_REDIS_DB
 from harness.slots import SLOT as TEST_SLOT
+from sf.db.migrate import drop_database, recreate_database
 
 __all__ = ["MEDIA_REDIS_DB", "TEST_REDIS_DB", "TEST_SLOT", "fetch_value", "go_live",
-           "run_private", "set_viewers"]
+           "run_private", "set_viewers", "main_and_empty_databases"]
 
 
 def run_private(coroutine: Any) -> Any:
@@ -34,6 +37,19 @@ def fetch_value(database_url: str, statement: str, *args: Any) -> Any:
             await connection.close()
 
     return run_private(run())
+
+
+def main_and_empty_databases(server_url: str, prefix: str) -> Iterator[dict[str, str]]:
+    """For a module fixture: a migrated database for the app ("main") and an empty one (a
+    machine being rebuilt, "empty"), dropped afterwards (backup and restore tests)."""
+    names = {"main": f"{prefix}_{uuid.uuid4().hex[:10]}",
+             "empty": f"{prefix}_empty_{uuid.uuid4().hex[:10]}"}
+    urls = {role: run_private(recreate_database(server_url, name,
+                                                apply_migrations=role == "main"))
+            for role, name in names.items()}
+    yield urls
+    for name in names.values():
+        run_private(drop_database(server_url, name))
 
 
 async def go_live(api: Any, services: Any, tokens: dict[str, Any], **settings: Any) -> int:

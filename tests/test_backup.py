@@ -20,7 +20,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,13 +35,12 @@ from harness.ports import reserve_port
 from sf.app import make_app
 from sf.config import Config
 from sf.db.backups import backup_time, file_sha256
-from sf.db.migrate import drop_database, recreate_database
 from sf.node.localservices import LocalRedis, port_open, postgres_program
 from sf.ops.backup import Target
 from sf.security import BackupCipher, BackupDecryptionError
 from sf.services.container import start_services
 from tests.conftest import Api
-from tests.helpers import go_live, run_private, set_viewers
+from tests.helpers import go_live, main_and_empty_databases, set_viewers
 
 SF = str(Path(sys.executable).parent / "sf")
 REDIS_PORT = reserve_port()
@@ -63,14 +61,7 @@ def without_password(url: str) -> str:
 @pytest.fixture(scope="module")
 def databases(base_config: Config) -> Iterator[dict[str, str]]:
     """A migrated database for the app and an empty one (a machine being rebuilt)."""
-    names = {"main": f"sf_backup_{uuid.uuid4().hex[:10]}",
-             "empty": f"sf_backup_empty_{uuid.uuid4().hex[:10]}"}
-    urls = {role: run_private(recreate_database(base_config.database_url, name,
-                                                apply_migrations=role == "main"))
-            for role, name in names.items()}
-    yield urls
-    for name in names.values():
-        run_private(drop_database(base_config.database_url, name))
+    yield from main_and_empty_databases(base_config.database_url, "sf_backup")
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,8 +16,7 @@ import asyncpg
 import pytest
 
 from sf.config import Config
-from sf.db.migrate import drop_database, recreate_database
-from tests.helpers import go_live, run_private
+from tests.helpers import go_live, main_and_empty_databases
 from tests.test_backup import without_password
 
 PASSWORD = "password123"
@@ -26,14 +24,7 @@ PASSWORD = "password123"
 
 @pytest.fixture(scope="module")
 def databases(base_config: Config) -> Iterator[dict[str, str]]:
-    names = {"main": f"sf_erasure_{uuid.uuid4().hex[:10]}",
-             "empty": f"sf_erasure_empty_{uuid.uuid4().hex[:10]}"}
-    urls = {role: run_private(recreate_database(base_config.database_url, name,
-                                                apply_migrations=role == "main"))
-            for role, name in names.items()}
-    yield urls
-    for name in names.values():
-        run_private(drop_database(base_config.database_url, name))
+    yield from main_and_empty_databases(base_config.database_url, "sf_erasure")
 
 
 @pytest.fixture

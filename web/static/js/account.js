@@ -5,7 +5,7 @@
 // history, bookmarks and screenshots of the page.
 
 import { api, forgetSession } from "/static/js/api.js";
-import { $, el, renderHeader, setText, showError } from "/static/js/ui.js";
+import { $, el, onSubmit, renderHeader, setText, showError } from "/static/js/ui.js";
 
 function takeToken() {
   const token = new URLSearchParams(location.hash.slice(1)).get("token");
@@ -45,35 +45,12 @@ async function verifyEmail(token) {
   }
 }
 
-function submitting(form, submit) {
-  /** Validate in the page, then `submit(data)` with the button disabled while it runs. */
-  form.addEventListener("submit", async (event) => {
-    event.preventDefault();
-    const button = form.querySelector("button[type=submit]");
-    const errorBox = form.querySelector(".error");
-    showError(errorBox, null);
-    if (!form.checkValidity()) {
-      const invalid = form.querySelector(":invalid");
-      showError(errorBox, new Error(`${invalid.labels[0].textContent.trim()}: ${invalid.validationMessage}`));
-      invalid.focus();
-      return;
-    }
-    button.disabled = true;
-    try {
-      await submit(new FormData(form));
-    } catch (error) {
-      showError(errorBox, error);
-    } finally {
-      button.disabled = false;
-    }
-  });
-}
 
 function resetPassword(token) {
   const form = $("#reset-confirm");
   form.hidden = false;
   form.elements.new_password.focus();
-  submitting(form, async (data) => {
+  onSubmit(form, async (data) => {
     const password = String(data.get("new_password"));
     if (password !== String(data.get("repeat"))) throw new Error("The two passwords differ.");
     try {
@@ -93,7 +70,7 @@ function requestReset() {
   const form = $("#reset-request");
   form.hidden = false;
   form.elements.email.focus();
-  submitting(form, async (data) => {
+  onSubmit(form, async (data) => {
     setText(form.querySelector(".status"), "");
     await api("POST", "/api/auth/password-reset", { email: String(data.get("email")).trim() }, { auth: "none" });
     // Always 202: the answer never tells whether an account has the address.

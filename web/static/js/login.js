@@ -2,7 +2,7 @@
 // goes back to where it came from (`?next=`, same-origin paths only) or to the dashboard.
 
 import { isErasureRefusal, privacyPolicy, signIn, signUp } from "/static/js/api.js";
-import { $, renderHeader, safeNext, showError } from "/static/js/ui.js";
+import { $, onSubmit, renderHeader, safeNext } from "/static/js/ui.js";
 
 const query = new URLSearchParams(location.search);
 const next = safeNext(query.get("next"), "/dashboard");
@@ -28,26 +28,14 @@ function selectTab(name) {
 }
 
 function handle(form, submit) {
-  form.addEventListener("submit", async (event) => {
-    event.preventDefault();
-    const button = form.querySelector("button[type=submit]");
-    const errorBox = form.querySelector(".error");
-    showError(errorBox, null);
-    if (!form.checkValidity()) {
-      const invalid = form.querySelector(":invalid");
-      showError(errorBox, new Error(`${invalid.labels[0].textContent.trim()}: ${invalid.validationMessage}`));
-      invalid.focus();
-      return;
-    }
-    button.disabled = true;
+  onSubmit(form, async (data) => {
     try {
-      await submit(new FormData(form));
-      location.assign(next);
+      await submit(data);
     } catch (error) {
-      showError(errorBox, error);
       if (isErasureRefusal(error)) offerRestore();
-      button.disabled = false;
+      throw error;
     }
+    location.assign(next);
   });
 }
 

@@ -98,3 +98,27 @@ export function thumbnailNode(url, alt) {
   if (url) return el("img", { src: url, alt, loading: "lazy", width: 320, height: 180 });
   return el("div", { class: "thumb-placeholder", role: "img", "aria-label": alt }, "No preview yet");
 }
+
+export function onSubmit(form, submit) {
+  /** Validate in the page, then `submit(data)` with the button disabled while it runs. */
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const button = form.querySelector("button[type=submit]");
+    const errorBox = form.querySelector(".error");
+    showError(errorBox, null);
+    if (!form.checkValidity()) {
+      const invalid = form.querySelector(":invalid");
+      showError(errorBox, new Error(`${invalid.labels[0].textContent.trim()}: ${invalid.validationMessage}`));
+      invalid.focus();
+      return;
+    }
+    button.disabled = true;
+    try {
+      await submit(new FormData(form));
+    } catch (error) {
+      showError(errorBox, error);
+    } finally {
+      button.disabled = false;
+    }
+  });
+}
