@@ -443,3 +443,96 @@ async def test_the_development_sink_keeps_each_mail_and_prints_its_links(tmp_pat
         release_ports([port])
     assert sink.returncode == 0
     assert f"  {link}" in capfd.readouterr().out.splitlines()
+
+
+# --- outside attack on issue 21 (regressions) -------------------------------------------------
+
+async def test_a_reset_link_dies_when_the_password_or_the_address_changes(api, mailbox):
+    """security.md#reset-link-after-change: a reset link mailed before a password change, or
+    to an address the account then left, took the account over for its 30 minutes."""
+    tokens = await api.register("olga")
+    body = {"new_password": "taken-over-123"}
+    assert (await api.post("/api/auth/password-reset", {"email": "olga@example.com"})).status == 202
+    before_password = token_of(await mailbox.wait_for("olga@example.com", count=2))
+    changed = await api.post("/api/users/change-password", {
+        "current_password": "password123", "new_password": "olga-new-pass"},
+        token=tokens["access_token"])
+    assert changed.status == 204
+    refused = await api.post("/api/auth/password-reset/confirm", {"token": before_password, **body})
+    assert refused.status == 422 and refused.json["error"]["fields"] == BAD_TOKEN
+
+    assert (await api.post("/api/auth/password-reset", {"email": "olga@example.com"})).status == 202
+    to_old_address = token_of(await mailbox.wait_for("olga@example.com", count=3))
+    moved = await api.put("/api/users/profile", {"email": "olga.new@example.com",
+                                                 "current_password": "olga-new-pass"},
+                          token=tokens["access_token"])
+    assert moved.status == 200
+    verify = token_of(await mailbox.wait_for("olga.new@example.com"))
+    assert (await api.post("/api/auth/verify-email", {"token": verify})).status == 204
+    refused = await api.post("/api/auth/password-reset/confirm", {"token": to_old_address, **body})
+    assert refused.status == 422 and refused.json["error"]["fields"] == BAD_TOKEN
+    assert (await api.post("/api/auth/login", {"username": "olga",
+                                               "password": "olga-new-pass"})).status == 200
+
+
+async def test_an_address_change_tells_nothing_of_other_accounts_and_is_limited(api, services,
+                                                                                mailbox):
+    """security.md#address-change-oracle: a taken address answered 409 and a free one 200 (an
+    oracle of registered addresses, 780 probes a minute), and every change mailed a link with
+    no limit (a mail cannon at someone's inbox)."""
+    await api.register("pia")
+    access = (await api.register("quentin"))["access_token"]
+    change = {"current_password": "password123"}
+    taken = await api.put("/api/users/profile", {"email": "pia@example.com", **change},
+                          token=access)
+    assert taken.status == 200 and taken.json["pending_email"] == "pia@example.com"
+    token = token_of(await mailbox.wait_for("pia@example.com", count=2))
+    assert (await api.post("/api/auth/verify-email", {"token": token})).status == 409
+    free = await api.put("/api/users/profile", {"email": "nobody.yet@example.com", **change},
+                         token=access)
+    assert free.status == 200 and set(taken.json) == set(free.json)
+    for index in range(services.config.rate_limit_mail):
+        await api.put("/api/users/profile", {"email": f"flood{index}@example.com", **change},
+                      token=access)
+    limited = await api.put("/api/users/profile", {"email": "victim@example.com", **change},
+                            token=access)
+    assert limited.status == 429 and "Retry-After" in limited.headers
+    assert (await profile(api, access))["email"] == "quentin@example.com"
+
+
+async def test_addresses_sf_cannot_mail_are_refused_before_anything_is_stored(api, services):
+    """security.md#encoded-word-recipient: RFC 2047 encoded words in an address were decoded
+    into the To: header (`a, evil@attacker.test@…`: two recipients), one of them was a 500, and
+    a non-ASCII address queued a mail no attempt could send."""
+    for email in ("=?utf-8?q?mrk0kf=2C_evil=40attacker.test?=@example.com",
+                  "=?utf-8?b?PHNjcmlwdD4=?=abc@example.com", "\u00e4xyz@ex\u00e4mple.com",
+                  "a@localhost", "a@[127.0.0.1]", '"quoted"@example.com'):
+        register = await api.post("/api/auth/register",
+                                  await api.registration("rolf", email=email))
+        assert register.status == 422 and "email" in register.json["error"]["fields"], email
+        reset = await api.post("/api/auth/password-reset", {"email": email})
+        assert reset.status == 422, email
+    assert await services.db.fetchval("SELECT count(*) FROM users") == 0
+    assert await services.db.fetchval("SELECT count(*) FROM mail_outbox") == 0
+    with pytest.raises(ValidationFailed):
+        compose("SF <no-reply@example.com>", "=?utf-8?b?PHNjcmlwdD4=?=abc@example.com",
+                MailContent("Hello", "text", "<p>html</p>"))
+
+
+async def test_a_mail_no_attempt_can_send_is_given_up_at_once(services, mail_receiver, caplog):
+    """security.md#poisoned-mail: a mail the SMTP client could not encode raised past the
+    sender's handler, was re-claimed lease after lease (an ERROR every few minutes, forever)
+    and never given up."""
+    mail_receiver.start()
+    mail_receiver.clear()
+    content = MailContent("Hello", "text", "<p>html</p>")
+    good = compose(services.config.mail_from, "fine@example.com", content)
+    await outbox.enqueue(services.db, services.email_cipher, "test", "\u00e4x@ex\u00e4mple.com",
+                         good)
+    await outbox.enqueue(services.db, services.email_cipher, "test", "fine@example.com", good)
+    sender = MailSender(services.db, services.config, services.email_cipher)
+    assert await sender.send_due() == 1
+    rows = await outbox_rows(services)
+    assert [(row["status"], row["attempts"]) for row in rows] == [("failed", 1), ("sent", 1)]
+    assert [mail.message["To"] for mail in mail_receiver.mails] == ["fine@example.com"]
+    assert any(record.message == "mail given up" for record in caplog.records)

@@ -93,12 +93,15 @@ async def test_profile_update_rejects_bad_fields(api, body, field):
     assert profile.json["bio"] == "" and profile.json["followers_count"] == 0
 
 
-async def test_email_change_to_taken_email_conflicts(api):
+async def test_email_change_to_taken_email_waits_like_any_other(api):
+    """security.md#address-change-oracle: whether the address is taken is told only to its
+    mailbox (the link answers 409), not to whoever asks for the change."""
     await api.register("carol")
     token = (await api.register("dave"))["access_token"]
     response = await api.put("/api/users/profile", {"email": "CAROL@example.com",
                                                     "current_password": "password123"}, token=token)
-    assert response.status == 409 and "email" in response.json["error"]["fields"]
+    assert response.status == 200 and response.json["email"] == "dave@example.com"
+    assert response.json["pending_email"] == "CAROL@example.com"
 
 
 async def test_script_in_bio_is_never_reflected_as_markup(api):

@@ -88,6 +88,13 @@ async def pending_email(db: Executor, cipher: EmailCipher, user_id: int) -> str 
                           PENDING_EMAIL_PURPOSE)
 
 
+async def void(db: Executor, user_id: int, purpose: str) -> None:
+    """The account's live token of this purpose stops working (a reset link once the password or
+    the address it was mailed to changed)."""
+    await db.execute("DELETE FROM mail_tokens WHERE user_id = $1 AND purpose = $2",
+                     user_id, purpose)
+
+
 async def forget_expired(db: Executor) -> int:
     """Delete expired tokens (they already stopped working); how many went."""
     result = await db.execute("DELETE FROM mail_tokens WHERE expires_at <= now()")

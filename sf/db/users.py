@@ -139,13 +139,6 @@ async def find_user_by_email(db: Executor, cipher: EmailCipher, email: str) -> U
     return user_from_row(row, cipher) if row else None
 
 
-async def email_taken(db: Executor, cipher: EmailCipher, email: str, user_id: int) -> bool:
-    """Whether another account has `email` as its address (case-insensitive, by digest)."""
-    return bool(await db.fetchval(
-        "SELECT EXISTS (SELECT 1 FROM users WHERE email_digest = $1 AND id <> $2)",
-        cipher.digest(email), user_id))
-
-
 async def confirm_email(db: Executor, cipher: EmailCipher, user_id: int,
                         new_email: str | None) -> None:
     """Mark the account's address verified, first moving it to `new_email` (sealed) when that

@@ -50,9 +50,9 @@ class ProfileHandler(APIHandler):
           200: {description: Updated profile, content: {application/json: {schema: UserPrivateSchema}}}
           400: {description: Body is not JSON, content: {application/json: {schema: ErrorSchema}}}
           401: {description: Not authenticated, content: {application/json: {schema: ErrorSchema}}}
-          409: {description: Email taken, content: {application/json: {schema: ErrorSchema}}}
           415: {description: Not application/json, content: {application/json: {schema: ErrorSchema}}}
           422: {description: "Invalid fields: an email change without the right current_password, an avatar URL that is not allowed", content: {application/json: {schema: ErrorSchema}}}
+          429: {description: "Too many e-mail changes (SF_RATE_LIMIT_MAIL per SF_RATE_LIMIT_MAIL_WINDOW), or too many wrong passwords", content: {application/json: {schema: ErrorSchema}}}
         """
         changes = self.parse_json(ProfileUpdateSchema())
         current_password = changes.pop("current_password", None)

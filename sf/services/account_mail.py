@@ -129,6 +129,15 @@ class AccountMailService:
                                 new_email=address if change else None)
         await outbox.enqueue(connection, self.cipher, VERIFY_EMAIL, address, message)
 
+    async def limit_address_change(self, user_id: int) -> None:
+        """An account changes its address at most SF_RATE_LIMIT_MAIL times a
+        SF_RATE_LIMIT_MAIL_WINDOW (each change mails a link: no mail cannon)."""
+        gate = await self.limiter.hit([Limit("mail-change", f"u{user_id}",
+                                             self.config.rate_limit_mail,
+                                             self.config.rate_limit_mail_window)])
+        if not gate.verdict.allowed:
+            raise RateLimited(gate.verdict.retry_after, "Too many address changes, retry later")
+
     async def in_transaction(self, work: Callable[[asyncpg.Connection], Awaitable[None]]) -> None:
         """Run `work` in one transaction, then let the sender know there is mail."""
         async with self.db.acquire() as connection, connection.transaction():
@@ -163,6 +172,9 @@ class AccountMailService:
             user = await users_db.get_user(connection, redeemed.user_id, self.cipher)
             await users_db.confirm_email(connection, self.cipher, user.id, redeemed.new_email)
             if redeemed.new_email is not None and redeemed.new_email != user.email:
+                # A reset link mailed to the old address must not outlive it
+                # (security.md#reset-link-after-change).
+                await mail_tokens.void(connection, user.id, PASSWORD_RESET)
                 notice = self._compose(user.email,
                                        address_changed_content(user, redeemed.new_email))
                 await outbox.enqueue(connection, self.cipher, "email_changed", user.email, notice)
@@ -170,6 +182,11 @@ class AccountMailService:
         await self.cache.forget_public_views(user.username)
 
     # --- password reset -------------------------------------------------------------------
+
+    async def password_changed(self, user_id: int) -> None:
+        """The password was changed some other way: a reset link already mailed stops working
+        (security.md#reset-link-after-change)."""
+        await mail_tokens.void(self.db, user_id, PASSWORD_RESET)
 
     async def request_password_reset(self, email: str) -> None:
         """Mail a reset link to the account whose address is `email`, if there is one.

@@ -18,7 +18,7 @@ from sf.cache import INVALIDATED_TTL, STREAMS_NAMESPACE, Cache, Prefetched, publ
 from sf.db import login_records, mail_tokens, outbox
 from sf.db import users as users_db
 from sf.db.users import User
-from sf.errors import Conflict, Forbidden, Unauthorized, ValidationFailed, validation_error
+from sf.errors import Forbidden, Unauthorized, ValidationFailed, validation_error
 from sf.media.images import AVATAR_URL_PREFIX, ImageWorker
 from sf.ratelimit import LoginThrottle
 from sf.schemas.dump import encode_json
@@ -192,8 +192,10 @@ class AccountService:
         if new_email is not None and new_email == user.email:
             new_email = None
         if new_email is not None:
-            if await users_db.email_taken(self.db, self.email_cipher, new_email, user_id):
-                raise Conflict("That email is already taken", fields={"email": ["already taken"]})
+            # Whether another account has the address is told only to whoever can open the
+            # link mailed to it (confirming then answers 409), never here: this answer would
+            # be an oracle of registered addresses (security.md#address-change-oracle).
+            await self.account_mail.limit_address_change(user_id)
 
             async def change(connection: asyncpg.Connection) -> None:
                 await users_db.update_profile(connection, user_id, **changes)
@@ -296,5 +298,6 @@ class AccountService:
             raise ValidationFailed("Invalid input",
                                    fields={"new_password": ["must differ from the current one"]})
         await users_db.set_password_hash(self.db, user.id, await self._hash(new))
+        await self.account_mail.password_changed(user.id)
         await self.cache.forget_public_views()  # the cached profile's updated_at
         await self.sessions.revoke_all(user.id, keep_session=claims.session_id)

@@ -46,6 +46,7 @@ def check_recipient(address: str) -> str:
     """The recipient, refused (422 on `email`) when it could end its header and start another:
     the one value a user supplies that goes into a header (security.md#mail-header-injection)."""
     if not address or any(char in HEADER_BREAKERS for char in address) \
+            or not address.isascii() or "=?" in address \
             or parseaddr(address)[1] != address or "@" not in address:
         raise validation_error("email", "is not an address mail can be sent to")
     return address
@@ -70,7 +71,10 @@ def compose(sender: str, recipient: str, content: MailContent) -> bytes:
     """The RFC 5322 message (multipart/alternative: text, then HTML) as bytes for the outbox."""
     message = EmailMessage(policy=email.policy.SMTP)
     message["From"] = sender
-    message["To"] = check_recipient(recipient)
+    try:
+        message["To"] = check_recipient(recipient)
+    except (ValueError, IndexError):  # the header parser refusing what the check let by
+        raise validation_error("email", "is not an address mail can be sent to") from None
     message["Subject"] = content.subject
     message["Date"] = formatdate(usegmt=True)
     message["Message-ID"] = make_msgid(domain=parseaddr(sender)[1].rpartition("@")[2] or None)
@@ -178,6 +182,13 @@ class MailSender:
                 except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
                     await self._failed(mail, error)
                     continue
+                except (UnicodeError, ValueError) as error:
+                    # A mail no retry can send (an address the wire cannot carry): given up now,
+                    # never re-claimed lease after lease (security.md#poisoned-mail).
+                    await self._failed(mail, error, permanent=True)
+                    with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
+                        await smtp.rset()  # the half-begun transaction, before the next mail
+                    continue
                 if await outbox.mark_sent(self.db, mail):
                     delivered += 1
                 log.info("mail sent", extra={"mail_id": mail.id, "kind": mail.kind,
@@ -188,9 +199,10 @@ class MailSender:
                 await smtp.quit()
         return delivered
 
-    async def _failed(self, mail: OutboxMail, error: BaseException) -> None:
+    async def _failed(self, mail: OutboxMail, error: BaseException,
+                      permanent: bool = False) -> None:
         reason = f"{type(error).__name__}: {error}"
-        if mail.attempts >= self.config.mail_max_attempts:
+        if permanent or mail.attempts >= self.config.mail_max_attempts:
             await outbox.give_up(self.db, mail, reason)
             log.error("mail given up", extra={"mail_id": mail.id, "kind": mail.kind,
                                               "attempts": mail.attempts, "reason": reason})
