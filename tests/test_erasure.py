@@ -116,6 +116,13 @@ async def test_the_live_stream_ends_and_the_stream_key_is_destroyed(api, service
     assert (await delete_account(api, alice)).status == 202
     ended = await next_message(viewer, "stream")
     assert ended["stream_id"] == stream_id and ended["is_live"] is False
+    # security.md#erased-account-sockets: told it ended, then closed (an ordinary end keeps
+    # viewers waiting for the streamer; nobody may see a deleted account's stream).
+    async def closed() -> None:
+        while await viewer.read_message() is not None:
+            pass
+    await asyncio.wait_for(closed(), 5)
+    assert viewer.close_code == 4404
     row = await services.db.fetchrow("SELECT is_live, ended_at, stream_key FROM streams"
                                      " WHERE id = $1", stream_id)
     assert row["is_live"] is False and row["ended_at"] is not None and row["stream_key"] is None

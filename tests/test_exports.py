@@ -92,6 +92,7 @@ async def test_the_archive_holds_the_owners_data(api, services):
     profile = json.loads(files["profile.json"])
     assert profile["username"] == "alice" and profile["email"] == "alice@example.com"
     assert profile["bio"] == "hello there"
+    assert profile["created_at"].endswith("Z")  # ISO 8601 UTC with Z, as the API writes
     assert "password_hash" not in profile
     consents = json.loads(files["consents.json"])
     assert [(c["purpose"], c["version"]) for c in consents] == \
@@ -226,6 +227,12 @@ async def test_an_export_link_is_its_owners_alone(api, services):
         assert (await api.get(base + query)).status == 422, query
     # The owner's link, with no token at all (a browser download), works.
     assert (await api.get(ready["download_url"])).status == 200
+    # Not once the owner deleted the account, even within the grace period.
+    deleted = await api.request("DELETE", "/api/users/profile", {"password": "password123"},
+                                token=alice["access_token"])
+    assert deleted.status == 202
+    gone = await api.get(ready["download_url"])
+    assert gone.status == 404 and b"PK" not in gone.body[:4]
 
 
 async def test_expired_exports_are_deleted_file_and_row(api, services):

@@ -63,7 +63,11 @@ async def create(db: asyncpg.Pool, user_id: int, per_day: int) -> Export:
 
 
 async def get(db: Executor, export_id: int) -> Export | None:
-    row = await db.fetchrow(f"SELECT {EXPORT_COLUMNS} FROM exports WHERE id = $1", export_id)
+    """An export of an account that is not deleted (a deleted account's archives serve nobody,
+    even within its grace period: security.md#export-link-forgery)."""
+    row = await db.fetchrow(
+        f"SELECT {EXPORT_COLUMNS} FROM exports WHERE id = $1 AND EXISTS (SELECT 1 FROM users u"
+        " WHERE u.id = exports.user_id AND u.deleted_at IS NULL)", export_id)
     return _export(row) if row else None
 
 

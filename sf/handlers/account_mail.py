@@ -53,8 +53,7 @@ class ResendVerificationHandler(AuthHandler):
           429: {description: Too many re-sends for this account (SF_RATE_LIMIT_MAIL per SF_RATE_LIMIT_MAIL_WINDOW), content: {application/json: {schema: ErrorSchema}}}
         """
         await self.services.account_mail.resend_verification(self.user_id)
-        self.set_status(202)
-        self.finish()
+        self.finish_accepted()
 
 
 class PasswordResetHandler(AuthHandler):
@@ -77,8 +76,7 @@ class PasswordResetHandler(AuthHandler):
         """
         body = self.parse_json(PasswordResetRequestSchema())
         await self.services.account_mail.request_password_reset(body["email"])
-        self.set_status(202)
-        self.finish()
+        self.finish_accepted()
 
 
 class PasswordResetConfirmHandler(AuthHandler):

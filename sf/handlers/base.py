@@ -323,6 +323,12 @@ class APIHandler(BaseHandler):
         self.set_status(204)
         self.finish()
 
+    def finish_accepted(self) -> None:
+        """202 with no body: no Content-Type either (Tornado would default to text/html)."""
+        self.set_status(202)
+        self.clear_header("Content-Type")
+        self.finish()
+
     # --- input (sf/handlers/inputs.py) ----------------------------------------------------------
 
     def parse_json(self, schema: Schema) -> dict[str, Any]:

@@ -363,6 +363,10 @@ class ViewerHub(StreamListener):
                               "is_live": event.is_live, "title": event.title,
                               "thumbnail": thumbnail, "ts": event.ts}).encode()
         await self._fan_out(payload, self.sockets.get(event.stream_id, ()))
+        if not event.is_live:
+            # Ended: viewers usually wait for the streamer's return, but not for a stream
+            # nobody may see any more (its account deleted: security.md#erased-account-sockets).
+            await self._close_unauthorized(event.stream_id)
 
     @staticmethod
     async def _fan_out(payload: bytes, sockets: Iterable[ViewerSocket]) -> None:
@@ -382,7 +386,8 @@ class ViewerHub(StreamListener):
     stream_offline = _broadcast_state
 
     async def _close_unauthorized(self, stream_id: int) -> None:
-        """A stream became private: only its owner and invited viewers stay."""
+        """A stream became private, or ended: only those who may still see it stay (its owner
+        and invited viewers; nobody once its account is deleted)."""
         verdicts: dict[int | None, bool] = {None: False}
         for socket in list(self.sockets.get(stream_id, ())):
             if socket.account_id not in verdicts:
