@@ -8,19 +8,13 @@ import { $, el, formatDuration, onSubmit, setText, showError } from "/static/js/
 
 const LOG_PAGE = 20;
 const ACTIONS = {
-  // How the log's actions read; an action not listed shows as the server names it.
+  // How the log's actions read (ModerationLogEntry.action); others show as the server names them.
   ban: "banned",
   timeout: "timed out",
   unban: "lifted the ban of",
-  lift: "lifted the ban of",
-  delete_message: "deleted a message of",
   message_deleted: "deleted a message of",
-  add_moderator: "made moderator",
   moderator_added: "made moderator",
-  remove_moderator: "removed as moderator",
   moderator_removed: "removed as moderator",
-  settings: "changed the chat settings",
-  update_settings: "changed the chat settings",
   settings_changed: "changed the chat settings",
 };
 
@@ -104,7 +98,7 @@ function setUpModerators() {
 function banText(item) {
   const parts = [item.expires_at ? `timed out until ${new Date(item.expires_at).toLocaleString()}` : "banned"];
   if (item.reason) parts.push(`“${item.reason}”`);
-  const by = nameOf(item.created_by || item.moderator || item.actor);
+  const by = nameOf(item.created_by);
   if (by) parts.push(`by ${by}`);
   return parts.join(" · ");
 }
@@ -136,14 +130,15 @@ export async function loadBans() {
 // --- moderation log -----------------------------------------------------------------------------
 
 function logText(entry) {
-  const actor = nameOf(entry.actor) || (entry.actor === null ? "a deleted account" : "someone");
+  const actor = nameOf(entry.actor) || "a deleted account";
   const action = ACTIONS[entry.action] || entry.action;
   const target = nameOf(entry.target || entry.target_user);
   const details = entry.details || {};
   const extra = [];
   if (details.duration_seconds) extra.push(`for ${formatDuration(details.duration_seconds)}`);
   if (details.reason) extra.push(`“${details.reason}”`);
-  if (details.text) extra.push(`“${details.text}”`);
+  if (details.messages_hidden) extra.push(`(${details.messages_hidden} ${details.messages_hidden === 1 ? "message" : "messages"} hidden)`);
+  if (Array.isArray(details.changed) && details.changed.length) extra.push(`(${details.changed.join(", ")})`);
   return [actor, action, target, ...extra].filter(Boolean).join(" ");
 }
 
