@@ -619,48 +619,55 @@ def chat_message(page: Page, text: str) -> Any:
 
 
 def test_chat_send_read_moderate_and_settings(platform: Platform, pages: Pages) -> None:
-    """Two viewers and the streamer on one live stream: A's messages reach B (HTML as text);
-    the streamer deletes one and times A out (A's messages vanish, A's send gets the notice);
-    chat settings saved in the dashboard show on the watch page."""
+    """The streamer appoints a moderator in the dashboard; on one live stream viewer A's
+    messages reach the moderator B (HTML as text) and a late anonymous reader (history); the
+    streamer deletes one, B times A out (A's messages vanish, A's send gets the notice); chat
+    settings saved in the dashboard show on the watch pages; the timeout is lifted there."""
     owner = platform.register("chathost")
     chatter = platform.register("chatter")
+    moderator_account = platform.register("chatmod")
     platform.publish(owner["key"], size="320x180", rate=15, seconds=240)
     stream = wait_for(lambda: platform.live_stream_of("chathost"), 30, what="the stream to go live")
     sid = stream["id"]
 
-    reader = pages.new_page(viewport=(390, 844))  # B: anonymous, on a phone
-    open_chat(reader, sid)
-    reader.get_by_test_id("chat-sign-in").wait_for(state="visible")
-    assert reader.get_by_test_id("chat-form").is_hidden()
+    host = signed_in(pages, owner)
+    host.goto("/dashboard")
+    host.get_by_test_id("moderator-username").fill("chatmod")
+    host.get_by_test_id("moderator-add").click()
+    host.locator("[data-testid=moderator][data-username=chatmod]").wait_for()
+    moderator = signed_in(pages, moderator_account)  # B
+    open_chat(moderator, sid)
     sender = signed_in(pages, chatter)  # A
     open_chat(sender, sid)
     assert sender.get_by_test_id("chat-sign-in").is_hidden()
-    host = signed_in(pages, owner)
     open_chat(host, sid)
 
     send_chat(sender, "hello from A")
-    wait_for_chat(reader, "hello from A")
+    wait_for_chat(moderator, "hello from A")
     wait_for_chat(host, "hello from A")
     sender.wait_for_function("() => document.querySelector('#chat-input').value === ''")  # acked
-    assert reader.get_by_test_id("chat-author").first.text_content() == "chatter"
+    assert moderator.get_by_test_id("chat-author").last.text_content() == "chatter"
     send_chat(sender, XSS_CHAT)
+    wait_for_chat(moderator, XSS_CHAT)
+    assert moderator.locator("#chat-messages img, #chat-messages script, #chat-messages b").count() == 0
+    assert sender.locator("[data-testid=chat-delete]").count() == 0  # no moderation for viewers
+    # An anonymous page joining now gets the history, reads only, and moderates nothing.
+    reader = pages.new_page(viewport=(390, 844))
+    open_chat(reader, sid)
     wait_for_chat(reader, XSS_CHAT)
-    assert reader.locator("#chat-messages img, #chat-messages script, #chat-messages b").count() == 0
-    assert reader.locator("[data-testid=chat-delete]").count() == 0  # no moderation for viewers
-    assert sender.locator("[data-testid=chat-delete]").count() == 0
-    # A page joining now gets the history.
-    late = pages.new_page()
-    open_chat(late, sid)
-    wait_for_chat(late, XSS_CHAT)
-    assert chat_texts(late)[-2:] == ["hello from A", XSS_CHAT]
+    assert chat_texts(reader)[-2:] == ["hello from A", XSS_CHAT]
+    reader.get_by_test_id("chat-sign-in").wait_for(state="visible")
+    assert reader.get_by_test_id("chat-form").is_hidden()
+    assert reader.locator("[data-testid=chat-delete]").count() == 0
     screenshot(reader, "watch-chat-phone")
 
     # The streamer deletes the first message: gone for everyone.
     chat_message(host, "hello from A").get_by_test_id("chat-delete").click()
     wait_for_chat(reader, "hello from A", present=False)
     wait_for_chat(sender, "hello from A", present=False)
-    # ... and times A out: every message of A vanishes, and A's next send is refused.
-    chat_message(host, "& <b>hi</b>").get_by_test_id("chat-timeout").click()
+    # The moderator times A out: every message of A vanishes, and A's next send is refused.
+    screenshot(moderator, "watch-chat-moderator")
+    chat_message(moderator, "& <b>hi</b>").get_by_test_id("chat-timeout").click()
     wait_for_chat(reader, XSS_CHAT, present=False)
     wait_for_chat(sender, XSS_CHAT, present=False)
     send_chat(sender, "am I still here?")
@@ -670,7 +677,7 @@ def test_chat_send_read_moderate_and_settings(platform: Platform, pages: Pages) 
     assert "am I still here?" not in chat_texts(reader)
     screenshot(sender, "watch-chat-timed-out")
 
-    # The dashboard: the timeout is listed, settings change, and the watch page shows them.
+    # The dashboard: the timeout is listed, settings change, and the watch pages show them.
     host.goto("/dashboard")
     host.locator("[data-testid=ban][data-username=chatter]").wait_for()
     settings = host.locator("#chat-settings-form")
@@ -679,18 +686,20 @@ def test_chat_send_read_moderate_and_settings(platform: Platform, pages: Pages) 
     settings.get_by_test_id("chat-blocked-terms").fill("spoiler\nSPAM")
     settings.get_by_test_id("chat-settings-save").click()
     wait_for_status(host, "#chat-settings-form", "Saved.")
-    wait_for_text(reader, "chat-settings", "Slow mode: one message every 30 s")
-    wait_for_text(reader, "chat-settings", r"Followers-only \(followed for 10 min")
+    for page in (reader, moderator):
+        wait_for_text(page, "chat-settings", "Slow mode: one message every 30 s")
+        wait_for_text(page, "chat-settings", r"Followers-only \(followed for 10 min")
     status, saved, _ = platform.request("GET", "/api/channel/chat/settings", token=owner["token"])
     assert status == 200 and saved["slow_mode_seconds"] == 30
     assert saved["blocked_terms"] == ["spoiler", "SPAM"]
-    wait_for_text(host, "moderation-log", "timed out chatter")
-    assert "deleted a message of chatter" in (host.get_by_test_id("moderation-log").text_content() or "")
+    wait_for_text(host, "moderation-log", "chatmod timed out chatter for 10 min")
+    log = host.get_by_test_id("moderation-log").text_content() or ""
+    assert "chathost deleted a message of chatter" in log and "changed the chat settings" in log
     # Lifting the timeout from the dashboard.
     host.locator("[data-testid=ban][data-username=chatter]").get_by_test_id("ban-lift").click()
     host.locator("[data-testid=ban][data-username=chatter]").wait_for(state="detached")
     assert platform.request("GET", "/api/channel/bans", token=owner["token"])[1]["data"] == []
     screenshot(host, "dashboard-chat")
-    for page in (reader, sender, host, late):
+    for page in (reader, sender, host, moderator):
         assert_no_script_ran(page)
     assert pages.errors == []
