@@ -30,6 +30,7 @@ from sf.services.account_mail import AccountMailService
 from sf.services.accounts import AccountService
 from sf.services.allowed_viewers import AllowedViewerService
 from sf.services.categories import CategoryService
+from sf.services.chat_moderation import ChatModerationService
 from sf.services.consents import ConsentService, load_privacy_policy
 from sf.services.erasure import ErasureService
 from sf.services.events import EventBus
@@ -132,6 +133,7 @@ class Services:
     stream_keys: StreamKeyService
     allowed_viewers: AllowedViewerService
     categories: CategoryService
+    chat_moderation: ChatModerationService  # moderators, bans, chat settings, the log
     publishing: PublishingService
     accounts: AccountService
     consents: ConsentService  # the privacy policy and its acceptances
@@ -190,6 +192,14 @@ class Services:
         """Release connections and threads (after `stop`), all of them even when one part
         fails (`Cleanups.run`: the first failure is raised after the rest ran)."""
         await self.cleanups.run()
+
+
+class _ChatNotYetWired:
+    """Until the chat lane's ChatService lands: moderation events go nowhere."""
+
+    async def publish(self, channel_id: int, event: dict[str, Any],
+                      stream_id: int | None = None) -> None:
+        return None
 
 
 async def start_services(config: Config, *, database_url: str | None = None,
@@ -284,7 +294,9 @@ async def _wire(config: Config, db: asyncpg.Pool, cleanups: Cleanups, *, ingest:
         limiter=limiter, cipher=cipher, email_cipher=email_cipher, cache=cache, images=images, events=events,
         streams=streams, stream_keys=stream_keys,
         allowed_viewers=AllowedViewerService(db, cache, streams),
-        categories=CategoryService(db, cache), publishing=publishing, accounts=accounts,
+        categories=CategoryService(db, cache),
+        chat_moderation=ChatModerationService(db, _ChatNotYetWired()),
+        publishing=publishing, accounts=accounts,
         consents=consents, mail=mail, account_mail=account_mail, erasure=erasure,
         statistics=statistics,
         stream_schema=StreamSchema(playback_secret=config.internal_secret,
