@@ -678,6 +678,10 @@ def test_chat_send_read_moderate_and_settings(platform: Platform, pages: Pages) 
     screenshot(sender, "watch-chat-timed-out")
 
     # The dashboard: the timeout is listed, settings change, and the watch pages show them.
+    platform.register("chatextra")
+    for _ in range(10):  # a moderation log of more than one page
+        for method in ("PUT", "DELETE"):
+            platform.request(method, "/api/channel/moderators/chatextra", token=owner["token"])
     host.goto("/dashboard")
     host.locator("[data-testid=ban][data-username=chatter]").wait_for()
     settings = host.locator("#chat-settings-form")
@@ -692,9 +696,13 @@ def test_chat_send_read_moderate_and_settings(platform: Platform, pages: Pages) 
     status, saved, _ = platform.request("GET", "/api/channel/chat/settings", token=owner["token"])
     assert status == 200 and saved["slow_mode_seconds"] == 30
     assert saved["blocked_terms"] == ["spoiler", "SPAM"]
+    wait_for_text(host, "moderation-log", "changed the chat settings")
+    assert host.get_by_test_id("moderation-entry").count() == 20
+    host.get_by_test_id("moderation-log-more").click()  # the older page
     wait_for_text(host, "moderation-log", "chatmod timed out chatter for 10 min")
     log = host.get_by_test_id("moderation-log").text_content() or ""
-    assert "chathost deleted a message of chatter" in log and "changed the chat settings" in log
+    assert "chathost deleted a message of chatter" in log and "made moderator chatmod" in log
+    assert host.get_by_test_id("moderation-log-more").is_hidden()
     # Lifting the timeout from the dashboard.
     host.locator("[data-testid=ban][data-username=chatter]").get_by_test_id("ban-lift").click()
     host.locator("[data-testid=ban][data-username=chatter]").wait_for(state="detached")

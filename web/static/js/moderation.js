@@ -18,7 +18,7 @@ const ACTIONS = {
   settings_changed: "changed the chat settings",
 };
 
-const state = { logCursor: null };
+const state = { logCursor: null, settings: {} };
 
 function nameOf(user) {
   /** A user in a list item: {username} or {user: {username}} or a bare name; null = erased. */
@@ -35,6 +35,7 @@ function numberOrNull(value) {
 // --- settings -----------------------------------------------------------------------------------
 
 function fillSettings(form, settings) {
+  state.settings = settings;
   form.elements.enabled.checked = Boolean(settings.enabled);
   form.elements.slow_mode_seconds.value = settings.slow_mode_seconds ?? "";
   form.elements.followers_only_minutes.value = settings.followers_only_minutes ?? "";
@@ -48,16 +49,21 @@ async function setUpSettings() {
   onSubmit(form, async (data) => {
     setText(form.querySelector(".status"), "");
     const terms = String(data.get("blocked_terms") || "").split("\n").map((term) => term.trim()).filter(Boolean);
-    const saved = await api("PUT", "/api/channel/chat/settings", {
+    const wanted = {
       enabled: form.elements.enabled.checked,
       slow_mode_seconds: numberOrNull(data.get("slow_mode_seconds")),
       followers_only_minutes: numberOrNull(data.get("followers_only_minutes")),
       min_account_age_minutes: numberOrNull(data.get("min_account_age_minutes")) ?? 0,
       blocked_terms: [...new Set(terms)],
-    }, { auth: "required" });
-    fillSettings(form, saved || {});
+    };
+    // Only what changed: the moderation log then names just those settings.
+    const changes = Object.fromEntries(Object.entries(wanted)
+      .filter(([name, value]) => JSON.stringify(value) !== JSON.stringify(state.settings[name] ?? null)));
+    if (Object.keys(changes).length) {
+      fillSettings(form, await api("PUT", "/api/channel/chat/settings", changes, { auth: "required" }));
+      await loadLog(true);
+    }
     setText(form.querySelector(".status"), "Saved.");
-    await loadLog(true);
   });
 }
 
