@@ -33,6 +33,7 @@ from sf.handlers import (
     auth,
     categories,
     channel_chat,
+    chat,
     docs,
     exports,
     follows,
@@ -58,7 +59,7 @@ from sf.services.container import Services
 # Every resource's handlers, in the order their routes are matched.
 HANDLER_MODULES = (health, docs, auth, account_mail, legal, users, exports, follows, stream_keys,
                    allowed_viewers, streams, channel_chat, categories, statistics, viewers,
-                   media_hooks)
+                   chat, media_hooks)
 
 
 def collect_routes(services: Services) -> list[Any]:

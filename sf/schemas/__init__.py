@@ -27,6 +27,11 @@ from sf.schemas.auth import (
 )
 from sf.schemas.categories import CategoryListSchema, CategorySchema, category_schema
 from sf.schemas.channel import StreamKeySchema, StreamSettingsSchema
+from sf.schemas.chat import (
+    ChatAuthorSchema,
+    ChatMessageListSchema,
+    ChatMessageSchema,
+)
 from sf.schemas.chat_moderation import (
     BanListSchema,
     BanRequestSchema,
@@ -82,6 +87,7 @@ from sf.schemas.users import (
 
 DOCUMENTED: tuple[type[Schema], ...] = (
     CategoryListSchema, CategorySchema, CategoryStreamListQuerySchema, ChangePasswordSchema,
+    ChatAuthorSchema, ChatMessageListSchema, ChatMessageSchema,
     ConsentSchema, DeleteAccountSchema, ErasureScheduledSchema, ErrorBodySchema, ErrorSchema,
     ExportCreatedSchema, ExportDownloadQuerySchema, ExportListSchema, ExportSchema, LoginSchema,
     MailTokenSchema, PageQuerySchema, PasswordResetConfirmSchema, PasswordResetRequestSchema,
@@ -96,7 +102,8 @@ DOCUMENTED: tuple[type[Schema], ...] = (
 )
 
 __all__ = [
-    "DOCUMENTED", "ChangePasswordSchema", "CategoryListSchema", "CategorySchema", "ConsentSchema",
+    "DOCUMENTED", "ChangePasswordSchema", "ChatAuthorSchema", "ChatMessageListSchema",
+    "ChatMessageSchema", "ChatSettingsSchema", "CategoryListSchema", "CategorySchema", "ConsentSchema",
     "CategoryStreamListQuerySchema", "ErrorBodySchema", "ErrorSchema", "ExportCreatedSchema",
     "ExportDownloadQuerySchema", "ExportListSchema", "ExportSchema", "LoginSchema",
     "MailTokenSchema", "PageQuerySchema", "PasswordResetConfirmSchema", "PasswordResetRequestSchema",
