@@ -629,6 +629,8 @@ def test_chat_send_read_moderate_and_settings(platform: Platform, pages: Pages) 
     platform.publish(owner["key"], size="320x180", rate=15, seconds=240)
     stream = wait_for(lambda: platform.live_stream_of("chathost"), 30, what="the stream to go live")
     sid = stream["id"]
+    # The dashboard checks the transcoder's playlists: before they exist that is a 404.
+    wait_for(lambda: hls_ready(platform, sid), 60, what="the HLS ladder")
 
     host = signed_in(pages, owner)
     host.goto("/dashboard")
