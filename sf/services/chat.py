@@ -36,6 +36,7 @@ from typing import Any, Protocol
 import asyncpg
 from marshmallow import ValidationError
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from sf.config import Config
 from sf.db import chat as chat_db
@@ -88,6 +89,7 @@ NOTICES = {
     "rate_limited": "You are sending too fast",
     "duplicate": "You sent the same message a moment ago",
     "blocked_term": "Your message contains a term this channel blocks",
+    "unavailable": "Chat is unavailable for a moment: try again",
 }
 
 
@@ -261,9 +263,13 @@ class ChatService:
         slow = 0 if exempt else settings.slow_mode_seconds or 0
         digest = hashlib.sha256(folded(text).encode()).hexdigest()[:32]
         base = f"sf:chat:{channel_id}:{user_id}"
-        code, retry_after = await self.gate(
-            keys=[f"{base}:rate", f"{base}:slow", f"{base}:dup:{digest}"],
-            args=[limit, config.chat_rate_window_seconds, slow, config.chat_duplicate_seconds])
+        try:
+            code, retry_after = await self.gate(
+                keys=[f"{base}:rate", f"{base}:slow", f"{base}:dup:{digest}"],
+                args=[limit, config.chat_rate_window_seconds, slow, config.chat_duplicate_seconds])
+        except RedisError:
+            # Without Redis no limit can be counted and nothing would reach the readers.
+            return notice("unavailable", nonce, 1)
         if code:
             return notice(code.decode() if isinstance(code, bytes) else code, nonce,
                           int(retry_after))
@@ -271,8 +277,12 @@ class ChatService:
                                                            user_id, text)
         message = chat_db.ChatMessage(message_id, stream_id, chat_db.ChatAuthor(
             user_id, standing.username, standing.avatar, standing.roles), text, sent_at)
-        await self.publish(channel_id, {"type": "chat.message", **chat_message.dump(message)},
-                           stream_id)
+        try:
+            await self.publish(channel_id, {"type": "chat.message",
+                                            **chat_message.dump(message)}, stream_id)
+        except RedisError:
+            # Stored: it is in the history readers get when they reconnect.
+            log.warning("could not publish chat message %s", message_id)
         return {"type": "chat.ack", "nonce": nonce, "id": message_id}
 
     # --- reads --------------------------------------------------------------------------------
