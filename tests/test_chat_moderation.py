@@ -9,6 +9,9 @@ from typing import Any
 
 import pytest
 
+from sf.errors import Forbidden
+from sf.services.chat_moderation import ChatModerationService
+
 pytestmark = pytest.mark.gen_test(timeout=90)
 
 OK_BAN = {"reason": "spam"}
@@ -310,3 +313,56 @@ async def test_an_erased_account_leaves_ids_only(api, services):
     named = await services.db.fetch(
         "SELECT details FROM chat_moderation_log WHERE $1 IN (actor_id, target_user_id)", bob_id)
     assert named and all("reason" not in row["details"] for row in named)
+
+
+class Told:
+    """What moderation tells the chat (`ChatEvents`), in order: the chat's own delivery across
+    processes is tests/test_chat.py's (the live socket)."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[int, dict[str, Any], int | None]] = []
+
+    async def publish(self, channel_id: int, event: dict[str, Any],
+                      stream_id: int | None = None) -> None:
+        self.events.append((channel_id, event, stream_id))
+
+
+async def test_each_change_is_told_to_the_chat_after_it_committed(api, services):
+    tokens = await users(api, "alice", "bob", "eve")
+    ids = {row["username"]: row["id"] for row in await services.db.fetch(
+        "SELECT id, username FROM users")}
+    told = Told()
+    moderation = ChatModerationService(services.db, told)
+    alice, bob, eve = ids["alice"], ids["bob"], ids["eve"]
+    stream = await stream_of(api, tokens["alice"])
+    message = await say(services, stream, "eve", "spam")
+
+    await moderation.add_moderator(alice, "bob")
+    await moderation.add_moderator(alice, "bob")  # no change: nothing to tell
+    await moderation.ban(bob, "alice", "eve", 60, "")
+    settings = await moderation.update_settings(alice, {"blocked_terms": ["ｂａｄ"],
+                                                        "enabled": False})
+    await moderation.delete_message(bob, stream, message)
+    await moderation.unban(alice, None, "eve")
+    await moderation.remove_moderator(alice, "bob")
+    assert told.events == [
+        (alice, {"type": "internal.standing", "user_id": bob}, None),
+        (alice, {"type": "internal.standing", "user_id": eve}, None),
+        (alice, {"type": "chat.user_cleared", "user_id": eve}, None),
+        (alice, {"type": "internal.settings"}, None),
+        (alice, {"type": "chat.settings", "enabled": False, "slow_mode_seconds": None,
+                 "followers_only_minutes": None, "min_account_age_minutes": 0,
+                 "blocked_terms": ["ｂａｄ"],
+                 "updated_at": settings.updated_at.isoformat().replace("+00:00", "Z")}, None),
+        # The message was hidden by the ban already: deleting it changes nothing.
+        (alice, {"type": "internal.standing", "user_id": eve}, None),
+        (alice, {"type": "internal.standing", "user_id": bob}, None),
+    ]
+    fresh = await say(services, stream, "eve", "again")
+    await moderation.delete_message(alice, stream, fresh)
+    assert told.events[-1] == (alice, {"type": "chat.deleted", "id": fresh}, stream)
+    # A refused action tells nothing.
+    before = len(told.events)
+    with pytest.raises(Forbidden):
+        await moderation.ban(eve, "alice", "bob", None, "")
+    assert len(told.events) == before
