@@ -159,7 +159,8 @@ async def execute(url: str, *statements: str) -> None:
 
 
 async def fill_through_the_app(api: Api, services: Any) -> dict[str, Any]:
-    """Users, follows, stream keys and settings, streams (one live), invites, statistics."""
+    """Users, follows, stream keys and settings, streams (one live), invites, statistics,
+    chat (settings, a moderator, a timeout, the moderation log, a message)."""
     alice = await api.register("alice")
     bob = await api.register("bob")
     carol = await api.register("carol")
@@ -177,6 +178,17 @@ async def fill_through_the_app(api: Api, services: Any) -> dict[str, Any]:
                               token=frank["access_token"])).status == 202
     await set_viewers(services, live, 5)
     assert await services.statistics.sample() == 1  # a viewer sample and the stream's statistics
+    # Chat (issue 22): settings, a moderator and a timeout, each in the moderation log, through
+    # the REST; a message by SQL until the send path (the live socket) is merged here.
+    assert (await api.put("/api/channel/chat/settings", {"slow_mode_seconds": 5,
+                                                         "blocked_terms": ["spoiler"]},
+                          token=alice["access_token"])).status == 200
+    assert (await api.put("/api/channel/moderators/bob", token=alice["access_token"])).status == 204
+    await services.db.execute(
+        "INSERT INTO chat_messages (stream_id, channel_id, user_id, text)"
+        " VALUES ($1, $2, $2, 'welcome')", live, alice["user"]["id"])
+    assert (await api.put("/api/channel/bans/carol?channel=alice", {"duration_seconds": 600},
+                          token=bob["access_token"])).status == 200
     # Tables of issue 21 that no endpoint of this branch fills yet.
     await services.db.execute(
         "INSERT INTO login_records (user_id, session_id, kind, ip) VALUES ($1, 's', 'login',"

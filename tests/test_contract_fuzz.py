@@ -58,6 +58,13 @@ BUSINESS_RULES: dict[str, dict[str, str]] = {
     "GET /api/v1/users/{username}/following": CURSOR,
     "GET /api/v1/users/{username}/streams": CURSOR,
     "GET /api/v1/users/profile/exports": CURSOR,
+    "GET /api/v1/channel/moderators": CURSOR,
+    "GET /api/v1/channel/bans": CURSOR,
+    "GET /api/v1/channel/moderation-log": CURSOR,
+    "PUT /api/v1/channel/moderators/{username}": {"422": "not yourself"},
+    "DELETE /api/v1/channel/moderators/{username}": {"422": "not yourself"},
+    "PUT /api/v1/channel/bans/{username}": {"422": "not yourself"},
+    "PUT /api/v1/channel/chat/settings": {"422": "blocked terms not blank once NFKC-normalised"},
     # A mailed link's token is one SF handed out; a made-up one is refused like a used one.
     "POST /api/v1/auth/verify-email": {"422": "a token from a verification link"},
     "POST /api/v1/auth/password-reset/confirm": {"422": "a token from a reset link"},

@@ -572,3 +572,144 @@ def test_delete_the_account_then_restore_it_by_signing_in(platform: Platform, pa
     wait_for_text(other, "nav-user", "^webleaving$")
     assert platform.request("GET", "/api/users/webleaving")[0] == 200
     assert unexpected(pages.errors, 403, 422) == []
+
+
+# --- live chat (issue 22) ---------------------------------------------------------------------
+
+XSS_CHAT = '<img src=x onerror="window.__xss=4"><script>window.__xss=5</script> & <b>hi</b>'
+
+
+def signed_in(pages: Pages, account: dict[str, Any], viewport: tuple[int, int] = (1280, 800)) -> Page:
+    """A browser signed in as a `platform.register` account, without the sign-in form (the
+    sign-in tests cover it): its session stored where api.js keeps it."""
+    page = pages.new_page(viewport)
+    page.goto("/login")
+    page.evaluate("""(account) => localStorage.setItem('sf.session', JSON.stringify({
+        access_token: account.token, expires_at: Date.now() + 10 * 60 * 1000, user: account.user}))""",
+                  account)
+    return page
+
+
+def open_chat(page: Page, stream_id: int) -> None:
+    """The watch page with its live socket open and the chat's settings received."""
+    page.goto(f"/watch/{stream_id}")
+    page.wait_for_function("() => window.sfChat && window.sfChat.connected && window.sfChat.settings",
+                           timeout=30_000)
+
+
+def send_chat(page: Page, text: str) -> None:
+    page.get_by_test_id("chat-input").fill(text)
+    page.get_by_test_id("chat-input").press("Enter")
+
+
+def chat_texts(page: Page) -> list[str]:
+    return page.get_by_test_id("chat-text").all_text_contents()
+
+
+def wait_for_chat(page: Page, text: str, present: bool = True) -> None:
+    page.wait_for_function(
+        "([text, present]) => [...document.querySelectorAll('[data-testid=chat-text]')]"
+        ".some((node) => node.textContent === text) === present", arg=[text, present],
+        timeout=15_000)
+
+
+def chat_message(page: Page, text: str) -> Any:
+    return page.locator("[data-testid=chat-message]", has=page.locator(
+        "[data-testid=chat-text]", has_text=text))
+
+
+def test_chat_send_read_moderate_and_settings(platform: Platform, pages: Pages) -> None:
+    """The streamer appoints a moderator in the dashboard; on one live stream viewer A's
+    messages reach the moderator B (HTML as text) and a late anonymous reader (history); the
+    streamer deletes one, B times A out (A's messages vanish, A's send gets the notice); chat
+    settings saved in the dashboard show on the watch pages; the timeout is lifted there."""
+    owner = platform.register("chathost")
+    chatter = platform.register("chatter")
+    moderator_account = platform.register("chatmod")
+    platform.publish(owner["key"], size="320x180", rate=15, seconds=240)
+    stream = wait_for(lambda: platform.live_stream_of("chathost"), 30, what="the stream to go live")
+    sid = stream["id"]
+    # The dashboard checks the transcoder's playlists: before they exist that is a 404.
+    wait_for(lambda: hls_ready(platform, sid), 60, what="the HLS ladder")
+
+    host = signed_in(pages, owner)
+    host.goto("/dashboard")
+    host.get_by_test_id("moderator-username").fill("chatmod")
+    host.get_by_test_id("moderator-add").click()
+    host.locator("[data-testid=moderator][data-username=chatmod]").wait_for()
+    moderator = signed_in(pages, moderator_account)  # B
+    open_chat(moderator, sid)
+    sender = signed_in(pages, chatter)  # A
+    open_chat(sender, sid)
+    assert sender.get_by_test_id("chat-sign-in").is_hidden()
+    open_chat(host, sid)
+
+    send_chat(sender, "hello from A")
+    wait_for_chat(moderator, "hello from A")
+    wait_for_chat(host, "hello from A")
+    sender.wait_for_function("() => document.querySelector('#chat-input').value === ''")  # acked
+    assert moderator.get_by_test_id("chat-author").last.text_content() == "chatter"
+    send_chat(sender, XSS_CHAT)
+    wait_for_chat(moderator, XSS_CHAT)
+    assert moderator.locator("#chat-messages img, #chat-messages script, #chat-messages b").count() == 0
+    assert sender.locator("[data-testid=chat-delete]").count() == 0  # no moderation for viewers
+    # An anonymous page joining now gets the history, reads only, and moderates nothing.
+    reader = pages.new_page(viewport=(390, 844))
+    open_chat(reader, sid)
+    wait_for_chat(reader, XSS_CHAT)
+    assert chat_texts(reader)[-2:] == ["hello from A", XSS_CHAT]
+    reader.get_by_test_id("chat-sign-in").wait_for(state="visible")
+    assert reader.get_by_test_id("chat-form").is_hidden()
+    assert reader.locator("[data-testid=chat-delete]").count() == 0
+    screenshot(reader, "watch-chat-phone")
+
+    # The streamer deletes the first message: gone for everyone.
+    chat_message(host, "hello from A").get_by_test_id("chat-delete").click()
+    wait_for_chat(reader, "hello from A", present=False)
+    wait_for_chat(sender, "hello from A", present=False)
+    # The moderator times A out: every message of A vanishes, and A's next send is refused.
+    screenshot(moderator, "watch-chat-moderator")
+    chat_message(moderator, "& <b>hi</b>").get_by_test_id("chat-timeout").click()
+    wait_for_chat(reader, XSS_CHAT, present=False)
+    wait_for_chat(sender, XSS_CHAT, present=False)
+    send_chat(sender, "am I still here?")
+    sender.wait_for_function(
+        "() => document.querySelector('[data-testid=chat-notice]').dataset.code === 'timed_out'")
+    wait_for_text(sender, "chat-notice", "timed out of this chat for (9|10) min")
+    assert "am I still here?" not in chat_texts(reader)
+    screenshot(sender, "watch-chat-timed-out")
+
+    # The dashboard: the timeout is listed, settings change, and the watch pages show them.
+    platform.register("chatextra")
+    for _ in range(10):  # a moderation log of more than one page
+        for method in ("PUT", "DELETE"):
+            platform.request(method, "/api/channel/moderators/chatextra", token=owner["token"])
+    host.goto("/dashboard")
+    host.locator("[data-testid=ban][data-username=chatter]").wait_for()
+    settings = host.locator("#chat-settings-form")
+    settings.get_by_test_id("chat-slow-mode").fill("30")
+    settings.get_by_test_id("chat-followers-only").fill("10")
+    settings.get_by_test_id("chat-blocked-terms").fill("spoiler\nSPAM")
+    settings.get_by_test_id("chat-settings-save").click()
+    wait_for_status(host, "#chat-settings-form", "Saved.")
+    for page in (reader, moderator):
+        wait_for_text(page, "chat-settings", "Slow mode: one message every 30 s")
+        wait_for_text(page, "chat-settings", r"Followers-only \(followed for 10 min")
+    status, saved, _ = platform.request("GET", "/api/channel/chat/settings", token=owner["token"])
+    assert status == 200 and saved["slow_mode_seconds"] == 30
+    assert saved["blocked_terms"] == ["spoiler", "SPAM"]
+    wait_for_text(host, "moderation-log", "changed the chat settings")
+    assert host.get_by_test_id("moderation-entry").count() == 20
+    host.get_by_test_id("moderation-log-more").click()  # the older page
+    wait_for_text(host, "moderation-log", "chatmod timed out chatter for 10 min")
+    log = host.get_by_test_id("moderation-log").text_content() or ""
+    assert "chathost deleted a message of chatter" in log and "made moderator chatmod" in log
+    assert host.get_by_test_id("moderation-log-more").is_hidden()
+    # Lifting the timeout from the dashboard.
+    host.locator("[data-testid=ban][data-username=chatter]").get_by_test_id("ban-lift").click()
+    host.locator("[data-testid=ban][data-username=chatter]").wait_for(state="detached")
+    assert platform.request("GET", "/api/channel/bans", token=owner["token"])[1]["data"] == []
+    screenshot(host, "dashboard-chat")
+    for page in (reader, sender, host, moderator):
+        assert_no_script_ran(page)
+    assert pages.errors == []

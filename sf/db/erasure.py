@@ -12,6 +12,8 @@ from datetime import UTC, datetime
 
 import asyncpg
 
+from sf.db import chat as chat_db
+from sf.db import chat_moderation as chat_moderation_db
 from sf.db import statistics as statistics_db
 from sf.db.sql import Executor
 from sf.errors import NotFound
@@ -22,7 +24,7 @@ REQUESTED, RESTORED, ERASED, NAME_RELEASED = "requested", "restored", "erased", 
 HIDDEN_AT_REQUEST = ("sessions", "stream_key", "follows", "invites", "live_stream")
 DESTROYED_AT_ERASURE = ("email", "password_hash", "bio", "avatar", "consents", "login_records",
                         "ip_addresses", "exports", "stream_settings", "stream_texts",
-                        "thumbnails")
+                        "thumbnails", "chat_authorship")
 
 # A destroyed password hash: bcrypt rejects it as a hash, so no password ever matches it.
 DESTROYED_PASSWORD_HASH = "!erased"
@@ -125,6 +127,7 @@ async def hide_account(connection: asyncpg.Connection, user_id: int) -> Hidden:
     await connection.execute("UPDATE users SET followers_count = 0 WHERE id = $1", user_id)
     await connection.execute(
         "DELETE FROM allowed_viewers WHERE owner_id = $1 OR viewer_id = $1", user_id)
+    await chat_moderation_db.hide_account(connection, user_id)
     rows = await connection.fetch(
         """SELECT id, is_live FROM streams
             WHERE user_id = $1 AND ended_at IS NULL AND (is_live OR disconnected_at IS NOT NULL)
@@ -187,6 +190,7 @@ async def erase_personal_data(connection: asyncpg.Connection, user_id: int) -> D
             " SELECT coalesce(array_agg(file) FILTER (WHERE file IS NOT NULL), '{}') FROM gone",
             user_id)]
     await connection.execute("DELETE FROM stream_settings WHERE user_id = $1", user_id)
+    await chat_moderation_db.erase_account(connection, user_id)
     destroyed.thumbnails = [
         str(url) for url in await connection.fetchval(
             "SELECT coalesce(array_agg(thumbnail) FILTER (WHERE thumbnail IS NOT NULL), '{}')"
@@ -196,6 +200,9 @@ async def erase_personal_data(connection: asyncpg.Connection, user_id: int) -> D
         """UPDATE streams SET title = 'Stream ' || id, description = '', thumbnail = NULL,
                   publish_range = NULL, stream_key = NULL, updated_at = now()
             WHERE user_id = $1""", user_id)
+    # Chat messages stay in their streams' history, anonymous (the row stays, so the foreign
+    # key's ON DELETE SET NULL never fires: done here).
+    await chat_db.forget_author(connection, user_id)
     return destroyed
 
 

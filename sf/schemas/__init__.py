@@ -3,7 +3,8 @@ one, every answer dumped through one; the OpenAPI document is generated from the
 
 - `common`: the strict base schema, field types, validators and their JSON Schema patterns
 - `errors`: the error answer; `pagination`: the page query and list shape
-- `auth`, `users`, `streams`, `channel` (stream key and settings), `categories`, `statistics`
+- `auth`, `users`, `streams`, `channel` (stream key and settings), `categories`, `statistics`,
+  `chat_moderation` (moderators, bans, chat settings, the moderation log)
 - `dump`: the compiled answer dumpers
 
 The names below are the package's interface; `DOCUMENTED` lists the schemas the OpenAPI
@@ -26,6 +27,21 @@ from sf.schemas.auth import (
 )
 from sf.schemas.categories import CategoryListSchema, CategorySchema, category_schema
 from sf.schemas.channel import StreamKeySchema, StreamSettingsSchema
+from sf.schemas.chat import (
+    ChatAuthorSchema,
+    ChatMessageListSchema,
+    ChatMessageSchema,
+)
+from sf.schemas.chat_moderation import (
+    BanListSchema,
+    BanRequestSchema,
+    BanSchema,
+    ChannelPageQuerySchema,
+    ChannelQuerySchema,
+    ChatSettingsSchema,
+    ModerationLogEntrySchema,
+    ModerationLogSchema,
+)
 from sf.schemas.common import StrictSchema
 from sf.schemas.errors import ErrorBodySchema, ErrorSchema, flatten_messages
 from sf.schemas.exports import (
@@ -71,6 +87,7 @@ from sf.schemas.users import (
 
 DOCUMENTED: tuple[type[Schema], ...] = (
     CategoryListSchema, CategorySchema, CategoryStreamListQuerySchema, ChangePasswordSchema,
+    ChatAuthorSchema, ChatMessageListSchema, ChatMessageSchema,
     ConsentSchema, DeleteAccountSchema, ErasureScheduledSchema, ErrorBodySchema, ErrorSchema,
     ExportCreatedSchema, ExportDownloadQuerySchema, ExportListSchema, ExportSchema, LoginSchema,
     MailTokenSchema, PageQuerySchema, PasswordResetConfirmSchema, PasswordResetRequestSchema,
@@ -79,10 +96,14 @@ DOCUMENTED: tuple[type[Schema], ...] = (
     StreamListQuerySchema, StreamListSchema, StreamSchema, StreamSettingsSchema, StreamStatisticsSchema,
     StreamUpdateSchema, TokenPairSchema, UserListSchema, UserPrivateSchema, UserPublicSchema,
     UserStatisticsSchema, ViewerSampleSchema, WsTicketSchema,
+    # chat moderation
+    BanListSchema, BanRequestSchema, BanSchema, ChannelPageQuerySchema, ChannelQuerySchema,
+    ChatSettingsSchema, ModerationLogEntrySchema, ModerationLogSchema,
 )
 
 __all__ = [
-    "DOCUMENTED", "ChangePasswordSchema", "CategoryListSchema", "CategorySchema", "ConsentSchema",
+    "DOCUMENTED", "ChangePasswordSchema", "ChatAuthorSchema", "ChatMessageListSchema",
+    "ChatMessageSchema", "ChatSettingsSchema", "CategoryListSchema", "CategorySchema", "ConsentSchema",
     "CategoryStreamListQuerySchema", "ErrorBodySchema", "ErrorSchema", "ExportCreatedSchema",
     "ExportDownloadQuerySchema", "ExportListSchema", "ExportSchema", "LoginSchema",
     "MailTokenSchema", "PageQuerySchema", "PasswordResetConfirmSchema", "PasswordResetRequestSchema",
@@ -95,4 +116,6 @@ __all__ = [
     "category_schema", "category_stream_list_query", "export_created", "export_download_query",
     "export_schema", "flatten_messages", "page", "page_query",
     "stream_list_query", "user_private", "user_public",
+    "BanListSchema", "BanRequestSchema", "BanSchema", "ChannelPageQuerySchema",
+    "ChannelQuerySchema", "ChatSettingsSchema", "ModerationLogEntrySchema", "ModerationLogSchema",
 ]

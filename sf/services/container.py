@@ -30,6 +30,8 @@ from sf.services.account_mail import AccountMailService
 from sf.services.accounts import AccountService
 from sf.services.allowed_viewers import AllowedViewerService
 from sf.services.categories import CategoryService
+from sf.services.chat import ChatService
+from sf.services.chat_moderation import ChatModerationService
 from sf.services.consents import ConsentService, load_privacy_policy
 from sf.services.erasure import ErasureService
 from sf.services.events import EventBus
@@ -132,6 +134,7 @@ class Services:
     stream_keys: StreamKeyService
     allowed_viewers: AllowedViewerService
     categories: CategoryService
+    chat_moderation: ChatModerationService  # moderators, bans, chat settings, the log
     publishing: PublishingService
     accounts: AccountService
     consents: ConsentService  # the privacy policy and its acceptances
@@ -144,6 +147,7 @@ class Services:
     tickets: TicketStore
     counts: ViewerCounts
     viewers: ViewerHub
+    chat: ChatService  # live chat: sends, one publish each, this process's fan-out
     media_nodes: MediaNodeRegistry  # which media nodes are alive (read by any node)
     ingest: IngestService | None  # only on a node next to an nginx-rtmp
     exports: ExportService  # personal data exports (built in the background of this node)
@@ -163,6 +167,7 @@ class Services:
         await self.mail.start()
         await self.statistics.start()
         await self.viewers.start()
+        await self.chat.start()
         if self.ingest is not None:
             await self.ingest.start()
         await self.jobs.start()
@@ -176,6 +181,7 @@ class Services:
                 await self.ingest.stop()
         finally:
             try:
+                await self.chat.stop()
                 await self.viewers.stop()
             finally:
                 await self.statistics.stop()  # never raises
@@ -266,12 +272,14 @@ async def _wire(config: Config, db: asyncpg.Pool, cleanups: Cleanups, *, ingest:
     exports = ExportService(config, db, email_cipher)
     cleanups.add("the export thread", lambda: exports.executor.shutdown(wait=False))
     retention = AddressRetention(db, config.ip_retention_days)
+    chat = ChatService(config, db, redis)
     # The scheduled jobs, run in this order each round (`sf privacy purge` runs one round).
     jobs = JobRunner(redis, config.node_id, config.jobs_interval_seconds, [
         Job("erasure", erasure.purge_summary),
         Job("stale_exports", exports.fail_stale),
         Job("expired_exports", exports.delete_expired),
         Job("ip_retention", retention.erase_expired),
+        Job("chat_retention", chat.purge_expired),
     ])
     node_ingest = None
     if ingest:
@@ -284,13 +292,15 @@ async def _wire(config: Config, db: asyncpg.Pool, cleanups: Cleanups, *, ingest:
         limiter=limiter, cipher=cipher, email_cipher=email_cipher, cache=cache, images=images, events=events,
         streams=streams, stream_keys=stream_keys,
         allowed_viewers=AllowedViewerService(db, cache, streams),
-        categories=CategoryService(db, cache), publishing=publishing, accounts=accounts,
+        categories=CategoryService(db, cache),
+        chat_moderation=ChatModerationService(db, chat),
+        publishing=publishing, accounts=accounts,
         consents=consents, mail=mail, account_mail=account_mail, erasure=erasure,
         statistics=statistics,
         stream_schema=StreamSchema(playback_secret=config.internal_secret,
                                    playback_ttl=config.playback_url_ttl),
         user_private=UserPrivateSchema(privacy_policy_version=consents.policy.version),
-        tickets=TicketStore(redis), counts=counts, viewers=viewers,
+        tickets=TicketStore(redis), counts=counts, viewers=viewers, chat=chat,
         media_nodes=media_nodes, ingest=node_ingest, exports=exports, jobs=jobs,
         cleanups=cleanups,
     )

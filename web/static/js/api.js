@@ -5,7 +5,7 @@
 // `sf_refresh` cookie (path /api), and a refresh sends the readable `sf_csrf` cookie back as
 // X-CSRF-Token (double submit). Refresh tokens rotate and a reused one revokes the session, so
 // tabs refresh one at a time (Web Locks) and a tab that waited takes the token another one got.
-// Tokens never go into a URL: the viewers WebSocket is opened with a one-time ticket.
+// Tokens never go into a URL: the live WebSocket is opened with a one-time ticket.
 
 const SESSION_KEY = "sf.session";
 const EARLY_REFRESH_MS = 30_000;
@@ -184,10 +184,11 @@ export async function signOut() {
   }
 }
 
-export async function viewersSocketUrl(streamId) {
-  /** The viewers WebSocket URL: anonymous, or with a one-time ticket when signed in. */
+export async function liveSocketUrl(streamId) {
+  /** The live WebSocket URL (viewer counts, stream state and chat, one per tab): anonymous
+   * (reads only), or with a one-time ticket when signed in (may chat). */
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  const url = new URL(`${scheme}//${location.host}/ws/streams/${encodeURIComponent(streamId)}/viewers`);
+  const url = new URL(`${scheme}//${location.host}/ws/streams/${encodeURIComponent(streamId)}/live`);
   if (currentUser()) {
     try {
       const { ticket } = await api("POST", "/api/ws/ticket", undefined, { auth: "required" });

@@ -1,10 +1,12 @@
 // The creator dashboard: stream key (hidden until revealed, with reset) and RTMP URL for OBS,
 // default stream settings, the live stream's title and category, transcoder health (read from
-// the stream's own HLS playlists), profile bio, statistics with a viewers-over-time chart, and
-// the account: e-mail verification, the privacy policy to accept when it changed, data
-// exports, and deleting the account.
+// the stream's own HLS playlists), profile bio, statistics with a viewers-over-time chart, the
+// chat (moderation.js: settings, moderators, bans, moderation log), and the account: e-mail
+// verification, the privacy policy to accept when it changed, data exports, and deleting the
+// account.
 
 import { api, ApiError, forgetSession, privacyPolicy, updateStoredUser } from "/static/js/api.js";
+import { setUpChatSection } from "/static/js/moderation.js";
 import { $, el, formatCount, formatDuration, renderHeader, setText, showError } from "/static/js/ui.js";
 
 const LIVE_POLL_MS = 5000;
@@ -501,6 +503,7 @@ async function init() {
   setUpKey();
   setUpProfile();
   setUpLiveForm();
+  setUpChatSection();
   try {
     state.categories = (await api("GET", "/api/categories?limit=100")).data;
     fillCategorySelects();

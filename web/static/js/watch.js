@@ -1,8 +1,10 @@
 // The watch page (`/watch/<stream id>`): an hls.js player tuned for low latency, a quality
 // selector over the ladder, the live viewer count and the stream's state, title and thumbnail
-// from the viewers WebSocket, an offline state that comes back by itself, and a follow button.
+// from the live WebSocket, an offline state that comes back by itself, a follow button, and
+// the chat (chat.js), which shares that one socket.
 
-import { api, currentUser, viewersSocketUrl } from "/static/js/api.js";
+import { api, currentUser, liveSocketUrl } from "/static/js/api.js";
+import { ChatPanel } from "/static/js/chat.js";
 import { $, el, renderHeader, setText, showError, viewersLabel } from "/static/js/ui.js";
 
 // Measured with bench/web_latency.py (1 s segments, the ladder on this 2-core machine); see
@@ -50,6 +52,8 @@ const page = {
 };
 
 const video = $("#video");
+const chat = new ChatPanel({ send: sendOnSocket, me: currentUser() });
+window.sfChat = chat; // read by the browser tests
 
 function showStream(stream) {
   page.stream = stream;
@@ -61,6 +65,7 @@ function showStream(stream) {
   $("#category-name").hidden = !stream.category;
   setText("#description", stream.description || "");
   setText("#bio", stream.user.bio ? `About ${stream.user.username}: ${stream.user.bio}` : "");
+  chat.setStream(stream);
   if (stream.thumbnail) {
     video.poster = stream.thumbnail;
     $("#offline-thumb").src = stream.thumbnail;
@@ -219,7 +224,14 @@ async function lookForNextStream() {
   }
 }
 
-// --- viewers WebSocket ----------------------------------------------------------------------
+// --- the live WebSocket: counts, stream state and chat ----------------------------------------
+
+function sendOnSocket(frame) {
+  const socket = page.socket;
+  if (!socket || socket.readyState !== WebSocket.OPEN) return false;
+  socket.send(JSON.stringify(frame));
+  return true;
+}
 
 function onSocketMessage(event) {
   let message;
@@ -228,9 +240,21 @@ function onSocketMessage(event) {
   } catch {
     return;
   }
-  if (message.stream_id !== page.id) return;
+  // The server coalesces frames: a batch carries several messages, handled in order.
+  const messages = message && message.type === "batch" && Array.isArray(message.items) ? message.items : [message];
+  for (const item of messages) {
+    if (item && typeof item === "object") onLiveMessage(item);
+  }
+}
+
+function onLiveMessage(message) {
+  // Counts and state name their stream; chat frames (some without a stream id) come only for
+  // this socket's stream.
+  if (message.stream_id !== undefined && message.stream_id !== page.id) return;
   diagnostics.socketMessages += 1;
-  if (message.type === "viewers") {
+  if (typeof message.type === "string" && message.type.startsWith("chat.")) {
+    chat.handle(message);
+  } else if (message.type === "viewers") {
     setText("#viewers", viewersLabel(message.viewers));
   } else if (message.type === "stream" && page.stream) {
     const changed = { ...page.stream, is_live: message.is_live };
@@ -251,18 +275,22 @@ async function connectSocket(reset = false) {
     if (old.readyState === WebSocket.OPEN) old.close(1000);
     else old.onopen = () => old.close(1000);
   }
-  const url = await viewersSocketUrl(page.id);
+  chat.connectedChanged(false);
+  const url = await liveSocketUrl(page.id);
   const socket = new WebSocket(url);
   page.socket = socket;
   socket.onopen = () => {
     page.socketRetry = 0;
+    if (page.socket === socket) chat.connectedChanged(true);
   };
   socket.onmessage = onSocketMessage;
   socket.onclose = (event) => {
     if (page.socket !== socket) return;
     page.socket = null;
+    chat.connectedChanged(false);
     if (event.code === 4404) {
       setText("#viewers", "");
+      setText("#chat-settings", "");
       showError("#watch-error", new Error("This stream does not exist or is private."));
       return;
     }
