@@ -23,6 +23,7 @@ import sys
 import time
 from array import array
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -70,8 +71,8 @@ def items_of(payload: bytes) -> list[dict[str, Any]]:
 class ChatReader(Viewer):
     """A viewer of `/live`; when sampled, keeps every chat message id it gets and its delay."""
 
-    __slots__ = ("sampled", "frames", "ids", "history_ids", "delays", "lag", "first_arrival",
-                 "kinds")
+    __slots__ = ("sampled", "frames", "ids", "history_ids", "delays", "stamped", "lag",
+                 "first_arrival", "kinds")
 
     def __init__(self, fleet: Fleet, sock: socket.socket, key: bytes) -> None:
         super().__init__(fleet, sock, key)
@@ -81,6 +82,7 @@ class ChatReader(Viewer):
         self.ids = array("q")           # chat.message ids in arrival order (sampled only)
         self.history_ids = array("q")   # ids in chat.history on connect
         self.delays = array("d")        # kernel arrival - send time, per bench message
+        self.stamped = array("d")       # the server's sent_at - send time, per bench message
         self.lag = 0.0                  # the largest arrival → read time (this generator's lag)
         self.first_arrival = 0.0        # of the first frame: the socket has joined by then
         self.kinds: Counter[str] = Counter()
@@ -105,6 +107,11 @@ class ChatReader(Viewer):
                 sent = sent_time(str(item.get("text", "")))
                 if sent is not None:
                     self.delays.append(arrival - sent)
+                    try:
+                        stamp = datetime.fromisoformat(str(item["sent_at"])).timestamp()
+                        self.stamped.append(stamp - sent)
+                    except (KeyError, ValueError):
+                        pass
             elif kind == "chat.history":
                 for message in item.get("messages", []):
                     self.history_ids.append(int(message["id"]))
@@ -139,7 +146,8 @@ def reader_process(pipe: Any, params: dict[str, Any]) -> None:
                     "ended": viewer.ended if dropped else 0.0,
                     "reason": viewer.end_reason if dropped else "",
                     "ids": viewer.ids.tobytes(), "history": viewer.history_ids.tobytes(),
-                    "delays": viewer.delays.tobytes(), "lag": viewer.lag,
+                    "delays": viewer.delays.tobytes(), "stamped": viewer.stamped.tobytes(),
+                    "lag": viewer.lag,
                     "kinds": dict(viewer.kinds)})
             return {"status": state, "readers": readers}
 

@@ -45,6 +45,8 @@ def report(f: dict[str, Any], stack: Any, args: argparse.Namespace) -> None:
     print(f"   send → receive, sender's time.time() → kernel arrival at the reader ({len(d):,} "
           f"samples over {f['measured']} sampled readers that kept up, of {f['readers']} "
           f"sampled): {spread(d)}")
+    print(f"     of which send → the message's sent_at (socket, checks, insert): "
+          f"{spread(f['stamped'])}")
     print(f"     (not counted) the readers' largest arrival → read lag on the client core: "
           f"{ms(f['largest_lag'])}")
     print(f"   lost: {f['missing']:,} of {f['expected']:,} acked messages × {f['measured']} readers"
