@@ -137,12 +137,17 @@ def push_rtmp(url: str, *, stderr: Any = subprocess.DEVNULL,
 # --- a WebSocket viewer -------------------------------------------------------------------------
 
 class Viewer:
-    """A WebSocket client of /ws/streams/<id>/viewers that keeps every message it gets."""
+    """A WebSocket client of /ws/streams/<id>/viewers (or /live) that keeps every message it
+    gets: `messages` as framed, `items` with batches unpacked, `frame_times` when each came."""
 
     def __init__(self, connection: tornado.websocket.WebSocketClientConnection) -> None:
         self.connection = connection
         self.messages: list[dict[str, Any]] = []
+        self.items: list[dict[str, Any]] = []
+        self.raw: list[str | bytes] = []
+        self.frame_times: list[float] = []
         self.closed = asyncio.Event()
+        self._nonces = 0
         self._reader = asyncio.ensure_future(self._read())
 
     async def _read(self) -> None:
@@ -151,7 +156,44 @@ class Viewer:
             if message is None:
                 self.closed.set()
                 return
-            self.messages.append(json.loads(message))
+            self.frame_times.append(time.monotonic())
+            self.raw.append(message)
+            decoded = json.loads(message)
+            self.messages.append(decoded)
+            self.items.extend(decoded["items"] if decoded.get("type") == "batch" else [decoded])
+
+    # --- chat (/live) ---
+
+    def send_chat(self, text: str, nonce: str | None = None, **extra: Any) -> str:
+        """Send a `chat.send`; its nonce (made up when not given)."""
+        if nonce is None:
+            self._nonces += 1
+            nonce = f"n{self._nonces}"
+        self.connection.write_message(json.dumps(
+            {"type": "chat.send", "text": text, "nonce": nonce, **extra}))
+        return nonce
+
+    def of_type(self, kind: str) -> list[dict[str, Any]]:
+        return [item for item in self.items if item.get("type") == kind]
+
+    def chat(self) -> list[dict[str, Any]]:
+        """The chat messages received live (not the history), in order."""
+        return self.of_type("chat.message")
+
+    def answer(self, nonce: str) -> dict[str, Any] | None:
+        """The `chat.ack` or `chat.notice` for a nonce, once it came."""
+        for item in self.items:
+            if item.get("type") in ("chat.ack", "chat.notice") and item.get("nonce") == nonce:
+                return item
+        return None
+
+    async def say(self, text: str, timeout: float = 10, **extra: Any) -> dict[str, Any]:
+        """Send a message and wait for its ack or notice."""
+        nonce = self.send_chat(text, **extra)
+        await self.until(lambda v: v.answer(nonce) is not None, timeout, f"an answer to {text!r}")
+        answer = self.answer(nonce)
+        assert answer is not None
+        return answer
 
     @property
     def cookie(self) -> str:
@@ -183,9 +225,10 @@ class Viewer:
 
 
 async def connect(base: str, stream_id: int, *, origin: str | None = None, cookie: str = "",
-                  query: str = "") -> Viewer:
-    """Open a viewer WebSocket on `base` (http://host:port) for the stream."""
-    url = base.replace("http://", "ws://") + f"/ws/streams/{stream_id}/viewers{query}"
+                  query: str = "", socket: str = "viewers") -> Viewer:
+    """Open a viewer WebSocket on `base` (http://host:port) for the stream (`socket`:
+    "viewers", or "live" for the watch page's socket with chat)."""
+    url = base.replace("http://", "ws://") + f"/ws/streams/{stream_id}/{socket}{query}"
     headers = {"Origin": origin or base}
     if cookie:
         headers["Cookie"] = cookie

@@ -32,6 +32,7 @@ from sf.handlers import (
     allowed_viewers,
     auth,
     categories,
+    chat,
     docs,
     exports,
     follows,
@@ -56,7 +57,7 @@ from sf.services.container import Services
 
 # Every resource's handlers, in the order their routes are matched.
 HANDLER_MODULES = (health, docs, auth, account_mail, legal, users, exports, follows, stream_keys,
-                   allowed_viewers, streams, categories, statistics, viewers, media_hooks)
+                   allowed_viewers, streams, categories, statistics, viewers, chat, media_hooks)
 
 
 def collect_routes(services: Services) -> list[Any]:

@@ -639,6 +639,24 @@ class Config:
         Number(0.05, 86400),
         "Time between rounds of the scheduled jobs (address retention, expired and stale "
         "exports), run by one node at a time under a Redis leader lock.", unit="seconds")
+    # Live chat (issue 22).
+    chat_rate_messages: int = setting(
+        Integer(1, 10000),
+        "Chat messages one viewer may send per channel per `SF_CHAT_RATE_WINDOW_SECONDS` "
+        "(`rate_limited` beyond).", unit="messages")
+    chat_rate_moderator_messages: int = setting(
+        Integer(1, 10000),
+        "The same for the channel's owner and moderators.", unit="messages")
+    chat_rate_window_seconds: int = setting(
+        Integer(1, 3600), "The window of the chat rate limits.", unit="seconds")
+    chat_duplicate_seconds: int = setting(
+        Integer(1, 3600),
+        "The same text from the same user in one channel within this is refused "
+        "(`duplicate`).", unit="seconds")
+    chat_retention_days: int = setting(
+        Integer(1, 3650),
+        "Chat messages are deleted this long after they were sent (a scheduled job).",
+        unit="days")
     extra: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property

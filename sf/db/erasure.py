@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 
+from sf.db import chat as chat_db
 from sf.db import statistics as statistics_db
 from sf.db.sql import Executor
 from sf.errors import NotFound
@@ -22,7 +23,7 @@ REQUESTED, RESTORED, ERASED, NAME_RELEASED = "requested", "restored", "erased", 
 HIDDEN_AT_REQUEST = ("sessions", "stream_key", "follows", "invites", "live_stream")
 DESTROYED_AT_ERASURE = ("email", "password_hash", "bio", "avatar", "consents", "login_records",
                         "ip_addresses", "exports", "stream_settings", "stream_texts",
-                        "thumbnails")
+                        "thumbnails", "chat_authorship")
 
 # A destroyed password hash: bcrypt rejects it as a hash, so no password ever matches it.
 DESTROYED_PASSWORD_HASH = "!erased"
@@ -196,6 +197,9 @@ async def erase_personal_data(connection: asyncpg.Connection, user_id: int) -> D
         """UPDATE streams SET title = 'Stream ' || id, description = '', thumbnail = NULL,
                   publish_range = NULL, stream_key = NULL, updated_at = now()
             WHERE user_id = $1""", user_id)
+    # Chat messages stay in their streams' history, anonymous (the row stays, so the foreign
+    # key's ON DELETE SET NULL never fires: done here).
+    await chat_db.forget_author(connection, user_id)
     return destroyed
 
 

@@ -8,6 +8,7 @@ import logging
 import socket
 import time
 from collections import deque
+from collections.abc import Awaitable
 from typing import Any
 
 import tornado.iostream
@@ -92,6 +93,8 @@ class ViewersSocket(tornado.websocket.WebSocketHandler, BaseHandler):
     """
 
     auth = "optional"
+    # Inbound frames (messages, pings, pongs) allowed per window; more closes with 1008.
+    messages_per_window, message_window = MESSAGES_PER_WINDOW, MESSAGE_WINDOW
 
     def initialize(self) -> None:
         super().initialize()
@@ -100,10 +103,11 @@ class ViewersSocket(tornado.websocket.WebSocketHandler, BaseHandler):
         self.viewer_id = ""
         self.network = ""  # where an anonymous viewer counts (`viewer_network`)
         self.stream_id = 0
+        self.owner_id = 0  # the stream's owner (its chat's channel)
         self.joined = False
         # When the last inbound messages came; one deque per connection, not a new list per
         # message (each pong would otherwise leave garbage for the collector).
-        self.message_times: deque[float] = deque(maxlen=MESSAGES_PER_WINDOW + 1)
+        self.message_times: deque[float] = deque(maxlen=self.messages_per_window + 1)
         self.close_after_open: tuple[int, str] | None = None
         self.opened_at = 0.0
 
@@ -204,15 +208,17 @@ class ViewersSocket(tornado.websocket.WebSocketHandler, BaseHandler):
             if connection_stream.socket is not None:
                 connection_stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
                                                     KERNEL_SEND_BUFFER)
+        self.owner_id = stream.user_id
         self.services.viewers.join(self.stream_id, stream.user_id, stream.is_private,
                                    stream.is_live, self, self.viewer_id, self.network)
         self.joined = True
         self.opened_at = time.monotonic()
         log.info("viewer connected", extra=self.log_fields())
 
-    def on_message(self, message: str | bytes) -> None:
+    def on_message(self, message: str | bytes) -> Awaitable[None] | None:
         """Viewers have nothing to say yet; a client that floods is dropped."""
         self._count_inbound()
+        return None
 
     def on_ping(self, data: bytes) -> None:
         self._count_inbound()  # control frames cost the loop as much as messages
@@ -224,8 +230,8 @@ class ViewersSocket(tornado.websocket.WebSocketHandler, BaseHandler):
         WS_MESSAGES_RECEIVED.inc()
         now = time.monotonic()
         self.message_times.append(now)
-        if (len(self.message_times) > MESSAGES_PER_WINDOW
-                and now - self.message_times[0] < MESSAGE_WINDOW):
+        if (len(self.message_times) > self.messages_per_window
+                and now - self.message_times[0] < self.message_window):
             self.close(CLOSE_POLICY, "too many messages")
 
     def _stream(self) -> tornado.iostream.IOStream | None:

@@ -26,6 +26,12 @@ from sf.schemas.auth import (
 )
 from sf.schemas.categories import CategoryListSchema, CategorySchema, category_schema
 from sf.schemas.channel import StreamKeySchema, StreamSettingsSchema
+from sf.schemas.chat import (
+    ChatAuthorSchema,
+    ChatMessageListSchema,
+    ChatMessageSchema,
+    ChatSettingsSchema,
+)
 from sf.schemas.common import StrictSchema
 from sf.schemas.errors import ErrorBodySchema, ErrorSchema, flatten_messages
 from sf.schemas.exports import (
@@ -71,6 +77,7 @@ from sf.schemas.users import (
 
 DOCUMENTED: tuple[type[Schema], ...] = (
     CategoryListSchema, CategorySchema, CategoryStreamListQuerySchema, ChangePasswordSchema,
+    ChatAuthorSchema, ChatMessageListSchema, ChatMessageSchema, ChatSettingsSchema,
     ConsentSchema, DeleteAccountSchema, ErasureScheduledSchema, ErrorBodySchema, ErrorSchema,
     ExportCreatedSchema, ExportDownloadQuerySchema, ExportListSchema, ExportSchema, LoginSchema,
     MailTokenSchema, PageQuerySchema, PasswordResetConfirmSchema, PasswordResetRequestSchema,
@@ -82,7 +89,8 @@ DOCUMENTED: tuple[type[Schema], ...] = (
 )
 
 __all__ = [
-    "DOCUMENTED", "ChangePasswordSchema", "CategoryListSchema", "CategorySchema", "ConsentSchema",
+    "DOCUMENTED", "ChangePasswordSchema", "ChatAuthorSchema", "ChatMessageListSchema",
+    "ChatMessageSchema", "ChatSettingsSchema", "CategoryListSchema", "CategorySchema", "ConsentSchema",
     "CategoryStreamListQuerySchema", "ErrorBodySchema", "ErrorSchema", "ExportCreatedSchema",
     "ExportDownloadQuerySchema", "ExportListSchema", "ExportSchema", "LoginSchema",
     "MailTokenSchema", "PageQuerySchema", "PasswordResetConfirmSchema", "PasswordResetRequestSchema",

@@ -30,6 +30,7 @@ from sf.services.account_mail import AccountMailService
 from sf.services.accounts import AccountService
 from sf.services.allowed_viewers import AllowedViewerService
 from sf.services.categories import CategoryService
+from sf.services.chat import ChatService
 from sf.services.consents import ConsentService, load_privacy_policy
 from sf.services.erasure import ErasureService
 from sf.services.events import EventBus
@@ -144,6 +145,7 @@ class Services:
     tickets: TicketStore
     counts: ViewerCounts
     viewers: ViewerHub
+    chat: ChatService  # live chat: sends, one publish each, this process's fan-out
     media_nodes: MediaNodeRegistry  # which media nodes are alive (read by any node)
     ingest: IngestService | None  # only on a node next to an nginx-rtmp
     exports: ExportService  # personal data exports (built in the background of this node)
@@ -163,6 +165,7 @@ class Services:
         await self.mail.start()
         await self.statistics.start()
         await self.viewers.start()
+        await self.chat.start()
         if self.ingest is not None:
             await self.ingest.start()
         await self.jobs.start()
@@ -176,6 +179,7 @@ class Services:
                 await self.ingest.stop()
         finally:
             try:
+                await self.chat.stop()
                 await self.viewers.stop()
             finally:
                 await self.statistics.stop()  # never raises
@@ -266,12 +270,14 @@ async def _wire(config: Config, db: asyncpg.Pool, cleanups: Cleanups, *, ingest:
     exports = ExportService(config, db, email_cipher)
     cleanups.add("the export thread", lambda: exports.executor.shutdown(wait=False))
     retention = AddressRetention(db, config.ip_retention_days)
+    chat = ChatService(config, db, redis)
     # The scheduled jobs, run in this order each round (`sf privacy purge` runs one round).
     jobs = JobRunner(redis, config.node_id, config.jobs_interval_seconds, [
         Job("erasure", erasure.purge_summary),
         Job("stale_exports", exports.fail_stale),
         Job("expired_exports", exports.delete_expired),
         Job("ip_retention", retention.erase_expired),
+        Job("chat_retention", chat.purge_expired),
     ])
     node_ingest = None
     if ingest:
@@ -290,7 +296,7 @@ async def _wire(config: Config, db: asyncpg.Pool, cleanups: Cleanups, *, ingest:
         stream_schema=StreamSchema(playback_secret=config.internal_secret,
                                    playback_ttl=config.playback_url_ttl),
         user_private=UserPrivateSchema(privacy_policy_version=consents.policy.version),
-        tickets=TicketStore(redis), counts=counts, viewers=viewers,
+        tickets=TicketStore(redis), counts=counts, viewers=viewers, chat=chat,
         media_nodes=media_nodes, ingest=node_ingest, exports=exports, jobs=jobs,
         cleanups=cleanups,
     )
