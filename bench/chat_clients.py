@@ -197,6 +197,7 @@ def sender_process(pipe: Any, params: dict[str, Any]) -> None:
         state: dict[str, Any] = {"task": None}
 
         async def connect_all() -> None:
+            await asyncio.sleep(max(0.0, params["start_at"] - time.time()))  # with the readers
             http = Connection("127.0.0.1", params["port"])
             for number, (token, source) in enumerate(zip(params["tokens"], params["sources"],
                                                          strict=True)):

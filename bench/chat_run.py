@@ -88,6 +88,7 @@ class ChatRun(Run):
             senders = self.spawn(sender_process, {
                 "stream_id": stream_id, "socket": "live", "port": stack.ws_port,
                 "origin": stack.origin, "tokens": tokens, "rate": args.rate,
+                "start_at": start_at,
                 "sources": [viewer_address(n + 1000 + i) for i in range(args.senders)]})
             sampler = Sampler(stack.server.pid, proxies, processes=args.api_processes > 1)
             sampler.start()
