@@ -48,9 +48,17 @@ HANDSHAKE, OPEN, DONE = 0, 1, 2
 
 
 def masked_frame(opcode: int, payload: bytes) -> bytes:
+    """A client's frame (masked, RFC 6455 §5.3) of any length a load generator sends."""
     mask = os.urandom(4)
     body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + body
+    length = len(payload)
+    if length < 126:
+        header = bytes([0x80 | opcode, 0x80 | length])
+    elif length < 65536:
+        header = bytes([0x80 | opcode, 0x80 | 126]) + length.to_bytes(2, "big")
+    else:
+        header = bytes([0x80 | opcode, 0x80 | 127]) + length.to_bytes(8, "big")
+    return header + mask + body
 
 
 class Viewer:
@@ -118,10 +126,7 @@ class Viewer:
             pos += header + length
             opcode = first & 0x0F
             if opcode == 1:
-                if payload.startswith(b'{"type": "viewers"'):
-                    self.msgs.append((arrival, now, payload))
-                else:
-                    self.fleet.other_messages[payload[:30]] += 1
+                self.on_text(arrival, now, payload)
             elif opcode == 9:
                 self.send(masked_frame(0xA, payload))
             elif opcode == 8:
@@ -129,6 +134,13 @@ class Viewer:
                 self.finish(f"close {code} {payload[2:].decode(errors='replace')}".strip())
                 return
         self.buf = buf[pos:]
+
+    def on_text(self, arrival: float, read: float, payload: bytes) -> None:
+        """A text message (kernel arrival, read time): `viewers` totals are kept, others counted."""
+        if payload.startswith(b'{"type": "viewers"'):
+            self.msgs.append((arrival, read, payload))
+        else:
+            self.fleet.other_messages[payload[:30]] += 1
 
     def send(self, data: bytes) -> None:
         try:
@@ -161,8 +173,9 @@ class Viewer:
 class Fleet:
     """The viewers of one client process."""
 
-    def __init__(self, params: dict[str, Any]) -> None:
+    def __init__(self, params: dict[str, Any], viewer_class: type[Viewer] = Viewer) -> None:
         self.params = params
+        self.viewer_class = viewer_class
         self.loop = asyncio.get_event_loop()
         self.viewers: list[Viewer] = []
         self.open_count = 0
@@ -170,13 +183,15 @@ class Fleet:
         self.drops: Counter[str] = Counter()
         self.drop_times: list[float] = []
         self.other_messages: Counter[bytes] = Counter()
-        path = f"/ws/streams/{params['stream_id']}/viewers"
-        self.request_head = (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{params['port']}\r\n"
+        # /viewers (counts only) unless the params name another socket of the stream (/live).
+        self.path = f"/ws/streams/{params['stream_id']}/{params.get('socket', 'viewers')}"
+        self.request_tail = (f" HTTP/1.1\r\nHost: 127.0.0.1:{params['port']}\r\n"
                              "Upgrade: websocket\r\nConnection: Upgrade\r\n"
                              "Sec-WebSocket-Version: 13\r\n"
                              f"Origin: {params['origin']}\r\n")  # the platform's public origin
 
-    async def connect(self, source: str) -> Viewer | None:
+    async def connect(self, source: str, query: str = "") -> Viewer | None:
+        """Open one viewer from `source`; `query` (e.g. `?ticket=…`) goes on the path."""
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setblocking(False)
         try:
@@ -190,11 +205,12 @@ class Fleet:
             self.failures[f"connect {getattr(error, 'errno', 'timeout')}"] += 1
             return None
         key = base64.b64encode(os.urandom(16))
-        viewer = Viewer(self, sock, key)
+        viewer = self.viewer_class(self, sock, key)
         viewer.open_future = self.loop.create_future()
         self.viewers.append(viewer)
         self.loop.add_reader(viewer.fd, viewer.readable)
-        viewer.send((self.request_head + f"Sec-WebSocket-Key: {key.decode()}\r\n\r\n").encode())
+        viewer.send((f"GET {self.path}{query}{self.request_tail}"
+                     f"Sec-WebSocket-Key: {key.decode()}\r\n\r\n").encode())
         return viewer
 
     def opened(self, viewer: Viewer) -> None:
@@ -283,6 +299,21 @@ async def serve_commands(pipe: Any, handlers: dict[str, Any]) -> Any:
         loop.remove_reader(pipe.fileno())
 
 
+async def ramp(fleet: Fleet, params: dict[str, Any]) -> None:
+    """Connect params['count'] viewers from params['sources'], params['rate'] a second from
+    params['start_at'] on (open loop: a slow handshake does not hold back the next one)."""
+    pending = set()
+    for index in range(params["count"]):
+        delay = params["start_at"] + index / params["rate"] - time.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        task = asyncio.ensure_future(fleet.connect(params["sources"][index]))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+    if pending:
+        await asyncio.gather(*pending)
+
+
 def client_process(pipe: Any, params: dict[str, Any]) -> None:
     """A share of the N viewers: ramp at params['rate']/s, hold until told to stop."""
     # The viewers stamp arrivals in the kernel, so they can wait; the REST load generator
@@ -291,21 +322,7 @@ def client_process(pipe: Any, params: dict[str, Any]) -> None:
 
     async def main() -> None:
         fleet = Fleet(params)
-        sources = params["sources"]
-
-        async def ramp() -> None:
-            pending = set()
-            for index in range(params["count"]):
-                delay = params["start_at"] + index / params["rate"] - time.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                task = asyncio.ensure_future(fleet.connect(sources[index]))
-                pending.add(task)
-                task.add_done_callback(pending.discard)
-            if pending:
-                await asyncio.gather(*pending)
-
-        ramping = asyncio.ensure_future(ramp())
+        ramping = asyncio.ensure_future(ramp(fleet, params))
 
         def stop() -> dict[str, Any]:
             ramping.cancel()

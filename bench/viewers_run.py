@@ -33,6 +33,23 @@ from harness.measure import percentile_sorted as pct  # noqa: E402
 TARGET_DELAY_P99, TARGET_RSS, TARGET_REST_P95 = 1.0, 1 << 30, 0.050
 
 
+def rest_figures(rest_results: list[tuple[float, float, int, str]], start: float,
+                 end: float) -> dict[str, Any]:
+    """Latency figures of the REST requests due in [start, end) (rest_process's results)."""
+    chosen = sorted(r[1] for r in rest_results if start <= r[0] < end)
+    errors = Counter(r[2] for r in rest_results if start <= r[0] < end and r[2] >= 400)
+    routes: dict[str, list[float]] = {}
+    for due, latency, _, path in rest_results:
+        if start <= due < end:
+            route = "/api/users/{name}" if path.startswith("/api/users/") else path
+            routes.setdefault(route, []).append(latency)
+    return {"count": len(chosen), "p50": pct(chosen, 50), "p95": pct(chosen, 95),
+            "p99": pct(chosen, 99), "max": chosen[-1] if chosen else math.nan,
+            "errors": dict(errors),
+            "routes": {route: (len(values), pct(sorted(values), 95))
+                       for route, values in sorted(routes.items())}}
+
+
 class Run:
     def __init__(self, args: argparse.Namespace, viewers: int) -> None:
         self.args, self.n = args, viewers
@@ -306,24 +323,10 @@ class Run:
         final_ok = final_last.get(expected_final, 0)
         final_open = sum(s["open"] for s in final_states)
 
-        def rest_figures(start: float, end: float) -> dict[str, Any]:
-            chosen = sorted(r[1] for r in rest_results if start <= r[0] < end)
-            errors = Counter(r[2] for r in rest_results if start <= r[0] < end and r[2] >= 400)
-            routes: dict[str, list[float]] = {}
-            for due, latency, _, path in rest_results:
-                if start <= due < end:
-                    route = "/api/users/{name}" if path.startswith("/api/users/") else path
-                    routes.setdefault(route, []).append(latency)
-            return {"count": len(chosen), "p50": pct(chosen, 50), "p95": pct(chosen, 95),
-                    "p99": pct(chosen, 99), "max": chosen[-1] if chosen else math.nan,
-                    "errors": dict(errors),
-                    "routes": {route: (len(values), pct(sorted(values), 95))
-                               for route, values in sorted(routes.items())}}
-
-        rest_baseline = rest_figures(phases["baseline"], phases["baseline_end"])
-        rest_hold = rest_figures(phases["hold"], churn_start)
-        rest_churn = rest_figures(churn_start, phases["churn_end"])
-        rest_all = rest_figures(phases["hold"], phases["churn_end"])
+        rest_baseline = rest_figures(rest_results, phases["baseline"], phases["baseline_end"])
+        rest_hold = rest_figures(rest_results, phases["hold"], churn_start)
+        rest_churn = rest_figures(rest_results, churn_start, phases["churn_end"])
+        rest_all = rest_figures(rest_results, phases["hold"], phases["churn_end"])
         windows = {"baseline": sampler.window(phases["baseline"], phases["baseline_end"]),
                    "ramp": sampler.window(phases["ramp"], phases["ramp_end"]),
                    "hold": sampler.window(phases["hold"], churn_start),

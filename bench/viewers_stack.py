@@ -46,15 +46,25 @@ def raise_nofile() -> None:
 
 
 class Sampler(threading.Thread):
-    """Samples the API node (RSS, CPU, fds) and the proxies' CPU every 0.5 s."""
+    """Samples the API node (RSS, CPU, fds) and the proxies' CPU every 0.5 s.
 
-    def __init__(self, api_pid: int, proxies: dict[str, int]) -> None:
+    With `processes` the node is a supervisor and its forked API processes (SF_API_PROCESSES
+    > 1): their figures are summed (RSS and VmHWM too: what the node's processes hold together).
+    """
+
+    def __init__(self, api_pid: int, proxies: dict[str, int], processes: bool = False) -> None:
         super().__init__(daemon=True)
         self.api_pid, self.proxies = api_pid, proxies
+        self.processes = processes
         self.samples: list[dict[str, Any]] = []
         self.stopping = threading.Event()
 
+    def api_pids(self) -> list[int]:
+        return [self.api_pid, *children_of(self.api_pid)] if self.processes else [self.api_pid]
+
     def sample(self) -> dict[str, Any]:
+        if self.processes:
+            return self.sample_processes()
         status = process_status(self.api_pid)
         proxies = {}
         for name, master in self.proxies.items():
@@ -72,6 +82,41 @@ class Sampler(threading.Thread):
         return {"t": time.time(), "cpu": process_cpu(self.api_pid), "rss": status["VmRSS"] * 1024,
                 "hwm": status["VmHWM"] * 1024, "threads": status["Threads"], "fds": fds,
                 "proxies": proxies, "cores": core_times()}
+
+    def sample_processes(self) -> dict[str, Any]:
+        cpu, rss, hwm, threads, fds = 0.0, 0, 0, 0, 0
+        per_process = {}
+        for pid in self.api_pids():
+            try:
+                status = process_status(pid)
+                cpu += process_cpu(pid)
+                fds += len(os.listdir(f"/proc/{pid}/fd"))
+            except OSError:
+                continue  # a process restarting: its figures are missing from this sample
+            rss, hwm, threads = (rss + status["VmRSS"] * 1024, hwm + status["VmHWM"] * 1024,
+                                 threads + status["Threads"])
+            per_process[pid] = status["VmRSS"] * 1024
+        proxies = {}
+        for name, master in self.proxies.items():
+            proxies[name] = 0.0
+            for pid in [master, *children_of(master)]:
+                try:
+                    proxies[name] += process_cpu(pid)
+                except OSError:
+                    pass
+        return {"t": time.time(), "cpu": cpu, "rss": rss, "hwm": hwm, "threads": threads,
+                "fds": fds, "proxies": proxies, "cores": core_times(),
+                "per_process_rss": per_process}
+
+    def hwm(self) -> int:
+        """The node's peak resident memory now (VmHWM, summed over its processes)."""
+        total = 0
+        for pid in self.api_pids():
+            try:
+                total += process_status(pid)["VmHWM"] * 1024
+            except OSError:
+                pass
+        return total
 
     def run(self) -> None:
         while not self.stopping.wait(0.5):
@@ -101,11 +146,15 @@ class Sampler(threading.Thread):
 # --- the stack ------------------------------------------------------------------------------------
 
 class Stack:
-    """PostgreSQL database, Redis server, the node's nginx and the edge, one API node (CPU 0)."""
+    """PostgreSQL database, Redis server, the node's nginx and the edge, one API node: one
+    process pinned to CPU 0, or `processes` of them on any core; `settings` (SF_* names) over
+    the bench's own."""
 
-    def __init__(self, via: str) -> None:
+    def __init__(self, via: str, *, database: str = BENCH_DB, processes: int = 1,
+                 settings: dict[str, str] | None = None, prefix: str = "sf-bench-viewers-") -> None:
         self.via = via
-        self.work = Path(tempfile.mkdtemp(prefix="sf-bench-viewers-"))
+        self.database, self.processes, self.settings = database, processes, settings or {}
+        self.work = Path(tempfile.mkdtemp(prefix=prefix))
         self.front: nginx.Front | None = None
         self.server: subprocess.Popen[bytes] | None = None
         self.redis_process: subprocess.Popen[bytes] | None = None
@@ -128,9 +177,9 @@ class Stack:
         self.env = {
             **os.environ,
             "SF_VAR_DIR": str(var), "SF_MEDIA_DIR": str(self.work / "media"),
-            "SF_DATABASE_URL": with_url_path(base.database_url, BENCH_DB),
+            "SF_DATABASE_URL": with_url_path(base.database_url, self.database),
             "SF_REDIS_URL": f"redis://127.0.0.1:{self.redis_port}/0",
-            **self.ports, "SF_API_PROCESSES": "1",  # pinned to CPU 0
+            **self.ports, "SF_API_PROCESSES": str(self.processes),  # one: pinned to CPU 0
             "SF_RATE_LIMIT_ANONYMOUS": "100000000", "SF_RATE_LIMIT_USER": "100000000",
             "SF_RATE_LIMIT_AUTHENTICATED_IP": "100000000", "SF_RATE_LIMIT_AUTH_NETWORK": "100000000",
             "SF_RATE_LIMIT_AUTH_NODE": "100000000", "SF_ACCOUNTS_PER_RANGE_PER_DAY": "100000000",
@@ -142,10 +191,12 @@ class Stack:
         for name in ("SF_WS_CONNECTIONS_PER_ADDRESS", "SF_VIEWERS_ANONYMOUS_PER_NETWORK",
                      "SF_WS_HANDSHAKES_PER_MINUTE"):
             self.env.pop(name, None)
-        asyncio.run(recreate_database(base.database_url, BENCH_DB))
+        self.env.update(self.settings)
+        asyncio.run(recreate_database(base.database_url, self.database))
         self.config = load_config(self.env)
         self.front = nginx.Front(self.config).start()
-        self.server = spawn_api(self.env, self.api_log, preexec_fn=pinned(SERVER_CPU))
+        self.server = spawn_api(self.env, self.api_log, preexec_fn=pinned(SERVER_CPU)
+                                if self.processes == 1 else die_with_parent)
         deadline = time.time() + 30
         while time.time() < deadline:
             if self.server.poll() is not None:
