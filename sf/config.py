@@ -655,7 +655,8 @@ class Config:
         "(`duplicate`).", unit="seconds")
     chat_retention_days: int = setting(
         Integer(1, 3650),
-        "Chat messages are deleted this long after they were sent (a scheduled job).",
+        "Chat messages and chat moderation log entries are deleted this long after they were "
+        "made (a scheduled job).",
         unit="days")
     extra: dict[str, str] = field(default_factory=dict, compare=False)
 

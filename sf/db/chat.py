@@ -177,6 +177,15 @@ async def delete_sent_before(db: Executor, before: datetime, batch: int) -> int:
     return int(result.split()[-1])
 
 
+async def delete_moderation_log_before(db: Executor, before: datetime, batch: int) -> int:
+    """Delete up to `batch` moderation log entries made before `before`; how many."""
+    result = await db.execute(
+        """DELETE FROM chat_moderation_log WHERE id IN (
+               SELECT id FROM chat_moderation_log WHERE created_at < $1 LIMIT $2)""",
+        before, batch)
+    return int(result.split()[-1])
+
+
 async def forget_author(db: Executor, user_id: int) -> int:
     """An erased account's messages lose their author (they stay, anonymous); how many."""
     result = await db.execute("UPDATE chat_messages SET user_id = NULL WHERE user_id = $1",

@@ -49,7 +49,12 @@ from sf.services.viewers import fan_out
 
 log = logging.getLogger("sf.chat")
 
-FLUSH_EVERY = 0.15          # seconds: at most ~7 chat frames a second per socket
+FLUSH_EVERY = 0.2           # seconds: at most 5 chat frames a second per socket
+# A process holding many chat sockets writes one frame to each of them per flush (and the edge
+# relays each): past BUSY_SOCKETS it flushes every FLUSH_EVERY_BUSY, 2 frames a second, which
+# keeps a busy chat under a second at 10,000 readers on 2 cores (docs/benchmarks.md).
+BUSY_SOCKETS = 2000
+FLUSH_EVERY_BUSY = 0.5
 SETTINGS_TTL = 60.0         # a channel's cached settings are read again after this at most
 RETENTION_BATCH = 5000      # messages deleted per statement by the retention job
 INTERNAL = "internal."      # events for the processes, never sent to a socket
@@ -413,7 +418,8 @@ class ChatService:
 
     async def _flush_forever(self) -> None:
         while True:
-            await asyncio.sleep(FLUSH_EVERY)
+            await asyncio.sleep(FLUSH_EVERY_BUSY if len(self.members) > BUSY_SOCKETS
+                                else FLUSH_EVERY)
             try:
                 await self.flush()
             except Exception:
@@ -447,14 +453,20 @@ class ChatService:
     # --- retention and lifecycle --------------------------------------------------------------
 
     async def purge_expired(self, now: datetime | None = None) -> dict[str, Any]:
-        """Delete messages older than SF_CHAT_RETENTION_DAYS, a batch at a time (a job)."""
+        """Delete messages and moderation log entries older than SF_CHAT_RETENTION_DAYS, a
+        batch at a time (a job)."""
         before = (now or datetime.now(UTC)) - timedelta(days=self.config.chat_retention_days)
-        deleted = 0
-        while True:
-            count = await chat_db.delete_sent_before(self.db, before, RETENTION_BATCH)
-            deleted += count
-            if count < RETENTION_BATCH:
-                return {"chat_messages": deleted}
+        report = {}
+        for name, delete in (("chat_messages", chat_db.delete_sent_before),
+                             ("moderation_log", chat_db.delete_moderation_log_before)):
+            deleted = 0
+            while True:
+                count = await delete(self.db, before, RETENTION_BATCH)
+                deleted += count
+                if count < RETENTION_BATCH:
+                    break
+            report[name] = deleted
+        return report
 
     async def start(self) -> None:
         self._tasks = [asyncio.ensure_future(self._listen()),
