@@ -44,7 +44,10 @@ def test_two_processes_one_order_one_viewer_count_and_bans_everywhere(platform, 
                                          token=owner["token"])
     assert status == 201
     stream_id = stream["id"]
-    alice, bob = platform.register("alice"), platform.register("bob")
+    # Names of this module's own: platform tests share one database, and the fast tier's
+    # tests (which run before, and clear it when they start, not when they end) leave
+    # their alice and bob in it.
+    alice, bob = platform.register("nodes_alice"), platform.register("nodes_bob")
     other = platform.start_api_node(tmp_path / "other-media")
     process_0 = f"http://127.0.0.1:{platform.config.api_internal_port}"
 
@@ -67,7 +70,7 @@ def test_two_processes_one_order_one_viewer_count_and_bans_everywhere(platform, 
             await reader.until(lambda v: len(v.chat()) == 30, what="all 30 messages")
         orders = [[m["text"] for m in reader.chat()] for reader in readers]
         assert orders[0] == orders[1] == orders[2] == orders[3]
-        assert {m["user"]["username"] for m in reader_0.chat()} == {"alice", "bob"}
+        assert {m["user"]["username"] for m in reader_0.chat()} == {"nodes_alice", "nodes_bob"}
 
         # Banned through the database on one side: refused on the other process at once, on
         # the socket it has and on a new one with a new ticket.

@@ -132,6 +132,29 @@ async def test_the_live_stream_ends_and_the_stream_key_is_destroyed(api, service
     viewer.close()
 
 
+async def test_an_ordinary_end_keeps_its_viewers_waiting_signed_in_or_not(api, services,
+                                                                           base_url):
+    """The closing above is for deleted accounts only: a public stream that ends (or goes
+    offline) keeps anonymous and signed-in viewers for the streamer's return (it closed every
+    anonymous socket, so a media node's death dropped the viewers the survivor was to tell)."""
+    alice, bob = await api.register("alice"), await api.register("bob")
+    stream_id = await go_live(api, services, alice)
+    ticket = (await api.post("/api/ws/ticket", token=bob["access_token"])).json["ticket"]
+    sockets = [await viewer_socket(base_url, stream_id),
+               await viewer_socket(base_url, stream_id, f"?ticket={ticket}")]
+    await services.streams.end_stream(stream_id, alice["user"]["id"])
+    for socket in sockets:
+        ended = await next_message(socket, "stream")
+        assert ended["is_live"] is False
+    for socket in sockets:
+        try:  # the next viewers count, or nothing: either way not a close
+            assert await asyncio.wait_for(socket.read_message(), 2) is not None
+        except TimeoutError:
+            pass
+        assert socket.close_code is None
+        socket.close()
+
+
 async def test_follows_and_invites_go_and_every_count_stays_exact(api, services):
     alice, bob, carol, dave = [await api.register(name) for name in ("alice", "bob", "carol", "dave")]
     follows = ((alice, "bob"), (alice, "carol"), (dave, "alice"), (carol, "alice"), (dave, "bob"))

@@ -394,17 +394,24 @@ class ViewerHub(StreamListener):
 
     async def _close_unauthorized(self, stream_id: int) -> None:
         """A stream became private, or ended: only those who may still see it stay (its owner
-        and invited viewers; nobody once its account is deleted)."""
+        and invited viewers; nobody once its account is deleted). A stream anyone may still
+        see (public, its account not deleted) keeps every socket, anonymous ones too."""
+        sockets = list(self.sockets.get(stream_id, ()))
+        if not sockets or await self._visible_to(stream_id, None):
+            return
         verdicts: dict[int | None, bool] = {None: False}
-        for socket in list(self.sockets.get(stream_id, ())):
+        for socket in sockets:
             if socket.account_id not in verdicts:
-                try:
-                    await self.streams.get_stream(stream_id, socket.account_id)
-                    verdicts[socket.account_id] = True
-                except NotFound:
-                    verdicts[socket.account_id] = False
+                verdicts[socket.account_id] = await self._visible_to(stream_id, socket.account_id)
             if not verdicts[socket.account_id]:
                 socket.close(CLOSE_NOT_FOUND, "stream not found")
+
+    async def _visible_to(self, stream_id: int, account_id: int | None) -> bool:
+        try:
+            await self.streams.get_stream(stream_id, account_id)
+        except NotFound:
+            return False
+        return True
 
     async def viewer_revoked(self, event: AccessEvent) -> None:
         for stream_id, (owner_id, private) in list(self.owners.items()):
