@@ -34,6 +34,7 @@ from sf.db.migrate import recreate_database  # noqa: E402
 from sf.media import nginx  # noqa: E402
 from sf.media.process import die_with_parent  # noqa: E402
 from sf.node import localservices  # noqa: E402
+from sf.node.dev import start_mail_sink, stop_process  # noqa: E402
 
 BENCH_DB = "sf_bench_viewers"
 SERVER_CPU, CLIENT_CPU = 0, 1
@@ -163,6 +164,8 @@ class Stack:
         self.http_port = int(self.ports["SF_HTTP_PORT"])
         self.api_port = int(self.ports["SF_API_PORT"])
         self.redis_port = reserve_port()
+        self.mail_port = reserve_port()
+        self.mail_sink: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         base = load_config()
@@ -184,6 +187,9 @@ class Stack:
             "SF_RATE_LIMIT_AUTHENTICATED_IP": "100000000", "SF_RATE_LIMIT_AUTH_NETWORK": "100000000",
             "SF_RATE_LIMIT_AUTH_NODE": "100000000", "SF_ACCOUNTS_PER_RANGE_PER_DAY": "100000000",
             "SF_RATE_LIMIT_AUTH_IP": "100000000", "SF_RATE_LIMIT_AUTH_ACCOUNT": "100000000",
+            # Sign-up mails go to a sink of the stack's own (var/mail), not to a port nobody
+            # serves (a warning and a retry per account, in the middle of the figures).
+            "SF_SMTP_URL": f"smtp://127.0.0.1:{self.mail_port}",
             "SF_BCRYPT_ROUNDS": "4", "SF_LOG_LEVEL": "WARNING", "SF_ENV": "production",
         }
         # The server's own defaults apply: the viewers come from addresses of their own, four
@@ -194,6 +200,7 @@ class Stack:
         self.env.update(self.settings)
         asyncio.run(recreate_database(base.database_url, self.database))
         self.config = load_config(self.env)
+        self.mail_sink = start_mail_sink(self.config)
         self.front = nginx.Front(self.config).start()
         self.server = spawn_api(self.env, self.api_log, preexec_fn=pinned(SERVER_CPU)
                                 if self.processes == 1 else die_with_parent)
@@ -290,6 +297,8 @@ class Stack:
                 self.server.wait()
         if self.front is not None:
             self.front.stop()
+        if self.mail_sink is not None:
+            stop_process(self.mail_sink)
         if self.redis_process is not None and self.redis_process.poll() is None:
             self.redis_process.terminate()
             try:

@@ -177,11 +177,13 @@ class Platform:
     def start(self) -> Platform:
         # Rate-limit windows start afresh: the platforms of earlier tests share this Redis
         # database and 127.0.0.1, and a test that raised its own limits (a steady client
-        # through rolling restarts) would spend the default budget of the next one.
+        # through rolling restarts) would spend the default budget of the next one. So do
+        # failed-password counts (sf:lf:), kept by account id, which every fresh database
+        # hands out from 1 again.
         # So do viewer counts, peaks and unique viewers: they are kept by stream id, and every
         # test session's fresh database numbers its streams from 1 again.
         with redis.Redis.from_url(self.config.redis_url) as client:
-            for pattern in ("sf:rl:*", "sf:vc:*", "sf:uv:*"):
+            for pattern in ("sf:rl:*", "sf:lf:*", "sf:vc:*", "sf:uv:*"):
                 for key in client.scan_iter(pattern, count=1000):
                     client.delete(key)
         self.front = nginx.Front(self.nginx_config, edge=self.edge).start()

@@ -179,17 +179,18 @@ async def fill_through_the_app(api: Api, services: Any) -> dict[str, Any]:
     await set_viewers(services, live, 5)
     assert await services.statistics.sample() == 1  # a viewer sample and the stream's statistics
     # Chat (issue 22): settings, a moderator and a timeout, each in the moderation log, through
-    # the REST; a message by SQL until the send path (the live socket) is merged here.
+    # the REST; a message through the send path (what a /live socket's chat.send calls).
     assert (await api.put("/api/channel/chat/settings", {"slow_mode_seconds": 5,
                                                          "blocked_terms": ["spoiler"]},
                           token=alice["access_token"])).status == 200
     assert (await api.put("/api/channel/moderators/bob", token=alice["access_token"])).status == 204
-    await services.db.execute(
-        "INSERT INTO chat_messages (stream_id, channel_id, user_id, text)"
-        " VALUES ($1, $2, $2, 'welcome')", live, alice["user"]["id"])
+    sent = await services.chat.send(alice["user"]["id"], live, alice["user"]["id"], "welcome",
+                                    "n1")
+    assert sent["type"] == "chat.ack", sent
     assert (await api.put("/api/channel/bans/carol?channel=alice", {"duration_seconds": 600},
                           token=bob["access_token"])).status == 200
-    # Tables of issue 21 that no endpoint of this branch fills yet.
+    # Rows of issue 21 with values of their own: a login from elsewhere, a pending export
+    # (one made through the API would be built while the backup runs).
     await services.db.execute(
         "INSERT INTO login_records (user_id, session_id, kind, ip) VALUES ($1, 's', 'login',"
         " '203.0.113.5'); INSERT INTO exports (user_id) VALUES ($1)".replace("$1", str(alice["user"]["id"])))

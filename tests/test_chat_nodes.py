@@ -6,6 +6,7 @@ process at once; a new ticket or socket does not evade it."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import asyncpg
 import pytest
@@ -84,7 +85,28 @@ def test_two_processes_one_order_one_viewer_count_and_bans_everywhere(platform, 
         assert (await bob_socket.say("still here?"))["code"] == "banned"
         again = await live(platform, process_0, stream_id, bob["token"])
         assert (await again.say("new socket"))["code"] == "banned"
-        for socket in (*readers, counter, again):
+
+        # Through REST on process 0, in force on the other process within 1 s (goal 2): a
+        # timeout stops alice's socket there and hides her messages from its readers; a
+        # settings change reaches its sockets.
+        alice_there = await live(platform, other["url"], stream_id, alice["token"])
+        on_0 = {"url": process_0}
+        status, _, _ = await asyncio.to_thread(
+            platform.request_node, on_0, "PUT", "/api/channel/bans/nodes_alice",
+            {"duration_seconds": 600, "reason": "cool off"}, owner["token"])
+        assert status == 200
+        answered = time.monotonic()
+        assert (await alice_there.say("still here?"))["code"] == "timed_out"
+        await reader_1.until(lambda v: {"type": "chat.user_cleared", "user_id": alice["user"]["id"]}
+                             in v.items, 1.0, "alice's messages hidden on the other process")
+        assert time.monotonic() - answered <= 1.0
+        status, _, _ = await asyncio.to_thread(
+            platform.request_node, on_0, "PUT", "/api/channel/chat/settings",
+            {"enabled": False}, owner["token"])
+        assert status == 200
+        await reader_1.until(lambda v: v.of_type("chat.settings")[-1]["enabled"] is False, 1.0,
+                             "chat turned off on the other process")
+        for socket in (*readers, counter, again, alice_there):
             socket.close()
 
     try:

@@ -622,7 +622,8 @@ def test_chat_send_read_moderate_and_settings(platform: Platform, pages: Pages) 
     """The streamer appoints a moderator in the dashboard; on one live stream viewer A's
     messages reach the moderator B (HTML as text) and a late anonymous reader (history); the
     streamer deletes one, B times A out (A's messages vanish, A's send gets the notice); chat
-    settings saved in the dashboard show on the watch pages; the timeout is lifted there."""
+    settings saved in the dashboard show on the watch pages; the timeout is lifted there.
+    security.md#chat-html: a message of markup stays text on every page that shows it."""
     owner = platform.register("chathost")
     chatter = platform.register("chatter")
     moderator_account = platform.register("chatmod")

@@ -104,30 +104,24 @@ class ChatModerationService:
 
     async def add_moderator(self, owner_id: int, username: str) -> None:
         """Appoint a moderator of the owner's channel (idempotent; logged when it changed)."""
-        target = await users_db.get_user_by_username(self.db, username)
-        if target.id == owner_id:
-            raise validation_error("username", "you own your channel")
-        async with self.db.acquire() as connection, connection.transaction():
-            await moderation_db.lock_channel(connection, owner_id)
-            added = await moderation_db.add_moderator(connection, owner_id, target.id)
-            if added:
-                await moderation_db.record(connection, owner_id, owner_id, target.id,
-                                           moderation_db.MODERATOR_ADDED)
-        if added:
-            await self._tell(owner_id, {"type": "internal.standing", "user_id": target.id})
+        await self._set_moderator(owner_id, username, appoint=True)
 
     async def remove_moderator(self, owner_id: int, username: str) -> None:
         """Remove a moderator (idempotent; logged when it changed)."""
+        await self._set_moderator(owner_id, username, appoint=False)
+
+    async def _set_moderator(self, owner_id: int, username: str, appoint: bool) -> None:
         target = await users_db.get_user_by_username(self.db, username)
         if target.id == owner_id:
             raise validation_error("username", "you own your channel")
+        change, action = ((moderation_db.add_moderator, moderation_db.MODERATOR_ADDED) if appoint
+                          else (moderation_db.remove_moderator, moderation_db.MODERATOR_REMOVED))
         async with self.db.acquire() as connection, connection.transaction():
             await moderation_db.lock_channel(connection, owner_id)
-            removed = await moderation_db.remove_moderator(connection, owner_id, target.id)
-            if removed:
-                await moderation_db.record(connection, owner_id, owner_id, target.id,
-                                           moderation_db.MODERATOR_REMOVED)
-        if removed:
+            changed = await change(connection, owner_id, target.id)
+            if changed:
+                await moderation_db.record(connection, owner_id, owner_id, target.id, action)
+        if changed:
             await self._tell(owner_id, {"type": "internal.standing", "user_id": target.id})
 
     # --- bans and timeouts (owner and moderators) ------------------------------------------
