@@ -30,6 +30,21 @@ class ChatSettings:
     followers_only_minutes: int | None = None
     min_account_age_minutes: int = 0
     blocked_terms: tuple[str, ...] = ()
+    updated_at: datetime | None = None
+
+
+# What the owner sets (`PUT /api/channel/chat/settings`), as columns of `chat_settings`.
+SETTINGS_FIELDS = ("enabled", "slow_mode_seconds", "followers_only_minutes",
+                   "min_account_age_minutes", "blocked_terms")
+SETTINGS_COLUMNS = ", ".join((*SETTINGS_FIELDS, "updated_at"))
+
+
+def settings_of(row: asyncpg.Record | None) -> ChatSettings:
+    if row is None:
+        return ChatSettings()
+    return ChatSettings(row["enabled"], row["slow_mode_seconds"], row["followers_only_minutes"],
+                        row["min_account_age_minutes"], tuple(row["blocked_terms"]),
+                        row["updated_at"])
 
 
 @dataclass(frozen=True)
@@ -79,12 +94,8 @@ def _roles(channel_id: int, user_id: int, moderator: bool) -> list[str]:
 async def get_settings(db: Executor, channel_id: int) -> ChatSettings:
     """A channel's chat settings (the defaults when it never changed them)."""
     row = await db.fetchrow(
-        """SELECT enabled, slow_mode_seconds, followers_only_minutes, min_account_age_minutes,
-                  blocked_terms FROM chat_settings WHERE channel_id = $1""", channel_id)
-    if row is None:
-        return ChatSettings()
-    return ChatSettings(row["enabled"], row["slow_mode_seconds"], row["followers_only_minutes"],
-                        row["min_account_age_minutes"], tuple(row["blocked_terms"]))
+        f"SELECT {SETTINGS_COLUMNS} FROM chat_settings WHERE channel_id = $1", channel_id)
+    return settings_of(row)
 
 
 async def is_moderator(db: Executor, channel_id: int, user_id: int) -> bool:

@@ -10,13 +10,14 @@ moderator cannot be banned by a moderator who read the old roles.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 
 from sf.db import users as users_db
+from sf.db.chat import SETTINGS_COLUMNS, SETTINGS_FIELDS, ChatSettings, settings_of
 from sf.db.pagination import ROW_ID_RANGE, decode_cursor, encode_cursor
 from sf.db.sql import Executor
 from sf.db.users import User
@@ -29,11 +30,6 @@ BAN, TIMEOUT, UNBAN = "ban", "timeout", "unban"
 MESSAGE_DELETED, SETTINGS_CHANGED = "message_deleted", "settings_changed"
 ACTIONS = (MODERATOR_ADDED, MODERATOR_REMOVED, BAN, TIMEOUT, UNBAN, MESSAGE_DELETED,
            SETTINGS_CHANGED)
-
-# The columns of chat_settings a PUT may change.
-SETTINGS_FIELDS = ("enabled", "slow_mode_seconds", "followers_only_minutes",
-                   "min_account_age_minutes", "blocked_terms")
-
 
 @dataclass(frozen=True)
 class UserRef:
@@ -58,18 +54,6 @@ class Ban:
     @property
     def kind(self) -> str:
         return BAN if self.expires_at is None else TIMEOUT
-
-
-@dataclass(frozen=True)
-class ChatSettings:
-    """A channel's chat settings (the defaults when it never changed them)."""
-
-    enabled: bool = True
-    slow_mode_seconds: int | None = None
-    followers_only_minutes: int | None = None
-    min_account_age_minutes: int = 0
-    blocked_terms: list[str] = field(default_factory=list)
-    updated_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -259,24 +243,6 @@ async def hide_message(db: Executor, message_id: int) -> bool:
 
 # --- settings ---------------------------------------------------------------------------------
 
-_SETTINGS_COLUMNS = ", ".join((*SETTINGS_FIELDS, "updated_at"))
-
-
-def _settings(row: asyncpg.Record | None) -> ChatSettings:
-    if row is None:
-        return ChatSettings()
-    return ChatSettings(row["enabled"], row["slow_mode_seconds"], row["followers_only_minutes"],
-                        row["min_account_age_minutes"], list(row["blocked_terms"]),
-                        row["updated_at"])
-
-
-async def get_settings(db: Executor, channel_id: int) -> ChatSettings:
-    """A channel's chat settings (the defaults when it has no row)."""
-    row = await db.fetchrow(
-        f"SELECT {_SETTINGS_COLUMNS} FROM chat_settings WHERE channel_id = $1", channel_id)
-    return _settings(row)
-
-
 async def update_settings(db: Executor, channel_id: int, changes: dict[str, Any]) -> ChatSettings:
     """Change some settings (the others keep their value, or the default); the result."""
     names = [name for name in SETTINGS_FIELDS if name in changes]
@@ -286,8 +252,8 @@ async def update_settings(db: Executor, channel_id: int, changes: dict[str, Any]
     row = await db.fetchrow(
         f"""INSERT INTO chat_settings ({columns}) VALUES ({values})
             ON CONFLICT (channel_id) DO UPDATE SET {updates}
-            RETURNING {_SETTINGS_COLUMNS}""", channel_id, *(changes[name] for name in names))
-    return _settings(row)
+            RETURNING {SETTINGS_COLUMNS}""", channel_id, *(changes[name] for name in names))
+    return settings_of(row)
 
 
 # --- the moderation log -----------------------------------------------------------------------

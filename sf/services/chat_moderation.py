@@ -20,9 +20,11 @@ from typing import Any, Protocol
 
 import asyncpg
 
+from sf.db import chat as chat_db
 from sf.db import chat_moderation as moderation_db
 from sf.db import users as users_db
-from sf.db.chat_moderation import Ban, ChatSettings, LogEntry
+from sf.db.chat import ChatSettings
+from sf.db.chat_moderation import Ban, LogEntry
 from sf.db.users import User
 from sf.errors import Forbidden, NotFound, validation_error
 from sf.schemas.chat_moderation import chat_settings_schema, normalised_term
@@ -182,16 +184,16 @@ class ChatModerationService:
     async def settings(self, user_id: int, channel: str | None) -> ChatSettings:
         """A channel's chat settings, blocked terms included (owner and moderators)."""
         where = await self.channel_for(user_id, channel)
-        return await moderation_db.get_settings(self.db, where.id)
+        return await chat_db.get_settings(self.db, where.id)
 
     async def update_settings(self, owner_id: int, changes: dict[str, Any]) -> ChatSettings:
         """Change the owner's chat settings; every socket of the channel hears the new ones."""
         changes = {name: value for name, value in changes.items()
-                   if name in moderation_db.SETTINGS_FIELDS}
+                   if name in chat_db.SETTINGS_FIELDS}
         if "blocked_terms" in changes:
             changes["blocked_terms"] = distinct_terms(changes["blocked_terms"])
         if not changes:
-            return await moderation_db.get_settings(self.db, owner_id)
+            return await chat_db.get_settings(self.db, owner_id)
         async with self.db.acquire() as connection, connection.transaction():
             await moderation_db.lock_channel(connection, owner_id)
             settings = await moderation_db.update_settings(connection, owner_id, changes)
