@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT))
 from bench.api import seed_streams  # noqa: E402
 from bench.chat_clients import reader_process, sender_process  # noqa: E402
 from bench.chat_report import report  # noqa: E402
-from bench.viewers_clients import MAX_PER_PROCESS, rest_process, viewer_address  # noqa: E402
+from bench.viewers_clients import MAX_PER_PROCESS, viewer_address  # noqa: E402
 from bench.viewers_run import Run, rest_figures  # noqa: E402
 from bench.viewers_stack import Sampler, Stack  # noqa: E402
 from harness.client import call, register  # noqa: E402
@@ -78,10 +78,7 @@ class ChatRun(Run):
             shares = [n // processes + (1 if i < n % processes else 0) for i in range(processes)]
             every = max(1, n // max(1, args.sample))
             sampled = {viewer_address(k) for k in range(0, n, every)}
-            rest = self.spawn(rest_process, {
-                "port": stack.entry_port, "rate": args.rest_rate, "connections": 32,
-                "paths": ["/api/streams", "/api/users/bench_streamer",
-                          *[f"/api/users/live_{i}" for i in range(1, 1001, 7)]]})
+            rest = self.spawn_rest(stack)
             phases: dict[str, float] = {"baseline": time.time() + 0.5}
             phases["baseline_end"] = phases["baseline"] + args.baseline
             rest.send({"start_at": phases["baseline"], "seconds": args.baseline})
@@ -173,17 +170,7 @@ class ChatRun(Run):
         finally:
             if sampler is not None:
                 sampler.stopping.set()
-            self.cleanup()
-            warnings = stack.server_warnings()
-            stack.stop()
-            if warnings:
-                log("API log (WARNING and above), most frequent:")
-                for line, count in warnings.most_common(8):
-                    log(f"  {count:>6} × {line}")
-            if args.keep:
-                log(f"kept {stack.work}")
-            else:
-                stack.remove()
+            self.tear_down(stack)
 
     @staticmethod
     def open_chat(base: str, token: str) -> None:

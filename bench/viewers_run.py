@@ -90,6 +90,29 @@ class Run:
                 process.kill()
                 process.join(timeout=5)
 
+    def spawn_rest(self, stack: Stack) -> Any:
+        """The REST load (through the public port): the directory, the streamer's profile and
+        the seeded users' profiles, at --rest-rate requests a second."""
+        return self.spawn(rest_process, {
+            "port": stack.entry_port, "rate": self.args.rest_rate, "connections": 32,
+            "paths": ["/api/streams", "/api/users/bench_streamer",
+                      *[f"/api/users/live_{i}" for i in range(1, 1001, 7)]]})
+
+    def tear_down(self, stack: Stack) -> None:
+        """Stop the clients and the stack, print what the API logged (WARNING and above), and
+        remove the stack's files unless --keep."""
+        self.cleanup()
+        warnings = stack.server_warnings()
+        stack.stop()
+        if warnings:
+            log("API log (WARNING and above), most frequent:")
+            for line, count in warnings.most_common(8):
+                log(f"  {count:>6} × {line}")
+        if self.args.keep:
+            log(f"kept {stack.work}")
+        else:
+            stack.remove()
+
     def execute(self) -> dict[str, Any]:
         args, n = self.args, self.n
         stack = Stack(args.via)
@@ -112,10 +135,7 @@ class Run:
             processes = max(args.processes or 4, math.ceil(n / MAX_PER_PROCESS))
             shares = [n // processes + (1 if i < n % processes else 0) for i in range(processes)]
             ramp_seconds = n / args.ramp_rate
-            rest = self.spawn(rest_process, {
-                "port": stack.entry_port, "rate": args.rest_rate, "connections": 32,
-                "paths": ["/api/streams", "/api/users/bench_streamer",
-                          *[f"/api/users/live_{i}" for i in range(1, 1001, 7)]]})
+            rest = self.spawn_rest(stack)
             phases: dict[str, float] = {"baseline": time.time() + 0.5}
             phases["baseline_end"] = phases["baseline"] + args.baseline
             rest.send({"start_at": phases["baseline"], "seconds": args.baseline})
@@ -226,17 +246,7 @@ class Run:
                 if profiler.current:
                     profiler.current[1].kill()
                     profiler.current[1].wait()
-                self.cleanup()
-                warnings = stack.server_warnings()
-                stack.stop()
-                if warnings:
-                    log("API node log (WARNING and above), most frequent:")
-                    for line, count in warnings.most_common(8):
-                        log(f"  {count:>6} × {line}")
-                if args.keep:
-                    log(f"kept {stack.work}")
-                else:
-                    stack.remove()
+                self.tear_down(stack)
             finally:
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)

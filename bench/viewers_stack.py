@@ -200,7 +200,7 @@ class Stack:
         self.env.update(self.settings)
         asyncio.run(recreate_database(base.database_url, self.database))
         self.config = load_config(self.env)
-        self.mail_sink = start_mail_sink(self.config)
+        self.mail_sink = start_mail_sink(self.config, quiet=True)
         self.front = nginx.Front(self.config).start()
         self.server = spawn_api(self.env, self.api_log, preexec_fn=pinned(SERVER_CPU)
                                 if self.processes == 1 else die_with_parent)

@@ -89,17 +89,19 @@ def run_edge(config: Config) -> int:
             signal.signal(signum, handler)
 
 
-def start_mail_sink(config: Config) -> subprocess.Popen[bytes] | None:
+def start_mail_sink(config: Config, quiet: bool = False) -> subprocess.Popen[bytes] | None:
     """The local SMTP sink (`python -m sf.node.mail_sink`, a process of its own: the API
     processes are forked and must not inherit its thread) when `SF_SMTP_URL` is plain SMTP on
-    this machine and nothing listens there yet; None otherwise (mail goes to that server)."""
+    this machine and nothing listens there yet; None otherwise (mail goes to that server).
+    `quiet`: the links it prints on stdout go nowhere (the mails stay in var/mail)."""
     url = urlsplit(config.smtp_url)
     host, port = url.hostname or "", url.port or 25
     if url.scheme != "smtp" or host not in ("127.0.0.1", "localhost") \
             or localservices.port_open(port, host):
         return None
     sink = subprocess.Popen([sys.executable, "-m", "sf.node.mail_sink", host, str(port),
-                             str(config.var_dir / "mail"), "--log-level", config.log_level])
+                             str(config.var_dir / "mail"), "--log-level", config.log_level],
+                            stdout=subprocess.DEVNULL if quiet else None)
     deadline = time.monotonic() + 10
     while not localservices.port_open(port, host):
         if sink.poll() is not None or time.monotonic() > deadline:
