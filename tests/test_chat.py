@@ -360,6 +360,56 @@ async def test_frame_floods_and_oversized_frames_close_the_socket(
     assert await services.db.fetchval("SELECT count(*) FROM chat_messages") == 0
 
 
+def masked(opcode: int, payload: bytes, final: bool) -> bytes:
+    """A client's frame (masked, as RFC 6455 asks of clients), fragment or whole."""
+    mask = b"\x01\x02\x03\x04"
+    assert len(payload) < 126
+    return (bytes(((0x80 if final else 0) | opcode, 0x80 | len(payload))) + mask
+            + bytes(byte ^ mask[index % 4] for index, byte in enumerate(payload)))
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_message_in_fragments_counts_every_fragment(api, services, base_url,
+                                                           chat_running):
+    """security.md#chat-fragment-flood: one message of 8,000 one-byte continuation frames
+    counted as one frame of the budget, and six sockets so fragmenting kept the API at a
+    full core. Each fragment counts: past the budget the socket closes with 1008."""
+    _, stream_id = await streamer(api, "host")
+    fragmenter = await live(api, base_url, stream_id)
+    text = json.dumps({"type": "chat.send", "nonce": "f", "text": "x" * 100}).encode()
+    frames = [masked(0x1 if index == 0 else 0x0, text[index:index + 1], index == len(text) - 1)
+              for index in range(len(text))]
+    stream = fragmenter.connection.protocol.stream
+    await stream.write(b"".join(frames))
+    assert await fragmenter.until_closed() == CLOSE_POLICY
+    # A client that fragments within the budget is served.
+    sender = await live(api, base_url, stream_id)
+    short = json.dumps({"type": "chat.send", "nonce": "g", "text": "hi"}).encode()
+    await sender.connection.protocol.stream.write(
+        masked(0x1, short[:10], False) + masked(0x0, short[10:], True))
+    await sender.until(lambda v: v.answer("g") is not None, what="an answer to the fragments")
+    assert sender.answer("g")["code"] == "not_signed_in" and sender.close_code is None
+    sender.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_socket_whose_session_ended_sends_nothing_more(api, services, base_url,
+                                                               chat_running):
+    """security.md#chat-after-logout: after a logout or password change elsewhere, the
+    session's open socket still had messages acked until the session check closed it
+    (every 5 s). The send itself checks the session: refused, and the socket closes."""
+    _, stream_id = await streamer(api, "host")
+    mallory = await api.register("mallory")
+    socket = await live(api, base_url, stream_id, mallory)
+    assert (await socket.say("before"))["type"] == "chat.ack"
+    assert (await api.post("/api/auth/logout", token=mallory["access_token"])).status == 204
+    answer = await socket.say("after")
+    assert answer["type"] == "chat.notice" and answer["code"] == "not_signed_in"
+    assert await socket.until_closed() == 4401
+    texts = [row["text"] for row in await services.db.fetch("SELECT text FROM chat_messages")]
+    assert texts == ["before"]
+
+
 @pytest.mark.gen_test(timeout=60)
 async def test_the_sender_is_the_tickets_account_and_text_stays_text(
         api, services, base_url, chat_running):

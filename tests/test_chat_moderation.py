@@ -162,6 +162,10 @@ async def test_a_moderator_cannot_ban_the_owner_or_another_moderator(api):
     self_ban = await api.put("/api/channel/bans/bob?channel=alice", {}, token=tokens["bob"])
     assert self_ban.status == 422
     assert (await api.put("/api/channel/bans/alice", {}, token=tokens["alice"])).status == 422
+    for duration in ("60", 60.5, True):  # security.md#chat-numbers-as-text
+        as_text = await api.put("/api/channel/bans/carol", {"duration_seconds": duration},
+                                token=tokens["alice"])
+        assert as_text.status == 422 and "duration_seconds" in as_text.json["error"]["fields"]
     assert (await api.get("/api/channel/bans", token=tokens["alice"])).json["data"] == []
 
     assert (await api.put("/api/channel/bans/carol", {}, token=tokens["alice"])).status == 200
@@ -181,6 +185,9 @@ async def test_a_moderator_cannot_ban_the_owner_or_another_moderator(api):
     {"blocked_terms": ["a" * 101]}, {"blocked_terms": ["x\u202ey"]},
     {"blocked_terms": [f"t{i}" for i in range(201)]}, {"blocked_terms": None},
     {"colour": "red"},
+    # security.md#chat-numbers-as-text: numbers written as text were taken as numbers.
+    {"followers_only_minutes": "5"}, {"slow_mode_seconds": "30"},
+    {"min_account_age_minutes": "10"}, {"slow_mode_seconds": 30.5},
 ])
 async def test_settings_refuse_what_is_out_of_bounds(api, body):
     tokens = await users(api, "alice")
@@ -366,3 +373,26 @@ async def test_each_change_is_told_to_the_chat_after_it_committed(api, services)
     with pytest.raises(Forbidden):
         await moderation.ban(eve, "alice", "bob", None, "")
     assert len(told.events) == before
+
+
+async def test_a_moderator_not_invited_to_a_private_stream_cannot_delete_its_messages(api,
+                                                                                     services):
+    """security.md#chat-private-stream-moderation: a moderator the owner had not invited got
+    404 for the private stream, its history and its socket, yet 204 for deleting its
+    messages (hiding them blindly, and telling which ids were that stream's)."""
+    tokens = await users(api, "alice", "bob", "carol")
+    assert (await api.put("/api/channel/moderators/bob", token=tokens["alice"])).status == 204
+    created = await api.post("/api/streams", {"title": "invited only", "is_private": True},
+                             token=tokens["alice"])
+    assert created.status == 201, created
+    private = int(created.json["id"])
+    assert (await api.put("/api/stream/allowed-viewers/carol", token=tokens["alice"])).status == 204
+    message = await say(services, private, "carol", "just us")
+    path = f"/api/streams/{private}/chat/messages/{message}"
+    assert (await api.get(f"/api/streams/{private}", token=tokens["bob"])).status == 404
+    refused = await api.delete(path, token=tokens["bob"])
+    assert refused.status == 404 and refused.json["error"]["code"] == "not_found"
+    assert await visible(services, private) == ["just us"]
+    assert (await api.put("/api/stream/allowed-viewers/bob", token=tokens["alice"])).status == 204
+    assert (await api.delete(path, token=tokens["bob"])).status == 204  # invited: moderates it
+    assert await visible(services, private) == []

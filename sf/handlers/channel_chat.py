@@ -196,8 +196,11 @@ class ChatMessageHandler(APIHandler):
         responses:
           204: {description: Hidden}
           403: {description: A moderator deleting the owner's or another moderator's message, content: {application/json: {schema: ErrorSchema}}}
-          404: {description: No such message in that stream, or not one you moderate, content: {application/json: {schema: ErrorSchema}}}
+          404: {description: No such message in that stream, not one you moderate, or a private stream you are not invited to, content: {application/json: {schema: ErrorSchema}}}
         """
+        # A private stream does not exist for a moderator it does not invite, here as
+        # everywhere else (security.md#chat-private-stream-moderation).
+        await self.services.streams.get_stream(int(stream_id), self.user_id)
         await self.services.chat_moderation.delete_message(self.user_id, int(stream_id),
                                                            int(message_id))
         self.set_status(204)

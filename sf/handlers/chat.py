@@ -14,6 +14,7 @@ from sf.schemas import page, page_query
 from sf.schemas.chat import MAX_NONCE, chat_message, chat_send
 from sf.schemas.dump import encode_json
 from sf.services.chat import notice
+from sf.services.viewers import CLOSE_UNAUTHORIZED
 
 # A chat.send of 500 characters, each escaped as a JSON surrogate pair (12 bytes), fits; a
 # larger frame closes the socket with 1009 (security.md#oversized-chat-frames).
@@ -39,8 +40,8 @@ class LiveSocket(ViewersSocket):
             await self.services.chat.join(self, self.stream_id, self.owner_id)
 
     async def on_message(self, message: str | bytes) -> None:
-        """A `chat.send`: answered with a `chat.ack` or a `chat.notice` (this socket only)."""
-        self._count_inbound()
+        """A `chat.send`: answered with a `chat.ack` or a `chat.notice` (this socket only).
+        Its frames were counted as they came (`count_inbound`)."""
         if not self.joined or self.ws_connection is None or self.ws_connection.is_closing():
             return
         nonce = None
@@ -53,8 +54,13 @@ class LiveSocket(ViewersSocket):
             answer = notice("invalid_message", nonce)
         else:
             answer = await self.services.chat.send(self.account_id, self.stream_id,
-                                                   self.owner_id, frame["text"], frame["nonce"])
+                                                   self.owner_id, frame["text"], frame["nonce"],
+                                                   self.session_id)
         self.send(encode_json(answer))
+        if answer.get("code") == "not_signed_in" and self.account_id is not None:
+            # Signed in when it opened, not any more: the session ended (logout, password
+            # change) or the account went; the session check would close it within seconds.
+            self.close(CLOSE_UNAUTHORIZED, "session ended")
 
     def on_close(self) -> None:
         self.services.chat.leave(self)

@@ -56,6 +56,21 @@ class _FrameCache:
         return cls.frame
 
 
+class FrameCountingProtocol(tornado.websocket.WebSocketProtocol13):
+    """Tornado's RFC 6455 protocol, telling its handler of every frame it reads: data,
+    control and continuation frames alike. Tornado calls the handler once per whole message
+    (`on_message`), so a message sent as thousands of one-byte fragments counted once while
+    the loop paid for every fragment (security.md#chat-fragment-flood). Relies on
+    `_receive_frame`, which reads one frame; tests/test_chat.py's fragment flood fails if a
+    Tornado release stops calling it."""
+
+    async def _receive_frame(self) -> None:
+        await super()._receive_frame()
+        handler = self.handler
+        if isinstance(handler, ViewersSocket):
+            handler.count_inbound()
+
+
 def public_origins(config: Config) -> set[str]:
     """The browser origins of the platform's own pages (SF_PUBLIC_HOST on SF_HTTP_PORT)."""
     origins = set()
@@ -217,17 +232,25 @@ class ViewersSocket(tornado.websocket.WebSocketHandler, BaseHandler):
 
     def on_message(self, message: str | bytes) -> Awaitable[None] | None:
         """Viewers have nothing to say yet; a client that floods is dropped."""
-        self._count_inbound()
         return None
 
-    def on_ping(self, data: bytes) -> None:
-        self._count_inbound()  # control frames cost the loop as much as messages
+    def get_websocket_protocol(self) -> tornado.websocket.WebSocketProtocol | None:
+        protocol = super().get_websocket_protocol()
+        if type(protocol) is tornado.websocket.WebSocketProtocol13:
+            protocol.__class__ = FrameCountingProtocol  # the same object, counting its frames
+        return protocol
 
-    def on_pong(self, data: bytes) -> None:
-        self._count_inbound()
-
-    def _count_inbound(self) -> None:
+    def count_inbound(self) -> None:
+        """One inbound frame of any kind (FrameCountingProtocol): messages, pings, pongs and
+        fragments all cost the loop; past the budget the socket closes with 1008, and a
+        client that goes on sending after that loses the connection at once (Tornado would
+        read on for 5 s, waiting for its close frame)."""
         WS_MESSAGES_RECEIVED.inc()
+        if self.ws_connection is not None and self.ws_connection.server_terminated:
+            connection_stream = self._stream()
+            if connection_stream is not None:
+                connection_stream.close()
+            return
         now = time.monotonic()
         self.message_times.append(now)
         if (len(self.message_times) > self.messages_per_window

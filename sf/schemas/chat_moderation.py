@@ -53,7 +53,7 @@ class UserRefSchema(Schema):
 
 
 class BanRequestSchema(StrictSchema):
-    duration_seconds = Int32(load_default=None, allow_none=True,
+    duration_seconds = Int32(strict=True, load_default=None, allow_none=True,
                              validate=validate.Range(min=1, max=MAX_TIMEOUT_SECONDS),
                              metadata={"description": "a timeout of this many seconds; left "
                                                       "out or null: a ban until lifted"})
@@ -80,13 +80,13 @@ class ChatSettingsSchema(StrictSchema):
     comparison are kept once."""
 
     enabled = StrictBoolean()
-    slow_mode_seconds = Int32(allow_none=True, validate=validate.Range(min=1, max=86400),
+    slow_mode_seconds = Int32(strict=True, allow_none=True, validate=validate.Range(min=1, max=86400),
                               metadata={"description": "seconds between two messages of a "
                                                        "viewer; null: off"})
-    followers_only_minutes = Int32(allow_none=True, validate=validate.Range(min=0, max=525600),
+    followers_only_minutes = Int32(strict=True, allow_none=True, validate=validate.Range(min=0, max=525600),
                                    metadata={"description": "only followers of at least this "
                                                             "many minutes may send; null: off"})
-    min_account_age_minutes = Int32(validate=validate.Range(min=0, max=525600))
+    min_account_age_minutes = Int32(strict=True, validate=validate.Range(min=0, max=525600))
     blocked_terms = fields.List(Text(MAX_BLOCKED_TERM_LENGTH, min_length=1),
                                 validate=validate.Length(max=MAX_BLOCKED_TERMS))
     updated_at = UTCDateTime(dump_only=True, allow_none=True)

@@ -45,6 +45,7 @@ from sf.schemas.chat import MAX_CHAT_TEXT, chat_message, chat_settings
 from sf.schemas.common import no_control_chars, not_blank
 from sf.schemas.dump import encode_json
 from sf.services.events import channel_name
+from sf.services.sessions import session_key
 from sf.services.viewers import fan_out
 
 log = logging.getLogger("sf.chat")
@@ -59,10 +60,13 @@ SETTINGS_TTL = 60.0         # a channel's cached settings are read again after t
 RETENTION_BATCH = 5000      # messages deleted per statement by the retention job
 INTERNAL = "internal."      # events for the processes, never sent to a socket
 
-# Rate limit, slow mode and duplicates in one round trip, counted and set atomically:
-# KEYS = rate window, slow mode, duplicate; ARGV = limit, window, slow seconds (0: off),
-# duplicate seconds. Returns {code, retry after}; code "" when the message may go.
+# The sender's session, rate limit, slow mode and duplicates in one round trip, counted and
+# set atomically: KEYS = rate window, slow mode, duplicate[, session]; ARGV = limit, window,
+# slow seconds (0: off), duplicate seconds. Returns {code, retry after}; code "" when the
+# message may go, "session_ended" when the session it was sent under is gone (logout,
+# password change: security.md#chat-after-logout).
 _GATE = """
+if KEYS[4] and redis.call('EXISTS', KEYS[4]) == 0 then return {'session_ended', 0} end
 local count = redis.call('INCR', KEYS[1])
 if count == 1 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
 if count > tonumber(ARGV[1]) then
@@ -222,9 +226,10 @@ class ChatService:
     # --- the send path ------------------------------------------------------------------------
 
     async def send(self, user_id: int | None, stream_id: int, channel_id: int, text: str,
-                   nonce: str | None) -> dict[str, Any]:
+                   nonce: str | None, session_id: str | None = None) -> dict[str, Any]:
         """Apply the rules to a message and, when it passes, store and publish it; the answer
-        for the sender: a `chat.ack` with its id, or a `chat.notice` saying why not."""
+        for the sender: a `chat.ack` with its id, or a `chat.notice` saying why not
+        (`not_signed_in` when `session_id`, the session the socket was opened under, ended)."""
         if user_id is None:
             return notice("not_signed_in", nonce)
         text = normalised(text)
@@ -269,15 +274,20 @@ class ChatService:
         digest = hashlib.sha256(folded(text).encode()).hexdigest()[:32]
         base = f"sf:chat:{channel_id}:{user_id}"
         try:
+            keys = [f"{base}:rate", f"{base}:slow", f"{base}:dup:{digest}"]
+            if session_id is not None:
+                keys.append(session_key(session_id))
             code, retry_after = await self.gate(
-                keys=[f"{base}:rate", f"{base}:slow", f"{base}:dup:{digest}"],
+                keys=keys,
                 args=[limit, config.chat_rate_window_seconds, slow, config.chat_duplicate_seconds])
         except RedisError:
             # Without Redis no limit can be counted and nothing would reach the readers.
             return notice("unavailable", nonce, 1)
         if code:
-            return notice(code.decode() if isinstance(code, bytes) else code, nonce,
-                          int(retry_after))
+            code = code.decode() if isinstance(code, bytes) else code
+            if code == "session_ended":
+                return notice("not_signed_in", nonce)
+            return notice(code, nonce, int(retry_after))
         message_id, sent_at = await chat_db.insert_message(self.db, stream_id, channel_id,
                                                            user_id, text)
         message = chat_db.ChatMessage(message_id, stream_id, chat_db.ChatAuthor(

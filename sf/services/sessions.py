@@ -31,7 +31,7 @@ return -1
 """
 
 
-def _session_key(session_id: str) -> str:
+def session_key(session_id: str) -> str:
     return f"sf:sess:{session_id}"
 
 
@@ -72,9 +72,9 @@ class SessionStore:
         session_id, refresh_id = new_session_id(), uuid.uuid4().hex
         ttl = self.tokens.refresh_ttl
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(_session_key(session_id), mapping={
+            pipe.hset(session_key(session_id), mapping={
                 "uid": user_id, "jti": refresh_id, "created": int(time.time())})
-            pipe.expire(_session_key(session_id), ttl)
+            pipe.expire(session_key(session_id), ttl)
             pipe.sadd(_user_sessions_key(user_id), session_id)
             pipe.expire(_user_sessions_key(user_id), ttl)
             await pipe.execute()
@@ -85,7 +85,7 @@ class SessionStore:
         claims = self.tokens.verify(refresh_token, "refresh")
         new_id = uuid.uuid4().hex
         outcome = await self._rotate(
-            keys=[_session_key(claims.session_id)],
+            keys=[session_key(claims.session_id)],
             args=[claims.token_id, new_id, self.tokens.refresh_ttl],
         )
         if outcome == -1:
@@ -104,7 +104,7 @@ class SessionStore:
     @staticmethod
     def liveness_keys(claims: TokenClaims) -> tuple[str, str]:
         """(the session's key, which must exist; the token's revoked key, which must not)."""
-        return _session_key(claims.session_id), _revoked_key(claims.token_id)
+        return session_key(claims.session_id), _revoked_key(claims.token_id)
 
     async def alive(self, session_ids: list[str], chunk: int = 500) -> set[str]:
         """Which of these sessions still exist (not logged out, not revoked), a pipeline per
@@ -114,7 +114,7 @@ class SessionStore:
             part = session_ids[start:start + chunk]
             async with self.redis.pipeline(transaction=False) as pipe:
                 for session_id in part:
-                    pipe.exists(_session_key(session_id))
+                    pipe.exists(session_key(session_id))
                 results = await pipe.execute()
             found.update(sid for sid, exists in zip(part, results, strict=True) if exists)
         return found
@@ -123,7 +123,7 @@ class SessionStore:
         """Log out: drop the session and deny its access token until it expires anyway."""
         remaining = max(1, claims.expires_at - int(time.time()))
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(_session_key(claims.session_id))
+            pipe.delete(session_key(claims.session_id))
             pipe.srem(_user_sessions_key(claims.user_id), claims.session_id)
             pipe.set(_revoked_key(claims.token_id), 1, ex=remaining)
             await pipe.execute()
@@ -136,7 +136,7 @@ class SessionStore:
         if not doomed:
             return 0
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(*[_session_key(s) for s in doomed])
+            pipe.delete(*[session_key(s) for s in doomed])
             pipe.srem(_user_sessions_key(user_id), *doomed)
             await pipe.execute()
         return len(doomed)
@@ -174,6 +174,6 @@ class TicketStore:
         if value is None:
             return None
         user_id, _, session_id = (value.decode() if isinstance(value, bytes) else value).partition(":")
-        if not await self.redis.exists(_session_key(session_id)):
+        if not await self.redis.exists(session_key(session_id)):
             return None
         return int(user_id), session_id
