@@ -52,10 +52,12 @@ log = logging.getLogger("sf.chat")
 
 FLUSH_EVERY = 0.2           # seconds: at most 5 chat frames a second per socket
 # A process holding many chat sockets writes one frame to each of them per flush (and the edge
-# relays each): past BUSY_SOCKETS it flushes every FLUSH_EVERY_BUSY, 2 frames a second, which
-# keeps a busy chat under a second at 10,000 readers on 2 cores (docs/benchmarks.md).
+# relays each): past BUSY_SOCKETS it flushes every FLUSH_EVERY_BUSY, 3.3 frames a second. At
+# 10,000 readers and 50 messages/s on 2 cores (bench/chat.py, docs/benchmarks.md) that kept p99
+# send → receive at 0.69 s; every 0.5 s it was 1.3 s (the wait for the flush is most of it,
+# and fewer, larger frames saved less CPU than they cost in waiting).
 BUSY_SOCKETS = 2000
-FLUSH_EVERY_BUSY = 0.5
+FLUSH_EVERY_BUSY = 0.3
 SETTINGS_TTL = 60.0         # a channel's cached settings are read again after this at most
 RETENTION_BATCH = 5000      # messages deleted per statement by the retention job
 INTERNAL = "internal."      # events for the processes, never sent to a socket
