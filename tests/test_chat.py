@@ -241,7 +241,7 @@ async def test_each_rule_refuses_with_its_code(api, services, base_url, chat_run
         alice_id)
     assert await code("a loyal follower") == "chat.ack"
 
-    # Blocked terms, matched after NFKC and case folding.
+    # Blocked terms, matched on the skeleton (NFKC, case folded, without invisibles and marks).
     await services.db.execute(
         "UPDATE chat_settings SET blocked_terms = '{spoiler, Straße}' WHERE channel_id = $1",
         channel_id)
@@ -291,6 +291,118 @@ async def test_each_rule_refuses_with_its_code(api, services, base_url, chat_run
     assert await code("an expired timeout is no ban") == "chat.ack"
     socket.close()
     mod_socket.close()
+
+
+async def chatter(api: Any, services: Services, base_url: str,
+                  blocked_terms: tuple[str, ...] = ()) -> Viewer:
+    """A viewer's socket on a fresh stream whose channel blocks `blocked_terms`, as the
+    outside attacker had it."""
+    owner, stream_id = await streamer(api, "host")
+    await services.db.execute("INSERT INTO chat_settings (channel_id, blocked_terms)"
+                              " VALUES ($1, $2)", owner["user"]["id"], list(blocked_terms))
+    return await live(api, base_url, stream_id, await api.register("attacker"))
+
+
+async def code_of(socket: Viewer, text: str) -> str:
+    answer = await socket.say(text)
+    return str(answer.get("code", answer["type"]))
+
+
+# How the outside attack wrote `badword` so that it displayed as the word yet passed.
+HIDDEN_BADWORDS = [
+    "bad\u200bword", "bad\u200cword", "bad\u200dword", "bad\u2060word", "bad\ufeffword",
+    "bad\u00adword", "bad\u034fword", "bad\ufe0fword", "bad\U000e0020word", "bad\u2062word",
+    "bad\u180eword", "bad\u3164word", "ba\u0301dword",
+]
+
+
+@pytest.mark.parametrize("text", HIDDEN_BADWORDS, ids=ascii)
+@pytest.mark.gen_test(timeout=60)
+async def test_invisible_characters_and_accents_do_not_hide_a_blocked_term(
+        api, services, base_url, chat_running, text):
+    """security.md#chat-invisible-terms"""
+    socket = await chatter(api, services, base_url, ("badword",))
+    assert await code_of(socket, text) == "blocked_term"
+    assert await code_of(socket, f"so {text.upper()} here") == "blocked_term"
+    assert await code_of(socket, "bad word") == "chat.ack"  # a space is no invisible character
+    assert await services.db.fetchval("SELECT count(*) FROM chat_messages") == 1
+    socket.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_term_written_with_invisible_characters_matches_the_plain_word(
+        api, services, base_url, chat_running):
+    """security.md#chat-invisible-terms: terms are matched on the same skeleton as messages."""
+    socket = await chatter(api, services, base_url, ("evil\u200bth\u00ecng", "two  words"))
+    assert await code_of(socket, "an EVILTHING") == "blocked_term"
+    assert await code_of(socket, "two\u3000words") == "blocked_term"
+    assert await code_of(socket, "evil thing") == "chat.ack"
+    socket.close()
+
+
+@pytest.mark.parametrize("separator", ["\n", "\r", "\t", "\r\n", "\u2028", "\u2029",
+                                       "\u00a0\n\t "], ids=ascii)
+@pytest.mark.gen_test(timeout=60)
+async def test_chat_text_is_one_line(api, services, base_url, chat_running, separator):
+    """security.md#chat-one-line: a message cannot fake a line from someone else, nor be a
+    wall of empty lines; whitespace runs are one space."""
+    socket = await chatter(api, services, base_url)
+    assert await code_of(socket, f"gg{separator}owner: fake line") == "chat.ack"
+    assert await code_of(socket, "." + separator * 498 + ".") == "chat.ack"
+    await socket.until(lambda v: len(v.chat()) == 2, what="both messages")
+    assert [m["text"] for m in socket.chat()] == ["gg owner: fake line", ". ."]
+    stored = await services.db.fetch("SELECT text FROM chat_messages ORDER BY id")
+    assert [row["text"] for row in stored] == ["gg owner: fake line", ". ."]
+    socket.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_zalgo_and_whitespace_controls_are_refused(api, services, base_url, chat_running):
+    """security.md#chat-one-line: more than 4 combining marks in a row tower over the lines
+    around them; control characters that Python counts as whitespace stay refused."""
+    socket = await chatter(api, services, base_url)
+    assert await code_of(socket, "h\u0336\u0337\u0338\u0339\u033allo") == "invalid_message"
+    assert await code_of(socket, "z\u0489" * 3 + "\u0489" * 5) == "invalid_message"
+    assert await code_of(socket, "a\u0336\u0337\u200b\u0338\u0339\u033a") == "invalid_message"
+    # Counted after NFC: e + U+0301 is one letter, é, so 4 marks are left on it: fine.
+    assert await code_of(socket, "ye\u0301\u0302\u0303\u0304\u0305s") == "chat.ack"
+    assert await code_of(socket, "Vi\u1ec7t Nam, cre\u0300me bru\u0302le\u0301e") == "chat.ack"
+    for control in ("\x0b", "\x0c", "\x1c", "\x1f", "\x85"):
+        assert await code_of(socket, f"line{control}next") == "invalid_message"
+    socket.close()
+
+
+# Messages of invisible characters alone that the outside attack had acknowledged.
+INVISIBLE_ONLY = ["\u3164", "\uffa0", "\u2800", "\u115f", "\u180e", "\u2062", "\u00ad",
+                  "\u034f", "\U000e0020", "\ufe0f", "\u0301"]
+
+
+@pytest.mark.parametrize("text", INVISIBLE_ONLY, ids=ascii)
+@pytest.mark.gen_test(timeout=60)
+async def test_a_message_of_invisible_characters_alone_is_refused(
+        api, services, base_url, chat_running, text):
+    """security.md#chat-invisible-only"""
+    socket = await chatter(api, services, base_url)
+    assert await code_of(socket, text) == "invalid_message"
+    assert await code_of(socket, f" {text * 3} \u200b {text}") == "invalid_message"
+    assert await code_of(socket, f"{text}a") == "chat.ack"  # one visible letter will do
+    assert await services.db.fetchval("SELECT count(*) FROM chat_messages") == 1
+    socket.close()
+
+
+@pytest.mark.parametrize("variant", [
+    "buy  followers now", "buy\tfollowers now", "buy\nfollowers now", "buy followers now\u200b",
+    "buy follow\u00aders now", "buy followers now\ufe0f", "BUY FOLLOWERS NOW \u200b",
+], ids=ascii)
+@pytest.mark.gen_test(timeout=60)
+async def test_a_duplicate_is_a_duplicate_whatever_whitespace_or_invisibles_it_adds(
+        api, services, base_url, chat_running, variant):
+    """security.md#chat-duplicate-variants"""
+    socket = await chatter(api, services, base_url)
+    assert await code_of(socket, "buy followers now") == "chat.ack"
+    assert await code_of(socket, variant) == "duplicate"
+    assert await code_of(socket, "buy followers later") == "chat.ack"
+    socket.close()
 
 
 @pytest.mark.gen_test(timeout=60)

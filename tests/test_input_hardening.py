@@ -437,6 +437,10 @@ async def test_removing_an_uploaded_avatar_deletes_its_file(api, services):
     ({"title": "ok\u202egnp.exe"}, "title"),           # a bidi override disguises text
     ({"title": "\u200b"}, "title"),                    # invisible alone is blank
     ({"title": "\ufeff \u2060"}, "title"),
+    ({"title": "\u3164"}, "title"),                    # fillers, soft hyphen, braille blank,
+    ({"title": "\uffa0 \u115f"}, "title"),             # variation selectors, invisible operators
+    ({"title": "\u2800\u2800"}, "title"),
+    ({"title": "\u00ad\u034f\ufe0f\u180e\u2062"}, "title"),
     ({"title": "abc\u200fdef"}, "title"),              # bidi marks: U+200E/F, U+061C
     ({"title": "abc\u061cdef"}, "title"),
     ({"title": "esc\u009b31m"}, "title"),              # C1 controls (CSI, NEL)

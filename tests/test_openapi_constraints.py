@@ -55,6 +55,8 @@ EDGE_CASES = [
     "", " ", "alice", "alice\n", "ADMIN", "Admin", "admins", "v1", "al", "a" * 30, "a" * 31,
     "chess\x00", "\x00", "tab\there", "line\nbreak", "bell\x07", "\x7f", "rtl\u202e", "\u2066x",
     "rlm\u200f", "\u061c", "csi\u009b", "nel\u0085", "\u200b", "\ufeff\u2060 ", "zw\u200bj",
+    "\u3164", "\uffa0\u115f", "\u2800 ", "\u00ad\u034f", "\ufe0f\u180e\u2062", "\u2065",
+    "a\u00ad", "\U000e0020", "\u0301",
     "\u00e9t\u00e9", "emoji \U0001f600", "  \t ", "a@b.co", "a@localhost", "a@[127.0.0.1]",
     "a@[256.0.0.1]", "\"quoted\\ \"@x.org", "a.b@x-y.example", ".a@x.org", "a..b@x.org",
     "a@x", "a@-x.org", "\u00fc@\u00fc.de", "a@x.\u00fc\u00fc", "\u212a@x.org", "\"\u212a\"@x.org",

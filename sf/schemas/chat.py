@@ -1,7 +1,12 @@
 """Chat: a message as readers get it (the live socket and the history), a page of them, a
-channel's chat settings as sockets get them, and the `chat.send` frame a client sends."""
+channel's chat settings as sockets get them, and the `chat.send` frame a client sends; and the
+text rules of a message: one line (`normalised`), something visible (`invisible`), no towers of
+combining marks (`zalgo`), and the `skeleton` blocked terms and duplicates are compared by."""
 
 from __future__ import annotations
+
+import re
+import unicodedata
 
 from marshmallow import Schema, fields, validate
 
@@ -10,8 +15,63 @@ from sf.schemas.dump import CompiledDump, UTCDateTime
 from sf.schemas.pagination import PaginationSchema
 
 CHAT_ROLES = ("owner", "moderator")
-MAX_CHAT_TEXT = 500     # characters, after normalisation (NFC, trimmed)
+MAX_CHAT_TEXT = 500     # characters, after normalisation (NFC, one line, trimmed)
 MAX_NONCE = 64          # characters of a client's nonce, echoed back in its ack or notice
+MAX_MARKS = 4           # combining marks in a row on one character: more is "zalgo" text
+
+# Unicode's Default_Ignorable_Code_Point (DerivedCoreProperties.txt): characters that display
+# as nothing (zero-width spaces and joiners, soft hyphen, fillers, variation selectors, tags,
+# invisible operators, ...). They can split a blocked term without changing how it looks.
+DEFAULT_IGNORABLE = re.compile(
+    "[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f"
+    "\u202a-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8"
+    "\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff]")
+_WHITESPACE = re.compile(r"\s+")  # `str.isspace` characters: newlines, tabs, NBSP, U+2028, ...
+_MARKS = ("Mn", "Me")              # combining marks (nonspacing, enclosing)
+BRAILLE_BLANK = "\u2800"          # a letter to Unicode, blank on screen
+
+
+def normalised(text: str) -> str:
+    """A message as stored: NFC, each run of whitespace (newlines and tabs too) one space,
+    trimmed. Chat text is one line: no "chat walls", no line faking another user's."""
+    return _WHITESPACE.sub(" ", unicodedata.normalize("NFC", text)).strip()
+
+
+def skeleton(text: str) -> str:
+    """What blocked terms are matched on and duplicates compared by: without the invisible
+    (default-ignorable) characters and combining marks, compatibility forms made plain (NFKD,
+    then NFKC), case folded, whitespace runs one space, trimmed. So `bad\u200bword`,
+    `bad\u00adword`, `ba\u0301dword`, `ＢＡＤＷＯＲＤ` and `badword` are one; letters of other
+    scripts that look alike (Cyrillic `а`) are not."""
+    text = unicodedata.normalize("NFKD", DEFAULT_IGNORABLE.sub("", text)).casefold()
+    # Folding can bring back composed letters or marks (`İ` → `i̇`): decompose once more.
+    text = "".join(char for char in unicodedata.normalize("NFKD", text)
+                   if unicodedata.category(char) not in _MARKS)
+    text = DEFAULT_IGNORABLE.sub("", unicodedata.normalize("NFKC", text))
+    return _WHITESPACE.sub(" ", text).strip()
+
+
+def invisible(text: str) -> bool:
+    """Whether text shows nothing: nothing left of its skeleton but whitespace, or no
+    character but invisible ones, combining marks, whitespace and the braille blank."""
+    if not _WHITESPACE.sub("", skeleton(text)):
+        return True
+    return all(char.isspace() or char == BRAILLE_BLANK or DEFAULT_IGNORABLE.match(char)
+               or unicodedata.category(char) in _MARKS for char in text)
+
+
+def zalgo(text: str) -> bool:
+    """Whether more than MAX_MARKS combining marks follow one another (invisible characters
+    between them do not break the run): text that towers over the lines around it."""
+    run = 0
+    for char in text:
+        if unicodedata.category(char) in _MARKS:
+            run += 1
+            if run > MAX_MARKS:
+                return True
+        elif not DEFAULT_IGNORABLE.match(char):
+            run = 0
+    return False
 
 
 class ChatAuthorSchema(CompiledDump):

@@ -3,11 +3,11 @@ and timeouts, chat settings, and the moderation log."""
 
 from __future__ import annotations
 
-import unicodedata
 from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates
 
+from sf.schemas.chat import skeleton
 from sf.schemas.common import Int32, Storable, StrictBoolean, StrictSchema, Text
 from sf.schemas.dump import UTCDateTime
 from sf.schemas.pagination import PageQuerySchema, PaginationSchema
@@ -22,12 +22,6 @@ _CHANNEL_DESCRIPTION = ("the channel (its owner's user name) to act on: one you 
 def Channel() -> fields.String:
     """The `?channel=` of the routes moderators use."""
     return Storable(1, 30, load_default=None, metadata={"description": _CHANNEL_DESCRIPTION})
-
-
-def normalised_term(text: str) -> str:
-    """How blocked terms and messages are compared: Unicode NFKC, then case folding (so
-    full-width and mixed-case variants of a term match it)."""
-    return unicodedata.normalize("NFKC", text).casefold()
 
 
 class OwnChannelQuerySchema(StrictSchema):
@@ -76,8 +70,9 @@ class BanListSchema(Schema):
 
 class ChatSettingsSchema(StrictSchema):
     """A channel's chat settings; a PUT changes the fields it sends. `blocked_terms` are kept
-    as written and matched after NFKC normalisation and case folding; terms equal under that
-    comparison are kept once."""
+    as written and matched on their skeleton (`sf.schemas.chat.skeleton`: without invisible
+    characters and combining marks, NFKC, case folded); terms with one skeleton are kept
+    once."""
 
     enabled = StrictBoolean()
     slow_mode_seconds = Int32(strict=True, allow_none=True, validate=validate.Range(min=1, max=86400),
@@ -94,7 +89,7 @@ class ChatSettingsSchema(StrictSchema):
     @validates("blocked_terms")
     def _terms_normalise_to_text(self, terms: list[str], **kwargs: Any) -> None:
         for term in terms:
-            if not normalised_term(term).strip():
+            if not skeleton(term):
                 raise ValidationError("a term must not be blank once normalised")
 
 

@@ -19,7 +19,13 @@ _INTEGER_TEXT = re.compile(r"[+-]?[0-9]{1,20}")
 _CONTROL_CHARS = r"\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
 _CONTROL = re.compile(rf"[{_CONTROL_CHARS}]")
 # Invisible characters that are not whitespace to `str.strip`: text of these alone is blank.
-_INVISIBLE_CHARS = r"\u200b-\u200d\u2060\ufeff"
+# Unicode's default-ignorable characters of the BMP that are not refused above (soft hyphen,
+# grapheme joiner, Hangul fillers, Khmer and Mongolian invisibles, zero-width spaces and
+# joiners, invisible operators, variation selectors, the BOM), and the braille blank U+2800
+# (security.md#bidi-and-invisible-text, security.md#chat-invisible-only). BMP only: the pattern
+# below must read alike in every regex engine.
+_INVISIBLE_CHARS = (r"\u00ad\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200d\u2060-\u2065"
+                    r"\u206a-\u206f\u2800\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8")
 _INVISIBLE = re.compile(rf"[{_INVISIBLE_CHARS}]")
 
 # --- JSON Schema patterns ----------------------------------------------------------------------

@@ -27,7 +27,6 @@ import hashlib
 import json
 import logging
 import time
-import unicodedata
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -41,7 +40,7 @@ from redis.exceptions import RedisError
 from sf.config import Config
 from sf.db import chat as chat_db
 from sf.db.chat import ChatSettings
-from sf.schemas.chat import MAX_CHAT_TEXT, chat_message, chat_settings
+from sf.schemas.chat import MAX_CHAT_TEXT, chat_message, chat_settings, invisible, normalised, skeleton, zalgo
 from sf.schemas.common import no_control_chars, not_blank
 from sf.schemas.dump import encode_json
 from sf.services.events import channel_name
@@ -104,17 +103,6 @@ NOTICES = {
 }
 
 
-def folded(text: str) -> str:
-    """Text as blocked terms are matched: NFKC (full-width and compatibility forms become
-    plain ones) and case folding, normalised again because folding can denormalise."""
-    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
-
-
-def normalised(text: str) -> str:
-    """A message as stored: NFC, without surrounding whitespace."""
-    return unicodedata.normalize("NFC", text).strip()
-
-
 def notice(code: str, nonce: str | None = None, retry_after: int | None = None) -> dict[str, Any]:
     """A `chat.notice` for the sender."""
     body: dict[str, Any] = {"type": "chat.notice", "code": code, "message": NOTICES[code]}
@@ -152,7 +140,7 @@ class Member:
 @dataclass(frozen=True)
 class _CachedSettings:
     settings: ChatSettings
-    terms: tuple[str, ...]  # the blocked terms, folded
+    terms: tuple[str, ...]  # the blocked terms' skeletons
     read_at: float
 
 
@@ -197,8 +185,9 @@ class ChatService:
             return cached
         generation = self._settings_generation[channel_id]
         settings = await chat_db.get_settings(self.db, channel_id)
-        cached = _CachedSettings(settings, tuple(folded(t) for t in settings.blocked_terms
-                                                 if folded(t)), time.monotonic())
+        terms = (skeleton(term) for term in settings.blocked_terms)
+        cached = _CachedSettings(settings, tuple(term for term in terms if term),
+                                 time.monotonic())
         # A change announced while we read may not be in what we read: keep it uncached.
         if self._settings_generation[channel_id] == generation:
             self._settings[channel_id] = cached
@@ -234,14 +223,19 @@ class ChatService:
         (`not_signed_in` when `session_id`, the session the socket was opened under, ended)."""
         if user_id is None:
             return notice("not_signed_in", nonce)
-        text = normalised(text)
+        sent, text = text, normalised(text)
         if len(text) > MAX_CHAT_TEXT:
             return notice("too_long", nonce)
         try:
             not_blank(text)
-            no_control_chars(text)
+            # As sent: the control characters that are whitespace (U+0085, U+001C-U+001F,
+            # U+000B, U+000C) are refused, not made spaces.
+            no_control_chars(sent)
         except ValidationError:
             return notice("invalid_message", nonce)
+        if invisible(text) or zalgo(text):
+            return notice("invalid_message", nonce)
+        shape = skeleton(text)  # blocked terms and duplicates (security.md#chat-invisible-terms)
         cached = await self._cached_settings(channel_id)
         settings = cached.settings
         standing = await chat_db.standing(self.db, channel_id, user_id)
@@ -267,13 +261,12 @@ class ChatService:
                 if long_enough > now:
                     return notice("followers_only", nonce, _seconds_until(long_enough, now))
             if cached.terms:
-                haystack = folded(text)
-                if any(term in haystack for term in cached.terms):
+                if any(term in shape for term in cached.terms):
                     return notice("blocked_term", nonce)
         config = self.config
         limit = config.chat_rate_moderator_messages if exempt else config.chat_rate_messages
         slow = 0 if exempt else settings.slow_mode_seconds or 0
-        digest = hashlib.sha256(folded(text).encode()).hexdigest()[:32]
+        digest = hashlib.sha256(shape.encode()).hexdigest()[:32]
         base = f"sf:chat:{channel_id}:{user_id}"
         try:
             keys = [f"{base}:rate", f"{base}:slow", f"{base}:dup:{digest}"]

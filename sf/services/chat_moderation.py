@@ -27,7 +27,8 @@ from sf.db.chat import ChatSettings
 from sf.db.chat_moderation import Ban, LogEntry
 from sf.db.users import User
 from sf.errors import Forbidden, NotFound, validation_error
-from sf.schemas.chat_moderation import chat_settings_schema, normalised_term
+from sf.schemas.chat import skeleton
+from sf.schemas.chat_moderation import chat_settings_schema
 
 
 class ChatEvents(Protocol):
@@ -54,11 +55,12 @@ def settings_event(settings: ChatSettings) -> dict[str, Any]:
 
 
 def distinct_terms(terms: list[str]) -> list[str]:
-    """Blocked terms as written, each kept once by its normalised form (NFKC, case folded)."""
+    """Blocked terms as written, each kept once by its skeleton (how messages are matched:
+    `Spoiler`, `ＳＰＯＩＬＥＲ` and `spo\u00adiler` are one term)."""
     seen: set[str] = set()
     kept = []
     for term in terms:
-        key = normalised_term(term).strip()
+        key = skeleton(term)
         if key not in seen:
             seen.add(key)
             kept.append(term)
