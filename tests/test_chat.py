@@ -6,10 +6,13 @@ coalesced frames, floods, the history, retention and erasure."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
+import os
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import tornado.websocket
@@ -313,6 +316,9 @@ HIDDEN_BADWORDS = [
     "bad\u200bword", "bad\u200cword", "bad\u200dword", "bad\u2060word", "bad\ufeffword",
     "bad\u00adword", "bad\u034fword", "bad\ufe0fword", "bad\U000e0020word", "bad\u2062word",
     "bad\u180eword", "bad\u3164word", "ba\u0301dword",
+    # The second attack: format characters browsers draw as nothing (interlinear annotation,
+    # Egyptian and Arabic format controls) were kept by the skeleton.
+    "bad\ufff9word", "bad\ufffbword", "bad\U00013430word", "bad\u0600word",
 ]
 
 
@@ -341,11 +347,13 @@ async def test_a_term_written_with_invisible_characters_matches_the_plain_word(
 
 
 @pytest.mark.parametrize("separator", ["\n", "\r", "\t", "\r\n", "\u2028", "\u2029",
-                                       "\u00a0\n\t "], ids=ascii)
+                                       "\u00a0\n\t ", "\u2800", "\u2800\uffa0"],
+                         ids=ascii)
 @pytest.mark.gen_test(timeout=60)
 async def test_chat_text_is_one_line(api, services, base_url, chat_running, separator):
     """security.md#chat-one-line: a message cannot fake a line from someone else, nor be a
-    wall of empty lines; whitespace runs are one space."""
+    wall of empty lines; whitespace runs are one space, and so are runs of blank letters (the
+    braille blank and Hangul fillers made 470 px walls and pushed a fake line of its own)."""
     socket = await chatter(api, services, base_url)
     assert await code_of(socket, f"gg{separator}owner: fake line") == "chat.ack"
     assert await code_of(socket, "." + separator * 498 + ".") == "chat.ack"
@@ -353,6 +361,10 @@ async def test_chat_text_is_one_line(api, services, base_url, chat_running, sepa
     assert [m["text"] for m in socket.chat()] == ["gg owner: fake line", ". ."]
     stored = await services.db.fetch("SELECT text FROM chat_messages ORDER BY id")
     assert [row["text"] for row in stored] == ["gg owner: fake line", ". ."]
+    # Hangul fillers alone between two dots are dropped: nothing to make a wall of.
+    assert await code_of(socket, "." + "\u3164" * 249 + "\uffa0" * 249 + ".") == "chat.ack"
+    await socket.until(lambda v: len(v.chat()) == 3, what="the third message")
+    assert socket.chat()[-1]["text"] == ".."
     socket.close()
 
 
@@ -374,7 +386,9 @@ async def test_zalgo_and_whitespace_controls_are_refused(api, services, base_url
 
 # Messages of invisible characters alone that the outside attack had acknowledged.
 INVISIBLE_ONLY = ["\u3164", "\uffa0", "\u2800", "\u115f", "\u180e", "\u2062", "\u00ad",
-                  "\u034f", "\U000e0020", "\ufe0f", "\u0301"]
+                  "\u034f", "\U000e0020", "\ufe0f", "\u0301",
+                  # and what the second attack found: format, private-use, unassigned
+                  "\ufff9", "\U00013430", "\u0600", "\ue000", "\u0378", "\uffff"]
 
 
 @pytest.mark.parametrize("text", INVISIBLE_ONLY, ids=ascii)
@@ -393,6 +407,8 @@ async def test_a_message_of_invisible_characters_alone_is_refused(
 @pytest.mark.parametrize("variant", [
     "buy  followers now", "buy\tfollowers now", "buy\nfollowers now", "buy followers now\u200b",
     "buy follow\u00aders now", "buy followers now\ufe0f", "BUY FOLLOWERS NOW \u200b",
+    "buy followers now\u2800", "buy followers now\ufff9", "buy followers now\U00013430",
+    "buy followers now\u0600",
 ], ids=ascii)
 @pytest.mark.gen_test(timeout=60)
 async def test_a_duplicate_is_a_duplicate_whatever_whitespace_or_invisibles_it_adds(
@@ -502,6 +518,29 @@ async def test_a_message_in_fragments_counts_every_fragment(api, services, base_
     await sender.until(lambda v: v.answer("g") is not None, what="an answer to the fragments")
     assert sender.answer("g")["code"] == "not_signed_in" and sender.close_code is None
     sender.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_client_that_sends_on_after_its_1008_loses_the_connection_at_once(
+        api, services, base_url, chat_running):
+    """security.md#chat-fragment-flood: after the 1008 the handler's close() had dropped its
+    connection object, so the check meant to cut a client that sends on never held, and
+    Tornado read (and paid for) its frames for 5 s more, waiting for its close frame."""
+    _, stream_id = await streamer(api, "host")
+    address = urlsplit(base_url)
+    reader, writer = await asyncio.open_connection(address.hostname, address.port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(f"GET /ws/streams/{stream_id}/live HTTP/1.1\r\nHost: {address.netloc}\r\n"
+                 "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                 f"Sec-WebSocket-Key: {key}\r\nOrigin: {ORIGIN}\r\n\r\n".encode())
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+    started = asyncio.get_running_loop().time()
+    writer.write(b"".join(masked(0x9, b"x", True) for _ in range(60)))  # never a close reply
+    received = await asyncio.wait_for(reader.read(), 10)  # to EOF
+    cut_after = asyncio.get_running_loop().time() - started
+    assert bytes((0x88, 0x13)) + CLOSE_POLICY.to_bytes(2, "big") in received  # 1008 first
+    assert cut_after < 2, cut_after
+    writer.close()
 
 
 @pytest.mark.gen_test(timeout=60)

@@ -187,7 +187,7 @@ async def test_a_moderator_cannot_ban_the_owner_or_another_moderator(api):
     {"blocked_terms": [f"t{i}" for i in range(201)]}, {"blocked_terms": None},
     {"colour": "red"},
     # security.md#chat-numbers-as-text: numbers written as text were taken as numbers.
-    {"followers_only_minutes": "5"}, {"slow_mode_seconds": "30"},
+    {"followers_only_minutes": "5"}, {"slow_mode_seconds": "30"}, {"blocked_terms": ["\ufff9"]},
     {"min_account_age_minutes": "10"}, {"slow_mode_seconds": 30.5},
 ])
 async def test_settings_refuse_what_is_out_of_bounds(api, body):

@@ -64,7 +64,8 @@ BUSINESS_RULES: dict[str, dict[str, str]] = {
     "PUT /api/v1/channel/moderators/{username}": {"422": "not yourself"},
     "DELETE /api/v1/channel/moderators/{username}": {"422": "not yourself"},
     "PUT /api/v1/channel/bans/{username}": {"422": "not yourself"},
-    "PUT /api/v1/channel/chat/settings": {"422": "blocked terms with something left to match once reduced to their skeleton"},
+    "PUT /api/v1/channel/chat/settings": {
+        "422": "blocked terms with something left to match once reduced to their skeleton"},
     # A mailed link's token is one SF handed out; a made-up one is refused like a used one.
     "POST /api/v1/auth/verify-email": {"422": "a token from a verification link"},
     "POST /api/v1/auth/password-reset/confirm": {"422": "a token from a reset link"},

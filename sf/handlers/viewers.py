@@ -125,6 +125,8 @@ class ViewersSocket(tornado.websocket.WebSocketHandler, BaseHandler):
         self.message_times: deque[float] = deque(maxlen=self.messages_per_window + 1)
         self.close_after_open: tuple[int, str] | None = None
         self.opened_at = 0.0
+        # Over its frame budget: the connection's stream, cut at the next frame it sends.
+        self.flooded: tornado.iostream.IOStream | None = None
 
     @property
     def client_address(self) -> str:
@@ -246,15 +248,15 @@ class ViewersSocket(tornado.websocket.WebSocketHandler, BaseHandler):
         client that goes on sending after that loses the connection at once (Tornado would
         read on for 5 s, waiting for its close frame)."""
         WS_MESSAGES_RECEIVED.inc()
-        if self.ws_connection is not None and self.ws_connection.server_terminated:
-            connection_stream = self._stream()
-            if connection_stream is not None:
-                connection_stream.close()
+        if self.flooded is not None:
+            # (Tornado's close() dropped ws_connection: the stream was kept for this.)
+            self.flooded.close()
             return
         now = time.monotonic()
         self.message_times.append(now)
         if (len(self.message_times) > self.messages_per_window
                 and now - self.message_times[0] < self.message_window):
+            self.flooded = self._stream()
             self.close(CLOSE_POLICY, "too many messages")
 
     def _stream(self) -> tornado.iostream.IOStream | None:

@@ -28,35 +28,53 @@ DEFAULT_IGNORABLE = re.compile(
     "\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff]")
 _WHITESPACE = re.compile(r"\s+")  # `str.isspace` characters: newlines, tabs, NBSP, U+2028, ...
 _MARKS = ("Mn", "Me")              # combining marks (nonspacing, enclosing)
-BRAILLE_BLANK = "\u2800"          # a letter to Unicode, blank on screen
+# Letters to Unicode that show as blank: the braille blank and the Hangul fillers. In runs
+# they made walls and pushed a faked "owner: ..." onto a line of its own
+# (security.md#chat-one-line): the braille blank counts as whitespace; the fillers (default-
+# ignorable, and inside a word as invisible as a zero-width space) are dropped.
+BLANK_LETTERS = "\u115f\u1160\u2800\u3164\uffa0"
+_FILLERS = re.compile("[\u115f\u1160\u3164\uffa0]")
+_BLANK_RUN = re.compile(r"[\s\u2800]+")
+# Characters that carry no letter to match or compare: format characters (the interlinear
+# annotation marks U+FFF9-U+FFFB, Egyptian and Arabic format controls, ...), private-use and
+# unassigned code points. Browsers draw many of them as nothing (security.md#chat-invisible-terms).
+_NO_LETTER = ("Cf", "Co", "Cn")
 
 
 def normalised(text: str) -> str:
-    """A message as stored: NFC, each run of whitespace (newlines and tabs too) one space,
-    trimmed. Chat text is one line: no "chat walls", no line faking another user's."""
-    return _WHITESPACE.sub(" ", unicodedata.normalize("NFC", text)).strip()
+    """A message as stored: NFC, without Hangul fillers, each run of whitespace (newlines
+    and tabs too) and braille blanks one space, trimmed. Chat text is one line: no "chat
+    walls", no line faking another user's."""
+    return _BLANK_RUN.sub(" ", _FILLERS.sub("", unicodedata.normalize("NFC", text))).strip()
+
+
+def _letterless(char: str) -> bool:
+    return bool(DEFAULT_IGNORABLE.match(char)) or unicodedata.category(char) in _NO_LETTER
 
 
 def skeleton(text: str) -> str:
     """What blocked terms are matched on and duplicates compared by: without the invisible
-    (default-ignorable) characters and combining marks, compatibility forms made plain (NFKD,
+    (default-ignorable) characters, format, private-use and unassigned code points and
+    combining marks, blank letters as whitespace, compatibility forms made plain (NFKD,
     then NFKC), case folded, whitespace runs one space, trimmed. So `bad\u200bword`,
     `bad\u00adword`, `ba\u0301dword`, `ＢＡＤＷＯＲＤ` and `badword` are one; letters of other
     scripts that look alike (Cyrillic `а`) are not."""
-    text = unicodedata.normalize("NFKD", DEFAULT_IGNORABLE.sub("", text)).casefold()
+    text = "".join(char for char in unicodedata.normalize("NFKD", text)
+                   if not _letterless(char)).casefold()
     # Folding can bring back composed letters or marks (`İ` → `i̇`): decompose once more.
     text = "".join(char for char in unicodedata.normalize("NFKD", text)
-                   if unicodedata.category(char) not in _MARKS)
-    text = DEFAULT_IGNORABLE.sub("", unicodedata.normalize("NFKC", text))
-    return _WHITESPACE.sub(" ", text).strip()
+                   if unicodedata.category(char) not in _MARKS and not _letterless(char))
+    text = "".join(char for char in unicodedata.normalize("NFKC", text) if not _letterless(char))
+    return _BLANK_RUN.sub(" ", text).strip()
 
 
 def invisible(text: str) -> bool:
     """Whether text shows nothing: nothing left of its skeleton but whitespace, or no
-    character but invisible ones, combining marks, whitespace and the braille blank."""
+    character but invisible or letterless ones, combining marks, whitespace and blank
+    letters."""
     if not _WHITESPACE.sub("", skeleton(text)):
         return True
-    return all(char.isspace() or char == BRAILLE_BLANK or DEFAULT_IGNORABLE.match(char)
+    return all(char.isspace() or char in BLANK_LETTERS or _letterless(char)
                or unicodedata.category(char) in _MARKS for char in text)
 
 
