@@ -68,11 +68,11 @@ def skeleton(text: str) -> str:
     return _BLANK_RUN.sub(" ", text).strip()
 
 
-def invisible(text: str) -> bool:
-    """Whether text shows nothing: nothing left of its skeleton but whitespace, or no
-    character but invisible or letterless ones, combining marks, whitespace and blank
-    letters."""
-    if not _WHITESPACE.sub("", skeleton(text)):
+def invisible(text: str, shape: str | None = None) -> bool:
+    """Whether text shows nothing: nothing left of its skeleton (`shape`, when the caller
+    has it already) but whitespace, or no character but invisible or letterless ones,
+    combining marks, whitespace and blank letters."""
+    if not _WHITESPACE.sub("", skeleton(text) if shape is None else shape):
         return True
     return all(char.isspace() or char in BLANK_LETTERS or _letterless(char)
                or unicodedata.category(char) in _MARKS for char in text)

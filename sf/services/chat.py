@@ -233,9 +233,9 @@ class ChatService:
             no_control_chars(sent)
         except ValidationError:
             return notice("invalid_message", nonce)
-        if invisible(text) or zalgo(text):
-            return notice("invalid_message", nonce)
         shape = skeleton(text)  # blocked terms and duplicates (security.md#chat-invisible-terms)
+        if invisible(text, shape) or zalgo(text):
+            return notice("invalid_message", nonce)
         cached = await self._cached_settings(channel_id)
         settings = cached.settings
         standing = await chat_db.standing(self.db, channel_id, user_id)
