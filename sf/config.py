@@ -658,6 +658,24 @@ class Config:
         "Chat messages and chat moderation log entries are deleted this long after they were "
         "made (a scheduled job).",
         unit="days")
+    # Notifications (issue 23).
+    notify_repeat_seconds: int = setting(
+        Integer(0, 86400),
+        "A channel going live again within this of its last go-live notice sends no new one "
+        "(an encoder reconnecting within the resume grace continues its stream and never "
+        "sends one).", unit="seconds")
+    notify_fanout_batch: int = setting(
+        Integer(100, 100000),
+        "Followers told per batch of a go-live fan-out (one transaction and one pub/sub "
+        "message each).", unit="followers")
+    notifications_retention_days: int = setting(
+        Integer(1, 3650),
+        "Notifications are deleted this long after they were made (a scheduled job).",
+        unit="days")
+    outbound_allowed_networks: tuple[IPNetwork, ...] = setting(
+        Networks(),
+        "Networks webhooks and Web Push may reach although they are not public (loopback, "
+        "private, link-local addresses are refused otherwise); empty by default.")
     extra: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
