@@ -53,6 +53,15 @@ from sf.schemas.exports import (
     export_download_query,
     export_schema,
 )
+from sf.schemas.notifications import (
+    MarkReadSchema,
+    NotificationListQuerySchema,
+    NotificationListSchema,
+    NotificationSchema,
+    NotificationSettingsSchema,
+    UnsubscribeQuerySchema,
+    UnsubscribeSchema,
+)
 from sf.schemas.pagination import PageQuerySchema, PaginationSchema, page, page_query
 from sf.schemas.statistics import (
     StatisticsQuerySchema,
@@ -99,6 +108,9 @@ DOCUMENTED: tuple[type[Schema], ...] = (
     # chat moderation
     BanListSchema, BanRequestSchema, BanSchema, ChannelPageQuerySchema, ChannelQuerySchema,
     ChatSettingsSchema, ModerationLogEntrySchema, ModerationLogSchema,
+    # notifications
+    MarkReadSchema, NotificationListQuerySchema, NotificationListSchema, NotificationSchema,
+    NotificationSettingsSchema, UnsubscribeQuerySchema, UnsubscribeSchema,
 )
 
 __all__ = [
@@ -118,4 +130,6 @@ __all__ = [
     "stream_list_query", "user_private", "user_public",
     "BanListSchema", "BanRequestSchema", "BanSchema", "ChannelPageQuerySchema",
     "ChannelQuerySchema", "ChatSettingsSchema", "ModerationLogEntrySchema", "ModerationLogSchema",
+    "MarkReadSchema", "NotificationListQuerySchema", "NotificationListSchema", "NotificationSchema",
+    "NotificationSettingsSchema", "UnsubscribeQuerySchema", "UnsubscribeSchema",
 ]

@@ -40,6 +40,7 @@ from sf.services.ingest import IngestService
 from sf.services.jobs import Job, JobRunner
 from sf.services.mail import MailSender
 from sf.services.media_nodes import MediaNodeRegistry
+from sf.services.notifications import NotificationService
 from sf.services.publishing import PublishingService
 from sf.services.retention import AddressRetention
 from sf.services.sessions import SessionStore, TicketStore
@@ -148,6 +149,7 @@ class Services:
     counts: ViewerCounts
     viewers: ViewerHub
     chat: ChatService  # live chat: sends, one publish each, this process's fan-out
+    notifications: NotificationService  # lists, settings, go-live fan-out, /ws/notifications
     media_nodes: MediaNodeRegistry  # which media nodes are alive (read by any node)
     ingest: IngestService | None  # only on a node next to an nginx-rtmp
     exports: ExportService  # personal data exports (built in the background of this node)
@@ -168,6 +170,7 @@ class Services:
         await self.statistics.start()
         await self.viewers.start()
         await self.chat.start()
+        await self.notifications.start()
         if self.ingest is not None:
             await self.ingest.start()
         await self.jobs.start()
@@ -181,6 +184,7 @@ class Services:
                 await self.ingest.stop()
         finally:
             try:
+                await self.notifications.stop()
                 await self.chat.stop()
                 await self.viewers.stop()
             finally:
@@ -273,6 +277,8 @@ async def _wire(config: Config, db: asyncpg.Pool, cleanups: Cleanups, *, ingest:
     cleanups.add("the export thread", lambda: exports.executor.shutdown(wait=False))
     retention = AddressRetention(db, config.ip_retention_days)
     chat = ChatService(config, db, redis)
+    notifications = NotificationService(config, db, redis, sessions, email_cipher, mail)
+    streams.add_listener(notifications)  # plans go-live announcements where they happen
     # The scheduled jobs, run in this order each round (`sf privacy purge` runs one round).
     jobs = JobRunner(redis, config.node_id, config.jobs_interval_seconds, [
         Job("erasure", erasure.purge_summary),
@@ -280,6 +286,7 @@ async def _wire(config: Config, db: asyncpg.Pool, cleanups: Cleanups, *, ingest:
         Job("expired_exports", exports.delete_expired),
         Job("ip_retention", retention.erase_expired),
         Job("chat_retention", chat.purge_expired),
+        Job("notification_retention", notifications.purge_expired),
     ])
     node_ingest = None
     if ingest:
@@ -301,6 +308,7 @@ async def _wire(config: Config, db: asyncpg.Pool, cleanups: Cleanups, *, ingest:
                                    playback_ttl=config.playback_url_ttl),
         user_private=UserPrivateSchema(privacy_policy_version=consents.policy.version),
         tickets=TicketStore(redis), counts=counts, viewers=viewers, chat=chat,
+        notifications=notifications,
         media_nodes=media_nodes, ingest=node_ingest, exports=exports, jobs=jobs,
         cleanups=cleanups,
     )
