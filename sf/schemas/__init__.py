@@ -4,7 +4,8 @@ one, every answer dumped through one; the OpenAPI document is generated from the
 - `common`: the strict base schema, field types, validators and their JSON Schema patterns
 - `errors`: the error answer; `pagination`: the page query and list shape
 - `auth`, `users`, `streams`, `channel` (stream key and settings), `categories`, `statistics`,
-  `chat_moderation` (moderators, bans, chat settings, the moderation log)
+  `chat_moderation` (moderators, bans, chat settings, the moderation log), `push` (Web Push
+  key and subscriptions)
 - `dump`: the compiled answer dumpers
 
 The names below are the package's interface; `DOCUMENTED` lists the schemas the OpenAPI
@@ -54,6 +55,14 @@ from sf.schemas.exports import (
     export_schema,
 )
 from sf.schemas.pagination import PageQuerySchema, PaginationSchema, page, page_query
+from sf.schemas.push import (
+    PushKeySchema,
+    PushKeysSchema,
+    PushSubscriptionCreatedSchema,
+    PushSubscriptionListSchema,
+    PushSubscriptionRequestSchema,
+    PushSubscriptionSchema,
+)
 from sf.schemas.statistics import (
     StatisticsQuerySchema,
     StreamStatisticsSchema,
@@ -99,6 +108,9 @@ DOCUMENTED: tuple[type[Schema], ...] = (
     # chat moderation
     BanListSchema, BanRequestSchema, BanSchema, ChannelPageQuerySchema, ChannelQuerySchema,
     ChatSettingsSchema, ModerationLogEntrySchema, ModerationLogSchema,
+    # Web Push
+    PushKeySchema, PushKeysSchema, PushSubscriptionCreatedSchema, PushSubscriptionListSchema,
+    PushSubscriptionRequestSchema, PushSubscriptionSchema,
 )
 
 __all__ = [
@@ -118,4 +130,6 @@ __all__ = [
     "stream_list_query", "user_private", "user_public",
     "BanListSchema", "BanRequestSchema", "BanSchema", "ChannelPageQuerySchema",
     "ChannelQuerySchema", "ChatSettingsSchema", "ModerationLogEntrySchema", "ModerationLogSchema",
+    "PushKeySchema", "PushKeysSchema", "PushSubscriptionCreatedSchema",
+    "PushSubscriptionListSchema", "PushSubscriptionRequestSchema", "PushSubscriptionSchema",
 ]
