@@ -150,7 +150,8 @@ async def test_another_users_subscription_is_not_found(api, push_service):
 
 async def test_an_endpoint_belongs_to_one_account_and_each_keeps_its_newest_ten(api, services,
                                                                                 push_service):
-    """A browser someone else signs in on next gets their pushes, not the first account's."""
+    """security.md#push-shared-browser: a browser someone else signs in on next gets their
+    pushes, not the first account's."""
     first = await api.register("first")
     second = await api.register("second")
     browser, _ = await subscribe(api, first["access_token"], push_service)
@@ -292,6 +293,7 @@ class TestWithoutTheAllowance:
 
 
 async def test_deleting_the_account_deletes_its_push_subscriptions(api, services, push_service):
+    """security.md#push-shared-browser: a deleted account's browsers hear nothing more."""
     fan = await api.register("fan")
     await subscribe(api, fan["access_token"], push_service)
     response = await api.request("DELETE", "/api/users/profile", {"password": PASSWORD},
