@@ -4,7 +4,8 @@ one, every answer dumped through one; the OpenAPI document is generated from the
 - `common`: the strict base schema, field types, validators and their JSON Schema patterns
 - `errors`: the error answer; `pagination`: the page query and list shape
 - `auth`, `users`, `streams`, `channel` (stream key and settings), `categories`, `statistics`,
-  `chat_moderation` (moderators, bans, chat settings, the moderation log)
+  `chat_moderation` (moderators, bans, chat settings, the moderation log), `push` (Web Push
+  key and subscriptions)
 - `dump`: the compiled answer dumpers
 
 The names below are the package's interface; `DOCUMENTED` lists the schemas the OpenAPI
@@ -63,6 +64,14 @@ from sf.schemas.notifications import (
     UnsubscribeSchema,
 )
 from sf.schemas.pagination import PageQuerySchema, PaginationSchema, page, page_query
+from sf.schemas.push import (
+    PushKeySchema,
+    PushKeysSchema,
+    PushSubscriptionCreatedSchema,
+    PushSubscriptionListSchema,
+    PushSubscriptionRequestSchema,
+    PushSubscriptionSchema,
+)
 from sf.schemas.statistics import (
     StatisticsQuerySchema,
     StreamStatisticsSchema,
@@ -111,6 +120,9 @@ DOCUMENTED: tuple[type[Schema], ...] = (
     # notifications
     MarkReadSchema, NotificationListQuerySchema, NotificationListSchema, NotificationSchema,
     NotificationSettingsSchema, UnsubscribeQuerySchema, UnsubscribeSchema,
+    # Web Push
+    PushKeySchema, PushKeysSchema, PushSubscriptionCreatedSchema, PushSubscriptionListSchema,
+    PushSubscriptionRequestSchema, PushSubscriptionSchema,
 )
 
 __all__ = [
@@ -132,4 +144,6 @@ __all__ = [
     "ChannelQuerySchema", "ChatSettingsSchema", "ModerationLogEntrySchema", "ModerationLogSchema",
     "MarkReadSchema", "NotificationListQuerySchema", "NotificationListSchema", "NotificationSchema",
     "NotificationSettingsSchema", "UnsubscribeQuerySchema", "UnsubscribeSchema",
+    "PushKeySchema", "PushKeysSchema", "PushSubscriptionCreatedSchema",
+    "PushSubscriptionListSchema", "PushSubscriptionRequestSchema", "PushSubscriptionSchema",
 ]

@@ -42,6 +42,7 @@ from sf.services.mail import MailSender
 from sf.services.media_nodes import MediaNodeRegistry
 from sf.services.notifications import NotificationService
 from sf.services.publishing import PublishingService
+from sf.services.push import PushSender, PushSubscriptions
 from sf.services.retention import AddressRetention
 from sf.services.sessions import SessionStore, TicketStore
 from sf.services.statistics import StatisticsService
@@ -153,6 +154,8 @@ class Services:
     media_nodes: MediaNodeRegistry  # which media nodes are alive (read by any node)
     ingest: IngestService | None  # only on a node next to an nginx-rtmp
     exports: ExportService  # personal data exports (built in the background of this node)
+    push: PushSender  # Web Push to a batch of users' browsers (one guarded HTTP session)
+    push_subscriptions: PushSubscriptions  # browsers subscribing, listing, unsubscribing
     jobs: JobRunner  # scheduled jobs, one node at a time (a Redis leader lock)
     cleanups: Cleanups  # run by `close`: the pool, Redis, the gate's connection, threads
     drain: RequestDrain = field(default_factory=RequestDrain)
@@ -190,6 +193,7 @@ class Services:
             finally:
                 await self.statistics.stop()  # never raises
                 await self.mail.stop()
+                await self.push.close()
                 await self.events.stop()
                 alerts, self.alerts = self.alerts, None
                 # Off the loop: it gives queued alerts a few seconds to go out.
@@ -277,7 +281,9 @@ async def _wire(config: Config, db: asyncpg.Pool, cleanups: Cleanups, *, ingest:
     cleanups.add("the export thread", lambda: exports.executor.shutdown(wait=False))
     retention = AddressRetention(db, config.ip_retention_days)
     chat = ChatService(config, db, redis)
-    notifications = NotificationService(config, db, redis, sessions, email_cipher, mail)
+    push = PushSender(config, db)
+    cleanups.add("the Web Push session", push.close)
+    notifications = NotificationService(config, db, redis, sessions, email_cipher, mail, push)
     streams.add_listener(notifications)  # plans go-live announcements where they happen
     # The scheduled jobs, run in this order each round (`sf privacy purge` runs one round).
     jobs = JobRunner(redis, config.node_id, config.jobs_interval_seconds, [
@@ -310,5 +316,5 @@ async def _wire(config: Config, db: asyncpg.Pool, cleanups: Cleanups, *, ingest:
         tickets=TicketStore(redis), counts=counts, viewers=viewers, chat=chat,
         notifications=notifications,
         media_nodes=media_nodes, ingest=node_ingest, exports=exports, jobs=jobs,
-        cleanups=cleanups,
+        push=push, push_subscriptions=PushSubscriptions(config, db), cleanups=cleanups,
     )

@@ -96,13 +96,13 @@ class NotificationService(StreamListener):
     this process's sockets (`hub`) and fan-out worker."""
 
     def __init__(self, config: Config, pool: asyncpg.Pool, redis: Redis, sessions: SessionStore,
-                 cipher: EmailCipher, mail: MailSender) -> None:
+                 cipher: EmailCipher, mail: MailSender, push: PushSending | None = None) -> None:
         self.config = config
         self.db = pool
         self.redis = redis
         self.cipher = cipher
         self.mail = mail
-        self.push: PushSending | None = None
+        self.push = push  # Web Push to the followers who want it
         self.hub = NotificationHub(config, redis, sessions)
         self.worker = FanoutWorker(self)
         self._unsubscribe_key = hmac.new(config.jwt_secret.encode(), UNSUBSCRIBE_PURPOSE,
