@@ -77,6 +77,9 @@ async def test_the_archive_holds_the_owners_data(api, services):
     await api.post("/api/users/alice/follow", token=bob["access_token"])
     await api.put("/api/stream/allowed-viewers/carol", token=token)
     await api.put("/api/stream/allowed-viewers/alice", token=carol["access_token"])
+    await api.put("/api/notifications/mutes/bob", token=token)
+    await api.put("/api/notifications/settings", {"stream.online": {"email": True}}, token=token)
+    await services.notifications.tell(alice["user"]["id"], "webhook.disabled", {"webhook_id": 7})
 
     ready = await _ready_export(api, token)
     assert set(ready) == {"id", "status", "created_at", "expires_at", "download_url"}
@@ -88,7 +91,9 @@ async def test_the_archive_holds_the_owners_data(api, services):
     assert "no-store" in download.headers["Cache-Control"]
     files = _archive(download.body)
     assert set(files) == {"profile.json", "consents.json", "streams.json", "following.json",
-                          "followers.json", "invites.json", "sessions.json", "avatar.webp"}
+                          "followers.json", "invites.json", "sessions.json", "avatar.webp",
+                          "notifications.json", "notification_settings.json",
+                          "notification_mutes.json", "push_subscriptions.json"}
     profile = json.loads(files["profile.json"])
     assert profile["username"] == "alice" and profile["email"] == "alice@example.com"
     assert profile["bio"] == "hello there"
@@ -111,6 +116,14 @@ async def test_the_archive_holds_the_owners_data(api, services):
     assert all(s["ip"] == "127.0.0.1" for s in sessions)
     assert sessions[1]["user_agent"].startswith("Firefox/128 ")
     assert len(sessions[1]["user_agent"]) == 512
+    notices = json.loads(files["notifications.json"])
+    assert [(n["type"], n["data"], n["read_at"]) for n in notices] == \
+        [("webhook.disabled", {"webhook_id": 7}, None)]
+    assert [(s["type"], s["in_app"], s["email"], s["push"])
+            for s in json.loads(files["notification_settings.json"])] == \
+        [("stream.online", True, True, True)]
+    assert [m["username"] for m in json.loads(files["notification_mutes.json"])] == ["bob"]
+    assert json.loads(files["push_subscriptions.json"]) == []
     stored = services.config.media_dir / "avatars" / Path(avatar.json["avatar"]).name
     assert files["avatar.webp"] == stored.read_bytes()
     # Nothing of other users beyond the relations: bob's e-mail is nowhere.

@@ -3,6 +3,7 @@ read for an archive, a page of rows at a time from one consistent snapshot."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -180,7 +181,33 @@ SECTIONS: tuple[tuple[str, str], ...] = (
     ("sessions.json", """
         SELECT kind, host(ip) AS ip, user_agent, created_at
           FROM login_records WHERE user_id = $1 ORDER BY created_at, id"""),
+    ("notifications.json", """
+        SELECT type, data, created_at, read_at
+          FROM notifications WHERE user_id = $1 ORDER BY id"""),
+    ("notification_settings.json", """
+        SELECT type, in_app, email, push, updated_at
+          FROM notification_settings WHERE user_id = $1 ORDER BY type"""),
+    ("notification_mutes.json", """
+        SELECT u.username, m.created_at
+          FROM notification_mutes m JOIN users u ON u.id = m.channel_id
+         WHERE m.user_id = $1 ORDER BY m.created_at, u.id"""),
+    ("push_subscriptions.json", """
+        SELECT substring(endpoint from '^[a-z]+://[^/]+') AS push_service, created_at,
+               last_success_at
+          FROM push_subscriptions WHERE user_id = $1 ORDER BY id"""),
 )
+
+
+# Columns of the sections that hold JSON (jsonb reaches Python as text): written as JSON values.
+JSON_COLUMNS = frozenset({"data"})
+
+
+def _plain(row: asyncpg.Record) -> dict[str, Any]:
+    item = dict(row)
+    for name in JSON_COLUMNS & item.keys():
+        if isinstance(item[name], str):
+            item[name] = json.loads(item[name])
+    return item
 
 
 async def section_pages(connection: asyncpg.Connection, query: str, user_id: int,
@@ -189,7 +216,7 @@ async def section_pages(connection: asyncpg.Connection, query: str, user_id: int
     inside a transaction: the archive reads one snapshot, and memory holds one page)."""
     page: list[dict[str, Any]] = []
     async for row in connection.cursor(query, user_id, prefetch=page_size):
-        page.append(dict(row))
+        page.append(_plain(row))
         if len(page) >= page_size:
             yield page
             page = []
