@@ -24,10 +24,10 @@ REQUESTED, RESTORED, ERASED, NAME_RELEASED = "requested", "restored", "erased", 
 
 # The categories of data one step destroys, as the ledger records them (never the data).
 HIDDEN_AT_REQUEST = ("sessions", "stream_key", "follows", "invites", "live_stream",
-                     "push_subscriptions")
+                     "push_subscriptions", "channel_notifications")
 DESTROYED_AT_ERASURE = ("email", "password_hash", "bio", "avatar", "consents", "login_records",
                         "ip_addresses", "exports", "stream_settings", "stream_texts",
-                        "thumbnails", "chat_authorship")
+                        "thumbnails", "chat_authorship", "notifications")
 
 # A destroyed password hash: bcrypt rejects it as a hash, so no password ever matches it.
 DESTROYED_PASSWORD_HASH = "!erased"
