@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 import pytest
 
 from harness.client import Viewer, connect_notifications
+from harness.ports import release_ports, reserve_port
+from sf.app import make_app
 from sf.db import notifications as notifications_db
 from sf.db import streams as streams_db
 from sf.services.container import Services, start_services
@@ -351,3 +353,37 @@ def test_notification_json_is_api_shape() -> None:
                                            None, {"stream_id": 1})
     assert notification_json(notice) == notification_schema.dump(notice)
     assert json.loads(json.dumps(notification_json(notice)))["created_at"].endswith("Z")
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_tab_on_another_node_hears_the_fan_out_and_an_account_has_twenty_tabs(
+        api, services, notifying):
+    """The fan-out runs where it was claimed; a follower's socket on another API node gets its
+    notice through the bus. Each account may keep 20 sockets per process (1008 beyond)."""
+    host, alice = await api.register("host"), await api.register("alice")
+    await follow(api, alice, "host")
+    other = await start_services(services.config)
+    await other.notifications.hub.start()  # sockets only: the fan-out runs on this node
+    port = reserve_port()
+    server = make_app(other).listen(port, address="127.0.0.1")
+    try:
+        remote = await socket_of(api, f"http://127.0.0.1:{port}", alice)
+        stream_id = await go_live(api, services, host)
+        await remote.until(lambda s: s.of_type("notification"), what="the remote notice")
+        assert remote.of_type("notification")[0]["notification"]["data"]["stream_id"] == stream_id
+        assert remote.of_type("unread_count")[-1]["count"] == 1
+
+        tabs = [await socket_of(api, f"http://127.0.0.1:{port}", alice) for _ in range(19)]
+        assert not any(tab.closed.is_set() for tab in tabs)
+        extra = await socket_of(api, f"http://127.0.0.1:{port}", alice)
+        assert await extra.until_closed() == 1008
+        tabs[0].close()
+        await asyncio.sleep(0.2)
+        again = await socket_of(api, f"http://127.0.0.1:{port}", alice)
+        assert not again.closed.is_set()
+        assert again.of_type("unread_count") == [{"type": "unread_count", "count": 1}]
+    finally:
+        server.stop()
+        await other.notifications.hub.stop()
+        await other.close()
+        release_ports([port])
