@@ -15,7 +15,7 @@ ARCHITECTURE = PROJECT_ROOT / "docs" / "architecture.md"
 # Lower layers never import higher ones (a module may import its own layer).
 LAYERS = [
     {"sf.config", "sf.errors", "sf.security", "sf.ratelimit", "sf.redis_pipeline", "sf.cache",
-     "sf.observability", "sf.alerts"},
+     "sf.observability", "sf.alerts", "sf.outbound"},
     {"sf.db", "sf.media", "sf.schemas"},
     {"sf.actors"},
     {"sf.services"},

@@ -15,16 +15,18 @@ import asyncpg
 from sf.db import chat as chat_db
 from sf.db import chat_moderation as chat_moderation_db
 from sf.db import statistics as statistics_db
+from sf.db import webhooks as webhooks_db
 from sf.db.sql import Executor
 from sf.errors import NotFound
 
 REQUESTED, RESTORED, ERASED, NAME_RELEASED = "requested", "restored", "erased", "name_released"
 
 # The categories of data one step destroys, as the ledger records them (never the data).
-HIDDEN_AT_REQUEST = ("sessions", "stream_key", "follows", "invites", "live_stream")
+HIDDEN_AT_REQUEST = ("sessions", "stream_key", "follows", "invites", "live_stream",
+                     "webhook_deliveries")
 DESTROYED_AT_ERASURE = ("email", "password_hash", "bio", "avatar", "consents", "login_records",
                         "ip_addresses", "exports", "stream_settings", "stream_texts",
-                        "thumbnails", "chat_authorship")
+                        "thumbnails", "chat_authorship", "webhooks")
 
 # A destroyed password hash: bcrypt rejects it as a hash, so no password ever matches it.
 DESTROYED_PASSWORD_HASH = "!erased"
@@ -128,6 +130,7 @@ async def hide_account(connection: asyncpg.Connection, user_id: int) -> Hidden:
     await connection.execute(
         "DELETE FROM allowed_viewers WHERE owner_id = $1 OR viewer_id = $1", user_id)
     await chat_moderation_db.hide_account(connection, user_id)
+    await webhooks_db.hide_account(connection, user_id)
     rows = await connection.fetch(
         """SELECT id, is_live FROM streams
             WHERE user_id = $1 AND ended_at IS NULL AND (is_live OR disconnected_at IS NOT NULL)
@@ -191,6 +194,7 @@ async def erase_personal_data(connection: asyncpg.Connection, user_id: int) -> D
             user_id)]
     await connection.execute("DELETE FROM stream_settings WHERE user_id = $1", user_id)
     await chat_moderation_db.erase_account(connection, user_id)
+    await webhooks_db.erase_account(connection, user_id)
     destroyed.thumbnails = [
         str(url) for url in await connection.fetchval(
             "SELECT coalesce(array_agg(thumbnail) FILTER (WHERE thumbnail IS NOT NULL), '{}')"

@@ -4,7 +4,7 @@ one, every answer dumped through one; the OpenAPI document is generated from the
 - `common`: the strict base schema, field types, validators and their JSON Schema patterns
 - `errors`: the error answer; `pagination`: the page query and list shape
 - `auth`, `users`, `streams`, `channel` (stream key and settings), `categories`, `statistics`,
-  `chat_moderation` (moderators, bans, chat settings, the moderation log)
+  `chat_moderation` (moderators, bans, chat settings, the moderation log), `webhooks`
 - `dump`: the compiled answer dumpers
 
 The names below are the package's interface; `DOCUMENTED` lists the schemas the OpenAPI
@@ -84,6 +84,19 @@ from sf.schemas.users import (
     user_private,
     user_public,
 )
+from sf.schemas.webhooks import (
+    WebhookCreatedSchema,
+    WebhookCreateSchema,
+    WebhookDeliveryListSchema,
+    WebhookDeliverySchema,
+    WebhookListSchema,
+    WebhookSchema,
+    WebhookUpdateSchema,
+    webhook_create,
+    webhook_created,
+    webhook_delivery,
+    webhook_schema,
+)
 
 DOCUMENTED: tuple[type[Schema], ...] = (
     CategoryListSchema, CategorySchema, CategoryStreamListQuerySchema, ChangePasswordSchema,
@@ -99,6 +112,9 @@ DOCUMENTED: tuple[type[Schema], ...] = (
     # chat moderation
     BanListSchema, BanRequestSchema, BanSchema, ChannelPageQuerySchema, ChannelQuerySchema,
     ChatSettingsSchema, ModerationLogEntrySchema, ModerationLogSchema,
+    # webhooks
+    WebhookCreatedSchema, WebhookCreateSchema, WebhookDeliveryListSchema, WebhookDeliverySchema,
+    WebhookListSchema, WebhookSchema, WebhookUpdateSchema,
 )
 
 __all__ = [
@@ -118,4 +134,7 @@ __all__ = [
     "stream_list_query", "user_private", "user_public",
     "BanListSchema", "BanRequestSchema", "BanSchema", "ChannelPageQuerySchema",
     "ChannelQuerySchema", "ChatSettingsSchema", "ModerationLogEntrySchema", "ModerationLogSchema",
+    "WebhookCreatedSchema", "WebhookCreateSchema", "WebhookDeliveryListSchema",
+    "WebhookDeliverySchema", "WebhookListSchema", "WebhookSchema", "WebhookUpdateSchema",
+    "webhook_create", "webhook_created", "webhook_delivery", "webhook_schema",
 ]

@@ -36,6 +36,7 @@ from sf.services.consents import ConsentService, load_privacy_policy
 from sf.services.erasure import ErasureService
 from sf.services.events import EventBus
 from sf.services.exports import ExportService
+from sf.services.follows import FollowService
 from sf.services.ingest import IngestService
 from sf.services.jobs import Job, JobRunner
 from sf.services.mail import MailSender
@@ -48,6 +49,7 @@ from sf.services.stream_keys import StreamKeyService
 from sf.services.streams import StreamService
 from sf.services.viewer_counts import ViewerCounts
 from sf.services.viewers import ViewerHub
+from sf.services.webhooks import WebhookEvents, WebhookSender, WebhookService
 
 log = logging.getLogger("sf.services")
 
@@ -151,6 +153,9 @@ class Services:
     media_nodes: MediaNodeRegistry  # which media nodes are alive (read by any node)
     ingest: IngestService | None  # only on a node next to an nginx-rtmp
     exports: ExportService  # personal data exports (built in the background of this node)
+    follows: FollowService
+    webhooks: WebhookService  # the owners' webhooks, and the events queued for them
+    webhook_sender: WebhookSender  # delivers the webhook queue (every API process runs one)
     jobs: JobRunner  # scheduled jobs, one node at a time (a Redis leader lock)
     cleanups: Cleanups  # run by `close`: the pool, Redis, the gate's connection, threads
     drain: RequestDrain = field(default_factory=RequestDrain)
@@ -165,6 +170,7 @@ class Services:
             max_per_minute=config.alert_webhook_max_per_minute)
         await self.events.start()
         await self.mail.start()
+        await self.webhook_sender.start()
         await self.statistics.start()
         await self.viewers.start()
         await self.chat.start()
@@ -185,6 +191,7 @@ class Services:
                 await self.viewers.stop()
             finally:
                 await self.statistics.stop()  # never raises
+                await self.webhook_sender.stop()
                 await self.mail.stop()
                 await self.events.stop()
                 alerts, self.alerts = self.alerts, None
@@ -273,6 +280,9 @@ async def _wire(config: Config, db: asyncpg.Pool, cleanups: Cleanups, *, ingest:
     cleanups.add("the export thread", lambda: exports.executor.shutdown(wait=False))
     retention = AddressRetention(db, config.ip_retention_days)
     chat = ChatService(config, db, redis)
+    webhook_sender = WebhookSender(db, config, email_cipher, mail)
+    webhooks = WebhookService(db, config, email_cipher, webhook_sender)
+    streams.add_listener(WebhookEvents(webhooks))
     # The scheduled jobs, run in this order each round (`sf privacy purge` runs one round).
     jobs = JobRunner(redis, config.node_id, config.jobs_interval_seconds, [
         Job("erasure", erasure.purge_summary),
@@ -280,6 +290,7 @@ async def _wire(config: Config, db: asyncpg.Pool, cleanups: Cleanups, *, ingest:
         Job("expired_exports", exports.delete_expired),
         Job("ip_retention", retention.erase_expired),
         Job("chat_retention", chat.purge_expired),
+        Job("webhook_deliveries_retention", webhooks.purge_old),
     ])
     node_ingest = None
     if ingest:
@@ -301,6 +312,8 @@ async def _wire(config: Config, db: asyncpg.Pool, cleanups: Cleanups, *, ingest:
                                    playback_ttl=config.playback_url_ttl),
         user_private=UserPrivateSchema(privacy_policy_version=consents.policy.version),
         tickets=TicketStore(redis), counts=counts, viewers=viewers, chat=chat,
-        media_nodes=media_nodes, ingest=node_ingest, exports=exports, jobs=jobs,
+        media_nodes=media_nodes, ingest=node_ingest, exports=exports,
+        follows=FollowService(db, cache, webhooks), webhooks=webhooks,
+        webhook_sender=webhook_sender, jobs=jobs,
         cleanups=cleanups,
     )
