@@ -147,6 +147,7 @@ async def stream_of(services, stream_id, user_id):
 @local_receiver
 async def test_the_secret_is_shown_once_and_the_owner_manages_the_webhook(api, services,
                                                                            receiver):
+    """security.md#webhook-secret-at-rest"""
     alice = await api.register("alice")
     token = alice["access_token"]
     made = await make_webhook(api, token, receiver.url, ["stream.online"])
@@ -259,6 +260,7 @@ async def test_stream_online_once_per_stream_and_offline_signed(api, services, r
 @local_receiver
 async def test_follow_created_once_however_often_one_follows_again(api, services, receiver,
                                                                    sender):
+    """security.md#webhook-follow-flood"""
     alice = await api.register("alice")
     bob = (await api.register("bob"))["access_token"]
     made = await make_webhook(api, alice["access_token"], receiver.url, ["follow.created"])

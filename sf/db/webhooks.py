@@ -156,6 +156,14 @@ async def update(db: Executor, user_id: int, webhook_id: int, url: str | None,
         webhook_id, user_id, url, events, enable)
     if row is None:
         raise NotFound("Webhook not found")
+    if enable:
+        # What fell past its give-up time while the webhook was off is not sent late.
+        await db.execute(
+            """UPDATE webhook_deliveries
+                  SET status = 'failed', last_error = COALESCE(last_error || ' ', '')
+                                                      || '(given up while disabled)'
+                WHERE webhook_id = $1 AND status = 'pending' AND give_up_at <= now()""",
+            webhook_id)
     return _webhook(row)
 
 
@@ -263,7 +271,8 @@ async def claim(db: Executor, cipher: EmailCipher, batch: int,
         """WITH due AS (
                SELECT d.id FROM webhook_deliveries d JOIN webhooks w ON w.id = d.webhook_id
                 WHERE w.enabled
-                  AND ((d.status = 'pending' AND d.next_attempt_at <= now())
+                  AND ((d.status = 'pending' AND d.next_attempt_at <= now()
+                        AND d.give_up_at > now())
                        OR (d.status = 'sending' AND d.claimed_until < now()))
                 ORDER BY d.next_attempt_at, d.id
                 LIMIT $1

@@ -21,9 +21,9 @@ MAX_URL_LENGTH = 2000
 def Url(**kwargs: Any) -> fields.String:
     """The receiver's URL: checked further (scheme, host, address) by the webhook service."""
     field = Text(MAX_URL_LENGTH, min_length=1, **kwargs)
-    field.metadata["description"] = ("where deliveries are POSTed: an https URL of a public "
-                                     "address (http only to an address of "
-                                     "SF_OUTBOUND_ALLOWED_NETWORKS)")
+    field.metadata = {**field.metadata, "description": (
+        "where deliveries are POSTed: an https URL of a public address (http only to an "
+        "address of SF_OUTBOUND_ALLOWED_NETWORKS)")}
     return field
 
 

@@ -283,7 +283,8 @@ class WebhookEvents(StreamListener):
 
 
 class WebhookSender:
-    """Delivers due webhook deliveries, one per API process (see the module)."""
+    """Delivers due webhook deliveries, one per API process (see the module): at once when
+    this process queued one, else within SF_MAIL_POLL_SECONDS (the outbox's polling)."""
 
     def __init__(self, db: asyncpg.Pool, config: Config, cipher: EmailCipher,
                  mail: MailSender) -> None:
