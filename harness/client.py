@@ -236,6 +236,16 @@ async def connect(base: str, stream_id: int, *, origin: str | None = None, cooki
     return Viewer(await tornado.websocket.websocket_connect(request))
 
 
+async def connect_notifications(base: str, ticket: str | None, *,
+                                origin: str | None = None) -> Viewer:
+    """Open `/ws/notifications` on `base` (http://host:port) with a one-time ticket."""
+    query = f"?ticket={ticket}" if ticket else ""
+    url = base.replace("http://", "ws://") + f"/ws/notifications{query}"
+    request = tornado.httpclient.HTTPRequest(url, headers={"Origin": origin or base},
+                                             request_timeout=10)
+    return Viewer(await tornado.websocket.websocket_connect(request))
+
+
 # --- a keep-alive HTTP/1.1 client (a load generator must be cheaper than the server) ------------
 
 class Connection:

@@ -40,6 +40,7 @@ from sf.handlers import (
     health,
     legal,
     media_hooks,
+    notifications,
     statistics,
     stream_keys,
     streams,
@@ -60,7 +61,7 @@ from sf.services.container import Services
 # Every resource's handlers, in the order their routes are matched.
 HANDLER_MODULES = (health, docs, auth, account_mail, legal, users, exports, follows, stream_keys,
                    allowed_viewers, streams, channel_chat, categories, statistics, viewers,
-                   chat, webhooks, media_hooks)
+                   chat, notifications, webhooks, media_hooks)
 
 
 def collect_routes(services: Services) -> list[Any]:

@@ -63,3 +63,6 @@ CREATE TABLE notification_fanouts (
 );
 CREATE INDEX notification_fanouts_pending_idx ON notification_fanouts (id) WHERE status = 'pending';
 CREATE INDEX notification_fanouts_channel_idx ON notification_fanouts (channel_id, created_at DESC);
+
+-- A fan-out walks a channel's followers in id order, a batch at a time.
+CREATE INDEX follows_following_follower_idx ON follows (following_id, follower_id);

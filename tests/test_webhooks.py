@@ -389,6 +389,10 @@ async def test_a_webhook_that_keeps_failing_is_disabled_and_its_owner_told(
     mail = await mailbox.wait_for("alice@example.com", count=2)  # after the verification mail
     assert mail.message["Subject"] == "Your webhook was disabled"
     assert receiver.url in mail.message.get_body(("plain",)).get_content()
+    told = await api.get("/api/notifications", token=token)
+    assert told.status == 200, told
+    [notice] = [item for item in told.json["data"] if item["type"] == "webhook.disabled"]
+    assert notice["data"]["webhook_id"] == made["id"] and notice["data"]["url"] == receiver.url
     # A disabled webhook gets no events, and refuses redelivery until enabled again.
     await services.streams.end_stream(stream_id, alice["user"]["id"])
     await asyncio.sleep(0.5)

@@ -14,6 +14,7 @@ import asyncpg
 
 from sf.db import chat as chat_db
 from sf.db import chat_moderation as chat_moderation_db
+from sf.db import notifications as notifications_db
 from sf.db import statistics as statistics_db
 from sf.db import webhooks as webhooks_db
 from sf.db.sql import Executor
@@ -130,6 +131,7 @@ async def hide_account(connection: asyncpg.Connection, user_id: int) -> Hidden:
     await connection.execute(
         "DELETE FROM allowed_viewers WHERE owner_id = $1 OR viewer_id = $1", user_id)
     await chat_moderation_db.hide_account(connection, user_id)
+    await notifications_db.hide_account(connection, user_id)
     await webhooks_db.hide_account(connection, user_id)
     rows = await connection.fetch(
         """SELECT id, is_live FROM streams
@@ -194,6 +196,7 @@ async def erase_personal_data(connection: asyncpg.Connection, user_id: int) -> D
             user_id)]
     await connection.execute("DELETE FROM stream_settings WHERE user_id = $1", user_id)
     await chat_moderation_db.erase_account(connection, user_id)
+    await notifications_db.erase_account(connection, user_id)
     await webhooks_db.erase_account(connection, user_id)
     destroyed.thumbnails = [
         str(url) for url in await connection.fetchval(

@@ -9,7 +9,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, Protocol
 
 import tornado.iostream
 import tornado.websocket
@@ -67,7 +67,7 @@ class FrameCountingProtocol(tornado.websocket.WebSocketProtocol13):
     async def _receive_frame(self) -> None:
         await super()._receive_frame()
         handler = self.handler
-        if isinstance(handler, ViewersSocket):
+        if isinstance(handler, ApiSocket):
             handler.count_inbound()
 
 
@@ -100,9 +100,18 @@ class TicketHandler(APIHandler):
         self.write_json({"ticket": ticket, "expires_in": 30})
 
 
-class ViewersSocket(tornado.websocket.WebSocketHandler, BaseHandler):
-    """One viewer of one stream. Anonymous viewers connect as they are; signed-in viewers
-    bring `?ticket=`. Closes with 4404 for a stream that does not exist for them.
+class SocketHub(Protocol):
+    """What an `ApiSocket` asks of the hub it joins, before the upgrade."""
+
+    closing: bool
+
+    def admits(self, address: str) -> bool: ...
+
+
+class ApiSocket(tornado.websocket.WebSocketHandler, BaseHandler):
+    """What every SF WebSocket does: the strict Origin check, the handshake gates (the hub
+    shutting down, connections per address, handshakes per minute across nodes), one-time
+    tickets, a budget of inbound frames, and sends that drop a client too slow to read.
 
     BaseHandler gives it the API's response headers, error shape and client address.
     """
@@ -115,11 +124,6 @@ class ViewersSocket(tornado.websocket.WebSocketHandler, BaseHandler):
         super().initialize()
         self.account_id: int | None = None
         self.session_id: str | None = None  # the signed-in session the ticket came from
-        self.viewer_id = ""
-        self.network = ""  # where an anonymous viewer counts (`viewer_network`)
-        self.stream_id = 0
-        self.owner_id = 0  # the stream's owner (its chat's channel)
-        self.joined = False
         # When the last inbound messages came; one deque per connection, not a new list per
         # message (each pong would otherwise leave garbage for the collector).
         self.message_times: deque[float] = deque(maxlen=self.messages_per_window + 1)
@@ -127,6 +131,11 @@ class ViewersSocket(tornado.websocket.WebSocketHandler, BaseHandler):
         self.opened_at = 0.0
         # Over its frame budget: the connection's stream, cut at the next frame it sends.
         self.flooded: tornado.iostream.IOStream | None = None
+
+    @property
+    def hub(self) -> SocketHub:
+        """The hub this socket joins (it says whether one more connection is welcome)."""
+        raise NotImplementedError
 
     @property
     def client_address(self) -> str:
@@ -139,7 +148,7 @@ class ViewersSocket(tornado.websocket.WebSocketHandler, BaseHandler):
         return origin in self.config.cors_origins or origin in public_origins(self.config)
 
     async def get(self, *args: Any, **kwargs: Any) -> None:
-        hub = self.services.viewers
+        hub = self.hub
         origin = self.request.headers.get("Origin")
         # Checked here, strictly: Tornado's own check accepts any Origin whose host name
         # matches the Host header (another port or scheme, a rebound DNS name).
@@ -172,7 +181,9 @@ class ViewersSocket(tornado.websocket.WebSocketHandler, BaseHandler):
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.finish(json.dumps({"error": {"code": code, "message": message}}))
 
-    async def _handshake(self, *args: Any, **kwargs: Any) -> None:
+    async def redeem_ticket(self) -> None:
+        """Sign the socket in with its `?ticket=` (one-time); a bad or used ticket closes it
+        with 4401 once open."""
         ticket = self.get_query_argument("ticket", None)
         if ticket is not None:
             redeemed = await self.services.tickets.redeem(ticket)
@@ -180,60 +191,38 @@ class ViewersSocket(tornado.websocket.WebSocketHandler, BaseHandler):
                 self.close_after_open = (CLOSE_UNAUTHORIZED, "invalid or used ticket")
             else:
                 self.account_id, self.session_id = redeemed
-        if self.account_id is not None:
-            self.viewer_id, self.network = f"u{self.account_id}", SIGNED_IN
-        else:
-            # Only an id this server signed is kept: any other value (missing, forged,
-            # altered) is a new anonymous viewer, whom the per-network cap then applies to.
-            signer = self.services.viewers.signer
-            viewer_id = signer.verify(self.get_cookie(VIEWER_COOKIE) or "")
-            if viewer_id is None:
-                cookie, viewer_id = signer.issue()
-                self.set_cookie(VIEWER_COOKIE, cookie, httponly=True, samesite="Lax",
-                                path="/ws", expires_days=365,
-                                secure=self.request.headers.get("X-Forwarded-Proto") == "https")
-            self.viewer_id, self.network = viewer_id, viewer_network(self.client_address)
+
+    async def _handshake(self, *args: Any, **kwargs: Any) -> None:
+        await self.redeem_ticket()
         await super().get(*args, **kwargs)
 
     def log_fields(self, **more: Any) -> dict[str, Any]:
         """The structured fields of this socket's log lines (never its ticket or cookie)."""
-        return {"request_id": self.request_id, "stream_id": self.stream_id or None,
-                "user_id": self.account_id, "client_ip": self.client_address, **more}
+        return {"request_id": self.request_id, "user_id": self.account_id,
+                "client_ip": self.client_address, **more}
 
-    async def open(self, stream_id: str) -> None:
+    def refuse_after_open(self) -> bool:
+        """Close a socket refused at the handshake (bad ticket); True when it was."""
         if self.close_after_open:
-            log.info("viewer socket refused", extra=self.log_fields(
+            log.info("socket refused", extra=self.log_fields(
                 close_code=self.close_after_open[0], reason=self.close_after_open[1]))
             self.close(*self.close_after_open)
-            return
-        try:
-            self.stream_id = int(stream_id)
-            stream = await self.services.streams.get_stream(self.stream_id, self.account_id)
-        except (NotFound, ValueError, OverflowError):
-            log.info("viewer socket refused", extra=self.log_fields(
-                close_code=CLOSE_NOT_FOUND, reason="stream not found"))
-            self.close(CLOSE_NOT_FOUND, "stream not found")
-            return
-        if self.ws_connection is None or self.ws_connection.is_closing():
-            return  # went away while we looked the stream up
+            return True
+        return False
+
+    def bound_buffers(self) -> None:
+        """Bound what a client that stops reading can make us hold, in Tornado and in the
+        kernel: left to autotuning, the kernel would queue up to 4 MiB (tcp_wmem) for each
+        client that stops reading before we notice."""
         connection_stream = self._stream()
         if connection_stream is not None:
-            # Bounded both in Tornado and in the kernel: left to autotuning, the kernel would
-            # queue up to 4 MiB (tcp_wmem) for each client that stops reading before we notice.
-            # Viewer messages are ~100 bytes a second; 128 KiB in all is minutes of them.
             connection_stream.max_write_buffer_size = MAX_BUFFERED_BYTES
             if connection_stream.socket is not None:
                 connection_stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
                                                     KERNEL_SEND_BUFFER)
-        self.owner_id = stream.user_id
-        self.services.viewers.join(self.stream_id, stream.user_id, stream.is_private,
-                                   stream.is_live, self, self.viewer_id, self.network)
-        self.joined = True
-        self.opened_at = time.monotonic()
-        log.info("viewer connected", extra=self.log_fields())
 
     def on_message(self, message: str | bytes) -> Awaitable[None] | None:
-        """Viewers have nothing to say yet; a client that floods is dropped."""
+        """Nothing to say by default; a client that floods is dropped (`count_inbound`)."""
         return None
 
     def get_websocket_protocol(self) -> tornado.websocket.WebSocketProtocol | None:
@@ -290,6 +279,65 @@ class ViewersSocket(tornado.websocket.WebSocketHandler, BaseHandler):
             stream.close()
         except (tornado.iostream.StreamClosedError, OSError):
             pass  # the connection is going away; on_close does the bookkeeping
+
+
+class ViewersSocket(ApiSocket):
+    """One viewer of one stream. Anonymous viewers connect as they are; signed-in viewers
+    bring `?ticket=`. Closes with 4404 for a stream that does not exist for them."""
+
+    def initialize(self) -> None:
+        super().initialize()
+        self.viewer_id = ""
+        self.network = ""  # where an anonymous viewer counts (`viewer_network`)
+        self.stream_id = 0
+        self.owner_id = 0  # the stream's owner (its chat's channel)
+        self.joined = False
+
+    @property
+    def hub(self) -> SocketHub:
+        return self.services.viewers
+
+    async def _handshake(self, *args: Any, **kwargs: Any) -> None:
+        await self.redeem_ticket()
+        if self.account_id is not None:
+            self.viewer_id, self.network = f"u{self.account_id}", SIGNED_IN
+        else:
+            # Only an id this server signed is kept: any other value (missing, forged,
+            # altered) is a new anonymous viewer, whom the per-network cap then applies to.
+            signer = self.services.viewers.signer
+            viewer_id = signer.verify(self.get_cookie(VIEWER_COOKIE) or "")
+            if viewer_id is None:
+                cookie, viewer_id = signer.issue()
+                self.set_cookie(VIEWER_COOKIE, cookie, httponly=True, samesite="Lax",
+                                path="/ws", expires_days=365,
+                                secure=self.request.headers.get("X-Forwarded-Proto") == "https")
+            self.viewer_id, self.network = viewer_id, viewer_network(self.client_address)
+        await tornado.websocket.WebSocketHandler.get(self, *args, **kwargs)
+
+    def log_fields(self, **more: Any) -> dict[str, Any]:
+        return super().log_fields(stream_id=self.stream_id or None, **more)
+
+    async def open(self, stream_id: str) -> None:
+        if self.refuse_after_open():
+            return
+        try:
+            self.stream_id = int(stream_id)
+            stream = await self.services.streams.get_stream(self.stream_id, self.account_id)
+        except (NotFound, ValueError, OverflowError):
+            log.info("viewer socket refused", extra=self.log_fields(
+                close_code=CLOSE_NOT_FOUND, reason="stream not found"))
+            self.close(CLOSE_NOT_FOUND, "stream not found")
+            return
+        if self.ws_connection is None or self.ws_connection.is_closing():
+            return  # went away while we looked the stream up
+        # Viewer messages are ~100 bytes a second; 128 KiB in all is minutes of them.
+        self.bound_buffers()
+        self.owner_id = stream.user_id
+        self.services.viewers.join(self.stream_id, stream.user_id, stream.is_private,
+                                   stream.is_live, self, self.viewer_id, self.network)
+        self.joined = True
+        self.opened_at = time.monotonic()
+        log.info("viewer connected", extra=self.log_fields())
 
     def on_close(self) -> None:
         if self.joined:

@@ -53,6 +53,15 @@ from sf.schemas.exports import (
     export_download_query,
     export_schema,
 )
+from sf.schemas.notifications import (
+    MarkReadSchema,
+    NotificationListQuerySchema,
+    NotificationListSchema,
+    NotificationSchema,
+    NotificationSettingsSchema,
+    UnsubscribeQuerySchema,
+    UnsubscribeSchema,
+)
 from sf.schemas.pagination import PageQuerySchema, PaginationSchema, page, page_query
 from sf.schemas.statistics import (
     StatisticsQuerySchema,
@@ -112,6 +121,9 @@ DOCUMENTED: tuple[type[Schema], ...] = (
     # chat moderation
     BanListSchema, BanRequestSchema, BanSchema, ChannelPageQuerySchema, ChannelQuerySchema,
     ChatSettingsSchema, ModerationLogEntrySchema, ModerationLogSchema,
+    # notifications
+    MarkReadSchema, NotificationListQuerySchema, NotificationListSchema, NotificationSchema,
+    NotificationSettingsSchema, UnsubscribeQuerySchema, UnsubscribeSchema,
     # webhooks
     WebhookCreatedSchema, WebhookCreateSchema, WebhookDeliveryListSchema, WebhookDeliverySchema,
     WebhookListSchema, WebhookSchema, WebhookUpdateSchema,
@@ -134,6 +146,8 @@ __all__ = [
     "stream_list_query", "user_private", "user_public",
     "BanListSchema", "BanRequestSchema", "BanSchema", "ChannelPageQuerySchema",
     "ChannelQuerySchema", "ChatSettingsSchema", "ModerationLogEntrySchema", "ModerationLogSchema",
+    "MarkReadSchema", "NotificationListQuerySchema", "NotificationListSchema", "NotificationSchema",
+    "NotificationSettingsSchema", "UnsubscribeQuerySchema", "UnsubscribeSchema",
     "WebhookCreatedSchema", "WebhookCreateSchema", "WebhookDeliveryListSchema",
     "WebhookDeliverySchema", "WebhookListSchema", "WebhookSchema", "WebhookUpdateSchema",
     "webhook_create", "webhook_created", "webhook_delivery", "webhook_schema",

@@ -41,6 +41,7 @@ from sf.services.ingest import IngestService
 from sf.services.jobs import Job, JobRunner
 from sf.services.mail import MailSender
 from sf.services.media_nodes import MediaNodeRegistry
+from sf.services.notifications import NotificationService
 from sf.services.publishing import PublishingService
 from sf.services.retention import AddressRetention
 from sf.services.sessions import SessionStore, TicketStore
@@ -150,6 +151,7 @@ class Services:
     counts: ViewerCounts
     viewers: ViewerHub
     chat: ChatService  # live chat: sends, one publish each, this process's fan-out
+    notifications: NotificationService  # lists, settings, go-live fan-out, /ws/notifications
     media_nodes: MediaNodeRegistry  # which media nodes are alive (read by any node)
     ingest: IngestService | None  # only on a node next to an nginx-rtmp
     exports: ExportService  # personal data exports (built in the background of this node)
@@ -174,6 +176,7 @@ class Services:
         await self.statistics.start()
         await self.viewers.start()
         await self.chat.start()
+        await self.notifications.start()
         if self.ingest is not None:
             await self.ingest.start()
         await self.jobs.start()
@@ -187,6 +190,7 @@ class Services:
                 await self.ingest.stop()
         finally:
             try:
+                await self.notifications.stop()
                 await self.chat.stop()
                 await self.viewers.stop()
             finally:
@@ -280,7 +284,9 @@ async def _wire(config: Config, db: asyncpg.Pool, cleanups: Cleanups, *, ingest:
     cleanups.add("the export thread", lambda: exports.executor.shutdown(wait=False))
     retention = AddressRetention(db, config.ip_retention_days)
     chat = ChatService(config, db, redis)
-    webhook_sender = WebhookSender(db, config, email_cipher, mail)
+    notifications = NotificationService(config, db, redis, sessions, email_cipher, mail)
+    streams.add_listener(notifications)  # plans go-live announcements where they happen
+    webhook_sender = WebhookSender(db, config, email_cipher, mail, notifications)
     webhooks = WebhookService(db, config, email_cipher, webhook_sender)
     streams.add_listener(WebhookEvents(webhooks))
     # The scheduled jobs, run in this order each round (`sf privacy purge` runs one round).
@@ -290,6 +296,7 @@ async def _wire(config: Config, db: asyncpg.Pool, cleanups: Cleanups, *, ingest:
         Job("expired_exports", exports.delete_expired),
         Job("ip_retention", retention.erase_expired),
         Job("chat_retention", chat.purge_expired),
+        Job("notification_retention", notifications.purge_expired),
         Job("webhook_deliveries_retention", webhooks.purge_old),
     ])
     node_ingest = None
@@ -312,6 +319,7 @@ async def _wire(config: Config, db: asyncpg.Pool, cleanups: Cleanups, *, ingest:
                                    playback_ttl=config.playback_url_ttl),
         user_private=UserPrivateSchema(privacy_policy_version=consents.policy.version),
         tickets=TicketStore(redis), counts=counts, viewers=viewers, chat=chat,
+        notifications=notifications,
         media_nodes=media_nodes, ingest=node_ingest, exports=exports,
         follows=FollowService(db, cache, webhooks), webhooks=webhooks,
         webhook_sender=webhook_sender, jobs=jobs,

@@ -60,6 +60,8 @@ class MailContent:
     subject: str
     text: str
     html: str
+    # More headers (List-Unsubscribe): values SF builds, never a user's text.
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 def html_text(value: str) -> str:
@@ -78,6 +80,10 @@ def compose(sender: str, recipient: str, content: MailContent) -> bytes:
     message["Subject"] = content.subject
     message["Date"] = formatdate(usegmt=True)
     message["Message-ID"] = make_msgid(domain=parseaddr(sender)[1].rpartition("@")[2] or None)
+    for name, value in content.headers:
+        if any(char in HEADER_BREAKERS for char in value):
+            raise ValueError(f"the {name} header would break the mail")
+        message[name] = value
     message.set_content(content.text)
     message.add_alternative(content.html, subtype="html")
     return message.as_bytes()

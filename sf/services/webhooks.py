@@ -53,6 +53,7 @@ from sf.outbound import (
 from sf.security import EmailCipher
 from sf.services.events import StreamEvent, StreamListener
 from sf.services.mail import MailContent, MailSender, compose, html_text
+from sf.services.notifications import NotificationService
 
 log = logging.getLogger("sf.webhooks")
 
@@ -65,6 +66,7 @@ HOUSEKEEPING_SECONDS = 3600.0
 RESOLVE_TIMEOUT = 2.0  # looking a webhook's host up when it is created or changed
 DISABLED_REASON = "too many failed deliveries"
 MAIL_KIND = "webhook_disabled"
+NOTIFICATION_TYPE = "webhook.disabled"
 
 
 def new_secret() -> str:
@@ -287,11 +289,12 @@ class WebhookSender:
     this process queued one, else within SF_MAIL_POLL_SECONDS (the outbox's polling)."""
 
     def __init__(self, db: asyncpg.Pool, config: Config, cipher: EmailCipher,
-                 mail: MailSender) -> None:
+                 mail: MailSender, notifications: NotificationService) -> None:
         self.db = db
         self.config = config
         self.cipher = cipher
         self.mail = mail
+        self.notifications = notifications  # tells an owner in the app that a webhook stopped
         # Each batch is sent concurrently: one attempt's time, and room to record it.
         self.lease_seconds = config.webhook_timeout_seconds + 30.0
         self.outage = Outage(log, "the webhook queue", "deliveries wait until it is back")
@@ -407,11 +410,19 @@ class WebhookSender:
                                                    "user_id": disabled.user_id})
             if owner_mail:
                 self.mail.wake()
-            # NOTIFICATIONS (issue 23): the in-app notice goes here once main's
-            # `services.notifications.tell(user_id, type, data, channel_id=None)` is merged:
-            #   await notifications.tell(disabled.user_id, "webhook.disabled",
-            #                            {"webhook_id": disabled.id, "url": disabled.url})
+            await self._tell_owner(disabled, run.consecutive_failures if run else 0)
         return False
+
+    async def _tell_owner(self, webhook: Webhook, failures: int) -> None:
+        """The in-app notice of a disabled webhook (after the commit: the webhook stays
+        disabled, and the mail queued, should this fail)."""
+        try:
+            await self.notifications.tell(webhook.user_id, NOTIFICATION_TYPE, {
+                "webhook_id": webhook.id, "url": webhook.url,
+                "reason": webhook.disabled_reason, "consecutive_failures": failures})
+        except Exception:
+            log.warning("could not tell the owner of a disabled webhook", exc_info=True,
+                        extra={"webhook_id": webhook.id})
 
     async def _queue_disabled_mail(self, connection: asyncpg.Connection, webhook: Webhook,
                                    failures: int) -> bool:
