@@ -47,6 +47,7 @@ from sf.handlers import (
     streams,
     users,
     viewers,
+    webhooks,
 )
 from sf.handlers.base import AUTH_MODES, NotFoundHandler
 from sf.node import localservices
@@ -61,7 +62,7 @@ from sf.services.container import Services
 # Every resource's handlers, in the order their routes are matched.
 HANDLER_MODULES = (health, docs, auth, account_mail, legal, users, exports, follows, stream_keys,
                    allowed_viewers, streams, channel_chat, categories, statistics, viewers,
-                   chat, notifications, push, media_hooks)
+                   chat, notifications, push, webhooks, media_hooks)
 
 
 def collect_routes(services: Services) -> list[Any]:

@@ -700,6 +700,41 @@ class Config:
         Networks(),
         "Networks webhooks and Web Push may reach although they are not public (loopback, "
         "private, link-local addresses are refused otherwise); empty by default.")
+    # Webhooks (issue 23).
+    webhooks_per_user: int = setting(
+        Integer(1, 1000), "Webhooks one account may have (409 beyond).", unit="webhooks")
+    webhook_timeout_seconds: float = setting(
+        Number(0.5, 60),
+        "Time one delivery attempt may take, connecting and answering together (a receiver "
+        "that takes longer failed the attempt); at most 64 KiB of its answer is read.",
+        unit="seconds")
+    webhook_retry_seconds: float = setting(
+        Number(0.01, 86400),
+        "Wait after a delivery's first failed attempt; it doubles after each further one, up "
+        "to `SF_WEBHOOK_RETRY_MAX_SECONDS`.", unit="seconds")
+    webhook_retry_max_seconds: float = setting(
+        Number(0.01, 86400), "Longest wait between two attempts of one delivery.",
+        unit="seconds")
+    webhook_give_up_seconds: float = setting(
+        Number(1, 7 * 86400),
+        "A delivery not made this long after its event (or its redelivery) is given up "
+        "(`failed`).", unit="seconds")
+    webhook_disable_after_failures: int = setting(
+        Integer(1, 100000),
+        "A webhook is disabled (its owner told by mail when their address is verified, and "
+        "in the app) once this many attempts in a row failed ...", unit="attempts")
+    webhook_disable_after_seconds: float = setting(
+        Number(0, 30 * 86400),
+        "... and the first of them is at least this old (a receiver down for a short while "
+        "with much traffic is not disabled).", unit="seconds")
+    webhook_follow_dedup_seconds: float = setting(
+        Number(0, 30 * 86400),
+        "One `follow.created` per follower and channel within this (follow/unfollow cycles "
+        "cannot flood a receiver).", unit="seconds")
+    webhook_deliveries_retention_days: int = setting(
+        Integer(1, 3650),
+        "Deliveries are deleted this long after their event, whatever their state (a "
+        "scheduled job).", unit="days")
     extra: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property

@@ -189,6 +189,21 @@ async def fill_through_the_app(api: Api, services: Any) -> dict[str, Any]:
     assert sent["type"] == "chat.ack", sent
     assert (await api.put("/api/channel/bans/carol?channel=alice", {"duration_seconds": 600},
                           token=bob["access_token"])).status == 200
+    # Notifications and webhooks (issue 23): a setting, a mute, a notice, a browser's push
+    # subscription, a webhook and the delivery a follow queues for it.
+    assert (await api.put("/api/notifications/settings", {"stream.online": {"email": True}},
+                          token=bob["access_token"])).status == 200
+    assert (await api.put("/api/notifications/mutes/alice",
+                          token=carol["access_token"])).status == 204
+    await services.notifications.tell(bob["user"]["id"], "webhook.disabled", {"webhook_id": 1})
+    await services.db.execute(
+        "INSERT INTO push_subscriptions (user_id, endpoint, p256dh, auth) VALUES ($1,"
+        " 'https://push.example.com/s/1', repeat('B', 87), repeat('A', 22))", bob["user"]["id"])
+    hook = await api.post("/api/webhooks", {"url": "https://hooks.example.com/sf",
+                                            "events": ["follow.created"]},
+                          token=bob["access_token"])
+    assert hook.status == 201, hook
+    assert (await api.post("/api/users/bob/follow", token=carol["access_token"])).status == 204
     # Rows of issue 21 with values of their own: a login from elsewhere, a pending export
     # (one made through the API would be built while the backup runs).
     await services.db.execute(

@@ -94,6 +94,11 @@ BUSINESS_RULES: dict[str, dict[str, str]] = {
         "422": "keys a browser made (p256dh on P-256) and an https endpoint on a public address"},
     "PUT /api/v1/users/profile": {"422": "an avatar you uploaded or on an allowed host; the "
                                          "right current password to change the email"},
+    "GET /api/v1/webhooks/{webhook_id}/deliveries": CURSOR,
+    # Whether SF may send to a URL depends on its scheme and on the address its host is or
+    # resolves to (SSRF): no JSON Schema states that.
+    "POST /api/v1/webhooks": {"422": "an https URL of a public address"},
+    "PUT /api/v1/webhooks/{webhook_id}": {"422": "an https URL of a public address"},
     "PUT /api/v1/users/profile/avatar": {"415": "the file must be a PNG, JPEG or WebP image",
                                          "422": "a multipart body with exactly one file",
                                          "400": "a multipart body that can be parsed"},

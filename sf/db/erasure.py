@@ -17,6 +17,7 @@ from sf.db import chat_moderation as chat_moderation_db
 from sf.db import notifications as notifications_db
 from sf.db import push as push_db
 from sf.db import statistics as statistics_db
+from sf.db import webhooks as webhooks_db
 from sf.db.sql import Executor
 from sf.errors import NotFound
 
@@ -24,10 +25,10 @@ REQUESTED, RESTORED, ERASED, NAME_RELEASED = "requested", "restored", "erased", 
 
 # The categories of data one step destroys, as the ledger records them (never the data).
 HIDDEN_AT_REQUEST = ("sessions", "stream_key", "follows", "invites", "live_stream",
-                     "push_subscriptions", "channel_notifications")
+                     "push_subscriptions", "channel_notifications", "webhook_deliveries")
 DESTROYED_AT_ERASURE = ("email", "password_hash", "bio", "avatar", "consents", "login_records",
                         "ip_addresses", "exports", "stream_settings", "stream_texts",
-                        "thumbnails", "chat_authorship", "notifications")
+                        "thumbnails", "chat_authorship", "notifications", "webhooks")
 
 # A destroyed password hash: bcrypt rejects it as a hash, so no password ever matches it.
 DESTROYED_PASSWORD_HASH = "!erased"
@@ -134,6 +135,7 @@ async def hide_account(connection: asyncpg.Connection, user_id: int) -> Hidden:
     await chat_moderation_db.hide_account(connection, user_id)
     await notifications_db.hide_account(connection, user_id)
     await push_db.hide_account(connection, user_id)
+    await webhooks_db.hide_account(connection, user_id)
     rows = await connection.fetch(
         """SELECT id, is_live FROM streams
             WHERE user_id = $1 AND ended_at IS NULL AND (is_live OR disconnected_at IS NOT NULL)
@@ -198,6 +200,7 @@ async def erase_personal_data(connection: asyncpg.Connection, user_id: int) -> D
     await connection.execute("DELETE FROM stream_settings WHERE user_id = $1", user_id)
     await chat_moderation_db.erase_account(connection, user_id)
     await notifications_db.erase_account(connection, user_id)
+    await webhooks_db.erase_account(connection, user_id)
     destroyed.thumbnails = [
         str(url) for url in await connection.fetchval(
             "SELECT coalesce(array_agg(thumbnail) FILTER (WHERE thumbnail IS NOT NULL), '{}')"

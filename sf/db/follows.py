@@ -15,8 +15,9 @@ from sf.db.users import User
 from sf.errors import validation_error
 
 
-async def follow(db: asyncpg.Pool, follower_id: int, username: str) -> User:
-    """Follow `username` (idempotent); returns the followed user."""
+async def follow(db: asyncpg.Pool, follower_id: int, username: str) -> tuple[User, bool]:
+    """Follow `username` (idempotent); the followed user, and whether this made the follow
+    (False: it was there already)."""
     async with db.acquire() as connection, connection.transaction():
         target = await users_db.get_user_by_username(connection, username)
         if target.id == follower_id:
@@ -28,7 +29,7 @@ async def follow(db: asyncpg.Pool, follower_id: int, username: str) -> User:
             await connection.execute(
                 "UPDATE users SET followers_count = followers_count + 1 WHERE id = $1", target.id)
             await statistics_db.count_new_follower(connection, target.id)
-    return target
+    return target, inserted is not None
 
 
 async def unfollow(db: asyncpg.Pool, follower_id: int, username: str) -> User:

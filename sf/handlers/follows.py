@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from sf.db import follows as follows_db
 from sf.handlers.base import USERNAME_ROUTE, APIHandler
 from sf.schemas import page, page_query, user_public
 
@@ -21,8 +20,7 @@ class FollowHandler(APIHandler):
           404: {description: No such user, content: {application/json: {schema: ErrorSchema}}}
           422: {description: Cannot follow yourself, content: {application/json: {schema: ErrorSchema}}}
         """
-        target = await follows_db.follow(self.db, self.user_id, username)
-        await self.services.cache.forget_public_views(target.username)
+        await self.services.follows.follow(self.user_id, username)
         self.set_status(204)
         self.finish()
 
@@ -36,8 +34,7 @@ class FollowHandler(APIHandler):
           204: {description: Not following}
           404: {description: No such user, content: {application/json: {schema: ErrorSchema}}}
         """
-        target = await follows_db.unfollow(self.db, self.user_id, username)
-        await self.services.cache.forget_public_views(target.username)
+        await self.services.follows.unfollow(self.user_id, username)
         self.set_status(204)
         self.finish()
 
@@ -58,8 +55,8 @@ class FollowListHandler(APIHandler):
           404: {description: No such user, content: {application/json: {schema: ErrorSchema}}}
         """
         query = self.parse_query(page_query)
-        users, cursor = await follows_db.list_follow_side(self.db, username, self.side,
-                                                          query["limit"], query["cursor"])
+        users, cursor = await self.services.follows.list_side(username, self.side,
+                                                              query["limit"], query["cursor"])
         self.write_json(page(users, cursor, user_public))
 
 
@@ -69,7 +66,6 @@ class FollowersHandler(FollowListHandler):
 
 class FollowingHandler(FollowListHandler):
     side = "following"
-
 
 
 routes = [

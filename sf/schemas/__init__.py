@@ -4,8 +4,8 @@ one, every answer dumped through one; the OpenAPI document is generated from the
 - `common`: the strict base schema, field types, validators and their JSON Schema patterns
 - `errors`: the error answer; `pagination`: the page query and list shape
 - `auth`, `users`, `streams`, `channel` (stream key and settings), `categories`, `statistics`,
-  `chat_moderation` (moderators, bans, chat settings, the moderation log), `push` (Web Push
-  key and subscriptions)
+  `chat_moderation` (moderators, bans, chat settings, the moderation log), `notifications`,
+  `push` (Web Push key and subscriptions), `webhooks`
 - `dump`: the compiled answer dumpers
 
 The names below are the package's interface; `DOCUMENTED` lists the schemas the OpenAPI
@@ -102,6 +102,19 @@ from sf.schemas.users import (
     user_private,
     user_public,
 )
+from sf.schemas.webhooks import (
+    WebhookCreatedSchema,
+    WebhookCreateSchema,
+    WebhookDeliveryListSchema,
+    WebhookDeliverySchema,
+    WebhookListSchema,
+    WebhookSchema,
+    WebhookUpdateSchema,
+    webhook_create,
+    webhook_created,
+    webhook_delivery,
+    webhook_schema,
+)
 
 DOCUMENTED: tuple[type[Schema], ...] = (
     CategoryListSchema, CategorySchema, CategoryStreamListQuerySchema, ChangePasswordSchema,
@@ -123,6 +136,9 @@ DOCUMENTED: tuple[type[Schema], ...] = (
     # Web Push
     PushKeySchema, PushKeysSchema, PushSubscriptionCreatedSchema, PushSubscriptionListSchema,
     PushSubscriptionRequestSchema, PushSubscriptionSchema,
+    # webhooks
+    WebhookCreatedSchema, WebhookCreateSchema, WebhookDeliveryListSchema, WebhookDeliverySchema,
+    WebhookListSchema, WebhookSchema, WebhookUpdateSchema,
 )
 
 __all__ = [
@@ -146,4 +162,7 @@ __all__ = [
     "NotificationSettingsSchema", "UnsubscribeQuerySchema", "UnsubscribeSchema",
     "PushKeySchema", "PushKeysSchema", "PushSubscriptionCreatedSchema",
     "PushSubscriptionListSchema", "PushSubscriptionRequestSchema", "PushSubscriptionSchema",
+    "WebhookCreatedSchema", "WebhookCreateSchema", "WebhookDeliveryListSchema",
+    "WebhookDeliverySchema", "WebhookListSchema", "WebhookSchema", "WebhookUpdateSchema",
+    "webhook_create", "webhook_created", "webhook_delivery", "webhook_schema",
 ]

@@ -17,6 +17,7 @@ import asyncpg
 from sf.cache import INVALIDATED_TTL, STREAMS_NAMESPACE, Cache, Prefetched, public_user_key
 from sf.db import login_records, mail_tokens, outbox
 from sf.db import users as users_db
+from sf.db import webhooks as webhooks_db
 from sf.db.users import User
 from sf.errors import Forbidden, Unauthorized, ValidationFailed, validation_error
 from sf.media.images import AVATAR_URL_PREFIX, ImageWorker
@@ -227,6 +228,7 @@ class AccountService:
         first configured key; how many changed."""
         changed = await users_db.rotate_email_encryption(self.db, self.email_cipher)
         changed += await mail_tokens.rotate_encryption(self.db, self.email_cipher)
+        changed += await webhooks_db.rotate_encryption(self.db, self.email_cipher)
         return changed + await outbox.rotate_encryption(self.db, self.email_cipher)
 
     async def get_user(self, user_id: int) -> User:

@@ -36,6 +36,7 @@ from sf.services.consents import ConsentService, load_privacy_policy
 from sf.services.erasure import ErasureService
 from sf.services.events import EventBus
 from sf.services.exports import ExportService
+from sf.services.follows import FollowService
 from sf.services.ingest import IngestService
 from sf.services.jobs import Job, JobRunner
 from sf.services.mail import MailSender
@@ -50,6 +51,7 @@ from sf.services.stream_keys import StreamKeyService
 from sf.services.streams import StreamService
 from sf.services.viewer_counts import ViewerCounts
 from sf.services.viewers import ViewerHub
+from sf.services.webhooks import WebhookEvents, WebhookSender, WebhookService
 
 log = logging.getLogger("sf.services")
 
@@ -156,6 +158,9 @@ class Services:
     exports: ExportService  # personal data exports (built in the background of this node)
     push: PushSender  # Web Push to a batch of users' browsers (one guarded HTTP session)
     push_subscriptions: PushSubscriptions  # browsers subscribing, listing, unsubscribing
+    follows: FollowService
+    webhooks: WebhookService  # the owners' webhooks, and the events queued for them
+    webhook_sender: WebhookSender  # delivers the webhook queue (every API process runs one)
     jobs: JobRunner  # scheduled jobs, one node at a time (a Redis leader lock)
     cleanups: Cleanups  # run by `close`: the pool, Redis, the gate's connection, threads
     drain: RequestDrain = field(default_factory=RequestDrain)
@@ -170,6 +175,7 @@ class Services:
             max_per_minute=config.alert_webhook_max_per_minute)
         await self.events.start()
         await self.mail.start()
+        await self.webhook_sender.start()
         await self.statistics.start()
         await self.viewers.start()
         await self.chat.start()
@@ -192,6 +198,7 @@ class Services:
                 await self.viewers.stop()
             finally:
                 await self.statistics.stop()  # never raises
+                await self.webhook_sender.stop()
                 await self.mail.stop()
                 await self.push.close()
                 await self.events.stop()
@@ -285,6 +292,9 @@ async def _wire(config: Config, db: asyncpg.Pool, cleanups: Cleanups, *, ingest:
     cleanups.add("the Web Push session", push.close)
     notifications = NotificationService(config, db, redis, sessions, email_cipher, mail, push)
     streams.add_listener(notifications)  # plans go-live announcements where they happen
+    webhook_sender = WebhookSender(db, config, email_cipher, mail, notifications)
+    webhooks = WebhookService(db, config, email_cipher, webhook_sender)
+    streams.add_listener(WebhookEvents(webhooks))
     # The scheduled jobs, run in this order each round (`sf privacy purge` runs one round).
     jobs = JobRunner(redis, config.node_id, config.jobs_interval_seconds, [
         Job("erasure", erasure.purge_summary),
@@ -293,6 +303,7 @@ async def _wire(config: Config, db: asyncpg.Pool, cleanups: Cleanups, *, ingest:
         Job("ip_retention", retention.erase_expired),
         Job("chat_retention", chat.purge_expired),
         Job("notification_retention", notifications.purge_expired),
+        Job("webhook_deliveries_retention", webhooks.purge_old),
     ])
     node_ingest = None
     if ingest:
@@ -316,5 +327,7 @@ async def _wire(config: Config, db: asyncpg.Pool, cleanups: Cleanups, *, ingest:
         tickets=TicketStore(redis), counts=counts, viewers=viewers, chat=chat,
         notifications=notifications,
         media_nodes=media_nodes, ingest=node_ingest, exports=exports, jobs=jobs,
-        push=push, push_subscriptions=PushSubscriptions(config, db), cleanups=cleanups,
+        push=push, push_subscriptions=PushSubscriptions(config, db),
+        follows=FollowService(db, cache, webhooks), webhooks=webhooks,
+        webhook_sender=webhook_sender, cleanups=cleanups,
     )
