@@ -281,6 +281,42 @@ async def test_follow_created_once_however_often_one_follows_again(api, services
     assert receiver.requests[1]["json"]["data"]["follower"]["username"] == "carol"
 
 
+@local_receiver
+async def test_chat_messages_of_the_channel_go_to_a_webhook_that_takes_them(
+        api, services, receiver, sender):
+    """`chat.message`: each message sent in the channel, once, signed; other channels' and
+    webhooks without the event get none. The send path only looks in a per-process list."""
+    alice, bob = await api.register("alice"), await api.register("bob")
+    made = await make_webhook(api, alice["access_token"], receiver.url, ["chat.message"])
+    await make_webhook(api, bob["access_token"], receiver.url, ["stream.online"])
+    receiver.secret = made["secret"]
+    alice_stream = await go_live(api, services, alice)
+    bob_stream = await go_live(api, services, bob)
+    carol = await api.register("carol")
+    sent = await services.chat.send(carol["user"]["id"], alice_stream, alice["user"]["id"],
+                                    "hello <b>there</b>", "n1")
+    assert sent["type"] == "chat.ack", sent
+    other = await services.chat.send(carol["user"]["id"], bob_stream, bob["user"]["id"],
+                                     "elsewhere", "n2")
+    assert other["type"] == "chat.ack", other
+    [message, online] = sorted(await receiver.wait_for(2), key=lambda r: r["json"]["type"])
+    await asyncio.sleep(0.5)
+    assert [r["json"]["type"] for r in receiver.requests].count("chat.message") == 1
+    assert message["verified"] and message["json"]["type"] == "chat.message"
+    data = message["json"]["data"]
+    assert data["username"] == "alice" and data["message"]["id"] == sent["id"]
+    assert data["message"]["text"] == "hello <b>there</b>"
+    assert data["message"]["user"]["username"] == "carol"
+    assert data["message"]["stream_id"] == alice_stream
+    assert online["json"]["type"] == "stream.online"
+    # Turned off: the next message is not sent (this process's list is refreshed at once).
+    assert (await api.put(f"/api/webhooks/{made['id']}", {"events": ["follow.created"]},
+                          token=alice["access_token"])).status == 200
+    await services.chat.send(carol["user"]["id"], alice_stream, alice["user"]["id"], "later", "n3")
+    await asyncio.sleep(0.5)
+    assert [r["json"]["type"] for r in receiver.requests].count("chat.message") == 1
+
+
 async def test_events_without_webhooks_cost_nothing_and_never_fail_their_source(api, services):
     """A follow of a channel without webhooks queues nothing; one whose queueing fails (the
     table gone for a moment) still succeeds."""

@@ -236,6 +236,13 @@ async def subscribed_username(db: Executor, user_id: int, event_type: str) -> st
     return value
 
 
+async def subscribers(db: Executor, event_type: str) -> list[int]:
+    """The users with an enabled webhook that takes `event_type`."""
+    rows = await db.fetch("SELECT DISTINCT user_id FROM webhooks WHERE enabled"
+                          " AND $1 = ANY (events)", event_type)
+    return [row["user_id"] for row in rows]
+
+
 async def username_of(db: Executor, user_id: int) -> str | None:
     value: str | None = await db.fetchval("SELECT username FROM users WHERE id = $1", user_id)
     return value

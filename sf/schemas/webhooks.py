@@ -11,9 +11,8 @@ from sf.schemas.common import StrictBoolean, StrictSchema, Text
 from sf.schemas.dump import UTCDateTime
 from sf.schemas.pagination import PaginationSchema
 
-# The event types a webhook may take (sf.services.webhooks.EVENT_TYPES says the same; the
-# schema layer sits below the services).
-WEBHOOK_EVENTS = ("stream.online", "stream.offline", "follow.created")
+# The event types a webhook may take.
+WEBHOOK_EVENTS = ("stream.online", "stream.offline", "follow.created", "chat.message")
 DELIVERY_STATUSES = ("pending", "sending", "delivered", "failed")
 MAX_URL_LENGTH = 2000
 

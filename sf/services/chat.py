@@ -144,13 +144,21 @@ class _CachedSettings:
     read_at: float
 
 
+class ChatEvents(Protocol):
+    """Hears of each chat message sent (sf/services/webhooks.py); must not wait on I/O."""
+
+    def chat_message(self, channel_id: int, message: dict[str, Any]) -> None: ...
+
+
 class ChatService:
     """Chat of this process: sends, publishes, and the fan-out to its sockets."""
 
-    def __init__(self, config: Config, db: asyncpg.Pool, redis: Redis) -> None:
+    def __init__(self, config: Config, db: asyncpg.Pool, redis: Redis,
+                 events: ChatEvents | None = None) -> None:
         self.config = config
         self.db = db
         self.redis = redis
+        self.events = events  # told of each message sent (webhooks), without waiting
         self.prefix = channel_name(redis, "sf:chat")  # a channel: f"{prefix}:{channel id}"
         self.gate = redis.register_script(_GATE)
         self.members: dict[ChatSocket, Member] = {}
@@ -287,12 +295,14 @@ class ChatService:
                                                            user_id, text)
         message = chat_db.ChatMessage(message_id, stream_id, chat_db.ChatAuthor(
             user_id, standing.username, standing.avatar, standing.roles), text, sent_at)
+        dumped = chat_message.dump(message)
         try:
-            await self.publish(channel_id, {"type": "chat.message",
-                                            **chat_message.dump(message)}, stream_id)
+            await self.publish(channel_id, {"type": "chat.message", **dumped}, stream_id)
         except RedisError:
             # Stored: it is in the history readers get when they reconnect.
             log.warning("could not publish chat message %s", message_id)
+        if self.events is not None:
+            self.events.chat_message(channel_id, dumped)
         return {"type": "chat.ack", "nonce": nonce, "id": message_id}
 
     # --- reads --------------------------------------------------------------------------------

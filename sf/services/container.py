@@ -287,7 +287,6 @@ async def _wire(config: Config, db: asyncpg.Pool, cleanups: Cleanups, *, ingest:
     exports = ExportService(config, db, email_cipher)
     cleanups.add("the export thread", lambda: exports.executor.shutdown(wait=False))
     retention = AddressRetention(db, config.ip_retention_days)
-    chat = ChatService(config, db, redis)
     push = PushSender(config, db)
     cleanups.add("the Web Push session", push.close)
     notifications = NotificationService(config, db, redis, sessions, email_cipher, mail, push)
@@ -295,6 +294,7 @@ async def _wire(config: Config, db: asyncpg.Pool, cleanups: Cleanups, *, ingest:
     webhook_sender = WebhookSender(db, config, email_cipher, mail, notifications)
     webhooks = WebhookService(db, config, email_cipher, webhook_sender)
     streams.add_listener(WebhookEvents(webhooks))
+    chat = ChatService(config, db, redis, events=webhooks)  # chat.message webhooks
     # The scheduled jobs, run in this order each round (`sf privacy purge` runs one round).
     jobs = JobRunner(redis, config.node_id, config.jobs_interval_seconds, [
         Job("erasure", erasure.purge_summary),

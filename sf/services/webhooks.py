@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import secrets
 import socket
 import time
@@ -50,6 +51,7 @@ from sf.outbound import (
     read_capped,
     request_options,
 )
+from sf.schemas.webhooks import WEBHOOK_EVENTS
 from sf.security import EmailCipher
 from sf.services.events import StreamEvent, StreamListener
 from sf.services.mail import MailContent, MailSender, compose, html_text
@@ -57,7 +59,12 @@ from sf.services.notifications import NotificationService
 
 log = logging.getLogger("sf.webhooks")
 
-EVENT_TYPES = ("stream.online", "stream.offline", "follow.created")
+EVENT_TYPES = WEBHOOK_EVENTS
+CHAT_EVENT = "chat.message"
+# How long a process trusts its list of the channels whose webhooks take chat messages (the
+# chat's send path looks there, not in the database); a change made through this process
+# counts at once, one made elsewhere within this.
+CHAT_SUBSCRIBERS_TTL = 5.0
 # Event ids of events whose source can fire twice for one thing (an encoder reconnecting
 # tells "live" again) are derived from the thing: the same id, so queued once.
 EVENT_NAMESPACE = uuid.UUID("5f0d2a4e-8a53-4c61-9a3c-2f1f7f6b9d21")
@@ -142,6 +149,10 @@ class WebhookService:
         self.config = config
         self.cipher = cipher
         self.sender = sender
+        self._chat_channels: frozenset[int] = frozenset()
+        self._chat_channels_at = -math.inf
+        self._chat_refresh: asyncio.Future[None] | None = None
+        self._chat_emits: set[asyncio.Future[Any]] = set()
 
     # --- the owner's API ----------------------------------------------------------------------
 
@@ -177,6 +188,7 @@ class WebhookService:
         webhook = await webhooks_db.create(self.db, self.cipher, user_id, url,
                                            sorted(set(events)), secret,
                                            self.config.webhooks_per_user)
+        self._chat_channels_at = -math.inf
         return webhook, secret
 
     async def list_for(self, user_id: int) -> list[Webhook]:
@@ -200,10 +212,12 @@ class WebhookService:
             sorted(set(events)) if events is not None else None, changes.get("enabled"))
         if changes.get("enabled"):
             self.sender.wake()  # its pending deliveries are due again
+        self._chat_channels_at = -math.inf
         return webhook
 
     async def delete(self, user_id: int, webhook_id: int) -> None:
         await webhooks_db.delete(self.db, user_id, webhook_id)
+        self._chat_channels_at = -math.inf
 
     async def deliveries(self, user_id: int, webhook_id: int, limit: int,
                          cursor: str | None) -> tuple[list[Delivery], str | None]:
@@ -252,6 +266,36 @@ class WebhookService:
                         {"follower": {"id": follower_id, "username": follower}},
                         dedup_key=f"follower:{follower_id}",
                         dedup_seconds=self.config.webhook_follow_dedup_seconds)
+
+    def chat_message(self, channel_id: int, message: dict[str, Any]) -> None:
+        """A chat message was sent in `channel_id` (the chat's send path calls this): queued
+        for the channel's webhooks that take `chat.message`, in the background. The common
+        case — a channel without such a webhook, in a fresh list — costs a set look-up."""
+        fresh = time.monotonic() - self._chat_channels_at < CHAT_SUBSCRIBERS_TTL
+        if fresh and channel_id not in self._chat_channels:
+            return
+        task = asyncio.ensure_future(self._chat_message(channel_id, message))
+        self._chat_emits.add(task)
+        task.add_done_callback(self._chat_emits.discard)
+
+    async def _chat_message(self, channel_id: int, message: dict[str, Any]) -> None:
+        if time.monotonic() - self._chat_channels_at >= CHAT_SUBSCRIBERS_TTL:
+            if self._chat_refresh is None:
+                self._chat_refresh = asyncio.ensure_future(self._refresh_chat_channels())
+            await asyncio.shield(self._chat_refresh)
+        if channel_id in self._chat_channels:
+            await self.emit(channel_id, CHAT_EVENT, event_id_of(CHAT_EVENT, message["id"]),
+                            time.time(), {"message": message})
+
+    async def _refresh_chat_channels(self) -> None:
+        try:
+            self._chat_channels = frozenset(await webhooks_db.subscribers(self.db, CHAT_EVENT))
+            self._chat_channels_at = time.monotonic()
+        except Exception:
+            log.warning("could not read which channels' webhooks take chat messages",
+                        exc_info=True)
+        finally:
+            self._chat_refresh = None
 
     async def purge_old(self) -> int:
         """The scheduled job: deliveries older than SF_WEBHOOK_DELIVERIES_RETENTION_DAYS go."""
