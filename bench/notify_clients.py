@@ -78,16 +78,22 @@ def follower_process(pipe: Any, params: dict[str, Any]) -> None:
         pending: set[asyncio.Future[Any]] = set()
 
         async def one(token: str, source: str) -> None:
-            http = await pool.get()
-            try:
-                status, raw = await asyncio.wait_for(http.request(
-                    "POST", "/api/ws/ticket", {"Authorization": f"Bearer {token}"}), 10)
-            except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as error:
-                http.close()
-                ticket_failures[type(error).__name__] += 1
-                return
-            finally:
-                pool.put_nowait(http)
+            # Twice at most: a keep-alive connection the edge closed (after its
+            # keepalive_requests) fails the first write or read, which is this client's doing.
+            for attempt in (1, 2):
+                http = await pool.get()
+                try:
+                    status, raw = await asyncio.wait_for(http.request(
+                        "POST", "/api/ws/ticket", {"Authorization": f"Bearer {token}"}), 10)
+                except Exception as error:  # noqa: BLE001 (a closed connection: IndexError too)
+                    http.close()
+                    if attempt == 2:
+                        ticket_failures[type(error).__name__] += 1
+                        return
+                    continue
+                finally:
+                    pool.put_nowait(http)
+                break
             if status != 200:
                 ticket_failures[f"http {status}"] += 1
                 return
