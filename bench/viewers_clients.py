@@ -183,8 +183,10 @@ class Fleet:
         self.drops: Counter[str] = Counter()
         self.drop_times: list[float] = []
         self.other_messages: Counter[bytes] = Counter()
-        # /viewers (counts only) unless the params name another socket of the stream (/live).
-        self.path = f"/ws/streams/{params['stream_id']}/{params.get('socket', 'viewers')}"
+        # /viewers (counts only) unless the params name another socket of the stream (/live),
+        # or another path altogether (params['path'], e.g. /ws/notifications).
+        self.path = params.get("path") or (
+            f"/ws/streams/{params['stream_id']}/{params.get('socket', 'viewers')}")
         self.request_tail = (f" HTTP/1.1\r\nHost: 127.0.0.1:{params['port']}\r\n"
                              "Upgrade: websocket\r\nConnection: Upgrade\r\n"
                              "Sec-WebSocket-Version: 13\r\n"
