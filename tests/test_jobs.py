@@ -157,7 +157,8 @@ async def test_sf_privacy_purge_runs_one_round_and_prints_it(api, services, conf
     assert printed["jobs"]["ip_retention"]["login_record_addresses"] == 1
     assert printed["jobs"]["erasure"] == {"erased": 1}
     assert set(printed["jobs"]) == {"erasure", "stale_exports", "expired_exports", "ip_retention",
-                                     "chat_retention"}
+                                     "chat_retention", "notification_retention",
+                                     "webhook_deliveries_retention"}
     # It destroyed people's data: audited (who, what, when), with what it erased.
     audited = [json.loads(line) for line in config.audit_log_file.read_text().splitlines()]
     assert [(line["action"], line["details"]["outcome"]) for line in audited[-2:]] == [

@@ -117,6 +117,7 @@ async def test_go_live_tells_followers_in_the_list_and_on_every_open_tab(
 @pytest.mark.gen_test(timeout=60)
 async def test_a_reconnect_or_a_new_stream_soon_after_sends_nothing_new(
         api, services, notifying):
+    """security.md#notification-repeat-go-live"""
     host = await api.register("host")
     alice = await api.register("alice")
     await follow(api, alice, "host")
@@ -168,6 +169,7 @@ async def test_a_private_stream_tells_invited_followers_only(api, services, noti
 @pytest.mark.gen_test(timeout=60)
 async def test_mail_goes_to_verified_opted_in_followers_with_one_click_unsubscribe(
         api, services, base_url, notifying, mailbox):
+    """security.md#unsubscribe-token-forgery"""
     host = await api.register("host")
     alice, bob, carol = [await api.register(name) for name in ("alice", "bob", "carol")]
     for user in (alice, bob, carol):
@@ -212,6 +214,7 @@ async def test_mail_goes_to_verified_opted_in_followers_with_one_click_unsubscri
 @pytest.mark.gen_test(timeout=60)
 async def test_the_socket_needs_a_ticket_the_right_origin_and_a_live_session(
         api, services, base_url, notifying):
+    """security.md#notification-socket-other-user"""
     alice = await api.register("alice")
     socket = await connect_notifications(base_url, None, origin=ORIGIN)
     assert await socket.until_closed() == 4401
