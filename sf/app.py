@@ -41,6 +41,7 @@ from sf.handlers import (
     legal,
     media_hooks,
     notifications,
+    push,
     statistics,
     stream_keys,
     streams,
@@ -61,7 +62,7 @@ from sf.services.container import Services
 # Every resource's handlers, in the order their routes are matched.
 HANDLER_MODULES = (health, docs, auth, account_mail, legal, users, exports, follows, stream_keys,
                    allowed_viewers, streams, channel_chat, categories, statistics, viewers,
-                   chat, notifications, webhooks, media_hooks)
+                   chat, notifications, webhooks, push, media_hooks)
 
 
 def collect_routes(services: Services) -> list[Any]:

@@ -7,6 +7,7 @@ message that names the variable instead of failing later in some request.
 from __future__ import annotations
 
 import base64
+import binascii
 import dataclasses
 import ipaddress
 import os
@@ -16,16 +17,20 @@ import socket
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
+
+from cryptography.hazmat.primitives.asymmetric import ec
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULTS_FILE = PROJECT_ROOT / "conf" / "sf.toml"
 ENV_PREFIX = "SF_"
 
 SECRET_NAMES = (
-    "jwt_secret", "stream_key_encryption_keys", "stream_key_lookup_secret", "internal_secret"
+    "jwt_secret", "stream_key_encryption_keys", "stream_key_lookup_secret", "internal_secret",
+    "vapid_private_key",
 )
 # What the public edge alone (`sf edge`) needs: it checks playback signatures, nothing else.
 EDGE_SECRET_NAMES = ("internal_secret",)
@@ -672,6 +677,25 @@ class Config:
         Integer(1, 3650),
         "Notifications are deleted this long after they were made (a scheduled job).",
         unit="days")
+    vapid_private_key: str = setting(
+        Text(),
+        "Web Push (VAPID) signing key: base64url of a 32-byte P-256 private key; browsers "
+        "subscribe with its public key (`GET /api/notifications/push/key`), so changing it "
+        "ends every push subscription. Empty: `var/secrets/vapid_private_key`.")
+    vapid_subject: str = setting(
+        Text(),
+        "The contact push services see in every Web Push (the VAPID `sub`): `mailto:` or "
+        "`https://`. Empty: `mailto:` the address of `SF_MAIL_FROM`.")
+    push_ttl_seconds: int = setting(
+        Integer(0, 2419200),
+        "How long a push service keeps a Web Push for a browser that is offline (its `TTL`).",
+        unit="seconds")
+    push_concurrency: int = setting(
+        Integer(1, 1000), "Web Pushes one API process has in flight at once.", unit="requests")
+    push_timeout_seconds: float = setting(
+        Number(0.5, 60),
+        "Longest one Web Push may take (connect, send, answer); then it counts as failed.",
+        unit="seconds")
     outbound_allowed_networks: tuple[IPNetwork, ...] = setting(
         Networks(),
         "Networks webhooks and Web Push may reach although they are not public (loopback, "
@@ -829,6 +853,15 @@ def load_config(environ: dict[str, str] | None = None, defaults_file: Path = DEF
         parse_encryption_keys(config.stream_key_encryption_keys)
     if "backup_encryption_key" in given:
         parse_backup_key(config.backup_encryption_key)
+    if "vapid_private_key" in given:
+        parse_vapid_key(config.vapid_private_key)
+    if not config.vapid_subject:
+        address = parseaddr(config.mail_from)[1]
+        config = config.replace(vapid_subject=f"mailto:{address}" if "@" in address else
+                                config.public_base_url)
+    if not re.fullmatch(r"mailto:[^\s@]+@[^\s@]+|https://[^\s/]+(/\S*)?", config.vapid_subject):
+        raise ConfigError("SF_VAPID_SUBJECT: expected a mailto: address or an https:// URL, "
+                          f"got {config.vapid_subject!r}")
     for name, least in (("jwt_secret", 32), ("stream_key_lookup_secret", 16),
                         ("internal_secret", 16)):
         if name in given and len(str(values[name])) < least:
@@ -900,6 +933,26 @@ def parse_backup_key(spec: str) -> bytes:
     return key
 
 
+def parse_vapid_key(spec: str) -> ec.EllipticCurvePrivateKey:
+    """The P-256 private key of SF_VAPID_PRIVATE_KEY (base64url of its 32-byte scalar, the form
+    web-push libraries use)."""
+    text = spec.strip()
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        if len(raw) != 32 or not re.fullmatch(r"[A-Za-z0-9_-]+=*", text):
+            raise ValueError
+        return ec.derive_private_key(int.from_bytes(raw, "big"), ec.SECP256R1())
+    except (ValueError, binascii.Error):
+        raise ConfigError("SF_VAPID_PRIVATE_KEY: expected base64url of a 32-byte P-256 "
+                          "private key") from None
+
+
+def new_vapid_key() -> str:
+    """A fresh SF_VAPID_PRIVATE_KEY."""
+    scalar = ec.generate_private_key(ec.SECP256R1()).private_numbers().private_value
+    return base64.urlsafe_b64encode(scalar.to_bytes(32, "big")).rstrip(b"=").decode()
+
+
 def new_encryption_key_spec(key_id: str) -> str:
     """A fresh "id:base64key" entry for SF_STREAM_KEY_ENCRYPTION_KEYS."""
     return f"{key_id}:{base64.b64encode(secrets.token_bytes(32)).decode()}"
@@ -916,6 +969,7 @@ def ensure_secrets(var_dir: Path) -> list[str]:
         "stream_key_lookup_secret": lambda: secrets.token_urlsafe(32),
         "internal_secret": lambda: secrets.token_urlsafe(32),
         "backup_encryption_key": lambda: base64.b64encode(secrets.token_bytes(32)).decode(),
+        "vapid_private_key": new_vapid_key,
         "postgres_password": lambda: secrets.token_urlsafe(24),
         "redis_password": lambda: secrets.token_urlsafe(24),
     }

@@ -6,7 +6,14 @@ import os
 
 import pytest
 
-from sf.config import EDGE_SECRET_NAMES, ConfigError, load_config, new_encryption_key_spec
+from sf.config import (
+    EDGE_SECRET_NAMES,
+    ConfigError,
+    ensure_secrets,
+    load_config,
+    new_encryption_key_spec,
+    parse_vapid_key,
+)
 
 
 def env(**overrides):
@@ -34,6 +41,10 @@ def test_defaults_and_overrides():
     ("jwt_secret", "short", "SF_JWT_SECRET"),
     ("stream_key_encryption_keys", "k1:notbase64", "SF_STREAM_KEY_ENCRYPTION_KEYS"),
     ("tls_cert", "/nonexistent.pem", "SF_TLS_CERT"),
+    ("vapid_private_key", "not-a-key", "SF_VAPID_PRIVATE_KEY"),
+    ("vapid_private_key", "A" * 43, "SF_VAPID_PRIVATE_KEY"),  # zero: no P-256 private key
+    ("vapid_subject", "admin@example.com", "SF_VAPID_SUBJECT"),
+    ("vapid_subject", "http://example.com", "SF_VAPID_SUBJECT"),
 ])
 def test_bad_values_fail_with_the_variable_named(name, value, fragment):
     with pytest.raises(ConfigError) as info:
@@ -76,7 +87,7 @@ def test_the_edge_needs_only_the_internal_secret(tmp_path):
     bare["SF_VAR_DIR"] = str(tmp_path)
     config = load_config({**bare, "SF_INTERNAL_SECRET": "i" * 32}, secrets=EDGE_SECRET_NAMES)
     assert config.internal_secret == "i" * 32
-    assert config.jwt_secret == config.stream_key_encryption_keys == ""
+    assert config.jwt_secret == config.stream_key_encryption_keys == config.vapid_private_key == ""
     for environ, fragment in ((bare, "SF_INTERNAL_SECRET is not set"),
                               ({**bare, "SF_INTERNAL_SECRET": "short"}, "at least 16")):
         with pytest.raises(ConfigError) as info:
@@ -88,3 +99,21 @@ def test_the_edge_needs_only_the_internal_secret(tmp_path):
                     secrets=EDGE_SECRET_NAMES)
     with pytest.raises(ConfigError, match="sf secrets init"):
         load_config({**bare, "SF_INTERNAL_SECRET": "i" * 32})
+
+
+def test_the_vapid_key_is_generated_read_and_its_subject_defaults_to_the_mail_sender(tmp_path):
+    """Every API node signs Web Pushes: `sf secrets init` makes the key, a node needs it."""
+    bare = {k: v for k, v in os.environ.items() if not k.startswith("SF_")}
+    bare["SF_VAR_DIR"] = str(tmp_path)
+    assert "vapid_private_key" in ensure_secrets(tmp_path)
+    config = load_config(bare)
+    assert config.vapid_private_key == (tmp_path / "secrets" / "vapid_private_key").read_text().strip()
+    assert parse_vapid_key(config.vapid_private_key).curve.name == "secp256r1"
+    assert config.vapid_subject == "mailto:no-reply@localhost"
+    assert load_config({**bare, "SF_MAIL_FROM": "Ops <ops@sf.example>"}).vapid_subject \
+        == "mailto:ops@sf.example"
+    assert load_config({**bare, "SF_VAPID_SUBJECT": "https://sf.example"}).vapid_subject \
+        == "https://sf.example"
+    (tmp_path / "secrets" / "vapid_private_key").unlink()
+    with pytest.raises(ConfigError, match="SF_VAPID_PRIVATE_KEY is not set"):
+        load_config(bare)

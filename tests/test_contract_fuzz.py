@@ -88,6 +88,10 @@ BUSINESS_RULES: dict[str, dict[str, str]] = {
                                                   "that differs from it"},
     "PUT /api/v1/stream/allowed-viewers/{username}": {"422": "not yourself"},
     "POST /api/v1/users/{username}/follow": {"422": "not yourself"},
+    # A browser's key is a point on P-256 and its endpoint an https URL on a public address;
+    # the document states the lengths and alphabets, not the curve or where a name resolves.
+    "POST /api/v1/notifications/push/subscriptions": {
+        "422": "keys a browser made (p256dh on P-256) and an https endpoint on a public address"},
     "PUT /api/v1/users/profile": {"422": "an avatar you uploaded or on an allowed host; the "
                                          "right current password to change the email"},
     "GET /api/v1/webhooks/{webhook_id}/deliveries": CURSOR,

@@ -34,6 +34,7 @@ from sf.config import (
     ensure_secrets,
     load_config,
     new_encryption_key_spec,
+    new_vapid_key,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -258,7 +259,7 @@ def test_no_secret_is_committed_and_every_referenced_key_is_documented():
             assert doc.get("kind") != "Secret", f"{path}: a Secret object in the repository"
             assert "secretGenerator" not in doc, f"{path}: secrets generated from the repository"
     documented = set(re.findall(r"--from-literal=([a-z-]+)=", (K8S / "README.md").read_text()))
-    assert len(documented) == 6
+    assert len(documented) == 7
     for overlay in OVERLAYS:
         assert not objects(overlay, "Secret")
         referenced = set()
@@ -321,6 +322,7 @@ FAKE_SECRETS = {
     "stream-key-encryption-keys": new_encryption_key_spec("k1"),
     "stream-key-lookup-secret": "l" * 32,
     "internal-secret": "i" * 32,
+    "vapid-private-key": new_vapid_key(),
 }
 FIELD_VALUES = {"metadata.name": "sf-media-0", "metadata.namespace": "sf"}
 
@@ -453,7 +455,8 @@ COMPOSE = REPO / "docker" / "compose.yaml"
 # What `docker compose` would read from the environment (.env): fake, but valid, values.
 COMPOSE_ENV = {"POSTGRES_PASSWORD": "password", "SF_JWT_SECRET": "j" * 48,
                "SF_STREAM_KEY_ENCRYPTION_KEYS": new_encryption_key_spec("k1"),
-               "SF_STREAM_KEY_LOOKUP_SECRET": "l" * 32, "SF_INTERNAL_SECRET": "i" * 32}
+               "SF_STREAM_KEY_LOOKUP_SECRET": "l" * 32, "SF_INTERNAL_SECRET": "i" * 32,
+               "SF_VAPID_PRIVATE_KEY": new_vapid_key()}
 
 
 def compose_environment(service: dict[str, Any]) -> dict[str, str]:

@@ -15,6 +15,7 @@ import asyncpg
 from sf.db import chat as chat_db
 from sf.db import chat_moderation as chat_moderation_db
 from sf.db import notifications as notifications_db
+from sf.db import push as push_db
 from sf.db import statistics as statistics_db
 from sf.db import webhooks as webhooks_db
 from sf.db.sql import Executor
@@ -24,7 +25,7 @@ REQUESTED, RESTORED, ERASED, NAME_RELEASED = "requested", "restored", "erased", 
 
 # The categories of data one step destroys, as the ledger records them (never the data).
 HIDDEN_AT_REQUEST = ("sessions", "stream_key", "follows", "invites", "live_stream",
-                     "webhook_deliveries")
+                     "webhook_deliveries", "push_subscriptions")
 DESTROYED_AT_ERASURE = ("email", "password_hash", "bio", "avatar", "consents", "login_records",
                         "ip_addresses", "exports", "stream_settings", "stream_texts",
                         "thumbnails", "chat_authorship", "webhooks")
@@ -109,7 +110,8 @@ async def mark_deleted(db: Executor, user_id: int, grace_days: float,
 async def hide_account(connection: asyncpg.Connection, user_id: int) -> Hidden:
     """Everything of a deleted account that others could reach, gone in one transaction: its
     stream key (an RTMP publish with it is refused from now on), follows both ways (every
-    `followers_count` stays exact), invites both ways; and its open streams, to be ended."""
+    `followers_count` stays exact), invites both ways, its push subscriptions (no browser hears
+    of it again); and its open streams, to be ended."""
     hidden = Hidden()
     await connection.execute("DELETE FROM stream_keys WHERE user_id = $1", user_id)
     await connection.execute("UPDATE streams SET stream_key = NULL WHERE user_id = $1", user_id)
@@ -133,6 +135,7 @@ async def hide_account(connection: asyncpg.Connection, user_id: int) -> Hidden:
     await chat_moderation_db.hide_account(connection, user_id)
     await notifications_db.hide_account(connection, user_id)
     await webhooks_db.hide_account(connection, user_id)
+    await push_db.hide_account(connection, user_id)
     rows = await connection.fetch(
         """SELECT id, is_live FROM streams
             WHERE user_id = $1 AND ended_at IS NULL AND (is_live OR disconnected_at IS NOT NULL)

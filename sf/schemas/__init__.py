@@ -4,7 +4,8 @@ one, every answer dumped through one; the OpenAPI document is generated from the
 - `common`: the strict base schema, field types, validators and their JSON Schema patterns
 - `errors`: the error answer; `pagination`: the page query and list shape
 - `auth`, `users`, `streams`, `channel` (stream key and settings), `categories`, `statistics`,
-  `chat_moderation` (moderators, bans, chat settings, the moderation log), `webhooks`
+  `chat_moderation` (moderators, bans, chat settings, the moderation log), `webhooks`,
+  `push` (Web Push key and subscriptions)
 - `dump`: the compiled answer dumpers
 
 The names below are the package's interface; `DOCUMENTED` lists the schemas the OpenAPI
@@ -63,6 +64,14 @@ from sf.schemas.notifications import (
     UnsubscribeSchema,
 )
 from sf.schemas.pagination import PageQuerySchema, PaginationSchema, page, page_query
+from sf.schemas.push import (
+    PushKeySchema,
+    PushKeysSchema,
+    PushSubscriptionCreatedSchema,
+    PushSubscriptionListSchema,
+    PushSubscriptionRequestSchema,
+    PushSubscriptionSchema,
+)
 from sf.schemas.statistics import (
     StatisticsQuerySchema,
     StreamStatisticsSchema,
@@ -127,6 +136,9 @@ DOCUMENTED: tuple[type[Schema], ...] = (
     # webhooks
     WebhookCreatedSchema, WebhookCreateSchema, WebhookDeliveryListSchema, WebhookDeliverySchema,
     WebhookListSchema, WebhookSchema, WebhookUpdateSchema,
+    # Web Push
+    PushKeySchema, PushKeysSchema, PushSubscriptionCreatedSchema, PushSubscriptionListSchema,
+    PushSubscriptionRequestSchema, PushSubscriptionSchema,
 )
 
 __all__ = [
@@ -151,4 +163,6 @@ __all__ = [
     "WebhookCreatedSchema", "WebhookCreateSchema", "WebhookDeliveryListSchema",
     "WebhookDeliverySchema", "WebhookListSchema", "WebhookSchema", "WebhookUpdateSchema",
     "webhook_create", "webhook_created", "webhook_delivery", "webhook_schema",
+    "PushKeySchema", "PushKeysSchema", "PushSubscriptionCreatedSchema",
+    "PushSubscriptionListSchema", "PushSubscriptionRequestSchema", "PushSubscriptionSchema",
 ]

@@ -43,6 +43,7 @@ from sf.services.mail import MailSender
 from sf.services.media_nodes import MediaNodeRegistry
 from sf.services.notifications import NotificationService
 from sf.services.publishing import PublishingService
+from sf.services.push import PushSender, PushSubscriptions
 from sf.services.retention import AddressRetention
 from sf.services.sessions import SessionStore, TicketStore
 from sf.services.statistics import StatisticsService
@@ -158,6 +159,8 @@ class Services:
     follows: FollowService
     webhooks: WebhookService  # the owners' webhooks, and the events queued for them
     webhook_sender: WebhookSender  # delivers the webhook queue (every API process runs one)
+    push: PushSender  # Web Push to a batch of users' browsers (one guarded HTTP session)
+    push_subscriptions: PushSubscriptions  # browsers subscribing, listing, unsubscribing
     jobs: JobRunner  # scheduled jobs, one node at a time (a Redis leader lock)
     cleanups: Cleanups  # run by `close`: the pool, Redis, the gate's connection, threads
     drain: RequestDrain = field(default_factory=RequestDrain)
@@ -197,6 +200,7 @@ class Services:
                 await self.statistics.stop()  # never raises
                 await self.webhook_sender.stop()
                 await self.mail.stop()
+                await self.push.close()
                 await self.events.stop()
                 alerts, self.alerts = self.alerts, None
                 # Off the loop: it gives queued alerts a few seconds to go out.
@@ -289,6 +293,8 @@ async def _wire(config: Config, db: asyncpg.Pool, cleanups: Cleanups, *, ingest:
     webhook_sender = WebhookSender(db, config, email_cipher, mail, notifications)
     webhooks = WebhookService(db, config, email_cipher, webhook_sender)
     streams.add_listener(WebhookEvents(webhooks))
+    push = PushSender(config, db)
+    cleanups.add("the Web Push session", push.close)
     # The scheduled jobs, run in this order each round (`sf privacy purge` runs one round).
     jobs = JobRunner(redis, config.node_id, config.jobs_interval_seconds, [
         Job("erasure", erasure.purge_summary),
@@ -323,5 +329,6 @@ async def _wire(config: Config, db: asyncpg.Pool, cleanups: Cleanups, *, ingest:
         media_nodes=media_nodes, ingest=node_ingest, exports=exports,
         follows=FollowService(db, cache, webhooks), webhooks=webhooks,
         webhook_sender=webhook_sender, jobs=jobs,
+        push=push, push_subscriptions=PushSubscriptions(config, db),
         cleanups=cleanups,
     )
