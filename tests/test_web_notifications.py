@@ -216,7 +216,8 @@ def test_bell_falls_back_to_polling_and_reconnects(platform: Platform, pages: Pa
 def test_notification_settings_mutes_and_service_worker(platform: Platform, pages: Pages) -> None:
     """The channels save on change and read back after a reload; a channel muted from the
     bell shows in the dashboard's list and is unmuted there; enabling browser notifications
-    registers /sw.js (and fails as it must offline: no vendor push service)."""
+    registers /sw.js (and fails as it must offline: no vendor push service), whose push
+    handler, fed through DevTools, shows the payload and keeps only same-origin paths."""
     fan = platform.register("setfan")
     channel = platform.register("mutestar")
     sql(platform, "INSERT INTO notifications (user_id, type, channel_id, data) VALUES ($1, "
@@ -274,6 +275,37 @@ def test_notification_settings_mutes_and_service_worker(platform: Platform, page
     _, subscriptions, _ = platform.request("GET", "/api/notifications/push/subscriptions",
                                            token=fan["token"])
     assert subscriptions["data"] == []
+    # The worker's push handler, fed through DevTools (what its "Push" button does): it shows
+    # the payload's title, body and tag, keeping a same-origin path and dropping a foreign URL.
+    session = page.context.new_cdp_session(page)
+    registrations: list[dict[str, Any]] = []
+    session.on("ServiceWorker.workerRegistrationUpdated",
+               lambda event: registrations.extend(event["registrations"]))
+    session.send("ServiceWorker.enable")
+    # (Events reach Python while Playwright is being called: hence the short waits.)
+    wait_for(lambda: page.wait_for_timeout(50) or [r for r in registrations
+                                                   if r["scopeURL"] == f"{platform.base_url}/"],
+             10, what="the worker's registration")
+    registration_id = next(r["registrationId"] for r in registrations
+                           if r["scopeURL"] == f"{platform.base_url}/")
+    for payload in ({"type": "stream.online", "title": "mutestar is live", "body": "<b>Show</b>",
+                     "url": "/watch/7", "tag": "stream-7"},
+                    {"type": "stream.online", "title": "elsewhere", "body": "",
+                     "url": "https://evil.example/x", "tag": "stream-8"}):
+        session.send("ServiceWorker.deliverPushMessage", {
+            "origin": f"{platform.base_url}/", "registrationId": registration_id,
+            "data": json.dumps(payload)})
+
+    def shown() -> list[dict[str, str]]:
+        return page.evaluate("""() => navigator.serviceWorker.ready
+            .then((registration) => registration.getNotifications())
+            .then((list) => list.map((n) => ({title: n.title, body: n.body, tag: n.tag,
+                                               url: n.data.url})))""")  # type: ignore[no-any-return]
+
+    notices = wait_for(lambda: len(shown()) == 2 and shown(), 10, what="two notifications")
+    assert sorted(notices, key=lambda n: n["tag"]) == [
+        {"title": "mutestar is live", "body": "<b>Show</b>", "tag": "stream-7", "url": "/watch/7"},
+        {"title": "elsewhere", "body": "", "tag": "stream-8", "url": "/"}]
     # Chromium's own explanation of the refusal (Playwright's contexts are incognito ones).
     assert [error for error in pages.errors if "Push API in incognito" not in error] == []
 
