@@ -169,7 +169,7 @@ def assert_no_script_ran(page: Page) -> None:
 
 def test_csp_and_security_headers_on_every_page(platform: Platform) -> None:
     for path in ("/", "/watch/1", "/login", "/dashboard", "/account/verify-email",
-                 "/account/reset-password", "/static/js/api.js",
+                 "/account/reset-password", "/account/unsubscribe", "/sw.js", "/static/js/api.js",
                  "/static/css/app.css", "/vendor/hls/hls.min.js", "/vendor/hls/hls.worker.js",
                  "/vendor/uplot/uPlot.iife.min.js"):
         status, body, headers = platform.get(path)

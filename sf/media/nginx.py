@@ -171,10 +171,18 @@ WEB_LOCATIONS = r"""
 {{web_headers}}
         }
         # The pages the account mails link to (the token rides in the fragment, never sent).
-        location ~ "^/account/(?:verify-email|reset-password)$" {
+        location ~ "^/account/(?:verify-email|reset-password|unsubscribe)$" {
             root {{web_dir}};
             try_files /account.html =404;
 {{web_headers}}
+        }
+        # The service worker (Web Push notifications) at the root, so its scope is the whole
+        # site; browsers fetch it past their HTTP cache when checking for an update.
+        location = /sw.js {
+            root {{web_dir}};
+            try_files /sw.js =404;
+{{web_headers}}
+            add_header Service-Worker-Allowed / always;
         }
         location /static/ {
             root {{web_dir}};

@@ -1,6 +1,7 @@
 // The pages the account mails link to: /account/verify-email#token=… confirms an address,
-// /account/reset-password#token=… sets a new password, and /account/reset-password without a
-// token asks for a reset link. The token rides in the fragment (never sent to a server, never
+// /account/reset-password#token=… sets a new password, /account/reset-password without a
+// token asks for a reset link, and /account/unsubscribe#token=… (the go-live mails' link)
+// stops those e-mails, only once its button is clicked: mail scanners open links. The token rides in the fragment (never sent to a server, never
 // in a Referer); it is read once and taken out of the address bar, so it stays out of the
 // history, bookmarks and screenshots of the page.
 
@@ -45,6 +46,33 @@ async function verifyEmail(token) {
   }
 }
 
+function unsubscribe(token) {
+  const section = $("#unsubscribe");
+  section.hidden = false;
+  const status = section.querySelector(".status");
+  const button = $("#unsubscribe-confirm");
+  if (!token) {
+    setText(status, "This link has no token: open the whole link from the mail.");
+    button.hidden = true;
+    return;
+  }
+  button.addEventListener("click", async () => {
+    showError(section.querySelector(".error"), null);
+    setText(status, "");
+    button.disabled = true;
+    try {
+      await api("POST", "/api/notifications/unsubscribe", { token }, { auth: "none" });
+      button.hidden = true;
+      section.dataset.state = "unsubscribed";
+      setText(status, "Done: SF sends you no more go-live e-mails.");
+      section.querySelector(".next").hidden = false;
+    } catch (error) {
+      section.dataset.state = "failed";
+      showError(section.querySelector(".error"), badLinkError(error));
+      button.disabled = false;
+    }
+  });
+}
 
 function resetPassword(token) {
   const form = $("#reset-confirm");
@@ -86,5 +114,6 @@ window.addEventListener("hashchange", () => {
 });
 const token = takeToken();
 if (location.pathname === "/account/verify-email") verifyEmail(token);
+else if (location.pathname === "/account/unsubscribe") unsubscribe(token);
 else if (token) resetPassword(token);
 else requestReset();

@@ -199,3 +199,53 @@ export async function liveSocketUrl(streamId) {
   }
   return url.toString();
 }
+
+export async function notificationSocketUrl() {
+  /** The URL of `/ws/notifications` with a fresh one-time ticket (a ticket works once: every
+   * reconnect needs a new one). Throws when signed out. */
+  const { ticket } = await api("POST", "/api/ws/ticket", undefined, { auth: "required" });
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  const url = new URL(`${scheme}//${location.host}/ws/notifications`);
+  url.searchParams.set("ticket", ticket);
+  return url.toString();
+}
+
+// This browser's Web Push subscription as SF knows it: {id, endpoint, user} (the subscription
+// id to DELETE, and the account it was made for: a shared browser has several).
+const PUSH_KEY = "sf.push";
+
+export function storedPush() {
+  try {
+    const value = JSON.parse(localStorage.getItem(PUSH_KEY) || "null");
+    return value && Number.isSafeInteger(value.id) ? value : null;
+  } catch {
+    return null;
+  }
+}
+
+export function rememberPush(id, endpoint) {
+  const user = currentUser();
+  localStorage.setItem(PUSH_KEY, JSON.stringify({ id, endpoint, user: user ? user.id : null }));
+}
+
+export async function unsubscribePush() {
+  /** Stop Web Push to this browser: the subscription deleted on the server (when it is this
+   * account's), then in the browser (a push service then answers 410 for it, which makes SF
+   * drop it whichever account it moved to). */
+  const stored = storedPush();
+  const user = currentUser();
+  localStorage.removeItem(PUSH_KEY);
+  if (stored && user && stored.user === user.id) {
+    try {
+      await api("DELETE", `/api/notifications/push/subscriptions/${stored.id}`, undefined, { auth: "required" });
+    } catch (error) {
+      if (!(error instanceof ApiError && error.status === 404)) throw error;
+    }
+  }
+  if ("serviceWorker" in navigator) {
+    const registration = await navigator.serviceWorker.getRegistration("/");
+    const subscription = registration && registration.pushManager
+      ? await registration.pushManager.getSubscription() : null;
+    if (subscription) await subscription.unsubscribe();
+  }
+}

@@ -1,13 +1,16 @@
 // The creator dashboard: stream key (hidden until revealed, with reset) and RTMP URL for OBS,
 // default stream settings, the live stream's title and category, transcoder health (read from
 // the stream's own HLS playlists), profile bio, statistics with a viewers-over-time chart, the
-// chat (moderation.js: settings, moderators, bans, moderation log), and the account: e-mail
-// verification, the privacy policy to accept when it changed, data exports, and deleting the
-// account.
+// chat (moderation.js: settings, moderators, bans, moderation log), notifications
+// (notification-settings.js: channels, muted channels, browser notifications), webhooks
+// (webhooks.js), and the account: e-mail verification, the privacy policy to accept when it
+// changed, data exports, and deleting the account.
 
 import { api, ApiError, forgetSession, privacyPolicy, updateStoredUser } from "/static/js/api.js";
 import { setUpChatSection } from "/static/js/moderation.js";
+import { setUpNotificationsSection, showEmailNote } from "/static/js/notification-settings.js";
 import { $, el, formatCount, formatDuration, renderHeader, setText, showError } from "/static/js/ui.js";
+import { setUpWebhooksSection } from "/static/js/webhooks.js";
 
 const LIVE_POLL_MS = 5000;
 const HEALTH_POLL_MS = 2000;
@@ -166,6 +169,7 @@ function showEmail() {
   setText("#email-state", text);
   $("#email-state").dataset.verified = String(verified);
   $("#resend-verification").hidden = verified;
+  showEmailNote(me);
 }
 
 async function checkPolicy() {
@@ -504,6 +508,8 @@ async function init() {
   setUpProfile();
   setUpLiveForm();
   setUpChatSection();
+  setUpNotificationsSection(state.me);
+  setUpWebhooksSection();
   try {
     state.categories = (await api("GET", "/api/categories?limit=100")).data;
     fillCategorySelects();

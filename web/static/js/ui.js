@@ -1,7 +1,8 @@
 // DOM helpers shared by the pages. Text from users only ever goes in through `textContent`
 // (the `el` helper) or attribute setters, never through innerHTML: it is safe by construction.
 
-import { currentUser, signOut } from "/static/js/api.js";
+import { currentUser, signOut, storedPush, unsubscribePush } from "/static/js/api.js";
+import { mountBell } from "/static/js/bell.js";
 
 export function el(tag, attributes = {}, ...children) {
   /** A new element; string children become text nodes, never markup. */
@@ -69,7 +70,8 @@ export function showError(target, error) {
 }
 
 export function renderHeader() {
-  /** The site header's account links: sign in, or the user's name, dashboard and sign out. */
+  /** The site header's account links: sign in, or the notification bell (bell.js), the user's
+   * name, dashboard and sign out. */
   const nav = $("#account-nav");
   if (!nav) return;
   const user = currentUser();
@@ -83,11 +85,14 @@ export function renderHeader() {
         class: "link-button",
         "data-testid": "sign-out",
         onclick: async () => {
+          // A shared browser: the next person must not get this account's notifications.
+          if (storedPush()) await unsubscribePush().catch(() => {});
           await signOut();
           location.assign("/");
         },
       }, "Sign out"),
     );
+    mountBell(nav);
   } else {
     const next = location.pathname === "/login" ? null : location.pathname;
     const href = next && next !== "/" ? `/login?next=${encodeURIComponent(next)}` : "/login";
