@@ -700,6 +700,10 @@ class Config:
         Networks(),
         "Networks webhooks and Web Push may reach although they are not public (loopback, "
         "private, link-local addresses are refused otherwise); empty by default.")
+    outbound_nameservers: tuple[str, ...] = setting(
+        ListOf(),
+        "DNS servers (`host` or `host:port`, comma separated) that resolve the names of "
+        "webhooks and Web Push endpoints; empty: the system's (resolv.conf).")
     # Webhooks (issue 23).
     webhooks_per_user: int = setting(
         Integer(1, 1000), "Webhooks one account may have (409 beyond).", unit="webhooks")

@@ -185,6 +185,12 @@ def point_not_on_the_curve() -> str:
     (lambda s: s.update(endpoint="https://push.example.com/" + "a" * 2048), "endpoint"),
     (lambda s: s.update(endpoint="http://push.example.com/x"), "endpoint"),
     (lambda s: s.update(endpoint="https://user:pw@push.example.com/x"), "endpoint"),
+    # Brackets around what is no IPv6 address: a 500 once (security.md#push-endpoint-ssrf).
+    (lambda s: s.update(endpoint="https://[::ffff:127.1]/x"), "endpoint"),
+    (lambda s: s.update(endpoint="https://[127.0.0.1]/x"), "endpoint"),
+    (lambda s: s.update(endpoint="https://[zz]/x"), "endpoint"),
+    (lambda s: s.update(endpoint="https://[/x"), "endpoint"),
+    (lambda s: s.update(endpoint="https://]/x"), "endpoint"),
     (lambda s: s.update(expirationTime="soon"), "expirationTime"),
     (lambda s: s.update(subscriptionId="x"), "subscriptionId"),
 ])
@@ -267,6 +273,10 @@ class TestWithoutTheAllowance:
         "https://[::ffff:127.0.0.1]:{port}/push/x", "https://10.0.0.7/push/x",
         "https://169.254.169.254/latest/meta-data", "https://localhost:{port}/push/x",
         "https://[::1]:{port}/push/x",
+        # Loopback by definition whatever the resolver says (RFC 6761), and names that do not
+        # resolve to public addresses now (the webhooks' rule).
+        "https://localhost.:{port}/push/x", "https://foo.localhost/push/x",
+        "https://foo.localhost./push/x", "https://push.invalid/x",
     ])
     async def test_a_private_endpoint_is_refused_and_never_contacted(self, api, push_service,
                                                                      endpoint):

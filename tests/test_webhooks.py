@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +19,7 @@ from aiohttp import web
 from harness.ports import release_ports, reserve_ports
 from sf.db import erasure as erasure_db
 from sf.db import webhooks as webhooks_db
+from sf.outbound import NOT_PUBLIC, RESOLVE_TIMEOUT
 from tests.helpers import go_live
 
 pytestmark = pytest.mark.gen_test(timeout=60)
@@ -32,11 +34,29 @@ def local_receiver(test: Callable[..., Any]) -> Callable[..., Any]:
     return test
 
 
+def stalling_dns(test: Callable[..., Any]) -> Callable[..., Any]:
+    """The test resolves webhook names through a DNS server that never answers
+    (SF_OUTBOUND_NAMESERVERS)."""
+    test.stalling_dns = True  # type: ignore[attr-defined]
+    return test
+
+
+@pytest.fixture(scope="module")
+def silent_dns_server():
+    """A UDP "DNS server" on 127.0.0.1 that takes every query and answers none."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 0))
+    yield f"127.0.0.1:{server.getsockname()[1]}"
+    server.close()
+
+
 @pytest.fixture
 def config(base_config, request):
     allowed = LOOPBACK if getattr(request.function, "allow_loopback", False) else ()
+    nameservers = ((request.getfixturevalue("silent_dns_server"),)
+                   if getattr(request.function, "stalling_dns", False) else ())
     return base_config.replace(
-        outbound_allowed_networks=allowed, webhook_timeout_seconds=2.0,
+        outbound_allowed_networks=allowed, outbound_nameservers=nameservers, webhook_timeout_seconds=2.0,
         webhook_retry_seconds=0.2, webhook_retry_max_seconds=0.4,
         webhook_give_up_seconds=60.0, webhook_disable_after_failures=3,
         webhook_disable_after_seconds=0.0, mail_poll_seconds=0.1)
@@ -205,14 +225,14 @@ async def test_another_users_webhook_is_not_found(api, services, receiver, sende
     base = f"/api/webhooks/{made['id']}"
     answers = [await api.get(base, token=mallory),
                await api.put(base, {"enabled": True}, token=mallory),
-               await api.put(base, {"url": "https://example.com/x"}, token=mallory),
+               await api.put(base, {"url": "https://93.184.215.14/x"}, token=mallory),
                await api.get(f"{base}/deliveries", token=mallory),
                await api.post(f"{base}/deliveries/{delivery['id']}/redeliver", token=mallory),
                await api.delete(base, token=mallory)]
     assert [answer.status for answer in answers] == [404] * 6
     assert all(answer.json["error"]["code"] == "not_found" for answer in answers)
     # Mallory's own webhook id with Alice's delivery id is no way in either.
-    own = await make_webhook(api, mallory, "https://example.com/hook")
+    own = await make_webhook(api, mallory, "https://93.184.215.14/hook")
     crossed = await api.post(f"/api/webhooks/{own['id']}/deliveries/{delivery['id']}/redeliver",
                              token=mallory)
     assert crossed.status == 404
@@ -315,6 +335,41 @@ async def test_chat_messages_of_the_channel_go_to_a_webhook_that_takes_them(
     await services.chat.send(carol["user"]["id"], alice_stream, alice["user"]["id"], "later", "n3")
     await asyncio.sleep(0.5)
     assert [r["json"]["type"] for r in receiver.requests].count("chat.message") == 1
+
+
+@stalling_dns
+@local_receiver
+async def test_names_whose_dns_stalls_hold_no_thread_and_no_other_delivery(
+        api, services, receiver, sender):
+    """security.md#webhook-slow-dns: webhook URLs whose names' DNS never answers, sent in
+    parallel, each cost a pending query (c-ares), not one of the loop's few resolver threads:
+    they are refused (one answer for every name that does not resolve to public addresses, so
+    nobody learns which internal names exist), while the process still resolves names in its
+    thread pool and another user's webhook is delivered at once."""
+    alice = await api.register("alice")
+    made = await make_webhook(api, alice["access_token"], receiver.url, ["follow.created"])
+    receiver.secret = made["secret"]
+    mallory = (await api.register("mallory"))["access_token"]
+    own = await make_webhook(api, mallory, "https://93.184.215.14/x", ["follow.created"])
+    started = time.monotonic()
+    flooding = asyncio.gather(*(
+        api.put(f"/api/webhooks/{own['id']}", {"url": f"https://n{number}.stall.test/x"},
+                token=mallory) for number in range(8)))
+    await asyncio.sleep(0.3)
+    loop = asyncio.get_running_loop()
+    await asyncio.wait_for(loop.getaddrinfo("localhost", 80), 1.0)  # threads are free
+    bob = (await api.register("bob"))["access_token"]
+    assert (await api.post("/api/users/alice/follow", token=bob)).status == 204
+    [request] = await receiver.wait_for(1, timeout=2.0)
+    assert request["verified"] and request["json"]["type"] == "follow.created"
+    answers = await flooding
+    assert {answer.status for answer in answers} == {422}
+    assert {answer.json["error"]["fields"]["url"][0] for answer in answers} == {NOT_PUBLIC}
+    assert time.monotonic() - started < RESOLVE_TIMEOUT + 3
+    # The same answer as for a name of this machine that resolves to loopback.
+    for url in ("https://localhost/x", "https://n1.stall.test/x"):
+        response = await api.put(f"/api/webhooks/{own['id']}", {"url": url}, token=mallory)
+        assert response.json["error"]["fields"]["url"] == [NOT_PUBLIC], response
 
 
 async def test_events_without_webhooks_cost_nothing_and_never_fail_their_source(api, services):
@@ -470,7 +525,7 @@ async def test_private_addresses_are_refused_when_a_webhook_is_made(api, service
         response = await api.post("/api/webhooks", {"url": url, "events": ["stream.online"]},
                                   token=token)
         assert response.status == 422, (url, response)
-    made = await make_webhook(api, token, "https://example.com/hook")
+    made = await make_webhook(api, token, "https://93.184.215.14/hook")
     changed = await api.put(f"/api/webhooks/{made['id']}", {"url": "https://127.0.0.1/"},
                             token=token)
     assert changed.status == 422
@@ -512,9 +567,12 @@ async def test_names_and_spellings_of_private_addresses_are_refused_at_send_time
             assert delivery["status"] in ("pending", "failed") and delivery["response_code"] is None
             # Refused by SF's checks (blocked, or not https), or by aiohttp's URL parser (a
             # non-canonical IPv4 spelling): never sent either way.
-            assert any(reason in delivery["last_error"] for reason in (
-                "blocked", "must be an https URL", "not a canonical IPv4")), (url, delivery)
-            if url.startswith("https://0x7f") or "localhost" in url or "[" in url:
+            # (c-ares, SF's resolver, reads no IPv4 spelling but the dotted decimal one: such a
+            # name does not resolve at all.)
+            assert delivery["last_error"] in ("blocked: not a public address",
+                                              "not a URL SF sends to",
+                                              "name did not resolve"), (url, delivery)
+            if "localhost" in url or "[" in url:
                 assert delivery["last_error"].startswith("blocked"), (url, delivery)
         assert connections == []
     finally:
@@ -605,7 +663,7 @@ async def test_erasure_disables_then_deletes_the_webhooks(api, services, receive
 
 async def test_old_deliveries_are_purged_by_the_job(api, services):
     alice = await api.register("alice")
-    made = await make_webhook(api, alice["access_token"], "https://example.com/hook")
+    made = await make_webhook(api, alice["access_token"], "https://93.184.215.14/hook")
     await go_live(api, services, alice)
     await services.db.execute("UPDATE webhook_deliveries SET created_at = now() - interval"
                               " '30 days'")

@@ -80,16 +80,19 @@ async def unread_count(db: Executor, user_id: int) -> int:
         "SELECT count(*) FROM notifications WHERE user_id = $1 AND read_at IS NULL", user_id))
 
 
-async def mark_read(db: Executor, user_id: int, ids: list[int] | None) -> int:
-    """Mark the user's notifications read (these ids, or all); the unread count after."""
-    return int(await db.fetchval(
+async def mark_read(db: Executor, user_id: int, ids: list[int] | None) -> tuple[int, int]:
+    """Mark the user's unread notifications read (these ids, or all): how many were marked,
+    and the unread count after."""
+    row = await db.fetchrow(
         """WITH marked AS (
                UPDATE notifications SET read_at = now()
                 WHERE user_id = $1 AND read_at IS NULL AND ($2::bigint[] IS NULL OR id = ANY($2))
                RETURNING 1)
-           SELECT (SELECT count(*) FROM notifications WHERE user_id = $1 AND read_at IS NULL)
-                  - (SELECT count(*) FROM marked)""",
-        user_id, ids))
+           SELECT (SELECT count(*) FROM marked) AS marked,
+                  (SELECT count(*) FROM notifications WHERE user_id = $1 AND read_at IS NULL)
+                  - (SELECT count(*) FROM marked) AS unread""",
+        user_id, ids)
+    return int(row["marked"]), int(row["unread"])
 
 
 async def purge_older_than(db: Executor, days: int) -> int:

@@ -58,8 +58,12 @@ def auth_secret(text: str) -> None:
 def push_endpoint(text: str) -> None:
     """An absolute URL with a host; which ones SF sends to is the service's check
     (sf.outbound)."""
-    parts = urlsplit(text)
-    if parts.scheme not in ("https", "http") or not parts.hostname:
+    try:
+        parts = urlsplit(text)
+        host = parts.hostname
+    except ValueError:  # "Invalid IPv6 URL": brackets around what is no IPv6 address
+        raise ValidationError("is not a valid URL") from None
+    if parts.scheme not in ("https", "http") or not host:
         raise ValidationError("must be an https URL")
 
 

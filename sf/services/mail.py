@@ -40,6 +40,7 @@ HOUSEKEEPING_SECONDS = 3600.0  # how often a sender deletes expired tokens and o
 KEEP_DONE_SECONDS = 7 * 86400.0  # outbox rows sent, given up or skipped are kept this long
 BACKOFF_MAX_SECONDS = 3600.0
 HEADER_BREAKERS = frozenset("\r\n\x00")
+MAIL_POLICY = email.policy.SMTP.clone(max_line_length=998)
 
 
 def check_recipient(address: str) -> str:
@@ -71,7 +72,10 @@ def html_text(value: str) -> str:
 
 def compose(sender: str, recipient: str, content: MailContent) -> bytes:
     """The RFC 5322 message (multipart/alternative: text, then HTML) as bytes for the outbox."""
-    message = EmailMessage(policy=email.policy.SMTP)
+    # Lines up to RFC 5322's 998: a long List-Unsubscribe URL stays one plain header line
+    # (folded, the default policy writes it as RFC 2047 encoded-words, which RFC 2369 and
+    # mail clients' one-click unsubscribe do not read).
+    message = EmailMessage(policy=MAIL_POLICY)
     message["From"] = sender
     try:
         message["To"] = check_recipient(recipient)

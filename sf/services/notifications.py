@@ -23,6 +23,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import time
 from collections import defaultdict
 from dataclasses import asdict
@@ -58,6 +59,7 @@ LEASE_SECONDS = 60.0
 POLL_SECONDS = 1.0            # how often a worker looks for a fan-out nobody started
 SOCKETS_PER_USER = 20         # open /ws/notifications of one account in one process
 UNSUBSCRIBE_PURPOSE = b"sf-unsubscribe-v1"
+TOKEN_USER = re.compile(r"[1-9][0-9]{0,17}")  # the id exactly as a token writes it (ASCII)
 
 
 class PushSending(Protocol):
@@ -145,8 +147,9 @@ class NotificationService(StreamListener):
 
     async def mark_read(self, user_id: int, ids: list[int] | None) -> None:
         """Mark read (these, or all); every open tab of the user gets the new count."""
-        count = await db.mark_read(self.db, user_id, ids)
-        await self.hub.publish({"k": "count", "user": user_id, "count": count})
+        marked, count = await db.mark_read(self.db, user_id, ids)
+        if marked:  # the count changed
+            await self.hub.publish({"k": "count", "user": user_id, "count": count})
 
     async def unread_count(self, user_id: int) -> int:
         return await db.unread_count(self.db, user_id)
@@ -197,7 +200,7 @@ class NotificationService(StreamListener):
         """Stop the e-mails a token names (RFC 8058 one-click; idempotent)."""
         user_part, _, rest = token.partition(".")
         type_, _, signature = rest.rpartition(".")
-        if not (user_part.isdigit() and len(user_part) <= 18 and type_ in SETTABLE
+        if not (TOKEN_USER.fullmatch(user_part) and type_ in SETTABLE
                 and hmac.compare_digest(signature.encode(), self._sign(int(user_part),
                                                                        type_).encode())):
             raise validation_error("token", "is not a valid unsubscribe token")

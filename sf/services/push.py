@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import logging
 import time
@@ -36,13 +35,11 @@ from sf.db import push as push_db
 from sf.errors import validation_error
 from sf.outbound import (
     BlockedAddress,
-    GuardedResolver,
-    IPNetwork,
-    check_url,
+    check_destination,
     guarded_session,
-    literal_address,
     read_capped,
     request_options,
+    vet,
 )
 
 log = logging.getLogger("sf.push")
@@ -55,7 +52,6 @@ MAX_PAYLOAD_BYTES = 3993
 VAPID_TOKEN_SECONDS = 12 * 3600  # a push service refuses tokens that live over 24 h
 VAPID_RENEW_SECONDS = 3600  # sign again when a cached token has less than this left
 VAPID_CACHE_ORIGINS = 1000
-RESOLVE_TIMEOUT_SECONDS = 3.0
 
 
 @dataclass
@@ -105,14 +101,6 @@ class _GuardedPoster:
             return _PushAnswer(response.status, response.headers, body)
 
 
-def check_endpoint_url(endpoint: str, allowed: Sequence[IPNetwork]) -> None:
-    """sf.outbound's `check_url` for a push endpoint: https, or plain http to an IP literal the
-    operator allowed (a local push service in tests); BlockedAddress or ValueError."""
-    address = literal_address(urlsplit(endpoint).hostname or "")
-    allowed_plain = address is not None and any(address in network for network in allowed)
-    check_url(endpoint, allowed, schemes=("https", "http") if allowed_plain else ("https",))
-
-
 def endpoint_origin(endpoint: str) -> str:
     """`scheme://host[:port]` of an endpoint: the VAPID audience, and what lists show."""
     parts = urlsplit(endpoint)
@@ -140,6 +128,7 @@ class PushSender:
         """The one guarded session, opened on first use (inside the running loop)."""
         if self._session is None or self._session.closed:
             self._session = guarded_session(self.config.outbound_allowed_networks,
+                                            nameservers=self.config.outbound_nameservers,
                                             timeout=self.timeout,
                                             connections=self.config.push_concurrency)
         return _GuardedPoster(self._session)
@@ -204,7 +193,7 @@ class PushSender:
         try:
             # aiohttp connects to an IP literal without asking the resolver: the URL is checked
             # here too, each time (the operator's allowance may have been withdrawn).
-            check_endpoint_url(subscription.endpoint, self.config.outbound_allowed_networks)
+            check_destination(subscription.endpoint, self.config.outbound_allowed_networks)
         except (BlockedAddress, ValueError) as error:
             log.warning("push subscription %d: SF does not send to %s (%s); deleted",
                         subscription.id, origin, error)
@@ -257,27 +246,13 @@ class PushSubscriptions:
         self.db = db
 
     async def check_endpoint(self, endpoint: str) -> None:
-        """A 422 for an endpoint SF would never send to: not https (plain http only to an
-        address the operator allowed), credentials in it, or naming / resolving to a private,
-        loopback or link-local address. A name that does not resolve now is taken (the check
-        runs again at every send)."""
-        allowed = self.config.outbound_allowed_networks
-        host = urlsplit(endpoint).hostname or ""
+        """A 422 for an endpoint SF would never send to (`sf.outbound.vet`, as webhooks): not
+        https (plain http only to an address the operator allowed), credentials in it, or a
+        literal non-public address or a name that does not resolve to public addresses only,
+        now (the check runs again at every send)."""
         try:
-            check_endpoint_url(endpoint, allowed)
-            if literal_address(host) is None:
-                resolver = GuardedResolver(allowed)
-                try:
-                    async with asyncio.timeout(RESOLVE_TIMEOUT_SECONDS):
-                        await resolver.resolve(host)
-                except (OSError, TimeoutError):
-                    pass
-                finally:
-                    with contextlib.suppress(Exception):
-                        await resolver.close()
-        except BlockedAddress:
-            raise validation_error("endpoint", "must not point at a private, loopback or "
-                                               "link-local address") from None
+            await vet(endpoint, self.config.outbound_allowed_networks,
+                      self.config.outbound_nameservers)
         except ValueError as error:
             raise validation_error("endpoint", str(error)) from None
 

@@ -22,13 +22,10 @@ import json
 import logging
 import math
 import secrets
-import socket
 import time
 import uuid
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
@@ -43,13 +40,12 @@ from sf.observability import Outage
 from sf.outbound import (
     RESPONSE_CAP_BYTES,
     BlockedAddress,
-    IPNetwork,
-    check_url,
+    check_destination,
+    failure_reason,
     guarded_session,
-    is_public,
-    literal_address,
     read_capped,
     request_options,
+    vet,
 )
 from sf.schemas.webhooks import WEBHOOK_EVENTS
 from sf.security import EmailCipher
@@ -70,7 +66,6 @@ CHAT_SUBSCRIBERS_TTL = 5.0
 EVENT_NAMESPACE = uuid.UUID("5f0d2a4e-8a53-4c61-9a3c-2f1f7f6b9d21")
 BATCH = 10  # deliveries claimed at once by one sender (sent concurrently)
 HOUSEKEEPING_SECONDS = 3600.0
-RESOLVE_TIMEOUT = 2.0  # looking a webhook's host up when it is created or changed
 DISABLED_REASON = "too many failed deliveries"
 MAIL_KIND = "webhook_disabled"
 NOTIFICATION_TYPE = "webhook.disabled"
@@ -105,30 +100,6 @@ def backoff_seconds(first: float, most: float, attempts: int) -> float:
     return float(min(most, first * 2 ** max(0, attempts - 1)))
 
 
-def schemes_for(url: str, allowed: Sequence[IPNetwork]) -> tuple[str, ...]:
-    """https, and also http when the URL names an IP address of an allowed network (a local
-    receiver an operator allowed: SF_OUTBOUND_ALLOWED_NETWORKS)."""
-    try:
-        host = urlsplit(url).hostname or ""
-    except ValueError:
-        return ("https",)
-    address = literal_address(host)
-    if address is not None and allowed and any(address in network for network in allowed):
-        return ("https", "http")
-    return ("https",)
-
-
-def check_destination(url: str, allowed: Sequence[IPNetwork]) -> str:
-    """`sf.outbound.check_url` with the webhook's schemes (`schemes_for`), and names that are
-    loopback by definition (`localhost`, `*.localhost`, with or without the final dot: RFC
-    6761) refused whatever this machine's resolver says of them."""
-    check_url(url, allowed, schemes=schemes_for(url, allowed))
-    host = (urlsplit(url).hostname or "").rstrip(".").lower()
-    if host == "localhost" or host.endswith(".localhost"):
-        raise BlockedAddress("names the loopback address")
-    return url
-
-
 def disabled_content(username: str, url: str, failures: int) -> MailContent:
     """The mail telling an owner one of their webhooks was disabled."""
     text = (f"Hello {username},\n\nYour SF webhook to {url} failed {failures} times in a row "
@@ -157,29 +128,15 @@ class WebhookService:
     # --- the owner's API ----------------------------------------------------------------------
 
     async def check_url(self, url: str) -> str:
-        """The URL when SF may send to it (422 on `url` otherwise): https (http only to an
-        allowed network's address), no credentials, and a host that is no literal non-public
-        address and does not resolve to one now (checked again at every send)."""
-        allowed = self.config.outbound_allowed_networks
+        """The URL when SF may send to it (422 on `url` otherwise): `sf.outbound.vet` —
+        https (http only to an allowed network's address), no credentials, no literal
+        non-public address, and a name that resolves to public addresses only, now (checked
+        again at every send)."""
         try:
-            check_destination(url, allowed)
-        except BlockedAddress as error:
-            raise validation_error("url", str(error)) from None
+            return await vet(url, self.config.outbound_allowed_networks,
+                             self.config.outbound_nameservers)
         except ValueError as error:
             raise validation_error("url", str(error)) from None
-        host = urlsplit(url).hostname or ""
-        if literal_address(host) is None:
-            try:
-                async with asyncio.timeout(RESOLVE_TIMEOUT):
-                    found = await asyncio.get_running_loop().getaddrinfo(
-                        host, None, type=socket.SOCK_STREAM)
-            except (OSError, TimeoutError, UnicodeError):
-                return url  # not resolvable now: the send-time check decides
-            for *_, address in found:
-                parsed = literal_address(str(address[0]))
-                if parsed is not None and not is_public(parsed, allowed):
-                    raise validation_error("url", f"{host} resolves to a non-public address")
-        return url
 
     async def create(self, user_id: int, url: str, events: list[str]) -> tuple[Webhook, str]:
         """A new webhook and its signing secret (shown this once)."""
@@ -355,6 +312,7 @@ class WebhookSender:
         if self._task is None:
             self._stopping = False
             self._session = guarded_session(self.config.outbound_allowed_networks,
+                                            nameservers=self.config.outbound_nameservers,
                                             timeout=self.config.webhook_timeout_seconds)
             self._task = asyncio.create_task(self._run(), name="webhook sender")
 
@@ -414,10 +372,10 @@ class WebhookSender:
                 code = response.status
                 await read_capped(response, RESPONSE_CAP_BYTES)
         except BlockedAddress as error:
-            return await self._failed(delivery, None, f"blocked: {error}")
+            return await self._failed(delivery, None, failure_reason(error))
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as error:
             if code is None:
-                return await self._failed(delivery, None, f"{type(error).__name__}: {error}")
+                return await self._failed(delivery, None, failure_reason(error))
         if code is not None and 200 <= code < 300:
             await webhooks_db.mark_delivered(self.db, delivery, code)
             log.info("webhook delivered", extra={"delivery_id": delivery.id,
