@@ -12,7 +12,6 @@ once: a sender that dies after the server took a mail but before marking it sent
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import email.policy
 import html
@@ -32,6 +31,7 @@ from sf.db.outbox import OutboxMail
 from sf.errors import validation_error
 from sf.observability import Outage
 from sf.security import EmailCipher
+from sf.services.workers import QueueWorker
 
 log = logging.getLogger("sf.mail")
 
@@ -98,7 +98,7 @@ def backoff_seconds(first: float, attempts: int) -> float:
     return float(min(BACKOFF_MAX_SECONDS, first * 2 ** max(0, attempts - 1)))
 
 
-class MailSender:
+class MailSender(QueueWorker):
     """Delivers the outbox through the SMTP server of `SF_SMTP_URL`, one per API process."""
 
     def __init__(self, db: asyncpg.Pool, config: Config, cipher: EmailCipher) -> None:
@@ -108,43 +108,14 @@ class MailSender:
         self.envelope_from = parseaddr(config.mail_from)[1]
         # Long enough for a whole batch at the slowest the server may be (each step timed out).
         self.lease_seconds = config.smtp_timeout * (BATCH + 3)
-        self.outage = Outage(log, "the mail outbox", "mails wait in the outbox until it is back")
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = False
+        super().__init__("mail sender", log, Outage(
+            log, "the mail outbox", "mails wait in the outbox until it is back"),
+            config.mail_poll_seconds)
         self._next_housekeeping = 0.0
 
-    def wake(self) -> None:
-        """Look for due mails now (a request of this process queued one)."""
-        self._wake.set()
-
-    async def start(self) -> None:
-        if self._task is None:
-            self._stopping = False
-            self._task = asyncio.create_task(self._run(), name="mail sender")
-
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            # The flag too: `wait_for` may swallow a cancellation that meets a wake-up.
-            self._stopping = True
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    async def _run(self) -> None:
-        while not self._stopping:
-            self._wake.clear()
-            try:
-                await self.send_due()
-                await self._housekeeping()
-                self.outage.back()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
-                self.outage.lost(error)
-            except Exception:  # the sender must outlive any one bad mail or bug
-                log.error("mail sender failed", exc_info=True)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.config.mail_poll_seconds)
+    async def work(self) -> None:
+        await self.send_due()
+        await self._housekeeping()
 
     async def send_due(self) -> int:
         """Claim and send due mails until none is left; how many were delivered."""

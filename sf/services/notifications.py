@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import hmac
 import json
@@ -44,7 +43,8 @@ from sf.security import EmailCipher
 from sf.services.events import StreamEvent, StreamListener, channel_name
 from sf.services.mail import MailContent, MailSender, compose, html_text
 from sf.services.sessions import SessionStore
-from sf.services.viewers import CLOSE_UNAUTHORIZED, FAN_OUT_SLICE, SESSION_CHECK_EVERY
+from sf.services.viewers import FAN_OUT_SLICE, SESSION_CHECK_EVERY, close_ended_sessions
+from sf.services.workers import QueueWorker
 
 log = logging.getLogger("sf.notifications")
 
@@ -249,50 +249,26 @@ class NotificationService(StreamListener):
         return {"deleted": deleted}
 
 
-class FanoutWorker:
+class FanoutWorker(QueueWorker):
     """Works through planned fan-outs, one at a time per process, any process of any node."""
 
     def __init__(self, service: NotificationService) -> None:
+        super().__init__("notification fan-out", log, Outage(
+            log, "the notification fan-out", "announcements wait until it is back"),
+            POLL_SECONDS)
         self.service = service
-        self.outage = Outage(log, "the notification fan-out", "announcements wait until it is back")
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self._pushes: set[asyncio.Task[Any]] = set()
-        self._stopping = False
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    async def start(self) -> None:
-        if self._task is None:
-            self._stopping = False
-            self._task = asyncio.create_task(self._run(), name="notification fan-out")
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            self._stopping = True
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await super().stop()
         pushes, self._pushes = self._pushes, set()
         for push in pushes:
             push.cancel()
         await asyncio.gather(*pushes, return_exceptions=True)
 
-    async def _run(self) -> None:
-        while not self._stopping:
-            self._wake.clear()
-            try:
-                while await self.run_one():
-                    pass
-                self.outage.back()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
-                self.outage.lost(error)
-            except Exception:
-                log.error("notification fan-out failed", exc_info=True)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
+    async def work(self) -> None:
+        while await self.run_one():
+            pass
 
     async def run_one(self) -> bool:
         """Claim one pending fan-out and finish it; False when there was none."""
@@ -467,25 +443,12 @@ class NotificationHub:
 
     async def close_ended_sessions(self) -> int:
         """Close (4401) the sockets whose session ended (logout, password change)."""
-        by_session: dict[str, list[NotificationSocket]] = defaultdict(list)
-        for sockets in self.sockets.values():
-            for socket in sockets:
-                if socket.session_id is not None:
-                    by_session[socket.session_id].append(socket)
-        if not by_session:
-            return 0
         try:
-            alive = await self.sessions.alive(list(by_session))
-        except Exception as error:
+            return await close_ended_sessions(
+                self.sessions, [socket for sockets in self.sockets.values() for socket in sockets])
+        except Exception as error:  # Redis unreachable: checked next time
             self._outage.lost(error)
             return 0
-        closed = 0
-        for session_id, ended in by_session.items():
-            if session_id not in alive:
-                for socket in ended:
-                    socket.close(CLOSE_UNAUTHORIZED, "session ended")
-                    closed += 1
-        return closed
 
     async def _check_sessions(self) -> None:
         while True:

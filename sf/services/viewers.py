@@ -69,6 +69,31 @@ async def fan_out(payload: bytes, sockets: Iterable[Sendable]) -> None:
             slice_end = clock() + FAN_OUT_SLICE
 
 
+class SessionSocket(Protocol):
+    session_id: str | None
+
+    def close(self, code: int | None = None, reason: str | None = None) -> None: ...
+
+
+async def close_ended_sessions(sessions: SessionStore, sockets: Iterable[SessionSocket]) -> int:
+    """Close (4401) those of `sockets` whose session has ended; how many. Raises what Redis
+    raises (the caller's outage)."""
+    by_session: dict[str, list[SessionSocket]] = defaultdict(list)
+    for socket in sockets:
+        if socket.session_id is not None:
+            by_session[socket.session_id].append(socket)
+    if not by_session:
+        return 0
+    alive = await sessions.alive(list(by_session))
+    closed = 0
+    for session_id, ended in by_session.items():
+        if session_id not in alive:
+            for socket in ended:
+                socket.close(CLOSE_UNAUTHORIZED, "session ended")
+                closed += 1
+    return closed
+
+
 class ViewerSocket(Protocol):
     """What the hub needs of a WebSocket connection."""
 
@@ -327,25 +352,12 @@ class ViewerHub(StreamListener):
         """Close (4401) the signed-in sockets whose session has ended since they connected:
         logout, password change or refresh-token reuse ends WebSocket access too, within
         SESSION_CHECK_EVERY. How many were closed. Redis unreachable: checked next time."""
-        by_session: dict[str, list[ViewerSocket]] = defaultdict(list)
-        for sockets in self.sockets.values():
-            for socket in sockets:
-                if socket.session_id is not None:
-                    by_session[socket.session_id].append(socket)
-        if not by_session:
-            return 0
         try:
-            alive = await self.sessions.alive(list(by_session))
+            return await close_ended_sessions(
+                self.sessions, [socket for sockets in self.sockets.values() for socket in sockets])
         except Exception:
             self._lost_redis()
             return 0
-        closed = 0
-        for session_id, ended in by_session.items():
-            if session_id not in alive:
-                for socket in ended:
-                    socket.close(CLOSE_UNAUTHORIZED, "session ended")
-                    closed += 1
-        return closed
 
     async def _follow_other_nodes(self) -> None:
         """Other processes' count changes: recount those streams at the next tick."""

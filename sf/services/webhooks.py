@@ -15,7 +15,6 @@ Delivery is at least once, with the same event id (`SF-Webhook-Id`) every time.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import json
@@ -52,6 +51,7 @@ from sf.security import EmailCipher
 from sf.services.events import StreamEvent, StreamListener
 from sf.services.mail import MailContent, MailSender, compose, html_text
 from sf.services.notifications import NotificationService
+from sf.services.workers import QueueWorker
 
 log = logging.getLogger("sf.webhooks")
 
@@ -285,7 +285,7 @@ class WebhookEvents(StreamListener):
                                  self._data(event))
 
 
-class WebhookSender:
+class WebhookSender(QueueWorker):
     """Delivers due webhook deliveries, one per API process (see the module): at once when
     this process queued one, else within SF_MAIL_POLL_SECONDS (the outbox's polling)."""
 
@@ -298,47 +298,26 @@ class WebhookSender:
         self.notifications = notifications  # tells an owner in the app that a webhook stopped
         # Each batch is sent concurrently: one attempt's time, and room to record it.
         self.lease_seconds = config.webhook_timeout_seconds + 30.0
-        self.outage = Outage(log, "the webhook queue", "deliveries wait until it is back")
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        super().__init__("webhook sender", log, Outage(
+            log, "the webhook queue", "deliveries wait until it is back"),
+            config.mail_poll_seconds)
         self._session: aiohttp.ClientSession | None = None
-        self._stopping = False
-
-    def wake(self) -> None:
-        """Look for due deliveries now (this process queued one)."""
-        self._wake.set()
 
     async def start(self) -> None:
-        if self._task is None:
-            self._stopping = False
+        if self._session is None:
             self._session = guarded_session(self.config.outbound_allowed_networks,
                                             nameservers=self.config.outbound_nameservers,
                                             timeout=self.config.webhook_timeout_seconds)
-            self._task = asyncio.create_task(self._run(), name="webhook sender")
+        await super().start()
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            self._stopping = True
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await super().stop()
         session, self._session = self._session, None
         if session is not None:
             await session.close()
 
-    async def _run(self) -> None:
-        while not self._stopping:
-            self._wake.clear()
-            try:
-                await self.send_due()
-                self.outage.back()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
-                self.outage.lost(error)
-            except Exception:  # the sender must outlive any one bad delivery or bug
-                log.error("webhook sender failed", exc_info=True)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.config.mail_poll_seconds)
+    async def work(self) -> None:
+        await self.send_due()
 
     async def send_due(self) -> int:
         """Claim and send due deliveries until none is left; how many were delivered."""
