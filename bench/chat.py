@@ -30,20 +30,15 @@ nothing lost, RSS ≤ 1.5 GiB, REST p95 ≤ 50 ms.
 from __future__ import annotations
 
 import argparse
-import os
-import resource
-import signal
-import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.chat_run import ChatRun  # noqa: E402
 from bench.viewers_clients import MAX_PER_PROCESS  # noqa: E402
-from bench.viewers_stack import CLIENT_CPU, raise_nofile  # noqa: E402
+from bench.viewers_stack import bench_entry, run_one_bench  # noqa: E402
 
 
 def main() -> int:
@@ -72,39 +67,9 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=900, help="seconds")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
     args = parser.parse_args()
-    os.sched_setaffinity(0, {CLIENT_CPU})
-    raise_nofile()
-
-    def terminate(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    def timeout(signum: int, frame: Any) -> None:
-        raise TimeoutError(f"the run took longer than --timeout {args.timeout:.0f} s")
-
-    signal.signal(signal.SIGTERM, terminate)
-    signal.signal(signal.SIGALRM, timeout)
-    load = os.getloadavg()
-    try:  # read-only: which server code was measured
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
-                                capture_output=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = "?"
-    print(f"# SF live chat benchmark: {os.cpu_count()} cores, load average {load[0]:.2f} "
-          f"{load[1]:.2f} {load[2]:.2f} at start; open-file limit "
-          f"{resource.getrlimit(resource.RLIMIT_NOFILE)[1]} per process; via {args.via}; "
-          f"server code commit {commit or '?'}")
-    sys.stdout.flush()
-    signal.alarm(int(args.timeout))
-    try:
-        figures = ChatRun(args, args.viewers).execute()
-    finally:
-        signal.alarm(0)
-    return 0 if figures["ok"] else 1
+    return run_one_bench(f"SF live chat benchmark (via {args.via})", args.timeout,
+                         lambda: ChatRun(args, args.viewers).execute())
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted: every process this bench started has been stopped", file=sys.stderr)
-        sys.exit(130)
+    bench_entry(main)

@@ -32,20 +32,15 @@ REST p50/p95/p99 (bench/chat.py's read mix and rate, open loop) before and durin
 from __future__ import annotations
 
 import argparse
-import os
-import resource
-import signal
-import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.notify_run import NotifyRun  # noqa: E402
 from bench.viewers_clients import MAX_PER_PROCESS  # noqa: E402
-from bench.viewers_stack import CLIENT_CPU, raise_nofile  # noqa: E402
+from bench.viewers_stack import bench_entry, run_one_bench  # noqa: E402
 
 
 def main() -> int:
@@ -76,39 +71,9 @@ def main() -> int:
     if args.quick:
         args.followers, args.connected = min(args.followers, 5000), min(args.connected, 500)
         args.baseline, args.hold, args.window = 3, 2, 15
-    os.sched_setaffinity(0, {CLIENT_CPU})
-    raise_nofile()
-
-    def terminate(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    def timeout(signum: int, frame: Any) -> None:
-        raise TimeoutError(f"the run took longer than --timeout {args.timeout:.0f} s")
-
-    signal.signal(signal.SIGTERM, terminate)
-    signal.signal(signal.SIGALRM, timeout)
-    load = os.getloadavg()
-    try:  # read-only: which server code was measured
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
-                                capture_output=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = "?"
-    print(f"# SF go-live notifications benchmark: {os.cpu_count()} cores, load average "
-          f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at start; open-file limit "
-          f"{resource.getrlimit(resource.RLIMIT_NOFILE)[1]} per process; server code commit "
-          f"{commit or '?'}")
-    sys.stdout.flush()
-    signal.alarm(int(args.timeout))
-    try:
-        figures = NotifyRun(args, args.connected).execute()
-    finally:
-        signal.alarm(0)
-    return 0 if figures["ok"] else 1
+    return run_one_bench("SF go-live notifications benchmark", args.timeout,
+                         lambda: NotifyRun(args, args.connected).execute())
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted: every process this bench started has been stopped", file=sys.stderr)
-        sys.exit(130)
+    bench_entry(main)

@@ -51,7 +51,7 @@ sys.path.insert(0, str(ROOT))
 from bench.viewers_clients import MAX_PER_PROCESS  # noqa: E402
 from bench.viewers_report import ms  # noqa: E402
 from bench.viewers_run import Run  # noqa: E402
-from bench.viewers_stack import CLIENT_CPU, raise_nofile  # noqa: E402
+from bench.viewers_stack import CLIENT_CPU, bench_entry, raise_nofile  # noqa: E402
 from harness.measure import percentile_sorted as pct  # noqa: E402
 
 LADDER = (1000, 2500, 5000, 10000)
@@ -135,9 +135,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted: every process this bench started has been stopped", file=sys.stderr)
-        sys.exit(130)
+    bench_entry(main)
 

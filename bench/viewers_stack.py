@@ -311,6 +311,50 @@ class Stack:
         shutil.rmtree(self.work, ignore_errors=True)
 
 
+def run_one_bench(title: str, timeout: float, execute: Any) -> int:
+    """What a one-run benchmark's main does around its run: the generator pinned to the client
+    core with the open-file limit raised, SIGTERM as an interrupt (every process the run
+    started is stopped on the way out), a header naming the machine, its load and the server
+    code's commit, and the run under `timeout`; the exit status from its figures' "ok"."""
+    os.sched_setaffinity(0, {CLIENT_CPU})
+    raise_nofile()
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    def too_long(signum: int, frame: Any) -> None:
+        raise TimeoutError(f"the run took longer than --timeout {timeout:.0f} s")
+
+    signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGALRM, too_long)
+    load = os.getloadavg()
+    try:  # read-only: which server code was measured
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+                                capture_output=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = "?"
+    print(f"# {title}: {os.cpu_count()} cores, load average {load[0]:.2f} {load[1]:.2f} "
+          f"{load[2]:.2f} at start; open-file limit "
+          f"{resource.getrlimit(resource.RLIMIT_NOFILE)[1]} per process; server code commit "
+          f"{commit or '?'}")
+    sys.stdout.flush()
+    signal.alarm(int(timeout))
+    try:
+        figures = execute()
+    finally:
+        signal.alarm(0)
+    return 0 if figures["ok"] else 1
+
+
+def bench_entry(main: Any) -> None:
+    """`if __name__ == "__main__"` of a benchmark: its exit status, 130 when interrupted."""
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted: every process this bench started has been stopped", file=sys.stderr)
+        sys.exit(130)
+
+
 def pinned(cpu: int) -> Any:
     def setup() -> None:
         die_with_parent()
