@@ -189,9 +189,11 @@ class Platform:
         self.front = nginx.Front(self.nginx_config, edge=self.edge).start()
         self.start_api()
         try:
-            wait_for(lambda: self._ready() if self.edge else self._node_ready(
-                {"url": f"http://127.0.0.1:{self.config.api_port}"}), 30,
-                what="the API behind nginx")
+            # Its own API node answering, and (with an edge) the edge too: an edge that also
+            # fronts other nodes' APIs answers /readyz before this node's API is up.
+            own = {"url": f"http://127.0.0.1:{self.config.api_port}"}
+            wait_for(lambda: self._node_ready(own) and (not self.edge or self._ready()), 30,
+                     what="the API behind nginx")
         except BaseException:
             self.stop()  # never leave nginx or API processes holding the ports
             raise
