@@ -372,6 +372,45 @@ async def test_names_whose_dns_stalls_hold_no_thread_and_no_other_delivery(
         assert response.json["error"]["fields"]["url"] == [NOT_PUBLIC], response
 
 
+@local_receiver
+async def test_a_slow_receivers_backlog_never_holds_another_webhooks_turn(
+        api, services, receiver, sender):
+    """security.md#webhook-slow-receiver: a webhook whose receiver takes 1.5 s to answer, with
+    a backlog of 30 events, has two deliveries in flight at a time; another user's event, queued
+    after all of them, is delivered at once, not after the backlog (10 s of it)."""
+    slow = Receiver()
+    await slow.start()
+
+    async def take_your_time(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(1.5)
+        return web.Response(text="ok")
+
+    slow.handler = take_your_time
+    try:
+        alice = await api.register("alice")
+        await make_webhook(api, alice["access_token"], slow.url, ["follow.created"])
+        bob = await api.register("bob")
+        made = await make_webhook(api, bob["access_token"], receiver.url, ["follow.created"])
+        receiver.secret = made["secret"]
+        fans = [row["id"] for row in await services.db.fetch(
+            """INSERT INTO users (username, password_hash)
+               SELECT 'fan' || n, 'x' FROM generate_series(1, 30) n RETURNING id""")]
+        for fan in fans:  # what 30 follows of alice queue
+            await services.webhooks.follow_created(alice["user"]["id"], fan)
+        await slow.wait_for(2, timeout=5)
+        queued = time.monotonic()
+        await services.webhooks.follow_created(bob["user"]["id"], fans[0])
+        [request] = await receiver.wait_for(1, timeout=5)
+        assert time.monotonic() - queued < 1.0
+        assert request["verified"] and request["json"]["type"] == "follow.created"
+        assert len(slow.requests) <= 4  # two in flight at a time, 1.5 s each
+        in_flight = await services.db.fetchval(
+            "SELECT count(*) FROM webhook_deliveries WHERE status = 'sending'")
+        assert in_flight <= 2
+    finally:
+        await slow.stop()
+
+
 async def test_events_without_webhooks_cost_nothing_and_never_fail_their_source(api, services):
     """A follow of a channel without webhooks queues nothing; one whose queueing fails (the
     table gone for a moment) still succeeds."""

@@ -269,11 +269,12 @@ async def enqueue(db: Executor, user_id: int, event_type: str, event_id: uuid.UU
 
 # --- the sender -------------------------------------------------------------------------------
 
-async def claim(db: Executor, cipher: EmailCipher, batch: int,
-                lease_seconds: float) -> list[ClaimedDelivery]:
+async def claim(db: Executor, cipher: EmailCipher, batch: int, lease_seconds: float,
+                per_webhook: int = 2**31 - 1) -> list[ClaimedDelivery]:
     """Up to `batch` due deliveries of enabled webhooks, marked 'sending' until the lease ends
     (pending ones whose time has come, and 'sending' ones whose sender died); rows another
-    sender holds are skipped."""
+    sender holds are skipped, and so are the webhooks with `per_webhook` deliveries in flight
+    already (counted as committed: claim one at a time to hold each webhook to it)."""
     rows = await db.fetch(
         """WITH due AS (
                SELECT d.id FROM webhook_deliveries d JOIN webhooks w ON w.id = d.webhook_id
@@ -281,6 +282,9 @@ async def claim(db: Executor, cipher: EmailCipher, batch: int,
                   AND ((d.status = 'pending' AND d.next_attempt_at <= now()
                         AND d.give_up_at > now())
                        OR (d.status = 'sending' AND d.claimed_until < now()))
+                  AND (SELECT count(*) FROM webhook_deliveries s
+                        WHERE s.webhook_id = d.webhook_id AND s.status = 'sending'
+                          AND s.claimed_until >= now()) < $3
                 ORDER BY d.next_attempt_at, d.id
                 LIMIT $1
                 FOR UPDATE OF d SKIP LOCKED),
@@ -292,7 +296,7 @@ async def claim(db: Executor, cipher: EmailCipher, batch: int,
                RETURNING d.id, d.webhook_id, d.event_id, d.type, d.body, d.attempts)
            SELECT c.*, w.user_id, w.url, w.secret_key_id, w.secret
              FROM claimed c JOIN webhooks w ON w.id = c.webhook_id""",
-        batch, lease_seconds)
+        batch, lease_seconds, per_webhook)
     return [ClaimedDelivery(row["id"], row["webhook_id"], row["user_id"], row["url"],
                             cipher.open_bytes(row["secret_key_id"], row["secret"],
                                               row["user_id"], SECRET),

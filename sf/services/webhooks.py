@@ -64,7 +64,8 @@ CHAT_SUBSCRIBERS_TTL = 5.0
 # Event ids of events whose source can fire twice for one thing (an encoder reconnecting
 # tells "live" again) are derived from the thing: the same id, so queued once.
 EVENT_NAMESPACE = uuid.UUID("5f0d2a4e-8a53-4c61-9a3c-2f1f7f6b9d21")
-BATCH = 10  # deliveries claimed at once by one sender (sent concurrently)
+CONCURRENCY = 16  # deliveries one sender has in flight at most
+PER_WEBHOOK = 2   # of them, for one webhook (security.md#webhook-slow-receiver)
 HOUSEKEEPING_SECONDS = 3600.0
 DISABLED_REASON = "too many failed deliveries"
 MAIL_KIND = "webhook_disabled"
@@ -320,18 +321,38 @@ class WebhookSender(QueueWorker):
         await self.send_due()
 
     async def send_due(self) -> int:
-        """Claim and send due deliveries until none is left; how many were delivered."""
+        """Send due deliveries until none is left; how many were delivered. Up to CONCURRENCY
+        at a time, at most PER_WEBHOOK of one webhook, and a new claim whenever one ends or
+        this process queues one: a receiver that answers slowly holds two places, never the
+        other webhooks' turn (security.md#webhook-slow-receiver)."""
         session = self._session
         if session is None:
             raise RuntimeError("the webhook sender is not started")
         delivered = 0
-        while True:
-            claimed = await webhooks_db.claim(self.db, self.cipher, BATCH, self.lease_seconds)
-            if not claimed:
-                return delivered
-            results = await asyncio.gather(*(self._attempt(session, delivery)
-                                             for delivery in claimed))
-            delivered += sum(results)
+        running: set[asyncio.Future[bool]] = set()
+        woken: asyncio.Future[Any] | None = None
+        try:
+            while True:
+                while len(running) < CONCURRENCY:
+                    claimed = await webhooks_db.claim(self.db, self.cipher, 1,
+                                                      self.lease_seconds, PER_WEBHOOK)
+                    if not claimed:
+                        break
+                    running.add(asyncio.ensure_future(self._attempt(session, claimed[0])))
+                if not running:
+                    return delivered
+                self._wake.clear()
+                if woken is None or woken.done():
+                    woken = asyncio.ensure_future(self._wake.wait())
+                done, _ = await asyncio.wait({*running, woken},
+                                             return_when=asyncio.FIRST_COMPLETED)
+                for task in done - {woken}:
+                    running.discard(task)
+                    delivered += task.result()
+        finally:
+            for task in (*running, *([woken] if woken is not None else [])):
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
 
     async def _attempt(self, session: aiohttp.ClientSession, delivery: ClaimedDelivery) -> bool:
         """One POST of a claimed delivery, recorded; True when it was delivered."""
