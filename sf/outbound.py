@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 import socket
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -40,6 +41,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 RESPONSE_CAP_BYTES = 64 * 1024
 RESOLVE_TIMEOUT = 2.0  # seconds a name may take to resolve when a user names it (`vet`)
 NOT_PUBLIC = "must name a public address (names must resolve to one now)"
+NUMERIC_HOST = re.compile(r"(?:0x[0-9a-f]*|[0-9]+)(?:\.(?:0x[0-9a-f]*|[0-9]+))*", re.IGNORECASE)
 USER_AGENT = "SF-Webhooks/1 (+https://github.com/sf)"
 
 
@@ -97,6 +99,10 @@ def check_url(url: str, allowed: Iterable[IPNetwork] = (), *,
     address = literal_address(parts.hostname)
     if address is not None and not is_public(address, allowed):
         raise BlockedAddress("points at a private, loopback or link-local address")
+    if address is None and NUMERIC_HOST.fullmatch(parts.hostname.rstrip(".")):
+        # An IPv4 address in another spelling (`0177.0.0.1`, `0x7f.1`, `2130706433`): read as
+        # octal by browsers and inet_aton, as decimal by some resolvers; no name is all numbers.
+        raise ValueError("is not a valid URL (an IPv4 address is written as four decimals)")
     name = parts.hostname.rstrip(".").lower()
     if name == "localhost" or name.endswith(".localhost"):  # loopback by definition (RFC 6761)
         raise BlockedAddress("names the loopback address")

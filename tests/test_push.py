@@ -191,6 +191,8 @@ def point_not_on_the_curve() -> str:
     (lambda s: s.update(endpoint="https://[zz]/x"), "endpoint"),
     (lambda s: s.update(endpoint="https://[/x"), "endpoint"),
     (lambda s: s.update(endpoint="https://]/x"), "endpoint"),
+    # An IPv4 address in octal (127.0.0.1 to inet_aton, 177.0.0.1 to a resolver once).
+    (lambda s: s.update(endpoint="https://0177.0.0.1/x"), "endpoint"),
     (lambda s: s.update(expirationTime="soon"), "expirationTime"),
     (lambda s: s.update(subscriptionId="x"), "subscriptionId"),
 ])

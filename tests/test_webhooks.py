@@ -548,6 +548,10 @@ PRIVATE_URLS = [
     "https://10.1.2.3/hook", "https://192.168.0.1/hook", "https://[fd00::1]/hook",
     "https://localhost/hook", "https://localhost./hook", "https://0.0.0.0/hook",
     "https://[::ffff:7f00:1]/hook", "https://[2002:7f00:1::]/hook",
+    # Octal parts (127.0.0.1 and 10.0.0.1 to browsers and inet_aton; a resolver read them as
+    # the public 177.0.0.1 and 12.0.0.1 once, so they were taken and then never sent).
+    "https://0177.0.0.1/hook", "https://0012.0.0.1/hook", "https://0177.0.0.01/hook",
+    "https://127.1/hook",
 ]
 
 
