@@ -30,8 +30,8 @@ from bench.viewers_run import Run, rest_figures  # noqa: E402
 from bench.viewers_stack import CLIENT_CPU, Sampler, Stack, pinned  # noqa: E402
 from harness.client import publish_command, register, stream_key  # noqa: E402
 from harness.measure import children_of, log, process_cpu  # noqa: E402
+from sf.redis_client import service_client as open_redis  # noqa: E402
 from sf.security import TokenService  # noqa: E402
-from sf.services.container import open_redis  # noqa: E402
 from sf.services.sessions import SessionStore  # noqa: E402
 
 BENCH_DB = "sf_bench_notify"

@@ -33,6 +33,7 @@ from harness.slots import MEDIA_REDIS_DB
 from sf.config import Config, load_config, with_url_path
 from sf.media import nginx
 from sf.media.process import stop as terminate
+from sf.redis_client import open_sync_redis
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.2,
@@ -182,7 +183,7 @@ class Platform:
         # hands out from 1 again.
         # So do viewer counts, peaks and unique viewers: they are kept by stream id, and every
         # test session's fresh database numbers its streams from 1 again.
-        with redis.Redis.from_url(self.config.redis_url) as client:
+        with open_sync_redis(self.config.redis_url) as client:
             for pattern in ("sf:rl:*", "sf:lf:*", "sf:vc:*", "sf:uv:*"):
                 for key in client.scan_iter(pattern, count=1000):
                     client.delete(key)

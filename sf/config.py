@@ -24,6 +24,9 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from sf.redis_client import SENTINEL_SCHEMES
+from sf.redis_client import url_problem as redis_url_problem
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULTS_FILE = PROJECT_ROOT / "conf" / "sf.toml"
 ENV_PREFIX = "SF_"
@@ -152,6 +155,20 @@ class Url(Value):
         parsed = urlsplit(text)
         if parsed.scheme not in self.schemes or not parsed.hostname:
             raise self.fail(name, f"expected a {'/'.join(self.schemes)} URL, got {text!r}")
+        return text
+
+
+class RedisUrl(Url):
+    """One Redis server's URL, or a Sentinel group's (`sf.redis_client`)."""
+
+    def __init__(self) -> None:
+        super().__init__("redis", "rediss", "unix", *SENTINEL_SCHEMES)
+
+    def parse(self, name: str, raw: object) -> str:
+        text = super().parse(name, raw)
+        problem = redis_url_problem(text)
+        if problem:
+            raise self.fail(name, problem)  # (not the URL: it may hold passwords)
         return text
 
 
@@ -337,8 +354,11 @@ class Config:
         Integer(1, 500), "Most connections the asyncpg pool of each API process opens.",
         unit="connections")
     redis_url: str = setting(
-        Url("redis", "rediss", "unix"),
-        "Redis; a local URL without a password gets `var/secrets/redis_password`.")
+        RedisUrl(),
+        "Redis: one server, or the primary of a Sentinel group "
+        "(`redis+sentinel://[user:password@]host1:26379,host2:26379/<service>/<db>`, "
+        "`?sentinel_password=` for the sentinels; `rediss+sentinel://` for TLS). A local "
+        "redis:// URL without a password gets `var/secrets/redis_password`.")
     jwt_secret: str = setting(
         Text(),
         "HS256 signing key of access tokens (at least 32 characters); empty: "
@@ -886,7 +906,8 @@ def _read_secret(path: Path, name: str) -> str:
 def _with_password(url: str, password_file: Path) -> str:
     """Add the locally generated service password to a URL that names none."""
     parts = urlsplit(url)
-    if parts.password or not password_file.exists() or parts.scheme == "unix":
+    if (parts.password or not password_file.exists()
+            or parts.scheme in ("unix", *SENTINEL_SCHEMES)):
         return url
     if parts.hostname not in ("127.0.0.1", "localhost", "::1"):
         return url

@@ -11,6 +11,7 @@ from typing import Any
 import hiredis
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection, UnixDomainSocketConnection
+from redis.asyncio.sentinel import SentinelConnectionPool, SentinelManagedConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -105,9 +106,11 @@ class PipelinedScript:
         options = pool.connection_kwargs
         self.timeout = float(options.get("socket_timeout") or 5.0)
         self.connect_timeout = float(options.get("socket_connect_timeout") or 2.0)
-        # The client's own server and credentials; TLS connections stay with redis-py.
+        # The client's own server and credentials (or the primary its sentinels name); TLS
+        # connections stay with redis-py.
         self.options = options if pool.connection_class in (
-            Connection, UnixDomainSocketConnection) else None
+            Connection, UnixDomainSocketConnection, SentinelManagedConnection) else None
+        self.sentinels = pool if isinstance(pool, SentinelConnectionPool) else None
         self._pipeline: PipelinedConnection | None = None
         self._connecting: asyncio.Task[PipelinedConnection] | None = None
 
@@ -121,17 +124,28 @@ class PipelinedScript:
         assert pipeline is not None
         command = hiredis.pack_command(("EVALSHA", self.sha, len(keys), *keys, *args))
         try:
-            reply = await pipeline.call(command)
+            reply = await self._call(pipeline, command)
         except RedisConnectionError:
             if fresh:
                 raise
-            reply = await (await self._connect()).call(command)  # Redis restarted meanwhile
+            # Redis restarted meanwhile, or a failover demoted the server this connection
+            # went to (a new connection asks the sentinels for the primary).
+            reply = await self._call(await self._connect(), command)
         if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
             pipeline = await self._connect()
             reply = await pipeline.call(
                 hiredis.pack_command(("EVAL", self.script, len(keys), *keys, *args)))
         if isinstance(reply, hiredis.ReplyError):
             raise ResponseError(str(reply))
+        return reply
+
+    @staticmethod
+    async def _call(pipeline: PipelinedConnection, command: bytes) -> Any:
+        """The reply to one command; a demoted primary's READONLY is a lost connection."""
+        reply = await pipeline.call(command)
+        if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("READONLY"):
+            pipeline.abort()
+            raise RedisConnectionError("Redis: the server is a replica now (failover)")
         return reply
 
     async def _connect(self) -> PipelinedConnection:
@@ -158,9 +172,12 @@ class PipelinedScript:
                     _, pipeline = await loop.create_unix_connection(
                         lambda: PipelinedConnection(self.timeout), options["path"])
                 else:
+                    if self.sentinels is not None:  # the current primary, as they know it
+                        host, port = await self.sentinels.get_master_address()
+                    else:
+                        host, port = options.get("host", "localhost"), options.get("port", 6379)
                     _, pipeline = await loop.create_connection(
-                        lambda: PipelinedConnection(self.timeout),
-                        options.get("host", "localhost"), options.get("port", 6379))
+                        lambda: PipelinedConnection(self.timeout), host, port)
                 assert pipeline is not None
                 handshake: list[tuple[Any, ...]] = []
                 if options.get("password"):

@@ -202,7 +202,7 @@ async def test_health_readiness_and_metrics(api):
 
 
 async def test_readiness_fails_when_a_dependency_is_down(api, services):
-    from sf.services.container import open_redis
+    from sf.redis_client import service_client as open_redis
 
     await services.redis.aclose()
     # Built as the services build theirs (one quick retry), so the probe's error comes from

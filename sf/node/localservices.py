@@ -20,6 +20,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from sf.config import Config
+from sf.redis_client import is_sentinel_url
 
 log = logging.getLogger("sf.services")
 
@@ -249,8 +250,11 @@ class LocalRedis:
 
 
 def service_set(config: Config) -> dict[str, LocalPostgres | LocalRedis]:
-    """The local services in start order."""
-    return {"postgres": LocalPostgres(config), "redis": LocalRedis(config)}
+    """The local services in start order (a Sentinel group's Redis is not a local one)."""
+    services: dict[str, LocalPostgres | LocalRedis] = {"postgres": LocalPostgres(config)}
+    if not is_sentinel_url(config.redis_url):
+        services["redis"] = LocalRedis(config)
+    return services
 
 
 def start_all(config: Config) -> list[str]:

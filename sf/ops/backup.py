@@ -48,6 +48,7 @@ from sf.db.backups import BACKUP_NAME, checksum_path, file_sha256, recorded_sha2
 from sf.node.localservices import ServiceError, postgres_program
 from sf.ops import erasure_replay
 from sf.ops.audit import audited
+from sf.redis_client import open_sync_redis
 from sf.security import BackupCipher, BackupDecryptionError
 
 log = logging.getLogger("sf.backup")
@@ -375,7 +376,7 @@ def clear_sessions(redis_url: str) -> int:
     and a surviving session of an account the restore removed would speak for the new
     account that gets its id.
     """
-    client = redis.Redis.from_url(redis_url, socket_connect_timeout=5, socket_timeout=30)
+    client = open_sync_redis(redis_url, socket_connect_timeout=5, socket_timeout=30)
     removed = 0
     try:
         for pattern in SESSION_KEY_PATTERNS:

@@ -17,7 +17,6 @@ from collections import defaultdict
 from typing import Any
 
 import asyncpg
-from redis.asyncio import Redis
 
 from sf.cache import Cache
 from sf.config import Config
@@ -25,6 +24,7 @@ from sf.db import erasure as erasure_db
 from sf.db import stream_keys as keys_db
 from sf.db import streams as streams_db
 from sf.db.erasure import LedgerEntry
+from sf.redis_client import open_redis
 from sf.security import StreamKeyCipher
 from sf.services.erasure import ledger_file_of, read_ledger_file, remove_erased_files
 
@@ -115,7 +115,7 @@ async def _replay(config: Config, entries: list[LedgerEntry]) -> int:
     finally:
         await connection.close()
     if applied:
-        redis = Redis.from_url(config.redis_url, socket_connect_timeout=5)
+        redis = open_redis(config.redis_url, socket_connect_timeout=5)
         try:  # API nodes started on the restored data must not answer from older pages
             await Cache(redis, config.cache_ttl).forget_public_views()
         finally:

@@ -13,10 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
-import redis.exceptions as redis_errors
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
 
 from sf.alerts import AlertWebhook, install_alert_webhook, remove_alert_webhook
 from sf.cache import Cache
@@ -24,6 +21,7 @@ from sf.config import Config
 from sf.db.pool import create_pool
 from sf.media.images import ImageWorker
 from sf.ratelimit import LoginThrottle, RateLimiter
+from sf.redis_client import is_sentinel_url, service_client
 from sf.schemas import StreamSchema, UserPrivateSchema
 from sf.security import EmailCipher, PasswordHasher, StreamKeyCipher, TokenService
 from sf.services.account_mail import AccountMailService
@@ -233,21 +231,10 @@ async def start_services(config: Config, *, database_url: str | None = None,
         raise
 
 
-def open_redis(url: str) -> Redis:
-    """The Redis client of a node's services (not yet connected)."""
-    # After a Redis restart the pool still holds connections to the old server: a command
-    # meeting one of those is retried once on a new connection rather than failing the request.
-    return Redis.from_url(url, decode_responses=False,
-                          max_connections=256, health_check_interval=30,
-                          socket_connect_timeout=2, socket_timeout=5,
-                          retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=1),
-                          retry_on_error=[redis_errors.ConnectionError])
-
-
 async def _wire(config: Config, db: asyncpg.Pool, cleanups: Cleanups, *, ingest: bool,
                 ingest_owner: bool) -> Services:
     """`start_services` once the pool is open: Redis and the services over both."""
-    redis = open_redis(config.redis_url)
+    redis = service_client(config.redis_url)
     cleanups.add("the Redis client", redis.aclose)
     await redis.ping()
     limiter = RateLimiter(redis)
@@ -256,7 +243,7 @@ async def _wire(config: Config, db: asyncpg.Pool, cleanups: Cleanups, *, ingest:
     hasher = PasswordHasher(config.bcrypt_rounds, workers=max(1, os.cpu_count() or 1),
                             max_pending=config.password_checks_max_pending)
     cleanups.add("the password hashing threads", lambda: hasher.executor.shutdown(wait=False))
-    sessions = SessionStore(redis, tokens)
+    sessions = SessionStore(redis, tokens, replicated=is_sentinel_url(config.redis_url))
     cipher = StreamKeyCipher(config.stream_key_encryption_keys, config.stream_key_lookup_secret)
     email_cipher = EmailCipher.of(config)
     cache = Cache(redis, config.cache_ttl)

@@ -8,6 +8,7 @@ session is dropped (every access and refresh token of it stops working at once).
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 import time
 import uuid
@@ -17,6 +18,8 @@ from redis.asyncio import Redis
 
 from sf.errors import Unauthorized
 from sf.security import TokenClaims, TokenService, new_session_id
+
+log = logging.getLogger("sf.sessions")
 
 _ROTATE = """
 local current = redis.call('HGET', KEYS[1], 'jti')
@@ -55,12 +58,39 @@ class IssuedTokens:
 
 
 class SessionStore:
-    """Creates, rotates, checks and revokes sessions."""
+    """Creates, rotates, checks and revokes sessions.
 
-    def __init__(self, redis: Redis, tokens: TokenService) -> None:
+    With replicas (`replicated`: a Sentinel-managed Redis), a revocation is only answered once
+    a replica has it too, or `REPLICA_WAIT_MS` passed (`WAIT` on the connection that wrote
+    it): replication is asynchronous, and a failover right after a logout would otherwise
+    promote a replica on which the session still lives. Sessions created or rotated just
+    before a failover may be lost instead; that signs their user out, which is safe.
+    """
+
+    REPLICA_WAIT_MS = 500
+
+    def __init__(self, redis: Redis, tokens: TokenService, *, replicated: bool = False) -> None:
         self.redis = redis
         self.tokens = tokens
+        self.replicated = replicated
         self._rotate = redis.register_script(_ROTATE)
+
+    async def _end(self, user_id: int, session_ids: list[str], token_id: str | None = None,
+                   token_ttl: int = 0) -> None:
+        """End sessions of a user, and deny an access token for `token_ttl` seconds: one
+        transaction, or with replicas one round trip with its WAIT (the sessions' DEL goes
+        first: that alone ends them, should the connection drop half way)."""
+        async with self.redis.pipeline(transaction=not self.replicated) as pipe:
+            pipe.delete(*[session_key(s) for s in session_ids])
+            pipe.srem(_user_sessions_key(user_id), *session_ids)
+            if token_id is not None:
+                pipe.set(_revoked_key(token_id), 1, ex=token_ttl)
+            if self.replicated:
+                pipe.execute_command("WAIT", 1, self.REPLICA_WAIT_MS)
+            results = await pipe.execute()
+        if self.replicated and not results[-1]:
+            log.warning("a revocation reached no replica within %d ms; a failover now would "
+                        "lose it", self.REPLICA_WAIT_MS)
 
     def _issue(self, user_id: int, session_id: str, refresh_id: str) -> IssuedTokens:
         access, _ = self.tokens.issue_access(user_id, session_id)
@@ -89,7 +119,7 @@ class SessionStore:
             args=[claims.token_id, new_id, self.tokens.refresh_ttl],
         )
         if outcome == -1:
-            await self.redis.srem(_user_sessions_key(claims.user_id), claims.session_id)
+            await self._end(claims.user_id, [claims.session_id])
             raise Unauthorized("Refresh token reuse detected; the session was revoked")
         if outcome != 1:
             raise Unauthorized("Session expired or revoked")
@@ -122,11 +152,7 @@ class SessionStore:
     async def revoke(self, claims: TokenClaims) -> None:
         """Log out: drop the session and deny its access token until it expires anyway."""
         remaining = max(1, claims.expires_at - int(time.time()))
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(session_key(claims.session_id))
-            pipe.srem(_user_sessions_key(claims.user_id), claims.session_id)
-            pipe.set(_revoked_key(claims.token_id), 1, ex=remaining)
-            await pipe.execute()
+        await self._end(claims.user_id, [claims.session_id], claims.token_id, remaining)
 
     async def revoke_all(self, user_id: int, keep_session: str | None = None) -> int:
         """Drop every session of a user but `keep_session`; return how many were dropped."""
@@ -135,10 +161,7 @@ class SessionStore:
         doomed = [s for s in doomed if s != keep_session]
         if not doomed:
             return 0
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(*[session_key(s) for s in doomed])
-            pipe.srem(_user_sessions_key(user_id), *doomed)
-            await pipe.execute()
+        await self._end(user_id, doomed)
         return len(doomed)
 
 

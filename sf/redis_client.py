@@ -1,0 +1,195 @@
+"""Redis clients of `SF_REDIS_URL`: one server (`redis://`, `rediss://`, `unix://`) or the
+primary a Redis Sentinel group manages (`redis+sentinel://`, `rediss+sentinel://`).
+
+    redis+sentinel://[user:password@]host1:26379,host2:26379,host3:26379/<service>/<db>
+        ?sentinel_username=…&sentinel_password=…
+
+`user:password` sign in to the Redis servers (the primary and its replicas), the
+`sentinel_*` options to the sentinels (leave them out when the sentinels ask for no password).
+`rediss+sentinel://` speaks TLS to both, with the `ssl_*` options of a `rediss://` URL.
+
+A Sentinel client (redis-py's `SentinelConnectionPool`) asks the sentinels for the current
+primary whenever it opens a connection, so after a failover every new connection goes to the
+new primary; a connection still open to a demoted primary answers a write with READONLY,
+which redis-py turns into a connection error (the connection is dropped, the command retried
+once on a fresh one). The sentinels themselves disconnect the old primary's clients when they
+demote it, so pub/sub subscribers notice and subscribe again on the new primary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import redis
+import redis.asyncio
+import redis.asyncio.sentinel
+import redis.exceptions
+import redis.sentinel
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+SENTINEL_PORT = 26379
+# TLS options as a rediss:// URL takes them (redis-py's names).
+_SSL_OPTIONS = ("ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile",
+                "ssl_check_hostname")
+_SENTINEL_OPTIONS = ("sentinel_username", "sentinel_password")
+# Asking one sentinel must not stall a connection attempt: a dead one is skipped quickly.
+SENTINEL_TIMEOUT = 0.5
+
+
+@dataclass(frozen=True)
+class SentinelTarget:
+    """What a `redis+sentinel://` URL names."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    sentinel_username: str | None = None
+    sentinel_password: str | None = None
+    ssl: bool = False
+    ssl_options: dict[str, Any] = field(default_factory=dict)
+
+    def server_options(self) -> dict[str, Any]:
+        """Connection options of the Redis servers (primary and replicas)."""
+        options: dict[str, Any] = {"db": self.db, "username": self.username,
+                                   "password": self.password}
+        if self.ssl:
+            options.update(ssl=True, **self.ssl_options)
+        return options
+
+    def sentinel_options(self) -> dict[str, Any]:
+        """Connection options of the sentinels."""
+        options: dict[str, Any] = {"username": self.sentinel_username,
+                                   "password": self.sentinel_password,
+                                   "socket_connect_timeout": SENTINEL_TIMEOUT,
+                                   "socket_timeout": SENTINEL_TIMEOUT}
+        if self.ssl:
+            options.update(ssl=True, **self.ssl_options)
+        return options
+
+
+def is_sentinel_url(url: str) -> bool:
+    return urlsplit(url).scheme in SENTINEL_SCHEMES
+
+
+def parse_sentinel_url(url: str) -> SentinelTarget:
+    """The sentinels, service, database and credentials of a Sentinel URL (ValueError with
+    what is wrong otherwise)."""
+    parts = urlsplit(url)
+    if parts.scheme not in SENTINEL_SCHEMES:
+        raise ValueError(f"not a {' or '.join(SENTINEL_SCHEMES)} URL")
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    username, _, password = userinfo.partition(":")
+    sentinels = tuple(_host_port(item) for item in hosts.split(","))
+    if not sentinels:
+        raise ValueError("no sentinel named")
+    path = [unquote(piece) for piece in parts.path.strip("/").split("/") if piece]
+    if not path or len(path) > 2:
+        raise ValueError("the path must be /<service name>[/<db>]")
+    service = path[0]
+    try:
+        db = int(path[1]) if len(path) == 2 else 0
+    except ValueError:
+        raise ValueError(f"database {path[1]!r} is not a number") from None
+    if db < 0:
+        raise ValueError("the database number must not be negative")
+    query: dict[str, str] = {}
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name not in (*_SENTINEL_OPTIONS, *_SSL_OPTIONS):
+            raise ValueError(f"unknown option {name!r}")
+        query[name] = value
+    ssl = parts.scheme == "rediss+sentinel"
+    if not ssl and any(name in query for name in _SSL_OPTIONS):
+        raise ValueError("ssl_* options need rediss+sentinel://")
+    ssl_options: dict[str, Any] = {name: query[name] for name in _SSL_OPTIONS if name in query}
+    if "ssl_check_hostname" in ssl_options:
+        ssl_options["ssl_check_hostname"] = ssl_options["ssl_check_hostname"].lower() in (
+            "1", "true", "yes")
+    return SentinelTarget(
+        sentinels=sentinels, service=service, db=db,
+        username=unquote(username) or None, password=unquote(password) or None,
+        sentinel_username=query.get("sentinel_username") or None,
+        sentinel_password=query.get("sentinel_password") or None,
+        ssl=ssl, ssl_options=ssl_options)
+
+
+def _host_port(item: str) -> tuple[str, int]:
+    item = item.strip()
+    if item.startswith("["):  # [IPv6]:port
+        host, _, rest = item[1:].partition("]")
+        port_text = rest.removeprefix(":")
+    else:
+        host, _, port_text = item.partition(":")
+    if not host:
+        raise ValueError(f"sentinel {item!r} names no host")
+    try:
+        port = int(port_text) if port_text else SENTINEL_PORT
+    except ValueError:
+        raise ValueError(f"sentinel {item!r}: the port is not a number") from None
+    if not 0 < port < 65536:
+        raise ValueError(f"sentinel {item!r}: no such port")
+    return host, port
+
+
+def url_problem(url: str) -> str | None:
+    """What is wrong with a Sentinel URL, None when it is fine (or not a Sentinel URL)."""
+    if not is_sentinel_url(url):
+        return None
+    try:
+        parse_sentinel_url(url)
+    except ValueError as error:
+        return str(error)
+    return None
+
+
+class SentinelRedis(redis.asyncio.Redis):
+    """An asyncio client of a Sentinel-managed primary; closing it closes its sentinel
+    clients too."""
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        pool = self.connection_pool
+        try:
+            await super().aclose(close_connection_pool)
+        finally:
+            if isinstance(pool, redis.asyncio.sentinel.SentinelConnectionPool):
+                await pool.sentinel_manager.aclose()
+
+
+def open_redis(url: str, **options: Any) -> redis.asyncio.Redis:
+    """An asyncio client (not connected yet) of the Redis `url` names, with `options` for its
+    connections (timeouts, pool size, retries)."""
+    if not is_sentinel_url(url):
+        return redis.asyncio.Redis.from_url(url, **options)
+    target = parse_sentinel_url(url)
+    manager = redis.asyncio.sentinel.Sentinel(target.sentinels,
+                                              sentinel_kwargs=target.sentinel_options())
+    client = manager.master_for(target.service, redis_class=SentinelRedis,
+                                **target.server_options(), **options)
+    assert isinstance(client, SentinelRedis)
+    return client
+
+
+def open_sync_redis(url: str, **options: Any) -> redis.Redis:
+    """A blocking client (operator commands, tests) of the Redis `url` names."""
+    if not is_sentinel_url(url):
+        return redis.Redis.from_url(url, **options)
+    target = parse_sentinel_url(url)
+    manager = redis.sentinel.Sentinel(target.sentinels, sentinel_kwargs=target.sentinel_options())
+    return manager.master_for(target.service, **target.server_options(), **options)
+
+
+def service_client(url: str) -> redis.asyncio.Redis:
+    """The Redis client of a node's services (not yet connected)."""
+    # After a Redis restart or a failover the pool still holds connections to the old server:
+    # a command meeting one of those (or READONLY from a demoted primary) is retried once on a
+    # new connection, which asks the sentinels for the primary, rather than failing the request.
+    return open_redis(url, decode_responses=False,
+                      max_connections=256, health_check_interval=30,
+                      socket_connect_timeout=2, socket_timeout=5,
+                      retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=1),
+                      retry_on_error=[redis.exceptions.ConnectionError])
