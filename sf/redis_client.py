@@ -18,6 +18,9 @@ demote it, so pub/sub subscribers notice and subscribe again on the new primary.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -29,6 +32,8 @@ import redis.exceptions
 import redis.sentinel
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+
+log = logging.getLogger("sf.redis")
 
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 SENTINEL_PORT = 26379
@@ -193,3 +198,67 @@ def service_client(url: str) -> redis.asyncio.Redis:
                       socket_connect_timeout=2, socket_timeout=5,
                       retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=1),
                       retry_on_error=[redis.exceptions.ConnectionError])
+
+
+class PrimaryWatch:
+    """Asks the sentinels every `interval` seconds which server is the primary, and when that
+    changed drops every connection to the one before (`on_change` drops the connections the
+    pool does not hold, such as the gate's).
+
+    A connection only asks the sentinels when it opens. A primary that the sentinels replaced
+    while it stayed up (a forced failover, a network partition) keeps taking the writes of
+    connections opened before, until the sentinels get to demote it, and those writes are
+    lost when it becomes a replica of the new primary. Here they stop within `interval`.
+    """
+
+    def __init__(self, client: redis.asyncio.Redis, on_change: list[Callable[[], None]],
+                 interval: float = 1.0) -> None:
+        pool = client.connection_pool
+        assert isinstance(pool, redis.asyncio.sentinel.SentinelConnectionPool)
+        self.pool = pool
+        self.on_change = on_change
+        self.interval = interval
+        self.primary: tuple[str, int] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def check(self) -> None:
+        """One look at the sentinels (none answering, or none naming a primary: no change)."""
+        try:
+            primary = await self.pool.sentinel_manager.discover_master(self.pool.service_name)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            return
+        before, self.primary = self.primary, primary
+        if before is None or before == primary:
+            return
+        log.warning("Redis primary moved from %s:%s to %s:%s; reconnecting", *before, *primary)
+        self.pool.master_address = primary
+        await self.pool.disconnect(inuse_connections=True)
+        for callback in self.on_change:
+            callback()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.check()
+            except Exception:
+                log.warning("could not check the Redis primary", exc_info=True)
+            await asyncio.sleep(self.interval)
+
+
+def watch_primary(client: redis.asyncio.Redis,
+                  on_change: list[Callable[[], None]]) -> PrimaryWatch | None:
+    """A started `PrimaryWatch` of a Sentinel client; None for one server's client."""
+    if not isinstance(client.connection_pool, redis.asyncio.sentinel.SentinelConnectionPool):
+        return None
+    watch = PrimaryWatch(client, on_change)
+    watch.start()
+    return watch

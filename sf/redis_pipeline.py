@@ -132,9 +132,8 @@ class PipelinedScript:
             # went to (a new connection asks the sentinels for the primary).
             reply = await self._call(await self._connect(), command)
         if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
-            pipeline = await self._connect()
-            reply = await pipeline.call(
-                hiredis.pack_command(("EVAL", self.script, len(keys), *keys, *args)))
+            reply = await self._call(await self._connect(), hiredis.pack_command(
+                ("EVAL", self.script, len(keys), *keys, *args)))
         if isinstance(reply, hiredis.ReplyError):
             raise ResponseError(str(reply))
         return reply

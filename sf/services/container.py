@@ -21,7 +21,7 @@ from sf.config import Config
 from sf.db.pool import create_pool
 from sf.media.images import ImageWorker
 from sf.ratelimit import LoginThrottle, RateLimiter
-from sf.redis_client import is_sentinel_url, service_client
+from sf.redis_client import is_sentinel_url, service_client, watch_primary
 from sf.schemas import StreamSchema, UserPrivateSchema
 from sf.security import EmailCipher, PasswordHasher, StreamKeyCipher, TokenService
 from sf.services.account_mail import AccountMailService
@@ -239,6 +239,9 @@ async def _wire(config: Config, db: asyncpg.Pool, cleanups: Cleanups, *, ingest:
     await redis.ping()
     limiter = RateLimiter(redis)
     cleanups.add("the request gate's Redis connection", limiter.close)
+    primary_watch = watch_primary(redis, [limiter.close])
+    if primary_watch is not None:  # a Sentinel group's primary: followed when it moves
+        cleanups.add("the Redis primary watch", primary_watch.stop)
     tokens = TokenService(config)
     hasher = PasswordHasher(config.bcrypt_rounds, workers=max(1, os.cpu_count() or 1),
                             max_pending=config.password_checks_max_pending)
