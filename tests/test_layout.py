@@ -14,7 +14,8 @@ ARCHITECTURE = PROJECT_ROOT / "docs" / "architecture.md"
 
 # Lower layers never import higher ones (a module may import its own layer).
 LAYERS = [
-    {"sf.config", "sf.errors", "sf.security", "sf.ratelimit", "sf.redis_pipeline", "sf.cache",
+    {"sf.config", "sf.errors", "sf.security", "sf.ratelimit", "sf.redis_pipeline", "sf.redis_client",
+     "sf.cache",
      "sf.observability", "sf.alerts", "sf.outbound"},
     {"sf.db", "sf.media", "sf.schemas"},
     {"sf.actors"},
