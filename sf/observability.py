@@ -40,6 +40,11 @@ WS_MESSAGES_RECEIVED = Counter("sf_ws_messages_received_total",
 VIEWERS = Gauge("sf_viewers", "Distinct viewers of the streams watched through this process")
 TRANSCODER_EXITS = Counter("sf_transcoder_exits_total",
                            "FFmpeg transcoder exits while its stream was live (crashes, kills)")
+REDIS_PRIMARY_CHANGES = Counter("sf_redis_primary_changes_total",
+                                "Times this process saw the Sentinel group's primary move")
+REDIS_UNREPLICATED = Counter("sf_redis_unreplicated_revocations_total",
+                             "Revocations (logouts, password changes) no replica acknowledged "
+                             "in time: a failover now would undo them")
 # Read at scrape time (sf/services/monitoring.py).
 DEPENDENCY_UP = Gauge("sf_dependency_up", "1 when the dependency answered the scrape's probe",
                       ["dependency"])

@@ -33,6 +33,8 @@ import redis.sentinel
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
+from sf.observability import REDIS_PRIMARY_CHANGES
+
 log = logging.getLogger("sf.redis")
 
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
@@ -240,6 +242,7 @@ class PrimaryWatch:
         if before is None or before == primary:
             return
         log.warning("Redis primary moved from %s:%s to %s:%s; reconnecting", *before, *primary)
+        REDIS_PRIMARY_CHANGES.inc()
         self.pool.master_address = primary
         await self.pool.disconnect(inuse_connections=True)
         for callback in self.on_change:

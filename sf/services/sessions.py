@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from sf.errors import Unauthorized
+from sf.observability import REDIS_UNREPLICATED
 from sf.security import TokenClaims, TokenService, new_session_id
 
 log = logging.getLogger("sf.sessions")
@@ -89,6 +90,7 @@ class SessionStore:
                 pipe.execute_command("WAIT", 1, self.REPLICA_WAIT_MS)
             results = await pipe.execute()
         if self.replicated and not results[-1]:
+            REDIS_UNREPLICATED.inc()
             log.warning("a revocation reached no replica within %d ms; a failover now would "
                         "lose it", self.REPLICA_WAIT_MS)
 
