@@ -24,7 +24,6 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import kubernetes_validate
 import pytest
@@ -34,12 +33,12 @@ from sf.config import (
     EDGE_SECRET_NAMES,
     SECRET_NAMES,
     Config,
-    ConfigError,
     ensure_secrets,
     load_config,
     new_encryption_key_spec,
     new_vapid_key,
 )
+from sf.redis_client import parse_sentinel_url
 
 REPO = Path(__file__).resolve().parents[1]
 K8S = REPO / "deploy" / "k8s"
@@ -97,44 +96,11 @@ def is_sf_image(image: str) -> bool:
     return bool(SF_IMAGE.match(image))
 
 
-SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
-
-
 def sentinel_url(url: str) -> tuple[list[tuple[str, int]], str, int, str]:
-    """(sentinels, service name, db, the servers' password) of a redis+sentinel:// URL, read as
-    issue 24 defines it: redis+sentinel://[user:password@]host:port,host:port/<service>/<db>."""
-    parts = urlsplit(url)
-    assert parts.scheme in SENTINEL_SCHEMES, url
-    userinfo, _, hosts = parts.netloc.rpartition("@")
-    sentinels = []
-    for host in hosts.split(","):
-        name, _, port = host.rpartition(":")
-        sentinels.append((name, int(port)))
-    service, db = parts.path.strip("/").split("/")
-    return sentinels, service, int(db), unquote(userinfo.partition(":")[2])
-
-
-@functools.cache
-def sf_takes_sentinel_urls() -> bool:
-    value = Config.__dataclass_fields__["redis_url"].metadata["value"]
-    try:
-        value.parse("redis_url", "redis+sentinel://:p@a:26379,b:26379,c:26379/mymaster/0")
-    except (ConfigError, ValueError):
-        return False
-    return True
-
-
-def sf_config(environ: dict[str, str], **kwargs: Any) -> Config:
-    """load_config, for environments whose SF_REDIS_URL may be a redis+sentinel:// URL. Until
-    sf.config takes that scheme (issue 24's client, written beside this), the URL is checked here
-    and load_config is given a plain redis:// URL in its place, so the rest is still checked."""
-    url = environ.get("SF_REDIS_URL", "")
-    if urlsplit(url).scheme in SENTINEL_SCHEMES:
-        sentinels, service, _, password = sentinel_url(url)
-        assert len(sentinels) >= 3 and service and password, url
-        if not sf_takes_sentinel_urls():
-            environ = {**environ, "SF_REDIS_URL": f"redis://:{password}@{sentinels[0][0]}:6379/0"}
-    return load_config(environ, **kwargs)
+    """(sentinels, service name, db, the servers' password) of a redis+sentinel:// URL, as SF
+    reads it (sf/redis_client.py)."""
+    target = parse_sentinel_url(url)
+    return list(target.sentinels), target.service, target.db, target.password or ""
 
 
 def setup_cfg_version() -> str:
@@ -423,7 +389,7 @@ def test_every_variable_the_pods_set_is_a_real_sf_setting_with_a_valid_value(ove
             assert not unknown, f"{workload['metadata']['name']}: not SF settings: {unknown}"
             edge = container["command"] == ["sf", "edge"]
             # Raises ConfigError naming a bad value (the edge needs only the internal secret).
-            config = sf_config(environ, secrets=EDGE_SECRET_NAMES if edge else SECRET_NAMES)
+            config = load_config(environ, secrets=EDGE_SECRET_NAMES if edge else SECRET_NAMES)
             assert config.env == "production" and not config.extra
             if kind == "main" and not edge:
                 # One API process per pod (the cluster scales by pods; base/api.yaml says why).
@@ -492,7 +458,7 @@ def test_the_gateway_runs_sf_edge_in_front_of_the_api_service_and_every_media_po
 
     # /api/ and /ws/: the sf-api Service, on the port the API pods listen on.
     api = deployments["sf-api"]["spec"]["template"]["spec"]["containers"][0]
-    api_config = sf_config(container_environment(overlay, api))
+    api_config = load_config(container_environment(overlay, api))
     ((host, port),) = map(endpoint, config.edge_api_servers)
     service = services[host]
     assert service["spec"]["selector"] == \
@@ -505,7 +471,7 @@ def test_the_gateway_runs_sf_edge_in_front_of_the_api_service_and_every_media_po
     # Service's), on the port its origin listens on, open to the gateway on the pod network.
     media = by_name(overlay, "StatefulSet")["sf-media"]
     media_container = media["spec"]["template"]["spec"]["containers"][0]
-    media_config = sf_config(container_environment(overlay, media_container))
+    media_config = load_config(container_environment(overlay, media_container))
     origin = media_config.media_http_port
     assert container_port(media_container, "origin") == origin
     assert media_config.media_control_host == "0.0.0.0"
@@ -622,7 +588,7 @@ def test_the_sentinel_overlay_runs_three_sentinels_with_quorum_2_over_a_primary_
     api = by_name(overlay, "Deployment")["sf-api"]["spec"]["template"]["spec"]["containers"][0]
     environ = container_environment(overlay, api)
     assert environ["SF_REDIS_URL"] == documented_sentinel_url()
-    sf_config(environ)
+    load_config(environ)
 
 
 COMPOSE = REPO / "docker" / "compose.yaml"
@@ -692,7 +658,7 @@ def test_the_compose_gateway_runs_sf_edge_in_front_of_the_api_and_every_media_no
     # name: `sf edge` takes each address the name resolves to).
     for host, port in map(endpoint, config.edge_api_servers):
         assert services[host]["command"] == ["sf", "serve"]
-        assert sf_config(compose_environment(services[host])).api_port == port
+        assert load_config(compose_environment(services[host])).api_port == port
 
     # Media: every media node the file defines (the second behind a profile), each by its
     # service name on the port its origin listens on, reachable on the compose network, with its
@@ -707,7 +673,7 @@ def test_the_compose_gateway_runs_sf_edge_in_front_of_the_api_and_every_media_no
     for host, port in map(endpoint, config.edge_media_origins):
         service = nodes[host]
         assert service["command"] == ["sf", "node", "--no-edge"], host
-        node = sf_config(compose_environment(service))
+        node = load_config(compose_environment(service))
         assert node.media_http_port == port and node.media_control_host == "0.0.0.0", host
         assert node.media_node_url == f"http://{host}:{node.media_control_port}", host
         assert [str(network) for network in node.real_ip_from] == [subnet], host
@@ -775,7 +741,7 @@ def test_the_compose_redis_is_a_primary_a_replica_and_three_sentinels_with_quoru
         found, service_name, db, secret = sentinel_url(environ["SF_REDIS_URL"])
         assert found == [(sentinel, 26379) for sentinel in sorted(sentinels)], name
         assert (service_name, db, secret) == (master, 0, COMPOSE_ENV["REDIS_PASSWORD"]), name
-        sf_config(environ)
+        load_config(environ)
         if service["command"] != ["sf", "migrate"]:
             assert {sentinel: {"condition": "service_healthy"} for sentinel in sentinels}.items() \
                 <= service["depends_on"].items(), name
