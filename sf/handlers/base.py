@@ -234,7 +234,8 @@ class APIHandler(BaseHandler):
     rate_bucket: ClassVar[str] = "api"
     # True: refused (503) when Redis is unreachable, before the handler runs: what it does
     # is unsafe without its limits (sign-up, reset mails) or would be half done (an account
-    # created or a password changed, then no session made or revoked). operations.md#without-redis
+    # created or a password changed, then no session made or revoked).
+    # operations.md#without-redis-degraded-modes
     needs_redis: ClassVar[bool] = False
 
     def extra_limits(self, claims: TokenClaims | None) -> list[Limit]:
