@@ -80,6 +80,7 @@ class Verdict:
     limit: int
     remaining: int
     retry_after: int
+    counted: bool = True  # False: Redis was unreachable, nothing was counted (allowed)
 
 
 # One round trip per API request: a session's liveness, the rate-limit counts and the cache
@@ -189,7 +190,7 @@ class RateLimiter:
     @staticmethod
     def _allowed(limits: list[Limit]) -> Verdict:
         tightest = min(limits, key=lambda item: item.limit)
-        return Verdict(True, tightest.limit, tightest.limit, 0)
+        return Verdict(True, tightest.limit, tightest.limit, 0, counted=False)
 
     @staticmethod
     def _verdict(limits: list[Limit], counts: list[int], now: float) -> Verdict:

@@ -10,6 +10,7 @@ from sf.security import TokenClaims
 
 class VerifyEmailHandler(AuthHandler):
     auth = "public"
+    needs_redis = False  # PostgreSQL alone: a mailed link still works while Redis is down
 
     async def post(self) -> None:
         """Confirm an e-mail address with the token of the link mailed to it.

@@ -21,6 +21,7 @@ class AuthHandler(APIHandler):
     """Shared answer of every call that hands out a token pair."""
 
     rate_bucket = "auth"
+    needs_redis = True  # sessions, revocations and the sign-in limits live there
     # Sign-in and sign-up also count against their network and node (`auth_limits`); the
     # others (refresh, logout) against the address only.
     auth_action: ClassVar[str | None] = None

@@ -232,6 +232,11 @@ class APIHandler(BaseHandler):
 
     max_body_setting: ClassVar[str] = "max_body_bytes"
     rate_bucket: ClassVar[str] = "api"
+    # True: refused (503) when Redis is unreachable, before the handler runs: what it does
+    # is unsafe without its limits (sign-up, reset mails) or would be half done (an account
+    # created or a password changed, then no session made or revoked).
+    # operations.md#without-redis-degraded-modes
+    needs_redis: ClassVar[bool] = False
 
     def extra_limits(self, claims: TokenClaims | None) -> list[Limit]:
         """Limits beyond the per-IP/per-user one (login, register, key reset add theirs), for
@@ -299,6 +304,8 @@ class APIHandler(BaseHandler):
             raise RateLimited(verdict.retry_after)
         if admission.refusal is not None:
             raise admission.refusal
+        if self.needs_redis and not verdict.counted:
+            raise Unavailable("Sign-in and sign-up are temporarily unavailable, retry shortly")
         self.claims = admission.claims
         self.prefetched = admission.prefetched
 

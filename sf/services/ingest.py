@@ -17,6 +17,7 @@ from typing import Any
 import asyncpg
 import tornado.httpclient
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from sf.actors.bridge import LoopBridge
 from sf.actors.directory import StreamDirectory
@@ -35,6 +36,7 @@ from sf.observability import (
     TRANSCODER_FPS,
     TRANSCODER_RESTARTS,
     TRANSCODER_SPEED,
+    Outage,
 )
 from sf.services.admission import REFUSED, Admission, TranscoderAdmission
 from sf.services.events import StreamEvent, StreamListener
@@ -77,6 +79,7 @@ class IngestService(StreamListener):
         self._sweeper: asyncio.Task[None] | None = None
         self._reporter: asyncio.Task[None] | None = None
         self._next_beat = 0.0  # monotonic time of the next heartbeat
+        self.health_outage = Outage(log, "Redis", "transcoder health is not copied there")
         self.stopping = False
         self.http = tornado.httpclient.AsyncHTTPClient()
         if shutil.which(config.ffmpeg) is None:
@@ -207,19 +210,25 @@ class IngestService(StreamListener):
     async def on_health(self, stream_id: int, health: dict[str, Any]) -> None:
         if self.stopping:
             return
-        key = HEALTH_KEY.format(stream_id)
-        await self.redis.set(key, json.dumps(health), ex=60)
         label = str(stream_id)
         gauges = (TRANSCODER_SPEED, TRANSCODER_FPS, TRANSCODER_RESTARTS, TRANSCODER_DEGRADED)
         if health["state"] == "stopped":
             for gauge in gauges:
                 with contextlib.suppress(KeyError):  # never reported for this stream
                     gauge.remove(label)
-            return
-        TRANSCODER_SPEED.labels(label).set(health["speed"])
-        TRANSCODER_FPS.labels(label).set(health["fps"])
-        TRANSCODER_RESTARTS.labels(label).set(health["restarts"])
-        TRANSCODER_DEGRADED.labels(label).set(1 if health["state"] == "degraded" else 0)
+        else:
+            TRANSCODER_SPEED.labels(label).set(health["speed"])
+            TRANSCODER_FPS.labels(label).set(health["fps"])
+            TRANSCODER_RESTARTS.labels(label).set(health["restarts"])
+            TRANSCODER_DEGRADED.labels(label).set(1 if health["state"] == "degraded" else 0)
+        # The gauges first: a Redis outage must not freeze them (nor log an ERROR every 2 s
+        # per stream); the copy in Redis simply expires meanwhile.
+        try:
+            await self.redis.set(HEALTH_KEY.format(stream_id), json.dumps(health), ex=60)
+        except (RedisError, OSError) as error:
+            self.health_outage.lost(error)
+        else:
+            self.health_outage.back()
 
     # --- housekeeping --------------------------------------------------------------------------
 
