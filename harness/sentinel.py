@@ -29,8 +29,12 @@ FAILOVER_TIMEOUT_MS = 5000
 
 
 class SentinelGroup:
-    def __init__(self, work: Path, *, down_after_ms: int = DOWN_AFTER_MS) -> None:
+    def __init__(self, work: Path, *, down_after_ms: int = DOWN_AFTER_MS,
+                 tls: tuple[Path, Path] | None = None) -> None:
+        """`tls`: (certificate, key) every server and sentinel speaks TLS only with (the
+        certificate is also the CA clients check it against)."""
         self.work = work
+        self.tls = tls
         self.down_after_ms = down_after_ms
         self.password = secrets.token_urlsafe(16)
         self.sentinel_password = secrets.token_urlsafe(16)
@@ -58,7 +62,7 @@ class SentinelGroup:
         directory = self.work / f"redis-{port}"
         directory.mkdir(exist_ok=True)
         conf = directory / "redis.conf"
-        lines = [f"port {port}", "bind 127.0.0.1", f"dir {directory}", 'save ""',
+        lines = [*self.listen(port), "bind 127.0.0.1", f"dir {directory}", 'save ""',
                  "appendonly no", f"requirepass {self.password}",
                  f"masterauth {self.password}", f"logfile {directory / 'redis.log'}"]
         if replica_of is not None:
@@ -75,7 +79,7 @@ class SentinelGroup:
         directory.mkdir(exist_ok=True)
         conf = directory / "sentinel.conf"  # the sentinel rewrites it: writable, its own
         conf.write_text("\n".join([
-            f"port {port}", "bind 127.0.0.1", f"dir {directory}",
+            *self.listen(port), "bind 127.0.0.1", f"dir {directory}",
             f"logfile {directory / 'sentinel.log'}",
             f"requirepass {self.sentinel_password}",
             f"sentinel sentinel-pass {self.sentinel_password}",
@@ -99,14 +103,31 @@ class SentinelGroup:
 
     # --- what SF is given ----------------------------------------------------------------------
 
+    def listen(self, port: int) -> list[str]:
+        """The configuration lines of a server or sentinel listening on `port`."""
+        if self.tls is None:
+            return [f"port {port}"]
+        cert, key = self.tls
+        return ["port 0", f"tls-port {port}", f"tls-cert-file {cert}", f"tls-key-file {key}",
+                f"tls-ca-cert-file {cert}", "tls-auth-clients no", "tls-replication yes"]
+
     def url(self, db: int = 0) -> str:
         sentinels = ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
-        return (f"redis+sentinel://:{self.password}@{sentinels}/{SERVICE}/{db}"
-                f"?sentinel_password={self.sentinel_password}")
+        scheme, tls = "redis+sentinel", ""
+        if self.tls is not None:
+            scheme, tls = "rediss+sentinel", f"&ssl_ca_certs={self.tls[0]}"
+        return (f"{scheme}://:{self.password}@{sentinels}/{SERVICE}/{db}"
+                f"?sentinel_password={self.sentinel_password}{tls}")
+
+    def connect(self, port: int, password: str, **options: object) -> redis.Redis:
+        if self.tls is not None:
+            options.update(ssl=True, ssl_ca_certs=str(self.tls[0]))
+        return redis.Redis(host="127.0.0.1", port=port, password=password,  # type: ignore[arg-type]
+                           **options)
 
     def client(self, port: int, db: int = 0) -> redis.Redis:
         """A direct client of one server (not through the sentinels)."""
-        return redis.Redis(port=port, db=db, password=self.password, socket_timeout=2)
+        return self.connect(port, self.password, db=db, socket_timeout=2)
 
     # --- faults --------------------------------------------------------------------------------
 
@@ -114,8 +135,7 @@ class SentinelGroup:
         """The primary's port as the sentinels name it."""
         for port in self.sentinel_ports:
             try:
-                with redis.Redis(port=port, password=self.sentinel_password,
-                                 socket_timeout=1) as sentinel:
+                with self.connect(port, self.sentinel_password, socket_timeout=1) as sentinel:
                     address = sentinel.sentinel_get_master_addr_by_name(SERVICE)
                     if address:
                         return int(address[1])
@@ -156,8 +176,7 @@ class SentinelGroup:
 
     def ping(self, port: int, password: str | None = None) -> bool:
         try:
-            with redis.Redis(port=port, password=password or self.password,
-                             socket_timeout=1) as client:
+            with self.connect(port, password or self.password, socket_timeout=1) as client:
                 return bool(client.ping())
         except redis.RedisError:
             return False
@@ -172,8 +191,7 @@ class SentinelGroup:
     def sentinels_agree(self) -> bool:
         for port in self.sentinel_ports:
             try:
-                with redis.Redis(port=port, password=self.sentinel_password,
-                                 socket_timeout=1) as sentinel:
+                with self.connect(port, self.sentinel_password, socket_timeout=1) as sentinel:
                     state = sentinel.sentinel_master(SERVICE)
             except redis.RedisError:
                 return False

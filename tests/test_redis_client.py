@@ -13,6 +13,7 @@ import redis.exceptions
 
 from harness.sentinel import SERVICE, SentinelGroup
 from sf.config import ConfigError, load_config
+from sf.node.tls import write_self_signed
 from sf.redis_client import parse_sentinel_url, service_client, watch_primary
 from sf.redis_pipeline import PipelinedScript
 
@@ -152,6 +153,45 @@ def test_clients_follow_a_failover_of_the_group(group):
 
 
 def _failover(group: SentinelGroup) -> None:
-    with redis.Redis(port=group.sentinel_ports[0], password=group.sentinel_password,
-                          socket_timeout=5) as sentinel:
+    with group.connect(group.sentinel_ports[0], group.sentinel_password,
+                       socket_timeout=5) as sentinel:
         sentinel.execute_command("SENTINEL", "FAILOVER", SERVICE)
+
+
+def test_a_tls_sentinel_group_is_followed_over_tls(tmp_path):
+    """rediss+sentinel://: TLS to the sentinels and to the servers (they listen on TLS ports
+    only), the certificate checked against ?ssl_ca_certs=; a killed primary is followed."""
+    cert, key = write_self_signed(tmp_path / "tls", "127.0.0.1")
+    group = SentinelGroup(tmp_path / "redis", tls=(cert, key)).start()
+
+    async def scenario() -> None:
+        client = service_client(group.url(0))
+        script = PipelinedScript(client, INCR)  # redis-py's connections for TLS
+        try:
+            await client.set("sf:test:tls", "kept")
+            assert await script(["sf:test:tls-count"], []) == 1
+            old = group.kill_primary()
+            new, _ = await asyncio.to_thread(group.wait_failover, old)
+            deadline, count = time.monotonic() + 15, None
+            while count is None and time.monotonic() < deadline:
+                try:
+                    count = await script(["sf:test:tls-count"], [])
+                except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+                        OSError):
+                    await asyncio.sleep(0.1)
+            assert count == 2
+            assert await client.get("sf:test:tls") == b"kept"
+            with group.client(new) as direct:
+                assert direct.get("sf:test:tls-count") == b"2"
+        finally:
+            script.close()
+            await client.aclose()
+
+    try:
+        asyncio.run(scenario())
+        # Plain text is not spoken: the sentinels' port refuses a client without TLS.
+        with redis.Redis(port=group.sentinel_ports[0], password=group.sentinel_password,
+                         socket_timeout=2) as plain, pytest.raises(redis.exceptions.RedisError):
+            plain.ping()
+    finally:
+        group.stop()
