@@ -9,8 +9,11 @@ value fails too), and the gateway (`sf edge`) wired to the API Service and to ev
 origin. The compose file goes through the Compose specification's schema and the same wiring
 checks. Redis under Sentinel (compose, and the Kubernetes component components/redis-sentinel):
 three sentinels with quorum 2 over a primary and its replicas, and SF_REDIS_URL a
-redis+sentinel:// URL naming every sentinel. The units go through `systemd-analyze verify` and
-`systemd-analyze security`; the workflow through the GitHub Actions schema (`check-jsonschema`).
+redis+sentinel:// URL naming every sentinel; the sentinels require a password, which the URL,
+the probes and the init scripts give (their shell scripts are run, against a stand-in
+`redis-cli` that answers only with the right password). The units go through
+`systemd-analyze verify` and `systemd-analyze security`; the workflow through the GitHub Actions
+schema (`check-jsonschema`).
 """
 
 from __future__ import annotations
@@ -490,7 +493,63 @@ def documented_sentinel_url() -> str:
     """The `redis-url` the README gives for the in-cluster Sentinel, a password filled in."""
     urls = re.findall(r"redis-url='(redis\+sentinel://[^']+)'", (K8S / "README.md").read_text())
     assert len(urls) == 1
-    return urls[0].replace("<password>", "redis-password")
+    return urls[0].replace("<password>", "redis-password").replace(
+        "<sentinel-password>", "sentinel-password")
+
+
+# --- shell scripts of the Redis containers, run for real against stand-ins -------------------
+
+# A stand-in for redis-cli: it answers like a sentinel or server that requires $FAKE_PASSWORD
+# (NOAUTH otherwise), and logs the password each call gave.
+FAKE_REDIS_CLI = """#!/bin/sh
+printf '%s\\n' "${REDISCLI_AUTH-<none>}" >> "$FAKE_LOG"
+if [ "${REDISCLI_AUTH-}" != "$FAKE_PASSWORD" ]; then
+  echo 'NOAUTH Authentication required.'
+  exit 0
+fi
+case "$*" in
+  *get-master-addr-by-name*) printf 'redis-1.redis-headless\\n6379\\n' ;;
+  *ping*) echo PONG ;;
+esac
+"""
+# What the scripts hand over to at the end (the server itself, or the image's entrypoint) and
+# change the owner with: nothing, here.
+NO_OPS = ("chown", "gosu", "docker-entrypoint.sh", "redis-server", "redis-sentinel")
+
+
+def run_shell(script: str, tmp_path: Path, paths: dict[str, Path], env: dict[str, str],
+              password: str = "") -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """Run a container's shell script with its mount paths moved under tmp_path, the stand-in
+    redis-cli (requiring `password`) and no-op programs first on PATH; returns the result and
+    the passwords redis-cli was given."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "redis-cli").write_text(FAKE_REDIS_CLI)
+    for name in NO_OPS:
+        (bin_dir / name).write_text("#!/bin/sh\nexit 0\n")
+    for program in bin_dir.iterdir():
+        program.chmod(0o755)
+    for mount in sorted(paths, key=len, reverse=True):  # /etc/redis-auth before /etc/redis
+        script = script.replace(mount, str(paths[mount]))
+    log = tmp_path / "redis-cli.log"
+    log.write_text("")
+    result = subprocess.run(["sh", "-ec", script], capture_output=True, text=True, timeout=30,
+                            env={"PATH": f"{bin_dir}:/usr/bin:/bin", "FAKE_LOG": str(log),
+                                 "FAKE_PASSWORD": password, **env})
+    return result, log.read_text().splitlines()
+
+
+def config_lines(text: str) -> dict[str, list[str]]:
+    """A Redis config file's values by directive (`sentinel <name>` lines keyed by both
+    words), unquoted."""
+    lines: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        words = shlex.split(line)
+        if not words or words[0].startswith("#"):
+            continue
+        key = " ".join(words[:2]) if words[0] == "sentinel" else words[0]
+        lines.setdefault(key, []).append(" ".join(words[2:] if words[0] == "sentinel" else words[1:]))
+    return lines
 
 
 def init_script(workload: dict[str, Any]) -> str:
@@ -591,9 +650,95 @@ def test_the_sentinel_overlay_runs_three_sentinels_with_quorum_2_over_a_primary_
     load_config(environ)
 
 
+def mounts(workload: dict[str, Any], container: dict[str, Any], tmp_path: Path) -> dict[str, Path]:
+    """The container's mount paths, each a directory under tmp_path (the Secret's files in
+    it: `password`, `sentinel-password`)."""
+    volumes = {v["name"]: v for v in workload["spec"]["template"]["spec"]["volumes"]}
+    paths = {}
+    for mount in container["volumeMounts"]:
+        directory = tmp_path / mount["name"]
+        directory.mkdir(parents=True, exist_ok=True)
+        if "secret" in volumes.get(mount["name"], {}):  # not a volumeClaimTemplate's
+            (directory / "password").write_text("redis-password")
+            (directory / "sentinel-password").write_text("sentinel-password")
+        paths[mount["mountPath"]] = directory
+    return paths
+
+
+@pytest.mark.parametrize("overlay", SENTINEL_OVERLAYS)
+def test_the_sentinels_require_a_password_which_the_url_the_init_scripts_and_probes_give(
+        overlay, tmp_path):
+    sets = by_name(overlay, "StatefulSet")
+    redis, sentinel = sets["redis"], sets["redis-sentinel"]
+    # The README creates the redis-auth Secret with every key the pods read.
+    readme = (K8S / "README.md").read_text()
+    (command,) = [line for line in readme.splitlines() if "create secret generic redis-auth" in line]
+    documented = set(re.findall(r"--from-literal=([a-z-]+)=", command))
+    assert documented == {"password", "sentinel-password"}
+
+    # The sentinel's config: requirepass and sentinel-pass the sentinels' password, auth-pass
+    # the servers'; it asks the running sentinels with the sentinels' password.
+    (init,) = sentinel["spec"]["template"]["spec"]["initContainers"]
+    paths = mounts(sentinel, init, tmp_path / "sentinel")
+    result, given = run_shell(init_script(sentinel), tmp_path / "sentinel", paths,
+                              {"HOSTNAME": "redis-sentinel-0"}, password="sentinel-password")
+    assert result.returncode == 0, result.stderr
+    assert given == ["sentinel-password"]
+    conf = config_lines((paths["/data"] / "sentinel.conf").read_text())
+    assert conf["requirepass"] == ["sentinel-password"]
+    assert conf["sentinel sentinel-pass"] == ["sentinel-password"]
+    assert conf["sentinel auth-pass"] == ["mymaster redis-password"]
+    assert conf["sentinel monitor"] == ["mymaster redis-1.redis-headless 6379 2"]  # it was told
+
+    # A server's config: it asks the sentinels with their password, and follows their answer.
+    (init,) = redis["spec"]["template"]["spec"]["initContainers"]
+    paths = mounts(redis, init, tmp_path / "redis")
+    result, given = run_shell(init_script(redis), tmp_path / "redis", paths,
+                              {"HOSTNAME": "redis-2"}, password="sentinel-password")
+    assert result.returncode == 0, result.stderr
+    assert given == ["sentinel-password"]
+    conf = config_lines((paths["/etc/redis"] / "redis.conf").read_text())
+    assert conf["replicaof"] == ["redis-1.redis-headless 6379"]
+    assert conf["requirepass"] == conf["masterauth"] == ["redis-password"]
+
+    # Without the Secret's sentinel key, or with it empty, the init stops rather than write
+    # `requirepass ""` (no password at all).
+    (init,) = sentinel["spec"]["template"]["spec"]["initContainers"]
+    for case in ("missing", "empty"):
+        paths = mounts(sentinel, init, tmp_path / case)
+        key = paths["/etc/redis-auth"] / "sentinel-password"
+        if case == "missing":
+            key.unlink()
+        else:
+            key.write_text("")
+        result, _ = run_shell(init_script(sentinel), tmp_path / case, paths,
+                              {"HOSTNAME": "redis-sentinel-0"}, password="sentinel-password")
+        assert result.returncode != 0 and not (paths["/data"] / "sentinel.conf").exists(), case
+
+    # The readiness probes sign in: PONG from the stand-in only with the right password.
+    for workload, password in ((sentinel, "sentinel-password"), (redis, "redis-password")):
+        (container,) = workload["spec"]["template"]["spec"]["containers"]
+        probe = container["readinessProbe"]["exec"]["command"]
+        assert probe[:2] == ["sh", "-c"]
+        work = tmp_path / f"probe-{workload['metadata']['name']}"
+        paths = mounts(workload, container, work)
+        result, given = run_shell(probe[2], work, paths, {}, password=password)
+        assert result.returncode == 0 and given == [password], workload["metadata"]["name"]
+        result, _ = run_shell(probe[2], work, paths, {}, password="another")
+        assert result.returncode != 0  # the stand-in bites
+
+    # SF's URL carries the sentinels' password (sf.redis_client reads it).
+    target = parse_sentinel_url(documented_sentinel_url())
+    assert target.sentinel_password == "sentinel-password"
+    assert target.password == "redis-password"
+    api = by_name(overlay, "Deployment")["sf-api"]["spec"]["template"]["spec"]["containers"][0]
+    assert container_environment(overlay, api)["SF_REDIS_URL"] == documented_sentinel_url()
+
+
 COMPOSE = REPO / "docker" / "compose.yaml"
 # What `docker compose` would read from the environment (.env): fake, but valid, values.
 COMPOSE_ENV = {"POSTGRES_PASSWORD": "password", "REDIS_PASSWORD": "redis-password",
+               "REDIS_SENTINEL_PASSWORD": "sentinel-password",
                "SF_JWT_SECRET": "j" * 48,
                "SF_STREAM_KEY_ENCRYPTION_KEYS": new_encryption_key_spec("k1"),
                "SF_STREAM_KEY_LOOKUP_SECRET": "l" * 32, "SF_INTERNAL_SECRET": "i" * 32,
@@ -746,6 +891,83 @@ def test_the_compose_redis_is_a_primary_a_replica_and_three_sentinels_with_quoru
             assert {sentinel: {"condition": "service_healthy"} for sentinel in sentinels}.items() \
                 <= service["depends_on"].items(), name
     assert "redis" not in services and "redisdata" not in yaml.safe_load(COMPOSE.read_text())["volumes"]
+
+
+def compose_container_env(service: dict[str, Any]) -> dict[str, str]:
+    """A compose service's environment as its container sees it (${…} filled in)."""
+    return {name: re.sub(r"\$\{(\w+)(?::[?-][^}]*)?\}", lambda m: COMPOSE_ENV[m.group(1)], str(value))
+            for name, value in service.get("environment", {}).items()}
+
+
+def run_compose_script(service: dict[str, Any], tmp_path: Path,
+                       env: dict[str, str]) -> dict[str, list[str]]:
+    """Run a compose Redis service's start script (its volume under tmp_path); the config
+    file it leaves."""
+    script = compose_script(service).split("\n", 2)[2].replace("$$", "$")  # after `sh -ec`
+    result, _ = run_shell(script, tmp_path, {"/data": tmp_path}, env)
+    assert result.returncode == 0, result.stderr
+    (conf,) = [path for path in tmp_path.glob("*.conf")]
+    return config_lines(conf.read_text())
+
+
+def test_the_compose_sentinels_require_a_password_which_the_url_and_healthchecks_give(tmp_path):
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    sentinels = {name: s for name, s in services.items()
+                 if "redis-sentinel /data/sentinel.conf" in compose_script(s)}
+    servers = {name: s for name, s in services.items() if "redis-server" in compose_script(s)}
+    assert len(sentinels) == 3 and len(servers) == 2
+    for name, service in sentinels.items():
+        assert service["environment"]["REDIS_SENTINEL_PASSWORD"] == \
+            "${REDIS_SENTINEL_PASSWORD:?set REDIS_SENTINEL_PASSWORD}", name
+        # The config written at start: requirepass and sentinel-pass the sentinels' password,
+        # auth-pass the servers'.
+        work = tmp_path / name
+        work.mkdir()
+        env = compose_container_env(service)
+        conf = run_compose_script(service, work, env)
+        assert conf["requirepass"] == ["sentinel-password"], name
+        assert conf["sentinel sentinel-pass"] == ["sentinel-password"], name
+        assert conf["sentinel auth-pass"] == ["mymaster redis-password"], name
+        # The healthcheck signs in (PONG from the stand-in only with the right password).
+        test = service["healthcheck"]["test"]
+        assert test[0] == "CMD-SHELL"
+        result, given = run_shell(test[1].replace("$$", "$"), work, {}, env,
+                                  password="sentinel-password")
+        assert result.returncode == 0 and given == ["sentinel-password"], name
+        result, _ = run_shell(test[1].replace("$$", "$"), work, {}, env, password="another")
+        assert result.returncode != 0, name
+
+    # Passwords changed, and a config Redis has rewritten (it records the password as
+    # `user default … #<hash>`, which would win over requirepass): the next start keeps only the
+    # new ones, for the sentinels and the servers alike.
+    for name, service in {"redis-sentinel-1": sentinels["redis-sentinel-1"],
+                          "redis-primary": servers["redis-primary"]}.items():
+        work = tmp_path / f"rotated-{name}"
+        work.mkdir()
+        env = compose_container_env(service)
+        run_compose_script(service, work, env)
+        (conf,) = work.glob("*.conf")
+        rewritten = "user default on #0123abcd ~* &* +@all\n"
+        if name.startswith("redis-sentinel"):
+            rewritten += "sentinel sentinel-pass sentinel-password\n"  # rewritten unquoted
+        conf.write_text(conf.read_text() + rewritten)
+        env = {key: value + "-new" if key.endswith("PASSWORD") else value
+               for key, value in env.items()}
+        lines = run_compose_script(service, work, env)
+        assert "user" not in lines, name
+        passwords = {key: values for key, values in lines.items()
+                     if key in {"requirepass", "masterauth", "sentinel sentinel-pass"}}
+        assert passwords and all(len(v) == 1 and v[0].endswith("-new") for v in passwords.values()), \
+            (name, passwords)
+
+    # Every SF process gives the sentinels their password (as sf.redis_client reads the URL).
+    clients = [s for s in services.values()
+               if s.get("command", [""])[0] == "sf" and "SF_REDIS_URL" in s.get("environment", {})]
+    assert len(clients) >= 4
+    for service in clients:
+        target = parse_sentinel_url(compose_environment(service)["SF_REDIS_URL"])
+        assert target.sentinel_password == COMPOSE_ENV["REDIS_SENTINEL_PASSWORD"]
+        assert target.password == COMPOSE_ENV["REDIS_PASSWORD"]
 
 
 # --- systemd --------------------------------------------------------------------------------
