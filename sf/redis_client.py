@@ -154,6 +154,52 @@ def url_problem(url: str) -> str | None:
     return None
 
 
+class QuorumSentinel(redis.asyncio.sentinel.Sentinel):
+    """Sentinels asked together, the primary the newest and widest view names.
+
+    redis-py believes the first sentinel that answers. One with an older view (on the
+    minority side of a partition, or not yet told of a failover) or monitoring something else
+    under the same name would then send SF's connections to a server that is no longer the
+    primary. Here every sentinel is asked at once; once a majority of them answered (or all
+    that can), the primary is the one named with the highest configuration epoch (each
+    failover raises it), then by the most sentinels. A sentinel that hangs is waited for only
+    while no majority has answered (at most its socket timeout).
+    """
+
+    async def discover_master(self, service_name: str) -> tuple[str, int]:
+        asked = [asyncio.ensure_future(sentinel.sentinel_masters())
+                 for sentinel in self.sentinels]
+        majority = len(asked) // 2 + 1
+        named: list[tuple[int, tuple[str, int]]] = []  # (epoch, address) of each answer
+        errors: list[str] = []
+        pending = set(asked)
+        try:
+            while pending and len(named) < majority:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    try:
+                        masters = task.result()
+                    except (redis.exceptions.ConnectionError, redis.exceptions.ResponseError,
+                            redis.exceptions.TimeoutError) as error:
+                        errors.append(f"{type(error).__name__}: {error}")
+                        continue
+                    state = masters.get(service_name) if isinstance(masters, dict) else None
+                    if state and self.check_master_state(state, service_name):
+                        named.append((int(state.get("config-epoch", 0)),
+                                      (state["ip"], int(state["port"]))))
+        finally:
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        if not named:
+            raise redis.asyncio.sentinel.MasterNotFoundError(
+                f"No master found for {service_name!r}: " + ("; ".join(errors) or "none named"))
+        votes: dict[tuple[str, int], list[int]] = {}
+        for epoch, address in named:
+            votes.setdefault(address, []).append(epoch)
+        return max(votes, key=lambda address: (max(votes[address]), len(votes[address])))
+
+
 class SentinelRedis(redis.asyncio.Redis):
     """An asyncio client of a Sentinel-managed primary; closing it closes its sentinel
     clients too."""
@@ -173,8 +219,7 @@ def open_redis(url: str, **options: Any) -> redis.asyncio.Redis:
     if not is_sentinel_url(url):
         return redis.asyncio.Redis.from_url(url, **options)
     target = parse_sentinel_url(url)
-    manager = redis.asyncio.sentinel.Sentinel(target.sentinels,
-                                              sentinel_kwargs=target.sentinel_options())
+    manager = QuorumSentinel(target.sentinels, sentinel_kwargs=target.sentinel_options())
     client = manager.master_for(target.service, redis_class=SentinelRedis,
                                 **target.server_options(), **options)
     assert isinstance(client, SentinelRedis)

@@ -11,6 +11,7 @@ import pytest
 import redis
 import redis.exceptions
 
+from harness.ports import reserve_port
 from harness.sentinel import SERVICE, SentinelGroup
 from sf.config import ConfigError, load_config
 from sf.node.tls import write_self_signed
@@ -150,6 +151,35 @@ def test_clients_follow_a_failover_of_the_group(group):
             await client.aclose()
 
     asyncio.run(scenario())
+
+
+def test_a_sentinel_with_another_view_listed_first_is_outvoted(group):
+    """A sentinel that names another server as the primary (monitoring something else under
+    the same name, or one the failovers passed by) and answers first does not get SF's
+    connections: the primary is the one most sentinels name with the newest epoch."""
+    decoy, stray = reserve_port(), reserve_port()
+    group.start_server(decoy)
+    group.start_sentinel(stray, decoy)  # it watches the decoy, alone
+    sentinels = ",".join(f"127.0.0.1:{port}" for port in [stray, *group.sentinel_ports])
+    url = (f"redis+sentinel://:{group.password}@{sentinels}/{SERVICE}/3"
+           f"?sentinel_password={group.sentinel_password}")
+
+    async def scenario() -> None:
+        client = service_client(url)
+        try:
+            await client.set("sf:test:voted", "here")
+        finally:
+            await client.aclose()
+
+    try:
+        asyncio.run(scenario())
+        with group.client(group.primary(), db=3) as primary:
+            assert primary.get("sf:test:voted") == b"here"
+        with group.client(decoy, db=3) as other:
+            assert other.get("sf:test:voted") is None
+    finally:
+        for port in (stray, decoy):
+            group.processes.pop(port).kill()
 
 
 def _failover(group: SentinelGroup) -> None:
