@@ -56,6 +56,7 @@ from sf.node.server import run_serve
 from sf.node.tls import write_self_signed
 from sf.observability import configure_logging, log_request
 from sf.ops import backup, commands, privacy
+from sf.redis_client import is_sentinel_url, sentinel_status
 from sf.security import EmailCipher
 from sf.services.container import Services
 
@@ -126,6 +127,8 @@ def cmd_services(config: Config, args: argparse.Namespace) -> int:
     else:
         for name, service in localservices.service_set(config).items():
             print(f"{name}: {'running' if service.running() else 'stopped'}")
+        if is_sentinel_url(config.redis_url):  # not a local service: what the sentinels say
+            print(f"redis: {sentinel_status(config.redis_url)}")
     return 0
 
 

@@ -152,9 +152,17 @@ class Url(Value):
 
     def parse(self, name: str, raw: object) -> str:
         text = str(raw).strip()
-        parsed = urlsplit(text)
-        if parsed.scheme not in self.schemes or not parsed.hostname:
-            raise self.fail(name, f"expected a {'/'.join(self.schemes)} URL, got {text!r}")
+        try:
+            parsed = urlsplit(text)
+            located = parsed.path if parsed.scheme == "unix" else parsed.hostname
+            if parsed.scheme not in SENTINEL_SCHEMES:
+                parsed.port  # noqa: B018 (raises ValueError for a port that is no number)
+        except ValueError:  # e.g. an unclosed [IPv6 address
+            parsed, located = None, None
+        if parsed is None or parsed.scheme not in self.schemes or not located:
+            # Not the URL itself: its user information and query may hold passwords.
+            raise self.fail(name, f"expected a {'/'.join(self.schemes)} URL, got "
+                                  f"{redact_url(text)!r}")
         return text
 
 
@@ -170,6 +178,12 @@ class RedisUrl(Url):
         if problem:
             raise self.fail(name, problem)  # (not the URL: it may hold passwords)
         return text
+
+
+def redact_url(text: str) -> str:
+    """A URL as it may be shown: without user information (passwords) or query."""
+    text = re.sub(r"^([^:/?#]*:?//)[^/?#]*@", r"\1***@", text)
+    return text.split("?", 1)[0] + ("?***" if "?" in text else "")
 
 
 class OptionalUrl(Url):

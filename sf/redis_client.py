@@ -87,7 +87,7 @@ def is_sentinel_url(url: str) -> bool:
 def parse_sentinel_url(url: str) -> SentinelTarget:
     """The sentinels, service, database and credentials of a Sentinel URL (ValueError with
     what is wrong otherwise)."""
-    parts = urlsplit(url)
+    parts = urlsplit(url)  # (ValueError for an unclosed [IPv6 address)
     if parts.scheme not in SENTINEL_SCHEMES:
         raise ValueError(f"not a {' or '.join(SENTINEL_SCHEMES)} URL")
     userinfo, _, hosts = parts.netloc.rpartition("@")
@@ -95,8 +95,10 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
     sentinels = tuple(_host_port(item) for item in hosts.split(","))
     if not sentinels:
         raise ValueError("no sentinel named")
-    path = [unquote(piece) for piece in parts.path.strip("/").split("/") if piece]
-    if not path or len(path) > 2:
+    path = [unquote(piece) for piece in parts.path.removeprefix("/").split("/")]
+    if path and path[-1] == "" and len(path) > 1:  # a trailing slash
+        path.pop()
+    if not path[0] or len(path) > 2:
         raise ValueError("the path must be /<service name>[/<db>]")
     service = path[0]
     try:
@@ -109,6 +111,8 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
         if name not in (*_SENTINEL_OPTIONS, *_SSL_OPTIONS):
             raise ValueError(f"unknown option {name!r}")
+        if name in query:
+            raise ValueError(f"option {name!r} given twice")
         query[name] = value
     ssl = parts.scheme == "rediss+sentinel"
     if not ssl and any(name in query for name in _SSL_OPTIONS):
@@ -233,6 +237,22 @@ def open_sync_redis(url: str, **options: Any) -> redis.Redis:
     target = parse_sentinel_url(url)
     manager = redis.sentinel.Sentinel(target.sentinels, sentinel_kwargs=target.sentinel_options())
     return manager.master_for(target.service, **target.server_options(), **options)
+
+
+def sentinel_status(url: str) -> str:
+    """One line on a Sentinel group for `sf services status`: the primary each sentinel names
+    (or why it names none)."""
+    target = parse_sentinel_url(url)
+    views = []
+    for host, port in target.sentinels:
+        try:
+            with redis.Redis(host=host, port=port, **target.sentinel_options()) as sentinel:
+                state = sentinel.sentinel_master(target.service)
+            views.append(f"{host}:{port} names {state['ip']}:{state['port']}"
+                         + (" (down)" if state["is_sdown"] or state["is_odown"] else ""))
+        except redis.exceptions.RedisError as error:
+            views.append(f"{host}:{port} {type(error).__name__}")
+    return f"Sentinel group {target.service!r}: " + "; ".join(views)
 
 
 def service_client(url: str) -> redis.asyncio.Redis:

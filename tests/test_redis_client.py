@@ -5,6 +5,9 @@ of a node's services (commands, the gate's pipelined script, pub/sub) following 
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -47,13 +50,27 @@ def test_a_sentinel_url_names_sentinels_service_database_and_credentials():
     ("redis+sentinel://h1/m/zero", "is not a number"),
     ("redis+sentinel://h1/m/0?socket_timeout=1", "unknown option 'socket_timeout'"),
     ("redis+sentinel://h1/m/0?ssl_cert_reqs=none", "ssl_* options need rediss+sentinel://"),
+    ("redis+sentinel://h1//0", "the path must be /<service name>[/<db>]"),  # no service
+    ("redis+sentinel://h1/m/0?sentinel_password=a&sentinel_password=b", "given twice"),
+    ("redis+sentinel://[::1:26379/m/0", "expected a"),  # an unclosed IPv6 address
+    ("redis+sentinel://:26379,h2:26379/m/0", "expected a"),  # no first host (an unset ${H1})
+    ("redis://:6379/0", "expected a"),
+    ("redis://127.0.0.1:6379,h2:6379/0", "expected a"),  # a list is not one server's URL
 ])
-def test_a_wrong_sentinel_url_stops_the_start_with_what_is_wrong(url, problem, monkeypatch):
-    monkeypatch.setenv("SF_REDIS_URL", url.replace("//", "//:secretpass@", 1))
+def test_a_wrong_redis_url_stops_the_start_with_what_is_wrong(url, problem, monkeypatch):
+    monkeypatch.setenv("SF_REDIS_URL", url.replace("//", "//:secretpass@", 1) + (
+        "&" if "?" in url else "?") + "sentinel_password=sentinelsecret")
     with pytest.raises(ConfigError) as raised:
         load_config()
     assert problem in str(raised.value)
-    assert "secretpass" not in str(raised.value)  # the URL (and its password) is not echoed
+    # The URL's passwords are not echoed (the message lands in journals and pod events).
+    assert "secretpass" not in str(raised.value)
+    assert "sentinelsecret" not in str(raised.value)
+
+
+def test_a_unix_socket_redis_url_is_taken(monkeypatch):
+    monkeypatch.setenv("SF_REDIS_URL", "unix:///run/redis/redis.sock?db=2")
+    assert load_config().redis_url == "unix:///run/redis/redis.sock?db=2"
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +97,22 @@ def test_a_demoted_primary_answers_readonly_and_the_gate_takes_it_for_a_lost_con
             await client.aclose()
 
     asyncio.run(scenario())
+
+
+def test_services_status_says_which_primary_each_sentinel_names(group):
+    """`sf services status` with a Sentinel URL: no local Redis, the sentinels' view instead."""
+    sentinels = ",".join(f"127.0.0.1:{port}" for port in [*group.sentinel_ports, reserve_port()])
+    url = (f"redis+sentinel://:{group.password}@{sentinels}/{SERVICE}/0"
+           f"?sentinel_password={group.sentinel_password}")
+    result = subprocess.run([sys.executable, "-m", "sf.app", "services", "status"],
+                            env={**os.environ, "SF_REDIS_URL": url}, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    line = next(line for line in result.stdout.splitlines() if line.startswith("redis:"))
+    primary = group.primary()
+    assert line.count(f"names 127.0.0.1:{primary}") == 3, line
+    assert "ConnectionError" in line  # the fourth, where nothing listens
+    assert group.password not in result.stdout + result.stderr
 
 
 def test_clients_follow_a_failover_of_the_group(group):
