@@ -39,10 +39,12 @@ from sf.node.localservices import LocalPostgres, port_open  # noqa: E402
 NODE_PORTS = {"A": (A_API, A_INTERNAL), "B": (B_API, B_INTERNAL)}  # (SF_API_PORT, SF_API_INTERNAL_PORT)
 MEDIA_PORTS = {"M1": node_ports(), "M2": node_ports()}  # the SF_*_PORT settings of each
 DATABASE = "sf_chaos"
-# A media node whose heartbeat is this old is dead (default 6 s), and every node's sweeper
-# looks for dead ones this often (default 5 s): the stream's encoder can resume it on the
-# other node only once it has been taken offline, so these bound the media node recovery.
-HEARTBEAT_TTL, SWEEP_INTERVAL = "3", "1"
+# A media node whose heartbeat is this old is dead (default 6 s: judged 4-6 s after its death),
+# and every node's sweeper looks for dead ones this often (default 5 s). The stream's encoder
+# can resume it on the other media node only once it has been taken offline, so these bound
+# the media node recovery: 2 and 1 have it judged dead 1.3-3 s after a SIGKILL (the defaults
+# 4-11 s: with the probe, the first segment and the edge, beyond 10 s).
+HEARTBEAT_TTL, SWEEP_INTERVAL = "2", "1"
 
 
 def poll(check: Callable[[], bool], timeout: float, interval: float = 0.1) -> float | None:
