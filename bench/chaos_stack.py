@@ -1,11 +1,16 @@
-"""bench/chaos.py's stack: its own PostgreSQL cluster and Redis server, nginx in front of two
-API nodes, the publisher, on ports reserved for this run (harness.ports)."""
+"""bench/chaos.py's stack, on ports reserved for this run (harness.ports): its own PostgreSQL
+cluster; Redis as a Sentinel group (harness/sentinel.py: primary, replica, three sentinels);
+two API nodes (`sf serve`) and two media nodes (`sf node --no-edge`: nginx-rtmp, origin, API
+process, FFmpeg) behind one public edge (nginx, as `sf edge`); an RTMP balancer (nginx's TCP
+proxy) in front of the media nodes; the publisher, pushing through the balancer."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,18 +24,27 @@ sys.path.insert(0, str(ROOT))
 
 from harness.client import http, push_rtmp  # noqa: E402
 from harness.measure import log  # noqa: E402
+from harness.platform import copy_secrets, node_ports  # noqa: E402
 from harness.ports import reserve_ports  # noqa: E402
+from harness.sentinel import SentinelGroup  # noqa: E402
 from sf.config import ensure_secrets, load_config  # noqa: E402
 from sf.media import nginx  # noqa: E402
 from sf.media.process import die_with_parent  # noqa: E402
 from sf.media.process import stop as stop_process  # noqa: E402
-from sf.node.localservices import LocalPostgres, LocalRedis, port_open  # noqa: E402
+from sf.node.localservices import LocalPostgres, port_open  # noqa: E402
 
 # Reserved when the bench starts (nothing else on the machine takes them while it runs).
-(HTTP_PORT, CONTROL_PORT, RTMP_PORT, MEDIA_HTTP_PORT, PG_PORT, REDIS_PORT,
- A_API, A_INTERNAL, B_API, B_INTERNAL) = reserve_ports(10)
+(HTTP_PORT, CONTROL_PORT, BALANCER_PORT, PG_PORT,
+ A_API, A_INTERNAL, B_API, B_INTERNAL) = reserve_ports(8)
 NODE_PORTS = {"A": (A_API, A_INTERNAL), "B": (B_API, B_INTERNAL)}  # (SF_API_PORT, SF_API_INTERNAL_PORT)
+MEDIA_PORTS = {"M1": node_ports(), "M2": node_ports()}  # the SF_*_PORT settings of each
 DATABASE = "sf_chaos"
+# A media node whose heartbeat is this old is dead (default 6 s: judged 4-6 s after its death),
+# and every node's sweeper looks for dead ones this often (default 5 s). The stream's encoder
+# can resume it on the other media node only once it has been taken offline, so these bound
+# the media node recovery: 2 and 1 have it judged dead 1.3-3 s after a SIGKILL (the defaults
+# 4-11 s: with the probe, the first segment and the edge, beyond 10 s).
+HEARTBEAT_TTL, SWEEP_INTERVAL = "2", "1"
 
 
 def poll(check: Callable[[], bool], timeout: float, interval: float = 0.1) -> float | None:
@@ -56,24 +70,84 @@ def media_playlist(text: str) -> tuple[int, list[str]]:
 
 # --- the stack: everything the faults touch, started here ---------------------------------------
 
+def kill_tree(root: int) -> int:
+    """SIGKILL a process and all its descendants at once, as when its machine dies: frozen
+    first (SIGSTOP), then killed, so that no part reacts to another's death (an nginx master
+    starting a new worker, an API process told of its parent's death draining and withdrawing
+    from the media node registry: a stop, not a death). How many processes were killed."""
+    doomed, queue = [root], [root]
+    while queue:
+        children = subprocess.run(["pgrep", "-P", str(queue.pop())], capture_output=True,
+                                  text=True)
+        for child in map(int, children.stdout.split()):
+            if child not in doomed:
+                doomed.append(child)
+                queue.append(child)
+    for sig in (signal.SIGSTOP, signal.SIGKILL):
+        for pid in doomed:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+    return len(doomed)
+
+
+class RtmpBalancer:
+    """nginx's stream (TCP) proxy over the media nodes' RTMP ports, as a cloud TCP load
+    balancer: round robin, a node that refuses the connection skipped for 10 s."""
+
+    def __init__(self, work: Path, ports: list[int]) -> None:
+        work.mkdir(parents=True, exist_ok=True)
+        servers = "".join(f"        server 127.0.0.1:{port} max_fails=1 fail_timeout=10s;\n"
+                          for port in ports)
+        self.work = work
+        self.conf = work / "balancer.conf"
+        self.conf.write_text(
+            "load_module /usr/lib/nginx/modules/ngx_stream_module.so;\n"
+            f"worker_processes 1;\npid {work}/nginx.pid;\nerror_log {work}/error.log;\n"
+            "events { worker_connections 256; }\n"
+            "stream {\n    upstream rtmp {\n" + servers + "    }\n"
+            f"    server {{\n        listen 127.0.0.1:{BALANCER_PORT};\n"
+            "        proxy_connect_timeout 1s;\n        proxy_pass rtmp;\n    }\n}\n")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> RtmpBalancer:
+        self.process = subprocess.Popen(
+            [shutil.which("nginx") or "nginx", "-p", str(self.work), "-c", str(self.conf),
+             "-e", str(self.work / "error.log"), "-g", "daemon off;"],
+            stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
+        # Not by connecting: a connection would reach for the media nodes, and one not up yet
+        # would be marked failed for fail_timeout.
+        time.sleep(0.3)
+        if self.process.poll() is not None:
+            raise RuntimeError(f"the RTMP balancer did not start: {self.work / 'error.log'}")
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process, signal.SIGQUIT, timeout=10)
+
+
 class Stack:
-    """Own PostgreSQL cluster, Redis server, nginx, API nodes A and B, and the publisher."""
+    """Own PostgreSQL cluster and Redis Sentinel group, the edge, API nodes A and B, media
+    nodes M1 and M2 behind the RTMP balancer, and the publisher."""
 
     def __init__(self, work: Path) -> None:
         self.work = work
         var = work / "var"
         ensure_secrets(var)
+        self.redis = SentinelGroup(work / "redis")
         inherited = {k: v for k, v in os.environ.items() if not k.startswith("SF_")}
+        origins = [f"127.0.0.1:{ports['SF_MEDIA_HTTP_PORT']}" for ports in MEDIA_PORTS.values()]
         self.env = {
             **inherited,
             "SF_VAR_DIR": str(var), "SF_MEDIA_DIR": str(work / "media"),
             "SF_DATABASE_URL": f"postgresql://sf@127.0.0.1:{PG_PORT}/{DATABASE}",
-            "SF_REDIS_URL": f"redis://127.0.0.1:{REDIS_PORT}/0",
-            "SF_HTTP_PORT": str(HTTP_PORT), "SF_RTMP_PORT": str(RTMP_PORT),
+            "SF_REDIS_URL": self.redis.url(0),
+            "SF_HTTP_PORT": str(HTTP_PORT), "SF_RTMP_PORT": str(BALANCER_PORT),
             "SF_MEDIA_CONTROL_PORT": str(CONTROL_PORT), "SF_API_PROCESSES": "1",
-            "SF_MEDIA_HTTP_PORT": str(MEDIA_HTTP_PORT),
-            # The edge balances over both API nodes (node A takes the RTMP callbacks).
+            # The edge balances over both API nodes and asks both media nodes' origins.
             "SF_EDGE_API_SERVERS": ",".join(f"127.0.0.1:{api}" for api, _ in NODE_PORTS.values()),
+            "SF_EDGE_MEDIA_ORIGINS": ",".join(origins),
+            "SF_MEDIA_NODE_HEARTBEAT_TTL": HEARTBEAT_TTL, "SF_SWEEP_INTERVAL": SWEEP_INTERVAL,
             "SF_RATE_LIMIT_ANONYMOUS": "100000000", "SF_RATE_LIMIT_USER": "100000000",
             "SF_RATE_LIMIT_AUTHENTICATED_IP": "100000000", "SF_RATE_LIMIT_AUTH_NETWORK": "100000000",
             "SF_RATE_LIMIT_AUTH_NODE": "100000000", "SF_ACCOUNTS_PER_RANGE_PER_DAY": "100000000",
@@ -83,43 +157,53 @@ class Stack:
         }
         self.config = load_config(self.node_env("A"))
         self.postgres = LocalPostgres(self.config)
-        self.redis = LocalRedis(self.config)
-        self.nodes: dict[str, subprocess.Popen[bytes]] = {}
-        self.front: nginx.Front | None = None
+        self.nodes: dict[str, subprocess.Popen[bytes]] = {}   # API nodes and media nodes
+        self.edge: nginx.Edge | None = None
+        self.balancer = RtmpBalancer(work / "balancer", [int(ports["SF_RTMP_PORT"])
+                                                         for ports in MEDIA_PORTS.values()])
         self.publisher: subprocess.Popen[bytes] | None = None
         self.stream_key = ""
 
     def node_env(self, name: str) -> dict[str, str]:
+        if name in MEDIA_PORTS:  # a machine of its own: its own var and media dirs
+            var = self.work / name / "var"
+            if not (var / "secrets").is_dir():
+                copy_secrets(self.work / "var", var)
+            return {**self.env, **MEDIA_PORTS[name], "SF_VAR_DIR": str(var),
+                    "SF_MEDIA_DIR": str(self.work / name / "media"), "SF_NODE_ID": f"chaos-{name}"}
         api_port, internal_port = NODE_PORTS[name]
         return {**self.env, "SF_API_PORT": str(api_port),
                 "SF_API_INTERNAL_PORT": str(internal_port), "SF_NODE_ID": f"chaos-{name}"}
 
     def start(self) -> None:
-        busy = [port for port in (HTTP_PORT, CONTROL_PORT, RTMP_PORT, MEDIA_HTTP_PORT, PG_PORT,
-                                  REDIS_PORT,
-                                  *(p for pair in NODE_PORTS.values() for p in pair))
-                if port_open(port)]
+        ports = [HTTP_PORT, CONTROL_PORT, BALANCER_PORT, PG_PORT,
+                 *(p for pair in NODE_PORTS.values() for p in pair),
+                 *(int(p) for ports in MEDIA_PORTS.values() for p in ports.values())]
+        busy = [port for port in ports if port_open(port)]
         if busy:
             raise RuntimeError(f"ports already in use: {busy} (another chaos run?)")
         log(f"PostgreSQL cluster in {self.postgres.data_dir}")
         self.postgres.start()
+        log("Redis Sentinel group: primary, replica, three sentinels")
         self.redis.start()
         migrated = subprocess.run([sys.executable, "-m", "sf.app", "migrate"],
                                   env=self.node_env("A"), cwd=ROOT, capture_output=True, text=True)
         if migrated.returncode != 0:
             raise RuntimeError(f"sf migrate failed: {migrated.stderr[-2000:]}")
-        self.front = nginx.Front(self.config).start()
-        for name in NODE_PORTS:
+        self.edge = nginx.Edge(self.config).start()
+        for name in (*NODE_PORTS, *MEDIA_PORTS):
             self.start_node(name)
-        for name in NODE_PORTS:
+        for name in (*NODE_PORTS, *MEDIA_PORTS):
             if poll(functools.partial(self.node_ready, name), 60, 0.2) is None:
-                raise RuntimeError(f"API node {name} did not become ready: {self.log_tail(name)}")
+                raise RuntimeError(f"node {name} did not become ready: {self.log_tail(name)}")
+        self.balancer.start()
 
     def start_node(self, name: str) -> None:
-        output = open(self.work / f"api-{name}.log", "ab")  # noqa: SIM115 (the child holds it)
+        command = ["node", "--no-edge"] if name in MEDIA_PORTS else ["serve"]
+        output = open(self.work / f"node-{name}.log", "ab")  # noqa: SIM115 (the child holds it)
         try:
             self.nodes[name] = subprocess.Popen(
-                [sys.executable, "-m", "sf.app", "serve"], env=self.node_env(name), cwd=ROOT,
+                [sys.executable, "-m", "sf.app", *command], env=self.node_env(name), cwd=ROOT,
                 stdout=output, stderr=output, stdin=subprocess.DEVNULL,
                 preexec_fn=lambda: die_with_parent(signal.SIGTERM))
         finally:
@@ -132,43 +216,58 @@ class Stack:
         stop_process(process, timeout=timeout)
         return time.monotonic() - start
 
+    def kill_node(self, name: str) -> int:
+        """SIGKILL a node and everything it started (nginx, API processes, FFmpeg) at once;
+        how many processes died."""
+        process = self.nodes[name]
+        killed = kill_tree(process.pid)
+        process.wait()
+        return killed
+
     def node_url(self, name: str) -> str:
-        return f"http://127.0.0.1:{NODE_PORTS[name][0]}"
+        ports = MEDIA_PORTS.get(name)
+        return f"http://127.0.0.1:{ports['SF_API_PORT'] if ports else NODE_PORTS[name][0]}"
+
+    def rtmp_port(self, name: str) -> int:
+        return int(MEDIA_PORTS[name]["SF_RTMP_PORT"])
 
     def node_ready(self, name: str) -> bool:
         process = self.nodes[name]
         if process.poll() is not None:
-            raise RuntimeError(f"API node {name} exited ({process.returncode}): "
+            raise RuntimeError(f"node {name} exited ({process.returncode}): "
                                f"{self.log_tail(name)}")
+        if name in MEDIA_PORTS and not port_open(self.rtmp_port(name)):
+            return False
         return http(self.node_url(name) + "/readyz", timeout=2)[0] == 200
 
     def log_tail(self, name: str, lines: int = 10) -> str:
         try:
-            text = (self.work / f"api-{name}.log").read_text(errors="replace")
+            text = (self.work / f"node-{name}.log").read_text(errors="replace")
         except OSError:
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
     def publish(self, seconds: float) -> None:
-        """The streamer's encoder: testsrc2 + a tone as H.264/AAC over RTMP, in real time."""
-        self.publisher = push_rtmp(f"rtmp://127.0.0.1:{RTMP_PORT}/live/{self.stream_key}",
+        """The streamer's encoder: testsrc2 + a tone as H.264/AAC over RTMP, in real time,
+        through the balancer (the ingest URL streamers are given)."""
+        self.publisher = push_rtmp(f"rtmp://127.0.0.1:{BALANCER_PORT}/live/{self.stream_key}",
                                    size="640x360", rate=20, seconds=int(seconds),
                                    audio_bitrate="64k", preexec_fn=die_with_parent)
 
-    def transcoder_pids(self, stream_id: int) -> list[int]:
-        """The FFmpeg processes pulling the stream (not the publisher, which pushes)."""
-        result = subprocess.run(["pgrep", "-f", "--", f"-i rtmp://127.0.0.1:{RTMP_PORT}"
-                                 f"/live/{stream_id}( |$)"], capture_output=True, text=True)
-        return [int(pid) for pid in result.stdout.split()]
+    def transcoder_pids(self, stream_id: int, node: str | None = None) -> list[int]:
+        """The FFmpeg processes pulling the stream on a media node, or on any (not the
+        publisher, which pushes)."""
+        pids = []
+        for name in [node] if node else MEDIA_PORTS:
+            result = subprocess.run(["pgrep", "-f", "--", f"-i rtmp://127.0.0.1:"
+                                     f"{self.rtmp_port(name)}/live/{stream_id}( |$)"],
+                                    capture_output=True, text=True)
+            pids += [int(pid) for pid in result.stdout.split()]
+        return pids
 
-    def kill_redis(self) -> None:
-        """SIGKILL the Redis server (a crash: no shutdown save, the AOF is what survives)."""
-        pid = int(self.redis.pid_file.read_text().strip())
-        os.kill(pid, signal.SIGKILL)
-        if poll(lambda: not port_open(REDIS_PORT), 10, 0.05) is None:
-            raise RuntimeError("Redis still accepts connections after SIGKILL")
-        # The daemon is not our child: nobody may reap it, and a zombie still answers kill(0).
-        self.redis.pid_file.unlink(missing_ok=True)
+    def holder(self, stream_id: int) -> str | None:
+        """The media node transcoding the stream."""
+        return next((name for name in MEDIA_PORTS if self.transcoder_pids(stream_id, name)), None)
 
     def stop(self) -> None:
         if self.publisher and self.publisher.poll() is None:
@@ -176,18 +275,18 @@ class Stack:
             self.publisher.wait()
         for name in list(self.nodes):
             self.stop_node(name)
-        if self.front is not None:
-            self.front.stop()
-        if self.redis.pid_file.exists():
-            self.redis.stop()
+        self.balancer.stop()
+        if self.edge is not None:
+            self.edge.stop()
+        self.redis.stop()
         self.postgres.stop()
 
     def node_warnings(self) -> Counter[str]:
-        """WARNING/ERROR lines of both nodes' logs, by message."""
+        """WARNING/ERROR lines of every node's log, by message."""
         found: Counter[str] = Counter()
-        for name in NODE_PORTS:
+        for name in (*NODE_PORTS, *MEDIA_PORTS):
             try:
-                lines = (self.work / f"api-{name}.log").read_text(errors="replace").splitlines()
+                lines = (self.work / f"node-{name}.log").read_text(errors="replace").splitlines()
             except OSError:
                 continue
             for line in lines:

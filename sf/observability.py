@@ -9,6 +9,7 @@ import json
 import logging
 import re
 import sys
+import time
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -247,14 +248,17 @@ class Outage:
         self.what = what
         self.consequence = consequence
         self.down = False
+        self.since: float | None = None  # time.monotonic() when the outage began
 
     def lost(self, error: BaseException) -> None:
         if not self.down:
             self.down = True
+            self.since = time.monotonic()
             self.logger.warning("%s unreachable (%s): %s", self.what, type(error).__name__,
                                 self.consequence)
 
     def back(self) -> None:
         if self.down:
             self.down = False
+            self.since = None
             self.logger.info("%s reachable again", self.what)

@@ -3,6 +3,8 @@ cache read-ahead, decided in one Redis round trip (`sf.ratelimit.RateLimiter` ru
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -17,6 +19,14 @@ from sf.services.sessions import SessionStore
 # token that failed), and the cache entries it answers from as (namespace or None, keys).
 LimitsFor = Callable[[TokenClaims | None], list[Limit]]
 ReadsFor = Callable[[TokenClaims | None], tuple[str | None, tuple[str, ...]]]
+
+# A signed-in request that finds Redis unreachable waits for it, asking again every
+# RIDE_THROUGH_RETRY s, while the outage is younger than RIDE_THROUGH_SECONDS: a Sentinel
+# failover (the primary's death noticed, a replica promoted: 2-3 s in bench/chaos.py) or a
+# restart is waited out rather than answered 503. Counted from the outage's start, so a long
+# outage does not hold every request: past it, the 503 comes at once.
+RIDE_THROUGH_SECONDS = 5.0
+RIDE_THROUGH_RETRY = 0.1
 
 
 def bearer_claims(sessions: SessionStore, header: str, mode: str) -> TokenClaims | None:
@@ -67,9 +77,16 @@ async def admit(services: Services, authorization: str, mode: str, limits_for: L
     if claims is None:
         return await _count_by_address(services, limits_for, reads_for)
     wanted = reads_for(claims)
-    gate = await services.limiter.hit_for_session(
-        sessions.liveness_keys(claims), limits_for(claims), limits_for(None),
-        services.cache.reads(*wanted))
+    limiter = services.limiter
+    while True:
+        gate = await limiter.hit_for_session(
+            sessions.liveness_keys(claims), limits_for(claims), limits_for(None),
+            services.cache.reads(*wanted))
+        since = limiter.outage.since
+        if (gate.alive is not None or since is None
+                or time.monotonic() - since >= RIDE_THROUGH_SECONDS):
+            break
+        await asyncio.sleep(RIDE_THROUGH_RETRY)
     admission = Admission(gate.verdict)
     if gate.alive is None:
         # Revocation cannot be checked: refuse rather than trust a possibly revoked token.
