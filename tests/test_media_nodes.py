@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import tornado.httpclient
 import tornado.websocket
 from redis.asyncio import Redis
@@ -267,3 +268,51 @@ def test_a_killed_media_node_goes_offline_and_its_encoder_resumes_on_the_survivo
     assert query(base_config, closed, stream["id"]) is False
     logs = b.logs()
     assert "media node lost" in logs and a.config.media_node_url in logs
+
+
+@pytest.mark.platform
+def test_an_encoder_back_before_the_heartbeat_expires_takes_its_stream_over(
+        base_config, tmp_path, redis_server):
+    """A media node dies and its encoder reconnects to another node at once, as OBS retries,
+    long before the dead node's heartbeat expires (a TTL of 15 s here): the survivor sees the
+    missed heartbeat and the refused control port, takes the stream over and resumes it, rather
+    than refusing the encoder until the TTL ran out and a sweep noticed."""
+    ttl = 15.0
+    common = {"SF_REDIS_URL": f"redis://127.0.0.1:{REDIS_PORT}/0",
+              "SF_PUBLISH_GRACE_SECONDS": str(GRACE), "SF_RATE_LIMIT_ANONYMOUS": "100000",
+              "SF_MEDIA_NODE_HEARTBEAT_TTL": str(int(ttl))}
+    a = Platform(base_config, tmp_path / "a", **common)
+    b = Platform(base_config, tmp_path / "b", **common)
+    started = time.monotonic()
+    start_platforms(a, b)
+    try:
+        user = a.register("quick_return")
+        a.publish(user["key"], seconds=120)
+        stream = wait_for(lambda: a.live_stream_of("quick_return"), 20, what="live on A")
+        # B judges no node before its own heartbeats held for a whole TTL.
+        time.sleep(max(0.0, started + ttl + 1 - time.monotonic()))
+        with redis.Redis(port=REDIS_PORT) as client:
+            a.kill()
+            last_beat = float(client.zscore(NODES_KEY, a.config.media_node_url) or 0)
+        assert last_beat > 0
+
+        def resumed_on_b() -> bool:
+            if query(base_config, "SELECT media_node FROM streams WHERE id = $1 AND is_live",
+                     stream["id"]) == b.config.media_node_url:
+                return True
+            publisher = b.publish(user["key"], seconds=120)  # refused while A holds it
+            time.sleep(1)
+            if publisher.poll() is not None:
+                b.publishers.remove(publisher)
+            return False
+
+        wait_for(resumed_on_b, ttl + 10, interval=0.1, what="the stream resumed on B")
+        taken_over = time.time() - last_beat
+        print(f"\nresumed on B {taken_over:.1f} s after A's last heartbeat (TTL {ttl:.0f} s)")
+        assert taken_over < ttl
+        assert "media node lost" in b.logs()
+        wait_for(lambda: b.get(f"/hls/{stream['id']}/master.m3u8")[0] == 200, 30,
+                 what="B's transcoder")
+    finally:
+        b.stop()
+        a.stop()

@@ -12,6 +12,7 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 import asyncpg
@@ -25,6 +26,7 @@ from sf.config import Config
 from sf.db import stream_keys as keys_db
 from sf.db import streams as streams_db
 from sf.db.streams import Stream
+from sf.errors import Conflict
 from sf.media import hls
 from sf.observability import (
     MEDIA_NODES_ALIVE,
@@ -107,10 +109,23 @@ class IngestService(StreamListener):
                 raise admission.refusal(decision)
             return decision.address_range, decision.transcoded
 
-        try:
-            stream = await self.publishing.authorize_publish(
+        def authorize() -> Awaitable[Stream]:
+            return self.publishing.authorize_publish(
                 presented_key, media_node=self.config.media_node_url,
                 resume_within=self.config.publish_grace_seconds, admit=admit)
+
+        try:
+            try:
+                stream = await authorize()
+            except Conflict:
+                # Still live on another node: one that died moments ago (its encoder came
+                # back sooner than its heartbeat expired) is taken over at once.
+                if not await self._take_over(presented_key):
+                    raise
+                for decision in decided:
+                    admission.release(decision)
+                decided.clear()
+                stream = await authorize()
         except BaseException:
             for decision in decided:
                 admission.release(decision)
@@ -257,6 +272,20 @@ class IngestService(StreamListener):
         dead = await self.registry.dead_among(nodes, self.config.media_node_url)
         if not dead:
             return []
+        return await self._take_offline(dead)
+
+    async def _take_over(self, presented_key: str) -> bool:
+        """Whether the key's live stream was held by a media node now `gone` (its streams
+        then go offline, to be resumed here)."""
+        stream_id = await self.publishing.stream_of_callback_name(presented_key)
+        if stream_id is None:
+            return False
+        holder = await streams_db.media_node_of(self.db, stream_id)
+        if holder is None or not await self.registry.gone(holder, self.config.media_node_url):
+            return False
+        return bool(await self._take_offline([holder]))
+
+    async def _take_offline(self, dead: list[str]) -> list[int]:
         stream_ids = await self.publishing.take_offline_streams_of(dead)
         if stream_ids:  # every surviving node tries; the one that took them reports
             STREAMS_TAKEN_OFFLINE.inc(len(stream_ids))

@@ -4,7 +4,9 @@ Each media node's ingest process (`IngestService`, process 0 of `sf serve`/`sf n
 heartbeat into Redis every third of SF_MEDIA_NODE_HEARTBEAT_TTL, expiring after that TTL: its
 control URL (what streams record as `media_node`), its HLS origin, its RTMP URL and its
 transcoder load. Anyone reads `alive()`. A node that heartbeated once and then fell silent
-for the TTL is dead: the sweepers of the surviving nodes take its streams offline.
+for the TTL is dead: the sweepers of the surviving nodes take its streams offline. An encoder
+that reconnects to another node sooner takes its stream over at once when the node it left is
+`gone` (a missed heartbeat and a refused control port).
 
 Redis decides nothing by its absence: when it cannot be read, or this process's own view of it
 is not trustworthy yet (see `MediaNodeRegistry.trusted`), no node is judged dead.
@@ -19,6 +21,7 @@ import os
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
+from urllib.parse import urlsplit
 
 from redis.asyncio import Redis
 
@@ -140,6 +143,38 @@ class MediaNodeRegistry:
         if own_url not in alive:
             return []
         return [url for url in urls if url != own_url and url in known and url not in alive]
+
+    async def gone(self, url: str, own_url: str) -> bool:
+        """Whether a node is dead beyond doubt before its heartbeat expires: it missed a
+        heartbeat (silent for an interval and a half) and its control port refuses
+        connections (its processes are gone, the machine answers). A node that does not
+        answer at all (a machine down, a partition) waits for the TTL, as does anything
+        while this process's view of Redis is not trusted."""
+        if url == own_url or not self.trusted():
+            return False
+        try:
+            last = await self.redis.zscore(NODES_KEY, url)
+        except Exception:
+            return False
+        if last is None or time.time() - float(last) < self.interval * 1.5:
+            return False
+        return await refuses_connections(url)
+
+
+async def refuses_connections(url: str, timeout: float = 0.5) -> bool:
+    """Whether the host of `url` refuses a TCP connection to its port (no timeout, no other
+    error: an active refusal)."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        async with asyncio.timeout(timeout):
+            _, writer = await asyncio.open_connection(parts.hostname, port)
+    except ConnectionRefusedError:
+        return True
+    except (OSError, TimeoutError, ValueError):
+        return False
+    writer.close()
+    return False
 
 
 class CpuMonitor:
