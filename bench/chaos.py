@@ -35,8 +35,10 @@ found in PostgreSQL (lost rows, unexpected rows, followers_count drift), viewer 
 HLS stalls, node log warnings, and the verdict against the targets: availability >= 99.9 %,
 each recovery under 10 s, no row lost.
 
-Every node runs with SF_MEDIA_NODE_HEARTBEAT_TTL=2 and SF_SWEEP_INTERVAL=1 (defaults 6 and 5):
-a media node's death is noticed 1.3-3 s after it rather than 4-11 s (bench/chaos_stack.py).
+Every node runs with the default SF_MEDIA_NODE_HEARTBEAT_TTL (6 s) and SF_SWEEP_INTERVAL (5 s):
+the reconnecting publisher takes its stream over on the other media node as soon as the dead
+one missed a heartbeat and refuses connections (3 s after its last heartbeat at most), not
+when its heartbeat expires.
 
     .venv/bin/python bench/chaos.py [--minutes 10] [--interval 60] [--quick] [--rate 20]
                                     [--viewers 4] [--keep]

@@ -39,12 +39,6 @@ from sf.node.localservices import LocalPostgres, port_open  # noqa: E402
 NODE_PORTS = {"A": (A_API, A_INTERNAL), "B": (B_API, B_INTERNAL)}  # (SF_API_PORT, SF_API_INTERNAL_PORT)
 MEDIA_PORTS = {"M1": node_ports(), "M2": node_ports()}  # the SF_*_PORT settings of each
 DATABASE = "sf_chaos"
-# A media node whose heartbeat is this old is dead (default 6 s: judged 4-6 s after its death),
-# and every node's sweeper looks for dead ones this often (default 5 s). The stream's encoder
-# can resume it on the other media node only once it has been taken offline, so these bound
-# the media node recovery: 2 and 1 have it judged dead 1.3-3 s after a SIGKILL (the defaults
-# 4-11 s: with the probe, the first segment and the edge, beyond 10 s).
-HEARTBEAT_TTL, SWEEP_INTERVAL = "2", "1"
 
 
 def poll(check: Callable[[], bool], timeout: float, interval: float = 0.1) -> float | None:
@@ -147,7 +141,6 @@ class Stack:
             # The edge balances over both API nodes and asks both media nodes' origins.
             "SF_EDGE_API_SERVERS": ",".join(f"127.0.0.1:{api}" for api, _ in NODE_PORTS.values()),
             "SF_EDGE_MEDIA_ORIGINS": ",".join(origins),
-            "SF_MEDIA_NODE_HEARTBEAT_TTL": HEARTBEAT_TTL, "SF_SWEEP_INTERVAL": SWEEP_INTERVAL,
             "SF_RATE_LIMIT_ANONYMOUS": "100000000", "SF_RATE_LIMIT_USER": "100000000",
             "SF_RATE_LIMIT_AUTHENTICATED_IP": "100000000", "SF_RATE_LIMIT_AUTH_NETWORK": "100000000",
             "SF_RATE_LIMIT_AUTH_NODE": "100000000", "SF_ACCOUNTS_PER_RANGE_PER_DAY": "100000000",

@@ -27,6 +27,14 @@ ReadsFor = Callable[[TokenClaims | None], tuple[str | None, tuple[str, ...]]]
 # outage does not hold every request: past it, the 503 comes at once.
 RIDE_THROUGH_SECONDS = 5.0
 RIDE_THROUGH_RETRY = 0.1
+# At most this many requests of a process wait at once (each asks Redis ten times a second);
+# the others are answered 503 at once, so a flood during an outage holds neither memory nor
+# connections for long.
+RIDE_THROUGH_MAX_WAITING = 200
+
+
+class _Waiting:
+    count = 0
 
 
 def bearer_claims(sessions: SessionStore, header: str, mode: str) -> TokenClaims | None:
@@ -78,15 +86,25 @@ async def admit(services: Services, authorization: str, mode: str, limits_for: L
         return await _count_by_address(services, limits_for, reads_for)
     wanted = reads_for(claims)
     limiter = services.limiter
-    while True:
-        gate = await limiter.hit_for_session(
-            sessions.liveness_keys(claims), limits_for(claims), limits_for(None),
-            services.cache.reads(*wanted))
-        since = limiter.outage.since
-        if (gate.alive is not None or since is None
-                or time.monotonic() - since >= RIDE_THROUGH_SECONDS):
-            break
-        await asyncio.sleep(RIDE_THROUGH_RETRY)
+    waiting = False
+    try:
+        while True:
+            gate = await limiter.hit_for_session(
+                sessions.liveness_keys(claims), limits_for(claims), limits_for(None),
+                services.cache.reads(*wanted))
+            since = limiter.outage.since
+            if (gate.alive is not None or since is None
+                    or time.monotonic() - since >= RIDE_THROUGH_SECONDS):
+                break
+            if not waiting:
+                if _Waiting.count >= RIDE_THROUGH_MAX_WAITING:
+                    break
+                waiting = True
+                _Waiting.count += 1
+            await asyncio.sleep(RIDE_THROUGH_RETRY)
+    finally:
+        if waiting:
+            _Waiting.count -= 1
     admission = Admission(gate.verdict)
     if gate.alive is None:
         # Revocation cannot be checked: refuse rather than trust a possibly revoked token.
