@@ -27,8 +27,8 @@ again and the edge answering a signed-in one; the old primary is then started ag
 replica in the background); `pg_ctl stop -m fast` + start of PostgreSQL (both nodes serving
 again); SIGTERM + start of API node B (node B serving again); SIGKILL of the media node holding
 the stream, nginx, API process and FFmpeg at once (recovered: the stream live again on the
-other media node, resumed by the reconnecting publisher once the survivors judged the silent
-node dead, and its playlist advancing through the edge; the killed node is started again
+other media node, resumed by the reconnecting publisher once the node it left is gone
+(a missed heartbeat and a refused control port), and its playlist advancing through the edge; the killed node is started again
 afterwards). At the end it prints total and failed requests (by fault window, status and
 kind), availability, each recovery time and each fault kind's, follow rows acknowledged vs.
 found in PostgreSQL (lost rows, unexpected rows, followers_count drift), viewer reconnects,
