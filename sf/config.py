@@ -419,6 +419,12 @@ class Config:
         Hosts(),
         "Host names whose `https://` URLs a profile may use as avatar, comma separated; empty: "
         "uploaded avatars only.")
+    redis_outage_wait_seconds: float = setting(
+        Number(0, 60),
+        "A signed-in request that finds Redis unreachable waits for it this long from the "
+        "outage's start (asking again ten times a second) before answering 503: a Sentinel "
+        "failover (`down-after-milliseconds` plus about 2 s) or a quick restart costs latency, "
+        "not errors. 0: 503 at once.", unit="seconds")
     rate_limit_window: int = setting(
         Integer(1, 86400), "Window of the request rate limits below.", unit="seconds")
     rate_limit_anonymous: int = setting(

@@ -21,11 +21,10 @@ LimitsFor = Callable[[TokenClaims | None], list[Limit]]
 ReadsFor = Callable[[TokenClaims | None], tuple[str | None, tuple[str, ...]]]
 
 # A signed-in request that finds Redis unreachable waits for it, asking again every
-# RIDE_THROUGH_RETRY s, while the outage is younger than RIDE_THROUGH_SECONDS: a Sentinel
-# failover (the primary's death noticed, a replica promoted: 2-3 s in bench/chaos.py) or a
-# restart is waited out rather than answered 503. Counted from the outage's start, so a long
-# outage does not hold every request: past it, the 503 comes at once.
-RIDE_THROUGH_SECONDS = 5.0
+# RIDE_THROUGH_RETRY s, while the outage is younger than SF_REDIS_OUTAGE_WAIT_SECONDS: a
+# Sentinel failover (the primary's death noticed, a replica promoted: 2-3 s in bench/chaos.py)
+# or a restart is waited out rather than answered 503. Counted from the outage's start, so a
+# long outage does not hold every request: past it, the 503 comes at once.
 RIDE_THROUGH_RETRY = 0.1
 # At most this many requests of a process wait at once (each asks Redis ten times a second);
 # the others are answered 503 at once, so a flood during an outage holds neither memory nor
@@ -94,7 +93,7 @@ async def admit(services: Services, authorization: str, mode: str, limits_for: L
                 services.cache.reads(*wanted))
             since = limiter.outage.since
             if (gate.alive is not None or since is None
-                    or time.monotonic() - since >= RIDE_THROUGH_SECONDS):
+                    or time.monotonic() - since >= services.config.redis_outage_wait_seconds):
                 break
             if not waiting:
                 if _Waiting.count >= RIDE_THROUGH_MAX_WAITING:
