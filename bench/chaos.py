@@ -28,12 +28,12 @@ replica in the background); `pg_ctl stop -m fast` + start of PostgreSQL (both no
 again); SIGTERM + start of API node B (node B serving again); SIGKILL of the media node holding
 the stream, nginx, API process and FFmpeg at once (recovered: the stream live again on the
 other media node, resumed by the reconnecting publisher once the node it left is gone
-(a missed heartbeat and a refused control port), and its playlist advancing through the edge; the killed node is started again
-afterwards). At the end it prints total and failed requests (by fault window, status and
-kind), availability, each recovery time and each fault kind's, follow rows acknowledged vs.
-found in PostgreSQL (lost rows, unexpected rows, followers_count drift), viewer reconnects,
-HLS stalls, node log warnings, and the verdict against the targets: availability >= 99.9 %,
-each recovery under 10 s, no row lost.
+(a missed heartbeat and a refused control port), and its playlist advancing through the
+edge; the killed node is started again afterwards). At the end it prints total and failed
+requests (by fault window, status and kind), availability, each recovery time and each fault
+kind's, follow rows acknowledged vs. found in PostgreSQL (lost rows, unexpected rows,
+followers_count drift), viewer reconnects, HLS stalls, node log warnings, and the verdict
+against the targets: availability >= 99.9 %, each recovery under 10 s, no row lost.
 
 Every node runs with the default SF_MEDIA_NODE_HEARTBEAT_TTL (6 s) and SF_SWEEP_INTERVAL (5 s):
 the reconnecting publisher takes its stream over on the other media node as soon as the dead

@@ -27,6 +27,7 @@ from harness.measure import log  # noqa: E402
 from harness.platform import copy_secrets, node_ports  # noqa: E402
 from harness.ports import reserve_ports  # noqa: E402
 from harness.sentinel import SentinelGroup  # noqa: E402
+from harness.smtp import MailReceiver  # noqa: E402
 from sf.config import ensure_secrets, load_config  # noqa: E402
 from sf.media import nginx  # noqa: E402
 from sf.media.process import die_with_parent  # noqa: E402
@@ -129,13 +130,16 @@ class Stack:
         var = work / "var"
         ensure_secrets(var)
         self.redis = SentinelGroup(work / "redis")
+        # The stack's mail (account verification) goes to a sink of its own, not to whatever
+        # listens on the default SF_SMTP_URL (make run's catcher).
+        self.mail = MailReceiver()
         inherited = {k: v for k, v in os.environ.items() if not k.startswith("SF_")}
         origins = [f"127.0.0.1:{ports['SF_MEDIA_HTTP_PORT']}" for ports in MEDIA_PORTS.values()]
         self.env = {
             **inherited,
             "SF_VAR_DIR": str(var), "SF_MEDIA_DIR": str(work / "media"),
             "SF_DATABASE_URL": f"postgresql://sf@127.0.0.1:{PG_PORT}/{DATABASE}",
-            "SF_REDIS_URL": self.redis.url(0),
+            "SF_REDIS_URL": self.redis.url(0), "SF_SMTP_URL": self.mail.url,
             "SF_HTTP_PORT": str(HTTP_PORT), "SF_RTMP_PORT": str(BALANCER_PORT),
             "SF_MEDIA_CONTROL_PORT": str(CONTROL_PORT), "SF_API_PROCESSES": "1",
             # The edge balances over both API nodes and asks both media nodes' origins.
@@ -175,6 +179,7 @@ class Stack:
         busy = [port for port in ports if port_open(port)]
         if busy:
             raise RuntimeError(f"ports already in use: {busy} (another chaos run?)")
+        self.mail.start()
         log(f"PostgreSQL cluster in {self.postgres.data_dir}")
         self.postgres.start()
         log("Redis Sentinel group: primary, replica, three sentinels")
@@ -273,6 +278,7 @@ class Stack:
             self.edge.stop()
         self.redis.stop()
         self.postgres.stop()
+        self.mail.close()
 
     def node_warnings(self) -> Counter[str]:
         """WARNING/ERROR lines of every node's log, by message."""
