@@ -37,7 +37,7 @@ against the targets: availability >= 99.9 %, each recovery under 10 s, no row lo
 
 Every node runs with the default SF_MEDIA_NODE_HEARTBEAT_TTL (6 s) and SF_SWEEP_INTERVAL (5 s):
 the reconnecting publisher takes its stream over on the other media node as soon as the dead
-one missed a heartbeat and refuses connections (3 s after its last heartbeat at most), not
+one missed a heartbeat and refuses connections (2.5 s after its last heartbeat), not
 when its heartbeat expires.
 
     .venv/bin/python bench/chaos.py [--minutes 10] [--interval 60] [--quick] [--rate 20]

@@ -146,7 +146,7 @@ class MediaNodeRegistry:
 
     async def gone(self, url: str, own_url: str) -> bool:
         """Whether a node is dead beyond doubt before its heartbeat expires: it missed a
-        heartbeat (silent for an interval and a half) and its control port refuses
+        heartbeat (silent for an interval and half a second more) and its control port refuses
         connections (its processes are gone, the machine answers). A node that does not
         answer at all (a machine down, a partition) waits for the TTL, as does anything
         while this process's view of Redis is not trusted."""
@@ -156,7 +156,7 @@ class MediaNodeRegistry:
             last = await self.redis.zscore(NODES_KEY, url)
         except Exception:
             return False
-        if last is None or time.time() - float(last) < self.interval * 1.5:
+        if last is None or time.time() - float(last) < self.interval + 0.5:
             return False
         return await refuses_connections(url)
 
