@@ -241,7 +241,14 @@ def log_request(handler: Any) -> None:
 
 class Outage:
     """Logs a dependency's outage once when it starts and once when it ends, however many
-    requests run into it meanwhile."""
+    requests run into it meanwhile.
+
+    `since` is when it began as far as this process can tell: a failure after `QUIET` seconds
+    without any starts it again, as the dependency may have come back and gone again unseen
+    (an idle process between two failovers would otherwise count the second outage from the
+    first's start)."""
+
+    QUIET = 1.0
 
     def __init__(self, logger: logging.Logger, what: str, consequence: str) -> None:
         self.logger = logger
@@ -249,13 +256,18 @@ class Outage:
         self.consequence = consequence
         self.down = False
         self.since: float | None = None  # time.monotonic() when the outage began
+        self._last_failure = 0.0
 
     def lost(self, error: BaseException) -> None:
+        now = time.monotonic()
         if not self.down:
             self.down = True
-            self.since = time.monotonic()
+            self.since = now
             self.logger.warning("%s unreachable (%s): %s", self.what, type(error).__name__,
                                 self.consequence)
+        elif now - self._last_failure > self.QUIET:
+            self.since = now
+        self._last_failure = now
 
     def back(self) -> None:
         if self.down:

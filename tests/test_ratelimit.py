@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 import time
 
 import pytest
+
+from sf.observability import Outage
 
 pytestmark = pytest.mark.gen_test(timeout=60)
 
@@ -272,3 +275,23 @@ class TestTheGateConnection:
         finally:
             limiter.close()
             await redis.aclose()
+
+
+def test_a_redis_outage_seen_again_after_a_quiet_spell_counts_from_then(monkeypatch):
+    """The gate waits out the first SF_REDIS_OUTAGE_WAIT_SECONDS of an outage, counted from
+    `Outage.since`. A process that saw no request between two outages (Redis back and gone
+    again unseen) must count the second from its own start, not from the first's: its
+    signed-in requests were answered 503 at once instead of waiting (found from outside)."""
+    monkeypatch.setattr(Outage, "QUIET", 0.2)
+    outage = Outage(logging.getLogger("sf.test"), "Redis", "nothing")
+    outage.lost(ConnectionError("refused"))
+    first = outage.since
+    assert first is not None
+    time.sleep(0.05)
+    outage.lost(ConnectionError("refused"))  # the same outage, seen continuously
+    assert outage.since == first
+    time.sleep(0.3)  # nobody looked for longer than QUIET
+    outage.lost(ConnectionError("refused"))
+    assert outage.since is not None and outage.since > first
+    outage.back()
+    assert outage.since is None and not outage.down
