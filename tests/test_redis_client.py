@@ -80,6 +80,7 @@ def group(tmp_path_factory):
     started.stop()
 
 
+@pytest.mark.platform  # redis-server and redis-sentinel processes of its own
 def test_a_demoted_primary_answers_readonly_and_the_gate_takes_it_for_a_lost_connection(group):
     """The gate's pipelined connection turns READONLY (a primary demoted under it) into a
     connection error, as redis-py's Sentinel connections do: the gate's outage path, never a
@@ -99,6 +100,7 @@ def test_a_demoted_primary_answers_readonly_and_the_gate_takes_it_for_a_lost_con
     asyncio.run(scenario())
 
 
+@pytest.mark.platform  # redis-server and redis-sentinel processes of its own
 def test_services_status_says_which_primary_each_sentinel_names(group):
     """`sf services status` with a Sentinel URL: no local Redis, the sentinels' view instead."""
     sentinels = ",".join(f"127.0.0.1:{port}" for port in [*group.sentinel_ports, reserve_port()])
@@ -115,6 +117,7 @@ def test_services_status_says_which_primary_each_sentinel_names(group):
     assert group.password not in result.stdout + result.stderr
 
 
+@pytest.mark.platform  # redis-server and redis-sentinel processes of its own
 def test_clients_follow_a_failover_of_the_group(group):
     """A coordinated failover (`SENTINEL FAILOVER`: the primary demoted while connected, not
     killed): the services' client, the gate's script and a pub/sub subscriber all continue on
@@ -186,6 +189,7 @@ def test_clients_follow_a_failover_of_the_group(group):
     asyncio.run(scenario())
 
 
+@pytest.mark.platform  # redis-server and redis-sentinel processes of its own
 def test_a_sentinel_with_another_view_listed_first_is_outvoted(group):
     """A sentinel that names another server as the primary (monitoring something else under
     the same name, or one the failovers passed by) and answers first does not get SF's
@@ -221,6 +225,7 @@ def _failover(group: SentinelGroup) -> None:
         sentinel.execute_command("SENTINEL", "FAILOVER", SERVICE)
 
 
+@pytest.mark.platform  # redis-server and redis-sentinel processes of its own
 def test_a_tls_sentinel_group_is_followed_over_tls(tmp_path):
     """rediss+sentinel://: TLS to the sentinels and to the servers (they listen on TLS ports
     only), the certificate checked against ?ssl_ca_certs=; a killed primary is followed."""
