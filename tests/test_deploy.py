@@ -552,6 +552,20 @@ def config_lines(text: str) -> dict[str, list[str]]:
     return lines
 
 
+def init_config(workload: dict[str, Any], work: Path, hostname: str,
+                config_path: str) -> dict[str, list[str]]:
+    """Run a workload's init script as pod `hostname` (the stand-in redis-cli requiring the
+    sentinels' password, which the script must give, once); the config file it wrote."""
+    (init,) = workload["spec"]["template"]["spec"]["initContainers"]
+    paths = mounts(workload, init, work)
+    result, given = run_shell(init_script(workload), work, paths, {"HOSTNAME": hostname},
+                              password="sentinel-password")
+    assert result.returncode == 0, result.stderr
+    assert given == ["sentinel-password"]
+    directory, _, name = config_path.rpartition("/")
+    return config_lines((paths[directory] / name).read_text())
+
+
 def init_script(workload: dict[str, Any]) -> str:
     (init,) = workload["spec"]["template"]["spec"]["initContainers"]
     assert init["command"][:2] == ["sh", "-ec"] and init["image"] == REDIS_IMAGE
@@ -678,26 +692,14 @@ def test_the_sentinels_require_a_password_which_the_url_the_init_scripts_and_pro
 
     # The sentinel's config: requirepass and sentinel-pass the sentinels' password, auth-pass
     # the servers'; it asks the running sentinels with the sentinels' password.
-    (init,) = sentinel["spec"]["template"]["spec"]["initContainers"]
-    paths = mounts(sentinel, init, tmp_path / "sentinel")
-    result, given = run_shell(init_script(sentinel), tmp_path / "sentinel", paths,
-                              {"HOSTNAME": "redis-sentinel-0"}, password="sentinel-password")
-    assert result.returncode == 0, result.stderr
-    assert given == ["sentinel-password"]
-    conf = config_lines((paths["/data"] / "sentinel.conf").read_text())
+    conf = init_config(sentinel, tmp_path / "sentinel", "redis-sentinel-0", "/data/sentinel.conf")
     assert conf["requirepass"] == ["sentinel-password"]
     assert conf["sentinel sentinel-pass"] == ["sentinel-password"]
     assert conf["sentinel auth-pass"] == ["mymaster redis-password"]
     assert conf["sentinel monitor"] == ["mymaster redis-1.redis-headless 6379 2"]  # it was told
 
     # A server's config: it asks the sentinels with their password, and follows their answer.
-    (init,) = redis["spec"]["template"]["spec"]["initContainers"]
-    paths = mounts(redis, init, tmp_path / "redis")
-    result, given = run_shell(init_script(redis), tmp_path / "redis", paths,
-                              {"HOSTNAME": "redis-2"}, password="sentinel-password")
-    assert result.returncode == 0, result.stderr
-    assert given == ["sentinel-password"]
-    conf = config_lines((paths["/etc/redis"] / "redis.conf").read_text())
+    conf = init_config(redis, tmp_path / "redis", "redis-2", "/etc/redis/redis.conf")
     assert conf["replicaof"] == ["redis-1.redis-headless 6379"]
     assert conf["requirepass"] == conf["masterauth"] == ["redis-password"]
 
